@@ -1,0 +1,40 @@
+import { createServer, type Server, type ServerResponse } from 'node:http';
+import type { Registry } from 'prom-client';
+
+export interface Readiness {
+  /** True once the config is loaded and the proxy listener is up. */
+  ready(): boolean;
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.end(text);
+}
+
+/** The admin listener: /metrics (Prometheus text format), /healthz (alive), /readyz (serving). */
+export function createAdminServer(registry: Registry, readiness: Readiness): Server {
+  return createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      json(res, 405, { error: 'method_not_allowed' });
+      return;
+    }
+    if (path === '/metrics') {
+      registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': registry.contentType });
+          res.end(text);
+        },
+        () => json(res, 500, { error: 'metrics_unavailable' }),
+      );
+    } else if (path === '/healthz') {
+      json(res, 200, { status: 'ok' });
+    } else if (path === '/readyz') {
+      const ready = readiness.ready();
+      json(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not_ready' });
+    } else {
+      json(res, 404, { error: 'not_found' });
+    }
+  });
+}

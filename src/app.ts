@@ -1,0 +1,161 @@
+import { once } from 'node:events';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { rootCertificates } from 'node:tls';
+import type { Logger } from 'pino';
+import { Registry } from 'prom-client';
+import { Agent, Pool, type Dispatcher } from 'undici';
+import { createAdminServer } from './admin/server.js';
+import type { Config, UpstreamConfig } from './config/load.js';
+import { parseListen } from './config/schema.js';
+import { createLogger } from './logger.js';
+import { bindUpstreamMetrics, createMetrics, type Metrics } from './metrics.js';
+import { clientCredentialsGrant } from './oauth/grants.js';
+import type { Upstream } from './proxy/forwarder.js';
+import { ReverseRouter } from './proxy/router.js';
+import { createProxyServer } from './proxy/server.js';
+import type { BackoffPolicy } from './tokens/backoff.js';
+import { TokenCache, cacheKey } from './tokens/token-cache.js';
+import { TokenSource, systemClock, type Clock } from './tokens/token-source.js';
+
+export interface AppOptions {
+  readonly logger?: Logger;
+  readonly registry?: Registry;
+  readonly clock?: Clock;
+  readonly backoff?: BackoffPolicy;
+}
+
+export interface App {
+  readonly config: Config;
+  readonly metrics: Metrics;
+  readonly registry: Registry;
+  readonly logger: Logger;
+  /** Token sources by upstream name. */
+  readonly tokens: ReadonlyMap<string, TokenSource>;
+  listen(): Promise<{ proxy: AddressInfo; admin: AddressInfo }>;
+  /** Stops accepting, lets in-flight requests finish for up to `shutdownTimeoutSeconds`, then closes. */
+  close(): Promise<void>;
+}
+
+/** TLS options shared by the target pool and the token endpoint: system roots plus the configured CA. */
+function tlsOptions(u: UpstreamConfig) {
+  // `ca` replaces Node's default roots, so the extra CA is added to them, never substituted.
+  return u.ca === undefined ? {} : { ca: [...rootCertificates, u.ca] };
+}
+
+function trimSlash(path: string): string {
+  return path.endsWith('/') ? path.slice(0, -1) : path;
+}
+
+export function createApp(config: Config, options: AppOptions = {}): App {
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const registry = options.registry ?? new Registry();
+  const metrics = createMetrics(registry);
+  const clock = options.clock ?? systemClock;
+  const cache = new TokenCache(config.tokenCache.maxEntries);
+  const dispatchers: Dispatcher[] = [];
+  const tokens = new Map<string, TokenSource>();
+
+  const upstreams = config.upstreams.map((u): Upstream => {
+    const target = new URL(u.target);
+    const tls = tlsOptions(u);
+    const pool = new Pool(target.origin, { connect: tls, keepAliveTimeout: 30_000 });
+    const tokenAgent = new Agent({ connect: tls });
+    dispatchers.push(pool, tokenAgent);
+    const bound = bindUpstreamMetrics(metrics, u.name);
+    const auth = u.auth;
+    const source = new TokenSource({
+      key: cacheKey(u.name, {
+        grant: auth.type,
+        tokenUrl: auth.tokenUrl,
+        clientId: auth.clientId,
+        clientSecret: auth.clientSecret,
+        clientAuth: auth.clientAuth,
+        scope: auth.scope,
+        audience: auth.audience,
+      }),
+      upstream: u.name,
+      fetchToken: clientCredentialsGrant(auth, tokenAgent, () => clock.now()),
+      cache,
+      lifetime: {
+        refreshBeforeExpiryMs: config.tokenCache.refreshBeforeExpirySeconds * 1000,
+        clockSkewMs: auth.clockSkewSeconds * 1000,
+        defaultLifetimeMs: auth.defaultTokenLifetimeSeconds * 1000,
+      },
+      waitTimeoutMs: u.tokenWaitTimeoutSeconds * 1000,
+      metrics: bound,
+      logger,
+      clock,
+      ...(options.backoff === undefined ? {} : { backoff: options.backoff }),
+    });
+    tokens.set(u.name, source);
+    return {
+      name: u.name,
+      origin: target.origin,
+      basePath: trimSlash(target.pathname),
+      dispatcher: pool,
+      tokens: source,
+      metrics: bound,
+      retryBodyLimitBytes: u.retryBodyLimitBytes,
+      timeoutMs: u.timeoutSeconds * 1000,
+      logger,
+    };
+  });
+
+  const router = new ReverseRouter(upstreams.map((upstream, i) => ({ prefix: (config.upstreams[i] as UpstreamConfig).pathPrefix, upstream })));
+  const proxy = createProxyServer(router, logger);
+  let listening = false;
+  let closing = false;
+  const admin = createAdminServer(registry, { ready: () => listening && !closing });
+
+  let inFlight = 0;
+  const idle: (() => void)[] = [];
+  proxy.on('request', (_req, res) => {
+    inFlight += 1;
+    res.once('close', () => {
+      inFlight -= 1;
+      if (inFlight === 0) idle.splice(0).forEach((resolve) => resolve());
+    });
+  });
+
+  async function listenOn(server: Server, address: string): Promise<AddressInfo> {
+    const { host, port } = parseListen(address) ?? { host: '127.0.0.1', port: 0 };
+    server.listen(port, host);
+    await once(server, 'listening');
+    return server.address() as AddressInfo;
+  }
+
+  return {
+    config,
+    metrics,
+    registry,
+    logger,
+    tokens,
+    async listen() {
+      const proxyAddress = await listenOn(proxy, config.listen);
+      const adminAddress = await listenOn(admin, config.admin.listen);
+      listening = true;
+      logger.info(
+        { event: 'listening', proxy: `${proxyAddress.address}:${proxyAddress.port}`, admin: `${adminAddress.address}:${adminAddress.port}`, upstreams: config.upstreams.map((u) => u.name) },
+        'token-proxy is listening',
+      );
+      return { proxy: proxyAddress, admin: adminAddress };
+    },
+    async close() {
+      closing = true;
+      const closed = new Promise<void>((resolve) => proxy.close(() => resolve()));
+      proxy.closeIdleConnections();
+      if (inFlight > 0) {
+        const drained = new Promise<void>((resolve) => idle.push(resolve));
+        const limit = new Promise<void>((resolve) => setTimeout(resolve, config.shutdownTimeoutSeconds * 1000).unref());
+        await Promise.race([drained, limit]);
+        if (inFlight > 0) logger.warn({ event: 'shutdown_timeout', inFlight }, 'closing connections of requests still in flight');
+      }
+      proxy.closeAllConnections();
+      await closed;
+      await new Promise<void>((resolve) => admin.close(() => resolve()));
+      admin.closeAllConnections();
+      await Promise.all(dispatchers.map((d) => d.close()));
+    },
+  };
+}

@@ -1,0 +1,21 @@
+/** Every default in one place, named, so the schema, docs and code agree. */
+export const DEFAULT_LISTEN = '127.0.0.1:8080';
+export const DEFAULT_ADMIN_LISTEN = '127.0.0.1:9464';
+export const DEFAULT_LOG_LEVEL = 'info';
+export const DEFAULT_CACHE_MAX_ENTRIES = 10_000;
+/** Refresh this long before expiry; capped at half of a token's lifetime (see tokens/lifetime.ts). */
+export const DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS = 300;
+export const DEFAULT_RETRY_BODY_LIMIT_BYTES = 1_048_576;
+/** Response-header timeout towards the target. */
+export const DEFAULT_UPSTREAM_TIMEOUT_SECONDS = 30;
+/** How long a request may wait for a token when none is cached. */
+export const DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS = 10;
+/** One token endpoint call may take this long before it counts as a `timeout`. */
+export const DEFAULT_TOKEN_REQUEST_TIMEOUT_SECONDS = 5;
+/** Lifetime assumed when the response has neither `expires_in` nor a JWT `exp`: never "forever". */
+export const DEFAULT_TOKEN_LIFETIME_SECONDS = 300;
+/** Treat a token as expired this early, capped at a quarter of its lifetime. */
+export const DEFAULT_CLOCK_SKEW_SECONDS = 30;
+/** In-flight requests get this long to finish after SIGTERM. */
+export const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 25;
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;

@@ -1,0 +1,141 @@
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import { configSchema, type ParsedAuth, type ParsedConfig, type ParsedUpstream } from './schema.js';
+
+export type ResolvedAuth = Omit<ParsedAuth, 'clientSecretFile' | 'clientSecret'> & { clientSecret: string };
+
+export interface UpstreamConfig extends Omit<ParsedUpstream, 'ca' | 'auth'> {
+  /** PEM text of the extra CA bundle, read at load time. */
+  readonly ca: string | undefined;
+  readonly auth: ResolvedAuth;
+}
+
+export interface Config extends Omit<ParsedConfig, 'upstreams'> {
+  readonly upstreams: readonly UpstreamConfig[];
+}
+
+/** Settings given on the command line or through TOKEN_PROXY_* variables; they win over the file. */
+export interface ConfigOverrides {
+  listen?: string | undefined;
+  adminListen?: string | undefined;
+  logLevel?: string | undefined;
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** `upstreams[0].auth.tokenUrl`, the way a person writes a path into the file. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out === '' ? String(part) : `.${String(part)}`;
+  }
+  return out === '' ? '(root)' : out;
+}
+
+const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
+
+/** Replaces `${VAR}` in every string of the document; each unset variable is a problem naming its path. */
+function substituteEnv(node: unknown, env: Env, path: PropertyKey[], problems: Map<string, string>): unknown {
+  if (typeof node === 'string') {
+    return node.replace(ENV_REF, (_whole, name: string) => {
+      const value = env[name];
+      if (value === undefined) {
+        problems.set(formatPath(path), `${formatPath(path)}: environment variable ${name} is not set`);
+        return '';
+      }
+      return value;
+    });
+  }
+  if (Array.isArray(node)) return node.map((item, i) => substituteEnv(item, env, [...path, i], problems));
+  if (node !== null && typeof node === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(node)) out[key] = substituteEnv(value, env, [...path, key], problems);
+    return out;
+  }
+  return node;
+}
+
+function issuesToProblems(issues: readonly z.core.$ZodIssue[]): string[] {
+  return issues.map((issue) => `${formatPath(issue.path)}: ${issue.message}`);
+}
+
+function readText(file: string, path: string, problems: string[]): string | undefined {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    problems.push(`${path}: cannot read ${file} (${code})`);
+    return undefined;
+  }
+}
+
+function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems: string[]): UpstreamConfig {
+  const at = `upstreams[${i}]`;
+  const ca = u.ca === undefined ? undefined : readText(resolve(baseDir, u.ca), `${at}.ca`, problems);
+  if (ca !== undefined && !ca.includes('-----BEGIN CERTIFICATE-----')) {
+    problems.push(`${at}.ca: ${u.ca} holds no PEM certificate`);
+  }
+  const { clientSecretFile, clientSecret, ...auth } = u.auth;
+  let secret = clientSecret;
+  if (clientSecretFile !== undefined) {
+    // Mounted secrets usually end in a newline that is not part of the secret.
+    secret = readText(resolve(baseDir, clientSecretFile), `${at}.auth.clientSecretFile`, problems)?.replace(/\r?\n$/, '');
+    if (secret === '') problems.push(`${at}.auth.clientSecretFile: ${clientSecretFile} is empty`);
+  }
+  return { ...u, ca, auth: { ...auth, clientSecret: secret ?? '' } };
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/**
+ * Validates a parsed document (YAML or JSON, already turned into plain data) into a new, frozen
+ * Config. Every problem is collected and reported at once, each with its path.
+ */
+export function buildConfig(document: unknown, options: { env?: Env; baseDir?: string; overrides?: ConfigOverrides } = {}): Config {
+  const envProblems = new Map<string, string>();
+  const substituted = substituteEnv(document ?? {}, options.env ?? process.env, [], envProblems);
+  const withOverrides = applyOverrides(substituted, options.overrides ?? {});
+  const parsed = configSchema.safeParse(withOverrides);
+  const problems = [...envProblems.values()];
+  // A value left empty by an unset variable is reported once, as the variable.
+  if (!parsed.success) problems.push(...issuesToProblems(parsed.error.issues.filter((i) => !envProblems.has(formatPath(i.path)))));
+  if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
+  const baseDir = options.baseDir ?? process.cwd();
+  const upstreams = parsed.data.upstreams.map((u, i) => resolveUpstream(u, i, baseDir, problems));
+  if (problems.length > 0) throw new ConfigError(problems);
+  return deepFreeze({ ...parsed.data, upstreams });
+}
+
+function applyOverrides(doc: unknown, o: ConfigOverrides): unknown {
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) return doc;
+  const out: Record<string, unknown> = { ...(doc as Record<string, unknown>) };
+  if (o.listen !== undefined) out['listen'] = o.listen;
+  if (o.logLevel !== undefined) out['logLevel'] = o.logLevel;
+  if (o.adminListen !== undefined) {
+    const admin = out['admin'];
+    out['admin'] = { ...(admin !== null && typeof admin === 'object' ? admin : {}), listen: o.adminListen };
+  }
+  return out;
+}
+
+/** Reads a YAML or JSON file; relative paths inside it are resolved against its own directory. */
+export function loadConfigFile(file: string, options: { env?: Env; overrides?: ConfigOverrides } = {}): Config {
+  const problems: string[] = [];
+  const text = readText(file, 'config', problems);
+  if (text === undefined) throw new ConfigError(problems);
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(doc.errors.map((e) => `${file}: ${e.message.split('\n')[0] ?? e.code}`));
+  }
+  return buildConfig(doc.toJS(), { ...options, baseDir: dirname(resolve(file)) });
+}

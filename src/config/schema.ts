@@ -1,0 +1,138 @@
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import {
+  DEFAULT_ADMIN_LISTEN,
+  DEFAULT_CACHE_MAX_ENTRIES,
+  DEFAULT_CLOCK_SKEW_SECONDS,
+  DEFAULT_LISTEN,
+  DEFAULT_LOG_LEVEL,
+  DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS,
+  DEFAULT_RETRY_BODY_LIMIT_BYTES,
+  DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+  DEFAULT_TOKEN_LIFETIME_SECONDS,
+  DEFAULT_TOKEN_REQUEST_TIMEOUT_SECONDS,
+  DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS,
+  DEFAULT_UPSTREAM_TIMEOUT_SECONDS,
+  LOG_LEVELS,
+} from './defaults.js';
+
+/** `host:port`, `[v6]:port`; the host must be an IP literal or `localhost`. */
+export function parseListen(value: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
+  if (!m) return undefined;
+  const host = m[1] ?? m[2] ?? '';
+  const port = Number(m[3]);
+  if (port > 65_535) return undefined;
+  if (host !== 'localhost' && isIP(host) === 0) return undefined;
+  return { host, port };
+}
+
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || (isIP(h) === 4 && h.startsWith('127.'));
+}
+
+const listenAddress = z
+  .string()
+  .refine((v) => parseListen(v) !== undefined, 'must be host:port with an IP address or localhost, e.g. 127.0.0.1:8080');
+
+/**
+ * RFC 6749 §3.2 and §10.9: token endpoints and targets carry credentials, so TLS is required;
+ * plain http is accepted only on loopback, where nothing crosses a network.
+ */
+const secureUrl = z.string().superRefine((value, ctx) => {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `not a valid URL: "${value}"` });
+    return;
+  }
+  if (url.protocol === 'https:') return;
+  if (url.protocol === 'http:' && isLoopbackHost(url.hostname)) return;
+  ctx.addIssue({ code: 'custom', message: 'must be an https:// URL (plain http:// is accepted only for loopback hosts)' });
+});
+
+const positiveSeconds = z.number().positive();
+
+const clientCredentialsAuth = z
+  .strictObject({
+    type: z.literal('client_credentials'),
+    tokenUrl: secureUrl.describe('token endpoint (RFC 6749 §3.2); https:// except on loopback'),
+    clientId: z.string().min(1).describe('OAuth2 client id'),
+    clientSecret: z.string().min(1).optional().describe('client secret; use ${ENV_VAR} rather than writing it here'),
+    clientSecretFile: z.string().min(1).optional().describe('path to a file holding the secret (e.g. a mounted secret)'),
+    clientAuth: z.enum(['client_secret_basic', 'client_secret_post']).default('client_secret_basic').describe('how the client authenticates at the token endpoint (RFC 6749 §2.3.1)'),
+    scope: z.string().min(1).optional().describe('space-separated scopes to request'),
+    audience: z.string().min(1).optional().describe('audience parameter sent with the token request'),
+    defaultTokenLifetimeSeconds: positiveSeconds.default(DEFAULT_TOKEN_LIFETIME_SECONDS).describe('lifetime assumed when the response has neither expires_in nor a JWT exp'),
+    clockSkewSeconds: z.number().min(0).default(DEFAULT_CLOCK_SKEW_SECONDS).describe('stop using a token this long before it expires (capped at a quarter of its lifetime)'),
+    requestTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_REQUEST_TIMEOUT_SECONDS).describe('time limit for one token endpoint call'),
+  })
+  .superRefine((auth, ctx) => {
+    const given = Number(auth.clientSecret !== undefined) + Number(auth.clientSecretFile !== undefined);
+    if (given !== 1) {
+      ctx.addIssue({ code: 'custom', path: ['clientSecret'], message: 'set exactly one of clientSecret or clientSecretFile' });
+    }
+  });
+
+export const authSchema = z.discriminatedUnion('type', [clientCredentialsAuth]);
+
+const upstreamSchema = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'letters, digits, "_", "." and "-" only (it becomes a metrics label)'),
+  target: secureUrl.describe('base URL of the partner API; https:// except on loopback'),
+  pathPrefix: z
+    .string()
+    .regex(/^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*[^/]$/, 'must start with "/" and not end with "/", e.g. /partner')
+    .describe('reverse mode: http://proxy/<pathPrefix>/x is sent to <target>/x'),
+  ca: z.string().min(1).optional().describe('PEM file with extra CA certificates for the target and the token endpoint'),
+  retryBodyLimitBytes: z.number().int().min(0).default(DEFAULT_RETRY_BODY_LIMIT_BYTES).describe('request bodies up to this size are kept so a 401 can be replayed; larger ones stream'),
+  timeoutSeconds: positiveSeconds.default(DEFAULT_UPSTREAM_TIMEOUT_SECONDS).describe('time limit for the target\'s response headers (504 after it)'),
+  tokenWaitTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS).describe('how long a request may wait for a token when none is cached (502 after it)'),
+  auth: authSchema,
+});
+
+export const configSchema = z
+  .strictObject({
+    listen: listenAddress.default(DEFAULT_LISTEN),
+    admin: z.strictObject({ listen: listenAddress.default(DEFAULT_ADMIN_LISTEN) }).default({ listen: DEFAULT_ADMIN_LISTEN }),
+    logLevel: z.enum(LOG_LEVELS).default(DEFAULT_LOG_LEVEL),
+    shutdownTimeoutSeconds: positiveSeconds.default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
+    tokenCache: z
+      .strictObject({
+        maxEntries: z.number().int().positive().default(DEFAULT_CACHE_MAX_ENTRIES),
+        refreshBeforeExpirySeconds: z.number().min(0).default(DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS),
+      })
+      .default({ maxEntries: DEFAULT_CACHE_MAX_ENTRIES, refreshBeforeExpirySeconds: DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS }),
+    upstreams: z.array(upstreamSchema).min(1, 'configure at least one upstream'),
+  })
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, number>();
+    cfg.upstreams.forEach((u, i) => {
+      const before = seen.get(u.name);
+      if (before !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['upstreams', i, 'name'], message: `duplicate name "${u.name}" (also upstreams[${before}])` });
+      }
+      seen.set(u.name, i);
+    });
+    const prefixes = new Map<string, number>();
+    cfg.upstreams.forEach((u, i) => {
+      const before = prefixes.get(u.pathPrefix);
+      if (before !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['upstreams', i, 'pathPrefix'],
+          message: `duplicate pathPrefix "${u.pathPrefix}" (also upstreams[${before}])`,
+        });
+      }
+      prefixes.set(u.pathPrefix, i);
+    });
+    if (cfg.listen === cfg.admin.listen && parseListen(cfg.listen)?.port !== 0) {
+      ctx.addIssue({ code: 'custom', path: ['admin', 'listen'], message: 'must differ from listen' });
+    }
+  });
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;
+export type ParsedUpstream = ParsedConfig['upstreams'][number];
+export type ParsedAuth = ParsedUpstream['auth'];

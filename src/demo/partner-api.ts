@@ -1,0 +1,155 @@
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { createRemoteJWKSet, customFetch, jwtVerify, type JWTPayload } from 'jose';
+import { Agent, fetch as undiciFetch } from 'undici';
+
+/** What the partner saw of one request. */
+export interface SeenRequest {
+  readonly method: string;
+  readonly path: string;
+  readonly headers: IncomingMessage['headers'];
+  /** The bearer token presented (undefined when none). */
+  readonly token: string | undefined;
+  readonly claims: JWTPayload | undefined;
+  readonly bodyBytes: number;
+  readonly bodySha256: string;
+  readonly status: number;
+}
+
+export interface ScriptedAnswer {
+  readonly status: number;
+  readonly headers?: Record<string, string | string[]>;
+  readonly body?: string | Buffer;
+}
+
+export interface PartnerApi {
+  readonly url: string;
+  readonly seen: SeenRequest[];
+  /** Tokens (by value) that this partner now answers with 401, as if revoked. */
+  readonly revoked: Set<string>;
+  /** Runs after the token is verified; an answer it returns replaces the normal one. */
+  script: ((req: SeenRequest) => ScriptedAnswer | undefined) | undefined;
+  close(): Promise<void>;
+}
+
+export interface PartnerOptions {
+  readonly jwksUrl: string;
+  readonly issuer?: string;
+  readonly tls?: { readonly key: string; readonly cert: string };
+  /** CA that signed the issuer's certificate, when its JWKS is served over https. */
+  readonly issuerCa?: string;
+  readonly host?: string;
+  readonly port?: number;
+}
+
+function send(res: ServerResponse, answer: ScriptedAnswer): void {
+  res.writeHead(answer.status, answer.headers ?? {});
+  res.end(answer.body ?? '');
+}
+
+/**
+ * A partner API that checks each bearer token's signature against the issuer's JWKS, the way a
+ * real resource server does (RFC 6750 §3.1 error answers). Paths `/status/NNN` answer with that
+ * status, which shows that such answers (a 403 above all) pass the proxy untouched.
+ */
+export async function startPartnerApi(options: PartnerOptions): Promise<PartnerApi> {
+  const agent = options.issuerCa === undefined ? undefined : new Agent({ connect: { ca: options.issuerCa } });
+  const jwks = createRemoteJWKSet(
+    new URL(options.jwksUrl),
+    agent === undefined ? {} : { [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: agent }) as unknown as Promise<Response> },
+  );
+  const seen: SeenRequest[] = [];
+  const revoked = new Set<string>();
+  const api: PartnerApi = {
+    url: '',
+    seen,
+    revoked,
+    script: undefined,
+    close: async () => undefined,
+  };
+
+  const handler = async (req: IncomingMessage, res: ServerResponse) => {
+    const hash = createHash('sha256');
+    let bodyBytes = 0;
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      hash.update(chunk);
+      bodyBytes += chunk.length;
+    }
+    const auth = req.headers.authorization;
+    const token = auth?.startsWith('Bearer ') ? auth.slice(7) : undefined;
+    let claims: JWTPayload | undefined;
+    let answer: ScriptedAnswer | undefined;
+    if (token === undefined) {
+      answer = { status: 401, headers: { 'www-authenticate': 'Bearer realm="partner"', 'content-type': 'application/json' }, body: '{"error":"missing_token"}' };
+    } else {
+      try {
+        claims = (await jwtVerify(token, jwks, options.issuer === undefined ? {} : { issuer: options.issuer })).payload;
+      } catch (err) {
+        const description = (err as Error).message.replace(/"/g, "'");
+        answer = {
+          status: 401,
+          headers: { 'www-authenticate': `Bearer error="invalid_token", error_description="${description}"`, 'content-type': 'application/json' },
+          body: JSON.stringify({ error: 'invalid_token' }),
+        };
+      }
+      if (answer === undefined && revoked.has(token)) {
+        answer = { status: 401, headers: { 'www-authenticate': 'Bearer error="invalid_token", error_description="revoked"' }, body: '{"error":"invalid_token"}' };
+      }
+    }
+    const path = req.url ?? '/';
+    const record = (status: number): SeenRequest => ({
+      method: req.method ?? 'GET',
+      path,
+      headers: req.headers,
+      token,
+      claims,
+      bodyBytes,
+      bodySha256: hash.copy().digest('hex'),
+      status,
+    });
+    if (answer === undefined) answer = api.script?.(record(0));
+    if (answer === undefined) {
+      const m = /^\/status\/(\d{3})(?:[/?]|$)/.exec(path);
+      if (m !== null) {
+        const status = Number(m[1]);
+        answer = {
+          status,
+          headers: { 'content-type': 'application/json', 'x-partner-reason': 'scripted', 'set-cookie': ['a=1; Path=/', 'b=2; Path=/'] },
+          body: JSON.stringify({ error: status === 403 ? 'forbidden' : 'status', detail: `partner answered ${status}` }),
+        };
+      } else {
+        answer = {
+          status: 200,
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ ok: true, method: req.method, path, client: claims?.['client_id'] ?? claims?.sub ?? null, scope: claims?.['scope'] ?? null, bodyBytes, bodySha256: record(0).bodySha256 }),
+        };
+      }
+    }
+    seen.push(record(answer.status));
+    send(res, answer);
+  };
+
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+    handler(req, res).catch(() => {
+      if (!res.headersSent) send(res, { status: 500, body: 'partner error' });
+      else res.destroy();
+    });
+  };
+  const server: Server = options.tls ? createHttpsServer(options.tls, onRequest) : createHttpServer(onRequest);
+  server.listen(options.port ?? 0, options.host ?? '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  Object.assign(api, {
+    url: `${options.tls ? 'https' : 'http'}://${options.host ?? '127.0.0.1'}:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+        void agent?.close();
+      }),
+  });
+  return api;
+}

@@ -1,0 +1,162 @@
+import { errors as undiciErrors, type Dispatcher } from 'undici';
+import { TokenError, type TokenFailureReason } from '../errors.js';
+import type { ClientAuth } from './client-auth.js';
+
+/** What a token endpoint handed out, as far as the proxy cares. */
+export interface TokenResponse {
+  readonly accessToken: string;
+  /** RFC 6749 §5.1 `expires_in`, seconds; undefined when the server did not say. */
+  readonly expiresIn: number | undefined;
+  readonly scope: string | undefined;
+  readonly refreshToken: string | undefined;
+}
+
+export interface TokenEndpoint {
+  readonly url: URL;
+  readonly dispatcher: Dispatcher;
+  readonly clientAuth: ClientAuth;
+  readonly timeoutMs: number;
+}
+
+/** RFC 6749 §5.2 error codes we map one to one; anything else is classified by status. */
+const KNOWN_ERRORS: ReadonlySet<string> = new Set([
+  'invalid_client',
+  'invalid_grant',
+  'invalid_scope',
+  'unsupported_grant_type',
+  'invalid_request',
+  'unauthorized_client',
+]);
+
+const MAX_DESCRIPTION = 200;
+const MAX_BODY_BYTES = 64 * 1024;
+
+/** RFC 9110 §10.2.3: Retry-After is either delay-seconds or an HTTP-date. */
+export function parseRetryAfter(value: string | string[] | undefined, nowMs: number): number | undefined {
+  const v = Array.isArray(value) ? value[0] : value;
+  if (v === undefined || v.trim() === '') return undefined;
+  if (/^\d+$/.test(v.trim())) return Number(v.trim());
+  const date = Date.parse(v);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - nowMs) / 1000));
+}
+
+function describe(value: unknown): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  // Partner text goes into logs and error bodies: keep it short and on one line.
+  // eslint-disable-next-line no-control-regex
+  const clean = value.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim();
+  return clean.length > MAX_DESCRIPTION ? `${clean.slice(0, MAX_DESCRIPTION)}…` : clean;
+}
+
+function reasonForStatus(status: number): TokenFailureReason {
+  if (status === 429) return 'rate_limited';
+  if (status >= 500) return 'server_error';
+  if (status === 401) return 'invalid_client'; // RFC 6749 §5.2: 401 is the invalid_client answer
+  if (status === 403) return 'forbidden';
+  return 'bad_response';
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+function parseExpiresIn(value: unknown): number | undefined {
+  // Some servers send "300" as a string; accept a plain number in either form.
+  const n = typeof value === 'string' && /^-?\d+(\.\d+)?$/.test(value) ? Number(value) : value;
+  return typeof n === 'number' && Number.isFinite(n) ? n : undefined;
+}
+
+/** Interprets a token endpoint answer (RFC 6749 §5.1 success, §5.2 error). */
+export function parseTokenResponse(status: number, headers: Record<string, string | string[] | undefined>, text: string, nowMs: number): TokenResponse {
+  const json = parseJson(text);
+  const obj = json !== null && typeof json === 'object' && !Array.isArray(json) ? (json as Record<string, unknown>) : undefined;
+  const retryAfterSeconds = parseRetryAfter(headers['retry-after'], nowMs);
+  if (status < 200 || status >= 300) {
+    const code = obj?.['error'];
+    let reason = reasonForStatus(status);
+    if (typeof code === 'string' && KNOWN_ERRORS.has(code) && status < 500) reason = code as TokenFailureReason;
+    const description = describe(obj?.['error_description']) ?? (obj === undefined ? 'response was not JSON' : undefined);
+    throw new TokenError(reason, `token endpoint answered ${status}${typeof code === 'string' ? ` ${describe(code)}` : ''}`, {
+      status,
+      ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }),
+      ...(description === undefined ? {} : { description }),
+    });
+  }
+  if (obj === undefined) {
+    throw new TokenError('bad_response', `token endpoint answered ${status} with a body that is not a JSON object`, { status });
+  }
+  const accessToken = obj['access_token'];
+  if (typeof accessToken !== 'string' || accessToken === '') {
+    throw new TokenError('bad_response', 'token response has no access_token', { status });
+  }
+  // RFC 6749 §7.1 / RFC 6750: we can only inject bearer tokens.
+  const tokenType = obj['token_type'];
+  if (tokenType !== undefined && (typeof tokenType !== 'string' || tokenType.toLowerCase() !== 'bearer')) {
+    throw new TokenError('bad_response', `token_type ${describe(String(tokenType))} is not Bearer`, { status });
+  }
+  const refreshToken = obj['refresh_token'];
+  const scope = obj['scope'];
+  return {
+    accessToken,
+    expiresIn: parseExpiresIn(obj['expires_in']),
+    scope: typeof scope === 'string' ? scope : undefined,
+    refreshToken: typeof refreshToken === 'string' && refreshToken !== '' ? refreshToken : undefined,
+  };
+}
+
+function transportReason(err: unknown): TokenFailureReason {
+  if (err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError) return 'timeout';
+  if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) return 'timeout';
+  return 'network';
+}
+
+/** One POST to the token endpoint (RFC 6749 §4.4.2 and friends). Throws TokenError. */
+export async function requestToken(endpoint: TokenEndpoint, params: Record<string, string>, nowMs: () => number): Promise<TokenResponse> {
+  const parts = {
+    headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' } as Record<string, string>,
+    body: new URLSearchParams(params),
+  };
+  endpoint.clientAuth(parts);
+  let status: number;
+  let headers: Record<string, string | string[] | undefined>;
+  let text: string;
+  try {
+    const res = await endpoint.dispatcher.request({
+      origin: endpoint.url.origin,
+      path: `${endpoint.url.pathname}${endpoint.url.search}`,
+      method: 'POST',
+      headers: parts.headers,
+      body: parts.body.toString(),
+      signal: AbortSignal.timeout(endpoint.timeoutMs),
+    });
+    status = res.statusCode;
+    headers = res.headers;
+    text = await readLimited(res.body);
+  } catch (err) {
+    if (err instanceof TokenError) throw err;
+    const reason = transportReason(err);
+    // The cause keeps the transport error for logs; it never carries the request body.
+    throw new TokenError(reason, reason === 'timeout' ? `token endpoint did not answer within ${endpoint.timeoutMs} ms` : `token endpoint unreachable: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  return parseTokenResponse(status, headers, text, nowMs());
+}
+
+async function readLimited(body: AsyncIterable<Buffer> & { destroy(): unknown }): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) {
+      body.destroy();
+      throw new TokenError('bad_response', `token response larger than ${MAX_BODY_BYTES} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

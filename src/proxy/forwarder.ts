@@ -1,0 +1,200 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { errors as undiciErrors, type Dispatcher } from 'undici';
+import type { Logger } from 'pino';
+import { ProxyError, TokenError, errorBody, statusFor } from '../errors.js';
+import type { UpstreamMetrics } from '../metrics.js';
+import type { Token } from '../tokens/token.js';
+import type { TokenSource } from '../tokens/token-source.js';
+import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
+import { readRequestBody, type RequestBody } from './request-body.js';
+
+/** Everything the request path needs about one upstream, built once at start-up. */
+export interface Upstream {
+  readonly name: string;
+  /** `https://host:port` of the target. */
+  readonly origin: string;
+  /** Path of the target URL without a trailing slash ('' for the root). */
+  readonly basePath: string;
+  readonly dispatcher: Dispatcher;
+  readonly tokens: TokenSource;
+  readonly metrics: UpstreamMetrics;
+  readonly retryBodyLimitBytes: number;
+  readonly timeoutMs: number;
+  readonly logger: Logger;
+}
+
+/** Sends a proxy-generated error as JSON (the stable `error` code plus details). */
+export function sendError(res: ServerResponse, err: ProxyError): number {
+  const status = statusFor(err);
+  if (res.headersSent) {
+    res.destroy(err);
+    return status;
+  }
+  const body = errorBody(err);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+  res.end(body);
+  return status;
+}
+
+function tokenUnavailable(upstream: Upstream, err: unknown): ProxyError {
+  const reason = err instanceof TokenError ? err.reason : 'bad_response';
+  const details: Record<string, string> = { upstream: upstream.name, reason };
+  if (err instanceof TokenError && err.description !== undefined) details['description'] = err.description;
+  return new ProxyError('token_unavailable', `no token for upstream ${upstream.name}: ${reason}`, details, { cause: err });
+}
+
+function upstreamFailure(upstream: Upstream, err: Error): ProxyError {
+  if (err instanceof undiciErrors.HeadersTimeoutError) {
+    return new ProxyError('upstream_timeout', `upstream ${upstream.name} sent no response headers within ${upstream.timeoutMs} ms`, { upstream: upstream.name }, { cause: err });
+  }
+  if (err instanceof ProxyError) return err;
+  return new ProxyError('upstream_unreachable', `upstream ${upstream.name} failed: ${err.message}`, { upstream: upstream.name }, { cause: err });
+}
+
+/**
+ * Forwards one request: token (cached, or awaited), dispatch through undici's handler API (the
+ * fastest of its interfaces, with raw headers so repeated fields survive), stream the answer
+ * back. A 401 on a replayable request renews the token and replays once; any other answer,
+ * 403 included, goes to the client exactly as received.
+ */
+export async function forward(req: IncomingMessage, res: ServerResponse, upstream: Upstream, path: string): Promise<void> {
+  const started = performance.now();
+  let body: RequestBody;
+  let token: Token;
+  try {
+    token = upstream.tokens.current() ?? (await upstream.tokens.obtain());
+  } catch (err) {
+    req.resume();
+    finish(upstream, started, sendError(res, tokenUnavailable(upstream, err)));
+    return;
+  }
+  try {
+    body = await readRequestBody(req, upstream.retryBodyLimitBytes);
+  } catch (err) {
+    finish(upstream, started, sendError(res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')));
+    return;
+  }
+  new Exchange(req, res, upstream, path, body, started).send(token, 1);
+}
+
+function finish(upstream: Upstream, started: number, status: number): void {
+  upstream.metrics.response(status);
+  upstream.metrics.requestDuration.observe((performance.now() - started) / 1000);
+}
+
+/** One client request and its (at most two) upstream attempts; implements undici's handler API. */
+class Exchange implements Dispatcher.DispatchHandler {
+  readonly #req: IncomingMessage;
+  readonly #res: ServerResponse;
+  readonly #upstream: Upstream;
+  readonly #path: string;
+  readonly #body: RequestBody;
+  readonly #started: number;
+  #token!: Token;
+  #attempt = 1;
+  #status = 0;
+  /** This attempt's answer is a 401 that will be replayed: swallow it. */
+  #replaying = false;
+  #abort: ((err?: Error) => void) | undefined;
+
+  constructor(req: IncomingMessage, res: ServerResponse, upstream: Upstream, path: string, body: RequestBody, started: number) {
+    this.#req = req;
+    this.#res = res;
+    this.#upstream = upstream;
+    this.#path = path;
+    this.#body = body;
+    this.#started = started;
+    res.once('close', () => {
+      // The client went away before the answer was complete: free the upstream socket.
+      if (!res.writableFinished) this.#abort?.(new Error('client closed the connection'));
+    });
+  }
+
+  send(token: Token, attempt: number): void {
+    this.#token = token;
+    this.#attempt = attempt;
+    this.#replaying = false;
+    const b = this.#body;
+    const u = this.#upstream;
+    u.dispatcher.dispatch(
+      {
+        origin: u.origin,
+        path: this.#path,
+        method: this.#req.method ?? 'GET',
+        headers: upstreamRequestHeaders(
+          this.#req.rawHeaders,
+          { clientAddress: this.#req.socket.remoteAddress ?? '', proto: 'http' },
+          token.header,
+        ),
+        body: b.kind === 'none' ? null : b.kind === 'buffered' ? b.data : b.stream,
+        headersTimeout: u.timeoutMs,
+      },
+      this,
+    );
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.#abort = abort;
+    if (this.#res.destroyed) abort(new Error('client closed the connection'));
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (statusCode < 200) return true; // 1xx: informational, nothing to relay
+    this.#status = statusCode;
+    if (statusCode === 401) {
+      if (this.#attempt === 1 && this.#body.kind !== 'streamed') {
+        this.#replaying = true; // drain this answer, then replay with a fresh token
+        return true;
+      }
+      if (this.#attempt === 1) this.#upstream.tokens.invalidate(this.#token); // not replayable: next request gets a new token
+    }
+    if (this.#attempt === 2) this.#upstream.metrics.unauthorizedRetry(statusCode === 401 ? 'still_unauthorized' : 'recovered');
+    this.#res.writeHead(statusCode, statusText, downstreamResponseHeaders(rawHeaders));
+    this.#res.on('drain', resume);
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.#replaying) return true;
+    return this.#res.write(chunk);
+  }
+
+  onComplete(): void {
+    if (this.#replaying) {
+      this.#replay();
+      return;
+    }
+    this.#res.end();
+    finish(this.#upstream, this.#started, this.#status);
+  }
+
+  onError(err: Error): void {
+    const u = this.#upstream;
+    if (this.#res.headersSent) {
+      // Mid-response failure: break the client connection so a cut answer never looks complete.
+      u.logger.warn({ event: 'upstream_response_broken', upstream: u.name, err: err.message }, 'upstream response broken');
+      this.#res.destroy(err);
+      finish(u, this.#started, this.#status);
+      return;
+    }
+    if (this.#res.destroyed) return; // the client left first; nothing to answer
+    const failure = upstreamFailure(u, err);
+    u.logger.warn({ event: 'upstream_failed', upstream: u.name, error: failure.code, err: err.message }, failure.message);
+    finish(u, this.#started, sendError(this.#res, failure));
+  }
+
+  #replay(): void {
+    const u = this.#upstream;
+    u.logger.info({ event: 'unauthorized_retry', upstream: u.name, token: this.#token.fingerprint }, 'target answered 401: renewing the token and replaying once');
+    u.tokens.renewAfterUnauthorized(this.#token).then(
+      (fresh) => {
+        if (this.#res.destroyed) return;
+        this.send(fresh, 2);
+      },
+      (err: unknown) => {
+        u.metrics.unauthorizedRetry('still_unauthorized');
+        finish(u, this.#started, sendError(this.#res, tokenUnavailable(u, err)));
+      },
+    );
+  }
+}

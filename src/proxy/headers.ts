@@ -1,0 +1,88 @@
+/**
+ * Header hygiene, pure functions. RFC 9110 §7.6.1: hop-by-hop fields (and every field named in
+ * Connection) apply to one connection only and are never forwarded.
+ */
+const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+]);
+
+/** Request fields the proxy sets itself. */
+const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set([
+  'host',
+  'authorization', // a client's own credentials never reach the partner: the token replaces them
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+]);
+
+function connectionTokens(raw: readonly string[]): Set<string> | undefined {
+  let named: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if ((raw[i] as string).toLowerCase() !== 'connection') continue;
+    for (const part of (raw[i + 1] as string).split(',')) {
+      const name = part.trim().toLowerCase();
+      if (name !== '') (named ??= new Set()).add(name);
+    }
+  }
+  return named;
+}
+
+export interface ForwardedInfo {
+  readonly clientAddress: string;
+  readonly proto: 'http' | 'https';
+}
+
+/**
+ * Builds the flat [name, value, ...] list for the upstream request from the client's raw headers:
+ * hop-by-hop and replaced fields dropped, then X-Forwarded-* and the bearer token appended.
+ */
+export function upstreamRequestHeaders(raw: readonly string[], forwarded: ForwardedInfo, authorization: string): string[] {
+  const named = connectionTokens(raw);
+  const out: string[] = [];
+  let host: string | undefined;
+  let priorFor: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const value = raw[i + 1] as string;
+    const lower = name.toLowerCase();
+    if (lower === 'host') host ??= value;
+    else if (lower === 'x-forwarded-for') priorFor = priorFor === undefined ? value : `${priorFor}, ${value}`;
+    if (HOP_BY_HOP.has(lower) || REPLACED_ON_REQUEST.has(lower) || named?.has(lower)) continue;
+    out.push(name, value);
+  }
+  // RFC 7239 §5.2 semantics, de-facto header: append this hop's client to the chain.
+  out.push('x-forwarded-for', priorFor === undefined ? forwarded.clientAddress : `${priorFor}, ${forwarded.clientAddress}`);
+  out.push('x-forwarded-proto', forwarded.proto);
+  if (host !== undefined) out.push('x-forwarded-host', host);
+  out.push('authorization', authorization);
+  return out;
+}
+
+/** Response fields from the target, minus hop-by-hop ones; repeated fields (Set-Cookie) stay separate. */
+export function downstreamResponseHeaders(raw: readonly Buffer[]): string[] {
+  const out: string[] = [];
+  let named: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if ((raw[i] as Buffer).length === 10 && (raw[i] as Buffer).toString('latin1').toLowerCase() === 'connection') {
+      for (const part of (raw[i + 1] as Buffer).toString('latin1').split(',')) {
+        const name = part.trim().toLowerCase();
+        if (name !== '') (named ??= new Set()).add(name);
+      }
+    }
+  }
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = (raw[i] as Buffer).toString('latin1');
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
+    out.push(name, (raw[i + 1] as Buffer).toString('latin1'));
+  }
+  return out;
+}

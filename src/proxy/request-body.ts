@@ -1,0 +1,52 @@
+import type { IncomingMessage } from 'node:http';
+import { Readable } from 'node:stream';
+import { ProxyError } from '../errors.js';
+
+/**
+ * A request body as the forwarder sees it. A `buffered` body (or none) can be sent twice, so a
+ * request that meets a 401 can be replayed; a `streamed` one goes through once, untouched.
+ */
+export type RequestBody =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'buffered'; readonly data: Buffer }
+  | { readonly kind: 'streamed'; readonly stream: Readable };
+
+const NONE: RequestBody = { kind: 'none' };
+
+/**
+ * Decides before sending whether the body can be replayed: bodies of known size up to `limit`
+ * are read into memory; larger ones stream at once. A chunked body is read up to the limit and,
+ * if it goes on, streamed with what was read so far in front (undici RetryHandler's rule: a
+ * body already partly sent is never replayed).
+ */
+export async function readRequestBody(req: IncomingMessage, limit: number): Promise<RequestBody> {
+  const length = req.headers['content-length'];
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  if (!chunked && (length === undefined || length === '0')) {
+    if (length === '0') req.resume();
+    return NONE;
+  }
+  if (!chunked && Number(length) > limit) return { kind: 'streamed', stream: req };
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const iterator = req[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  for (;;) {
+    const next = await iterator.next().catch((err: unknown) => {
+      throw new ProxyError('bad_request', 'request body was cut off by the client', {}, { cause: err });
+    });
+    if (next.done) break;
+    chunks.push(next.value);
+    size += next.value.length;
+    if (size > limit) return { kind: 'streamed', stream: Readable.from(continueWith(chunks, iterator), { objectMode: false }) };
+  }
+  return { kind: 'buffered', data: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size) };
+}
+
+async function* continueWith(head: Buffer[], rest: AsyncIterator<Buffer>): AsyncGenerator<Buffer> {
+  yield* head;
+  for (;;) {
+    const next = await rest.next();
+    if (next.done) return;
+    yield next.value;
+  }
+}

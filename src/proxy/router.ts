@@ -1,0 +1,45 @@
+import type { Upstream } from './forwarder.js';
+
+export interface ReverseRoute {
+  readonly upstream: Upstream;
+  /** Path and query to send to the target. */
+  readonly path: string;
+}
+
+/** A path segment that is "." or "..", also when percent-encoded (RFC 3986 §5.2.4). */
+function escapesPrefix(rest: string): boolean {
+  const q = rest.indexOf('?');
+  const path = q === -1 ? rest : rest.slice(0, q);
+  if (!path.includes('.') && !/%2e/i.test(path)) return false;
+  return path.split('/').some((segment) => {
+    const s = segment.replace(/%2e/gi, '.');
+    return s === '.' || s === '..';
+  });
+}
+
+/**
+ * Reverse-mode routing: the longest configured path prefix that the request path starts with,
+ * at a segment boundary (`/partner` matches `/partner/x` and `/partner?q`, not `/partnerx`).
+ */
+export class ReverseRouter {
+  readonly #routes: readonly { prefix: string; upstream: Upstream }[];
+
+  constructor(entries: readonly { prefix: string; upstream: Upstream }[]) {
+    this.#routes = [...entries].sort((a, b) => b.prefix.length - a.prefix.length);
+  }
+
+  /** undefined: no upstream; null: the path tries to climb out of its prefix. */
+  route(url: string): ReverseRoute | undefined | null {
+    for (const { prefix, upstream } of this.#routes) {
+      if (!url.startsWith(prefix)) continue;
+      const next = url.charCodeAt(prefix.length);
+      // end of string, '/', or '?'
+      if (!(Number.isNaN(next) || next === 47 || next === 63)) continue;
+      const rest = url.slice(prefix.length);
+      if (escapesPrefix(rest)) return null;
+      const path = upstream.basePath + (rest === '' || rest.charCodeAt(0) === 63 ? `/${rest}` : rest);
+      return { upstream, path };
+    }
+    return undefined;
+  }
+}

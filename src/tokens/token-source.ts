@@ -1,0 +1,217 @@
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { TokenError } from '../errors.js';
+import type { RefreshTrigger, UpstreamMetrics } from '../metrics.js';
+import type { TokenResponse } from '../oauth/token-endpoint.js';
+import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffPolicy } from './backoff.js';
+import type { TokenCache } from './token-cache.js';
+import { tokenFromResponse, type LifetimePolicy, type Token } from './token.js';
+
+export interface Clock {
+  now(): number;
+}
+
+export const systemClock: Clock = { now: () => Date.now() };
+
+export interface TokenSourceOptions {
+  readonly key: string;
+  readonly upstream: string;
+  /** Calls the token endpoint once; throws TokenError. */
+  readonly fetchToken: () => Promise<TokenResponse>;
+  readonly cache: TokenCache;
+  readonly lifetime: LifetimePolicy;
+  readonly waitTimeoutMs: number;
+  readonly metrics: UpstreamMetrics;
+  readonly logger: Logger;
+  readonly clock?: Clock;
+  readonly backoff?: BackoffPolicy;
+}
+
+/**
+ * The tokens of one cache key. Reading (`current`) is a map lookup; everything that takes time
+ * (calls, backoff, single-flight) happens behind `obtain` and background refreshes.
+ *
+ * Emits `token` (Token) after each successful fetch and `refreshError` (TokenError) after each
+ * failed one; tests and the admin endpoint listen, the request path does not.
+ */
+export class TokenSource extends EventEmitter {
+  readonly key: string;
+  readonly upstream: string;
+  readonly #o: TokenSourceOptions;
+  readonly #clock: Clock;
+  readonly #backoff: BackoffPolicy;
+  #inflight: Promise<Token> | undefined;
+  #failures = 0;
+  #nextAttemptAt = 0;
+  #lastError: TokenError | undefined;
+
+  constructor(options: TokenSourceOptions) {
+    super();
+    this.#o = options;
+    this.key = options.key;
+    this.upstream = options.upstream;
+    this.#clock = options.clock ?? systemClock;
+    this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
+  }
+
+  /**
+   * Hot path: the cached token if it may still be injected, else undefined. A token inside its
+   * refresh window is returned and a background refresh starts, so no request waits for it.
+   */
+  current(): Token | undefined {
+    const token = this.#o.cache.get(this.key);
+    if (token === undefined) return undefined;
+    const now = this.#clock.now();
+    if (now >= token.usableUntil) return undefined; // never inject an expired token
+    this.#o.metrics.cacheHit.inc();
+    if (now >= token.refreshAt && this.#inflight === undefined && now >= this.#nextAttemptAt) {
+      this.#refresh('ahead', token.usableUntil).catch(() => {
+        /* logged and counted in #refresh; the cached token keeps serving */
+      });
+    }
+    return token;
+  }
+
+  /**
+   * A token for a request that found none (or whose token was just rejected): the cached one if
+   * another request already renewed it, else a fetch. Waits at most waitTimeoutMs; throws TokenError.
+   */
+  obtain(trigger: RefreshTrigger = 'miss'): Promise<Token> {
+    const cached = this.current();
+    if (cached !== undefined) return Promise.resolve(cached);
+    if (trigger === 'miss') this.#o.metrics.cacheMiss.inc();
+    const now = this.#clock.now();
+    const deadline = now + this.#o.waitTimeoutMs;
+    if (this.#inflight === undefined && this.#lastError !== undefined && now < this.#nextAttemptAt) {
+      // Backing off after a failure: a permanent error, or a wait longer than the request may
+      // spend, answers at once instead of queueing requests or calling the endpoint again.
+      if (this.#lastError.permanent || this.#nextAttemptAt > deadline) return Promise.reject(this.#lastError);
+    }
+    const pending = this.#inflight ?? this.#refresh(trigger, deadline);
+    return withDeadline(pending, this.#o.waitTimeoutMs, () => this.#lastError);
+  }
+
+  /**
+   * The target rejected `used` with a 401. Drop it only if it is still the cached one: of many
+   * simultaneous 401s for one token, only the first causes a refresh.
+   */
+  invalidate(used: Token): void {
+    const cached = this.#o.cache.get(this.key);
+    if (cached !== undefined && cached.value === used.value) this.#o.cache.delete(this.key);
+  }
+
+  /** After a 401: drop the rejected token and get the next one (shared by all who saw the 401). */
+  renewAfterUnauthorized(used: Token): Promise<Token> {
+    this.invalidate(used);
+    return this.obtain('unauthorized');
+  }
+
+  /** One fetch in flight per key; retries transient failures with backoff until `deadline`. */
+  #refresh(trigger: RefreshTrigger, deadline: number): Promise<Token> {
+    const run = this.#fetchWithRetry(trigger, deadline).finally(() => {
+      this.#inflight = undefined;
+    });
+    this.#inflight = run;
+    return run;
+  }
+
+  async #fetchWithRetry(trigger: RefreshTrigger, deadline: number): Promise<Token> {
+    for (;;) {
+      const wait = this.#nextAttemptAt - this.#clock.now();
+      if (wait > 0) await delay(wait);
+      try {
+        return await this.#fetchOnce(trigger);
+      } catch (err) {
+        const error = err instanceof TokenError ? err : new TokenError('bad_response', 'token response could not be used', { cause: err });
+        this.#failures += 1;
+        this.#lastError = error;
+        const backoff = backoffDelayMs(this.#backoff, this.#failures, error.retryAfterSeconds);
+        this.#nextAttemptAt = this.#clock.now() + backoff;
+        this.emit('refreshError', error);
+        const giveUp = error.permanent || this.#nextAttemptAt >= deadline;
+        this.#o.logger.warn(
+          {
+            event: 'token_refresh_failed',
+            upstream: this.upstream,
+            trigger,
+            reason: error.reason,
+            status: error.status,
+            description: error.description,
+            failures: this.#failures,
+            retryInMs: giveUp ? undefined : Math.round(backoff),
+          },
+          `token refresh failed: ${error.reason}`,
+        );
+        if (giveUp) throw error;
+      }
+    }
+  }
+
+  async #fetchOnce(trigger: RefreshTrigger): Promise<Token> {
+    const m = this.#o.metrics;
+    const started = performance.now();
+    let response: TokenResponse;
+    let token: Token;
+    try {
+      response = await this.#o.fetchToken();
+      token = tokenFromResponse(response, this.#clock.now(), this.#o.lifetime);
+    } catch (err) {
+      m.refreshError.observe((performance.now() - started) / 1000);
+      m.refreshes(trigger, 'error');
+      m.refreshFailure(err instanceof TokenError ? err.reason : 'bad_response');
+      throw err;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    m.refreshOk.observe(seconds);
+    m.refreshes(trigger, 'success');
+    const previous = this.#o.cache.get(this.key);
+    if (previous !== undefined && previous.value === token.value) {
+      // Some servers hand back their own cached token until it expires. Asking again at once
+      // would loop: wait until half of the remaining usable time has passed.
+      const now = this.#clock.now();
+      token = { ...token, refreshAt: Math.max(token.refreshAt, now + (token.usableUntil - now) / 2) };
+    }
+    this.#failures = 0;
+    this.#lastError = undefined;
+    this.#nextAttemptAt = 0;
+    this.#o.cache.set(this.key, token);
+    m.tokenExpiry.set(token.expiresAt / 1000);
+    this.#o.logger.info(
+      {
+        event: 'token_obtained',
+        upstream: this.upstream,
+        trigger,
+        token: token.fingerprint,
+        lifetimeSeconds: Math.round((token.expiresAt - token.obtainedAt) / 1000),
+        durationMs: Math.round(seconds * 1000),
+        sameAsCached: previous?.value === token.value,
+      },
+      'token obtained',
+    );
+    this.emit('token', token);
+    return token;
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** Bounds a wait for a token; on time-out, the last failure (if any) says why. */
+function withDeadline(pending: Promise<Token>, ms: number, lastError: () => TokenError | undefined): Promise<Token> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      reject(lastError() ?? new TokenError('timeout', `no token within ${ms} ms`));
+    }, ms);
+    pending.then(
+      (token) => {
+        clearTimeout(timer);
+        resolve(token);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
+}
