@@ -3,7 +3,7 @@ import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { configSchema, type ParsedAuth, type ParsedConfig, type ParsedUpstream } from './schema.js';
+import { configSchema, crossFieldProblems, type ParsedAuth, type ParsedConfig, type ParsedUpstream } from './schema.js';
 
 export type ResolvedAuth = Omit<ParsedAuth, 'clientSecretFile' | 'clientSecret'> & { clientSecret: string };
 
@@ -109,6 +109,7 @@ export function buildConfig(document: unknown, options: { env?: Env; baseDir?: s
   const problems = [...envProblems.values()];
   // A value left empty by an unset variable is reported once, as the variable.
   if (!parsed.success) problems.push(...issuesToProblems(parsed.error.issues.filter((i) => !envProblems.has(formatPath(i.path)))));
+  problems.push(...crossFieldProblems(withOverrides));
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
   const baseDir = options.baseDir ?? process.cwd();
   const upstreams = parsed.data.upstreams.map((u, i) => resolveUpstream(u, i, baseDir, problems));

@@ -105,32 +105,33 @@ export const configSchema = z
       })
       .default({ maxEntries: DEFAULT_CACHE_MAX_ENTRIES, refreshBeforeExpirySeconds: DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS }),
     upstreams: z.array(upstreamSchema).min(1, 'configure at least one upstream'),
-  })
-  .superRefine((cfg, ctx) => {
-    const seen = new Map<string, number>();
-    cfg.upstreams.forEach((u, i) => {
-      const before = seen.get(u.name);
-      if (before !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['upstreams', i, 'name'], message: `duplicate name "${u.name}" (also upstreams[${before}])` });
-      }
-      seen.set(u.name, i);
-    });
-    const prefixes = new Map<string, number>();
-    cfg.upstreams.forEach((u, i) => {
-      const before = prefixes.get(u.pathPrefix);
-      if (before !== undefined) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['upstreams', i, 'pathPrefix'],
-          message: `duplicate pathPrefix "${u.pathPrefix}" (also upstreams[${before}])`,
-        });
-      }
-      prefixes.set(u.pathPrefix, i);
-    });
-    if (cfg.listen === cfg.admin.listen && parseListen(cfg.listen)?.port !== 0) {
-      ctx.addIssue({ code: 'custom', path: ['admin', 'listen'], message: 'must differ from listen' });
-    }
   });
+
+/**
+ * Checks across fields (unique names and prefixes, distinct listeners). They run on the raw
+ * document, so they are reported together with field errors rather than only once those are fixed.
+ */
+export function crossFieldProblems(doc: unknown): string[] {
+  const problems: string[] = [];
+  const cfg = (doc ?? {}) as { listen?: unknown; admin?: { listen?: unknown }; upstreams?: unknown };
+  const upstreams = Array.isArray(cfg.upstreams) ? (cfg.upstreams as { name?: unknown; pathPrefix?: unknown }[]) : [];
+  for (const field of ['name', 'pathPrefix'] as const) {
+    const seen = new Map<unknown, number>();
+    upstreams.forEach((u, i) => {
+      const value = u?.[field];
+      if (typeof value !== 'string') return;
+      const before = seen.get(value);
+      if (before !== undefined) problems.push(`upstreams[${i}].${field}: duplicate ${field} "${value}" (also upstreams[${before}])`);
+      else seen.set(value, i);
+    });
+  }
+  const listen = cfg.listen ?? DEFAULT_LISTEN;
+  const admin = cfg.admin?.listen ?? DEFAULT_ADMIN_LISTEN;
+  if (typeof listen === 'string' && listen === admin && parseListen(listen)?.port !== 0) {
+    problems.push('admin.listen: must differ from listen');
+  }
+  return problems;
+}
 
 export type ConfigInput = z.input<typeof configSchema>;
 export type ParsedConfig = z.output<typeof configSchema>;

@@ -23,6 +23,8 @@ export interface ScriptedAnswer {
   readonly status: number;
   readonly headers?: Record<string, string | string[]>;
   readonly body?: string | Buffer;
+  /** Answer only after this long (a slow partner). */
+  readonly delayMs?: number;
 }
 
 export interface PartnerApi {
@@ -129,6 +131,7 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
       }
     }
     seen.push(record(answer.status));
+    if (answer.delayMs !== undefined) await new Promise((resolve) => setTimeout(resolve, answer.delayMs));
     send(res, answer);
   };
 

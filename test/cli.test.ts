@@ -1,0 +1,146 @@
+import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startPartnerApi, type PartnerApi } from '../src/demo/partner-api.js';
+import { testPki } from './helpers/certs.js';
+import { startTokenServer, type TokenServer } from './helpers/token-server.js';
+
+const run = promisify(execFile);
+const CLI = resolve('dist/cli.js');
+const SECRET = 'cli-secret-0a9f33';
+const pki = testPki();
+let tokenServer: TokenServer;
+let partner: PartnerApi;
+const dir = mkdtempSync(join(tmpdir(), 'tp-cli-'));
+
+async function cli(args: string[], env: Record<string, string> = {}) {
+  try {
+    const { stdout, stderr } = await run('node', [CLI, ...args], { env: { PATH: process.env['PATH'] ?? '', ...env } });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** Starts a long-running CLI command and resolves once its output matches `ready`. */
+async function start(args: string[], env: Record<string, string>, ready: RegExp) {
+  const child = spawn('node', [CLI, ...args], { env: { PATH: process.env['PATH'] ?? '', ...env } });
+  let output = '';
+  const matched = new Promise<RegExpExecArray>((resolveMatch, reject) => {
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      const m = ready.exec(output);
+      if (m) resolveMatch(m);
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`exited ${code}: ${output}`)));
+  });
+  const match = await matched;
+  return { child, match, output: () => output };
+}
+
+function curl(args: string[]) {
+  return run('curl', ['-sS', '--max-time', '10', ...args]);
+}
+
+async function exitCode(child: ChildProcessWithoutNullStreams): Promise<number | null> {
+  if (child.exitCode !== null) return child.exitCode;
+  const [code] = (await once(child, 'exit')) as [number | null];
+  return code;
+}
+
+beforeAll(async () => {
+  tokenServer = await startTokenServer();
+  partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  writeFileSync(
+    join(dir, 'proxy.yaml'),
+    [
+      'listen: 127.0.0.1:1', // overridden by TOKEN_PROXY_LISTEN below
+      'upstreams:',
+      '  - name: partner',
+      `    target: ${partner.url}`,
+      '    pathPrefix: /partner',
+      `    ca: ${pki.caFile}`,
+      '    auth:',
+      '      type: client_credentials',
+      `      tokenUrl: ${tokenServer.tokenUrl}`,
+      '      clientId: cli-client',
+      '      clientSecret: ${CLI_SECRET}',
+      '',
+    ].join('\n'),
+  );
+  writeFileSync(join(dir, 'bad.yaml'), ['upstreams:', '  - name: "bad name"', '    target: http://example.com', '    pathPrefix: /p', '    auth:', '      type: client_credentials', '      tokenUrl: https://a/t', '      clientId: c', '      clientSecret: ${NOT_SET_ANYWHERE}', ''].join('\n'));
+});
+
+afterAll(async () => {
+  await partner.close();
+  await tokenServer.stop();
+});
+
+describe('token-proxy command line', () => {
+  it('prints help listing serve, check and demo', async () => {
+    const res = await cli(['--help']);
+    expect(res.code).toBe(0);
+    expect(res.stdout).toMatch(/token-proxy serve/);
+    expect(res.stdout).toMatch(/token-proxy check/);
+    expect(res.stdout).toMatch(/token-proxy demo/);
+  });
+
+  it('check lists every problem with its path and exits 1', async () => {
+    const res = await cli(['check', '--config', join(dir, 'bad.yaml')]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain('upstreams[0].name: letters, digits');
+    expect(res.stderr).toContain('upstreams[0].target: must be an https:// URL');
+    expect(res.stderr).toContain('upstreams[0].auth.clientSecret: environment variable NOT_SET_ANYWHERE is not set');
+  });
+
+  it('check summarises a good config without printing the secret, reading the file from TOKEN_PROXY_CONFIG', async () => {
+    const res = await cli(['check'], { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), CLI_SECRET: SECRET });
+    expect(res.code).toBe(0);
+    expect(res.stdout).toContain('upstream partner: /partner -> https://127.0.0.1:');
+    expect(res.stdout).toContain('client cli-client (client_secret_basic)');
+    expect(res.stdout + res.stderr).not.toContain(SECRET);
+  });
+
+  it('serves with settings from the environment, answers curl, and drains an in-flight request on SIGTERM', async () => {
+    const proxy = await start(['serve'], { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), TOKEN_PROXY_LISTEN: '127.0.0.1:0', TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0', TOKEN_PROXY_LOG_LEVEL: 'info', CLI_SECRET: SECRET }, /"proxy":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/);
+    const [, port, adminPort] = proxy.match;
+    const ok = await curl([`http://127.0.0.1:${port}/partner/hello`]);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, client: 'cli-client' });
+    expect((await curl([`http://127.0.0.1:${adminPort}/readyz`])).stdout).toBe('{"status":"ready"}');
+
+    let arrived!: () => void;
+    const slowArrived = new Promise<void>((resolveArrived) => (arrived = resolveArrived));
+    partner.script = (req) => {
+      if (req.path !== '/slow') return undefined;
+      arrived();
+      return { status: 200, body: 'finished', delayMs: 700 };
+    };
+    const slow = curl([`http://127.0.0.1:${port}/partner/slow`]);
+    await slowArrived; // the request is in flight at the partner when the signal comes
+    proxy.child.kill('SIGTERM');
+    expect((await slow).stdout).toBe('finished');
+    expect(await exitCode(proxy.child)).toBe(0);
+    partner.script = undefined;
+    await expect(curl([`http://127.0.0.1:${port}/partner/hello`])).rejects.toThrow(); // no longer listening
+    expect(proxy.output()).not.toContain(SECRET);
+  });
+
+  it('runs the demo end to end on loopback and stops on SIGTERM', async () => {
+    const demo = await start(['demo', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'], {}, /curl -s (http:\/\/127\.0\.0\.1:\d+)\/partner\/hello/);
+    const proxyUrl = demo.match[1] as string;
+    const res = await curl([`${proxyUrl}/partner/hello`]);
+    expect(JSON.parse(res.stdout)).toMatchObject({ ok: true, client: 'demo-client', scope: 'demo.read' });
+    const forbidden = await curl(['-i', `${proxyUrl}/partner/status/403`]);
+    expect(forbidden.stdout).toMatch(/^HTTP\/1\.1 403/);
+    expect(demo.output()).toContain('DEMO');
+    demo.child.kill('SIGTERM');
+    expect(await exitCode(demo.child)).toBe(0);
+  });
+});

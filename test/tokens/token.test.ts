@@ -1,0 +1,80 @@
+import { SignJWT } from 'jose';
+import { describe, expect, it } from 'vitest';
+import { TokenError } from '../../src/errors.js';
+import { backoffDelayMs } from '../../src/tokens/backoff.js';
+import { cacheKey } from '../../src/tokens/token-cache.js';
+import { MAX_TOKEN_LIFETIME_MS, tokenFromResponse } from '../../src/tokens/token.js';
+
+const NOW = 1_800_000_000_000;
+const policy = { refreshBeforeExpiryMs: 300_000, clockSkewMs: 30_000, defaultLifetimeMs: 300_000 };
+const res = (accessToken: string, expiresIn?: number) => ({ accessToken, expiresIn, scope: undefined, refreshToken: undefined });
+
+async function jwtExpiringAt(seconds: number): Promise<string> {
+  return new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setExpirationTime(seconds).sign(new Uint8Array(32));
+}
+
+describe('token lifetime', () => {
+  it('uses expires_in and caps the refresh lead at half the lifetime and the skew at a quarter', () => {
+    const t = tokenFromResponse(res('opaque', 300), NOW, policy);
+    expect(t.expiresAt).toBe(NOW + 300_000);
+    expect(t.usableUntil).toBe(NOW + 270_000); // 30 s skew < 75 s (a quarter)
+    expect(t.refreshAt).toBe(NOW + 150_000); // 300 s lead capped at 150 s (half)
+    expect(t.header).toBe('Bearer opaque');
+  });
+
+  it('keeps a 10-second token usable for most of its life', () => {
+    const t = tokenFromResponse(res('short', 10), NOW, policy);
+    expect(t.usableUntil).toBe(NOW + 7_500);
+    expect(t.refreshAt).toBe(NOW + 5_000);
+  });
+
+  it('takes the earlier of expires_in and the JWT exp claim', async () => {
+    const jwt = await jwtExpiringAt(NOW / 1000 + 120);
+    expect(tokenFromResponse(res(jwt, 3600), NOW, policy).expiresAt).toBe(NOW + 120_000);
+    expect(tokenFromResponse(res(jwt, 60), NOW, policy).expiresAt).toBe(NOW + 60_000);
+    expect(tokenFromResponse(res(jwt), NOW, policy).expiresAt).toBe(NOW + 120_000);
+  });
+
+  it('falls back to the configured default, never forever, and caps absurd lifetimes at a day', () => {
+    expect(tokenFromResponse(res('opaque'), NOW, policy).expiresAt).toBe(NOW + 300_000);
+    expect(tokenFromResponse(res('opaque', 10 ** 12), NOW, policy).expiresAt).toBe(NOW + MAX_TOKEN_LIFETIME_MS);
+  });
+
+  it('rejects expires_in of zero or less and tokens already expired', async () => {
+    expect(() => tokenFromResponse(res('x', 0), NOW, policy)).toThrow(TokenError);
+    expect(() => tokenFromResponse(res('x', -5), NOW, policy)).toThrow(/expires_in -5/);
+    const stale = await jwtExpiringAt(NOW / 1000 - 1);
+    expect(() => tokenFromResponse(res(stale), NOW, policy)).toThrow(/already expired/);
+  });
+
+  it('gives every token a short fingerprint that does not contain it', () => {
+    const t = tokenFromResponse(res('a-very-secret-token-value', 60), NOW, policy);
+    expect(t.fingerprint).toMatch(/^[A-Za-z0-9_-]{12}$/);
+    expect('a-very-secret-token-value').not.toContain(t.fingerprint);
+  });
+});
+
+describe('cache key', () => {
+  it('changes with anything that shapes the token and never contains the secret', () => {
+    const base = { tokenUrl: 'https://a/t', clientId: 'c', clientSecret: 's3cr3t', scope: 'x', audience: undefined, grant: 'client_credentials' };
+    const key = cacheKey('partner', base);
+    expect(key).toMatch(/^partner:/);
+    expect(key).not.toContain('s3cr3t');
+    expect(cacheKey('partner', { ...base })).toBe(key);
+    for (const change of [{ clientSecret: 'other' }, { scope: 'y' }, { audience: 'z' }, { tokenUrl: 'https://b/t' }, { clientId: 'd' }]) {
+      expect(cacheKey('partner', { ...base, ...change })).not.toBe(key);
+    }
+  });
+});
+
+describe('backoff', () => {
+  const p = { baseMs: 100, maxMs: 1_000, maxRetryAfterMs: 5_000, random: () => 1 };
+  it('doubles per failure up to the maximum, with jitter in the upper half', () => {
+    expect([1, 2, 3, 4, 5, 6].map((n) => backoffDelayMs(p, n))).toEqual([100, 200, 400, 800, 1_000, 1_000]);
+    expect(backoffDelayMs({ ...p, random: () => 0 }, 3)).toBe(200);
+  });
+  it('honours a longer Retry-After up to its own cap', () => {
+    expect(backoffDelayMs(p, 1, 3)).toBe(3_000);
+    expect(backoffDelayMs(p, 1, 3600)).toBe(5_000);
+  });
+});
