@@ -196,4 +196,22 @@ describe('reverse mode with a client-credentials token', () => {
     expect(climbing.json()).toMatchObject({ error: 'bad_request' });
     expect(partner.seen).toHaveLength(0);
   });
+
+  it('answers 504 upstream_timeout when the target sends no headers within timeoutSeconds, and keeps serving', async () => {
+    await proxy.close();
+    proxy = await startProxy({ upstreams: [upstreamDoc({ timeoutSeconds: 0.3 })] });
+    partner.script = (req) => (req.path === '/slow' ? { status: 200, body: 'late', delayMs: 1_000 } : undefined);
+    const slow = await call('/partner/slow');
+    expect(slow.status).toBe(504);
+    expect(slow.json()).toMatchObject({ error: 'upstream_timeout', upstream: 'partner' });
+    expect((await call('/partner/fast')).status).toBe(200);
+  });
+
+  it('answers 502 upstream_unreachable when the target refuses connections', async () => {
+    await proxy.close();
+    proxy = await startProxy({ upstreams: [upstreamDoc({ target: 'https://127.0.0.1:1' })] });
+    const res = await call('/partner/x');
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({ error: 'upstream_unreachable', upstream: 'partner' });
+  });
 });
