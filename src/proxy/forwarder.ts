@@ -148,7 +148,11 @@ class Exchange implements Dispatcher.DispatchHandler {
       }
       if (this.#attempt === 1) this.#upstream.tokens.invalidate(this.#token); // not replayable: next request gets a new token
     }
-    if (this.#attempt === 2) this.#upstream.metrics.unauthorizedRetry(statusCode === 401 ? 'still_unauthorized' : 'recovered');
+    if (this.#attempt === 2) {
+      const outcome = statusCode === 401 ? 'still_unauthorized' : 'recovered';
+      this.#upstream.metrics.unauthorizedRetry(outcome);
+      this.#upstream.logger.info({ event: 'unauthorized_retry_outcome', upstream: this.#upstream.name, outcome, status: statusCode, token: this.#token.fingerprint }, `replay after 401: ${outcome}`);
+    }
     this.#res.writeHead(statusCode, statusText, downstreamResponseHeaders(rawHeaders));
     this.#res.on('drain', resume);
     return true;

@@ -138,6 +138,7 @@ describe('nothing secret is logged, answered or exported', () => {
     // The auth events an operator needs are there, by fingerprint.
     expect(proxy.logs.some((l) => l.includes('"event":"token_obtained"'))).toBe(true);
     expect(proxy.logs.some((l) => l.includes('"event":"unauthorized_retry"'))).toBe(true);
+    expect(proxy.logs.some((l) => l.includes('"event":"unauthorized_retry_outcome"') && l.includes('"outcome":"recovered"'))).toBe(true);
     expect(proxy.logs.some((l) => l.includes('"event":"token_refresh_failed"') && l.includes('"reason":"invalid_client"'))).toBe(true);
   });
 });
