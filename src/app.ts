@@ -8,15 +8,23 @@ import { Agent, Pool, type Dispatcher } from 'undici';
 import { createAdminServer } from './admin/server.js';
 import type { Config, UpstreamConfig } from './config/load.js';
 import { parseListen } from './config/schema.js';
+import { DEFAULT_UPSTREAM_TIMEOUT_SECONDS } from './config/defaults.js';
 import { createLogger } from './logger.js';
 import { bindUpstreamMetrics, createMetrics, type Metrics } from './metrics.js';
 import { clientCredentialsGrant } from './oauth/grants.js';
 import type { Upstream } from './proxy/forwarder.js';
+import { EgressPolicy } from './proxy/egress.js';
+import { ForwardRouter } from './proxy/forward-router.js';
+import { InboundGuard } from './proxy/inbound-guard.js';
 import { ReverseRouter } from './proxy/router.js';
 import { createProxyServer } from './proxy/server.js';
+import { CertificateAuthority } from './mitm/certificate-authority.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
 import { TokenCache, cacheKey } from './tokens/token-cache.js';
 import { TokenSource, systemClock, type Clock } from './tokens/token-source.js';
+
+/** The metrics label of traffic forwarded by the egress policy (no upstream, no token). */
+export const EGRESS_UPSTREAM = '_egress';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -102,8 +110,28 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     };
   });
 
-  const router = new ReverseRouter(upstreams.map((upstream, i) => ({ prefix: (config.upstreams[i] as UpstreamConfig).pathPrefix, upstream })));
-  const proxy = createProxyServer(router, logger);
+  const withConfig = upstreams.map((upstream, i) => ({ upstream, config: config.upstreams[i] as UpstreamConfig }));
+  const egressAgent = new Agent();
+  dispatchers.push(egressAgent);
+  const proxy = createProxyServer({
+    reverse: new ReverseRouter(withConfig.flatMap(({ upstream, config: u }) => (u.pathPrefix === undefined ? [] : [{ prefix: u.pathPrefix, upstream }]))),
+    forward: new ForwardRouter(withConfig.flatMap(({ upstream, config: u }) => (u.hosts === undefined ? [] : [{ hosts: u.hosts, upstream }]))),
+    egress: new EgressPolicy(config.egress),
+    guard: new InboundGuard(config.inbound),
+    passthrough: {
+      name: EGRESS_UPSTREAM,
+      origin: '',
+      basePath: '',
+      dispatcher: egressAgent,
+      tokens: undefined,
+      metrics: bindUpstreamMetrics(metrics, EGRESS_UPSTREAM),
+      retryBodyLimitBytes: 0,
+      timeoutMs: DEFAULT_UPSTREAM_TIMEOUT_SECONDS * 1000,
+      logger,
+    },
+    interception: config.mitm === undefined ? undefined : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem),
+    logger,
+  });
   let listening = false;
   let closing = false;
   const admin = createAdminServer(registry, { ready: () => listening && !closing });

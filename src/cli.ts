@@ -5,6 +5,7 @@ import { createApp } from './app.js';
 import { loadConfigFile, type Config, type ConfigOverrides } from './config/load.js';
 import { DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, LOG_LEVELS } from './config/defaults.js';
 import { startDemo } from './demo/demo.js';
+import { createCaFiles } from './mitm/certificate-authority.js';
 import { ConfigError } from './errors.js';
 
 interface CommonArgs {
@@ -57,12 +58,21 @@ function summary(config: Config): string {
   const lines = [`listen ${config.listen}, admin ${config.admin.listen}, log level ${config.logLevel}`];
   for (const u of config.upstreams) {
     const a = u.auth;
-    lines.push(`upstream ${u.name}: ${u.pathPrefix} -> ${u.target}${u.ca === undefined ? '' : ' (extra CA)'}`);
+    const routes = [u.pathPrefix, ...(u.hosts ?? [])].filter((r) => r !== undefined).join(', ');
+    lines.push(`upstream ${u.name}: ${routes} -> ${u.target}${u.ca === undefined ? '' : ' (extra CA)'}`);
     lines.push(
       `  grant ${a.type} at ${a.tokenUrl}, client ${a.clientId} (${a.clientAuth})` +
         `${a.scope === undefined ? '' : `, scope "${a.scope}"`}${a.audience === undefined ? '' : `, audience ${a.audience}`}`,
     );
   }
+  lines.push(`TLS interception: ${config.mitm === undefined ? 'off (CONNECT to upstream hosts is refused)' : 'on'}`);
+  const e = config.egress;
+  lines.push(`egress: default ${e.default}, allow [${e.allow.join(', ')}], CONNECT ports [${e.connectPorts.join(', ')}]`);
+  const i = config.inbound;
+  lines.push(
+    `inbound: ${i.allowCidrs === undefined ? 'any address' : `from ${i.allowCidrs.join(', ')}`}, ` +
+      `${i.proxyAuth === undefined ? 'no proxy credentials' : `proxy users ${i.proxyAuth.users.map((u) => u.name).join(', ')}`}`,
+  );
   return lines.join('\n');
 }
 
@@ -94,6 +104,27 @@ await yargs(hideBin(process.argv))
     (args) => {
       const config = loadOrExit(args);
       console.log(`${args.config}: OK\n${summary(config)}`);
+    },
+  )
+  .command(
+    'ca init',
+    'create a CA for TLS interception (writes DIR/ca.pem and DIR/ca-key.pem, mode 0600)',
+    (y) => y.option('out', { type: 'string', demandOption: true, describe: 'directory to write into' }),
+    async (args) => {
+      try {
+        const { certFile, keyFile } = await createCaFiles(args.out);
+        console.log(
+          [
+            `wrote ${certFile} and ${keyFile}`,
+            'configure:  mitm: { caCert: ' + certFile + ', caKey: ' + keyFile + ' }',
+            `trust it:   curl --cacert ${certFile} | NODE_EXTRA_CA_CERTS=${certFile} | REQUESTS_CA_BUNDLE=${certFile} (Python requests) | SSL_CERT_FILE=${certFile} (Python urllib)`,
+            `            keytool -importcert -alias token-proxy -file ${certFile} -keystore <truststore> (Java)`,
+          ].join('\n'),
+        );
+      } catch (err) {
+        console.error(`token-proxy: ca init: ${(err as Error).message}`);
+        process.exit(1);
+      }
     },
   )
   .command(

@@ -8,7 +8,11 @@ export type ProxyErrorCode =
   | 'upstream_timeout'
   | 'no_route'
   | 'bad_request'
-  | 'body_too_large';
+  | 'body_too_large'
+  | 'egress_denied'
+  | 'client_not_allowed'
+  | 'proxy_auth_required'
+  | 'interception_not_configured';
 
 /** Why a token could not be obtained (RFC 6749 §5.2 codes, plus transport-level reasons). */
 export type TokenFailureReason =
@@ -94,7 +98,29 @@ const STATUS: Readonly<Record<ProxyErrorCode, number>> = {
   no_route: 404,
   bad_request: 400,
   body_too_large: 413,
+  egress_denied: 403,
+  client_not_allowed: 403,
+  proxy_auth_required: 407,
+  interception_not_configured: 403,
 };
+
+/**
+ * RFC 9209 Proxy-Status for answers the proxy itself makes, so a client can tell them from a
+ * partner's own 403 or 502.
+ */
+const PROXY_STATUS: Partial<Record<ProxyErrorCode, string>> = {
+  token_unavailable: 'token-proxy; error=http_request_error',
+  upstream_unreachable: 'token-proxy; error=destination_unavailable',
+  upstream_timeout: 'token-proxy; error=connection_timeout',
+  egress_denied: 'token-proxy; error=destination_ip_prohibited',
+  client_not_allowed: 'token-proxy; error=http_request_denied',
+  proxy_auth_required: 'token-proxy; error=http_request_denied',
+  interception_not_configured: 'token-proxy; error=http_request_denied',
+};
+
+export function proxyStatusFor(err: ProxyError): string | undefined {
+  return PROXY_STATUS[err.code];
+}
 
 export function statusFor(err: ProxyError): number {
   return STATUS[err.code];
@@ -104,3 +130,29 @@ export function statusFor(err: ProxyError): number {
 export function errorBody(err: ProxyError): string {
   return JSON.stringify({ error: err.code, ...err.details, message: err.message });
 }
+
+/** Response headers of a proxy-generated error answer. */
+export function errorHeaders(err: ProxyError, body: string): Record<string, string | number> {
+  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' };
+  const proxyStatus = proxyStatusFor(err);
+  if (proxyStatus !== undefined) headers['proxy-status'] = proxyStatus;
+  if (err.code === 'proxy_auth_required') headers['proxy-authenticate'] = 'Basic realm="token-proxy", charset="UTF-8"';
+  return headers;
+}
+
+/** The same answer as raw HTTP/1.1 bytes, for sockets that have no ServerResponse (CONNECT, upgrades). */
+export function errorResponseBytes(err: ProxyError): string {
+  const body = errorBody(err);
+  const headers = Object.entries(errorHeaders(err, body)).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  return `HTTP/1.1 ${statusFor(err)} ${STATUS_TEXT[statusFor(err)] ?? 'Error'}\r\n${headers}connection: close\r\n\r\n${body}`;
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Bad Request',
+  403: 'Forbidden',
+  404: 'Not Found',
+  407: 'Proxy Authentication Required',
+  413: 'Content Too Large',
+  502: 'Bad Gateway',
+  504: 'Gateway Timeout',
+};

@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -130,6 +130,24 @@ describe('token-proxy command line', () => {
     partner.script = undefined;
     await expect(curl([`http://127.0.0.1:${port}/partner/hello`])).rejects.toThrow(); // no longer listening
     expect(proxy.output()).not.toContain(SECRET);
+  });
+
+  it('ca init writes a CA usable as mitm (mode 0600), and refuses to overwrite it', async () => {
+    const out = join(dir, 'ca');
+    const made = await cli(['ca', 'init', '--out', out]);
+    expect(made.code).toBe(0);
+    expect(made.stdout).toContain(`NODE_EXTRA_CA_CERTS=${join(out, 'ca.pem')}`);
+    for (const file of ['ca.pem', 'ca-key.pem']) expect(statSync(join(out, file)).mode & 0o777).toBe(0o600);
+    const again = await cli(['ca', 'init', '--out', out]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain(join(out, 'ca.pem'));
+    writeFileSync(join(dir, 'mitm.yaml'), `${readFileSync(join(dir, 'proxy.yaml'), 'utf8')}mitm:\n  caCert: ca/ca.pem\n  caKey: ca/ca-key.pem\n`);
+    const checked = await cli(['check', '--config', join(dir, 'mitm.yaml')], { CLI_SECRET: SECRET });
+    expect(checked.stdout).toContain('TLS interception: on');
+    writeFileSync(join(dir, 'wrong-key.yaml'), `${readFileSync(join(dir, 'proxy.yaml'), 'utf8')}mitm:\n  caCert: ca/ca.pem\n  caKey: ${pki.keyFile}\n`);
+    const mismatched = await cli(['check', '--config', join(dir, 'wrong-key.yaml')], { CLI_SECRET: SECRET });
+    expect(mismatched.code).toBe(1);
+    expect(mismatched.stderr).toContain(`mitm.caKey: ${pki.keyFile} does not belong to ca/ca.pem`);
   });
 
   it('runs the demo end to end on loopback and stops on SIGTERM', async () => {

@@ -1,3 +1,4 @@
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
@@ -13,8 +14,20 @@ export interface UpstreamConfig extends Omit<ParsedUpstream, 'ca' | 'auth'> {
   readonly auth: ResolvedAuth;
 }
 
-export interface Config extends Omit<ParsedConfig, 'upstreams'> {
+export interface ProxyUser {
+  readonly name: string;
+  readonly password: string;
+}
+
+export interface Config extends Omit<ParsedConfig, 'upstreams' | 'mitm' | 'inbound'> {
   readonly upstreams: readonly UpstreamConfig[];
+  /** PEM text of the interception CA, read at load time. */
+  readonly mitm: { readonly caCertPem: string; readonly caKeyPem: string } | undefined;
+  readonly inbound: {
+    readonly allowCidrs: readonly string[] | undefined;
+    readonly proxyAuth: { readonly users: readonly ProxyUser[] } | undefined;
+    readonly allowAnyone: boolean;
+  };
 }
 
 /** Settings given on the command line or through TOKEN_PROXY_* variables; they win over the file. */
@@ -82,11 +95,39 @@ function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems
   const { clientSecretFile, clientSecret, ...auth } = u.auth;
   let secret = clientSecret;
   if (clientSecretFile !== undefined) {
-    // Mounted secrets usually end in a newline that is not part of the secret.
-    secret = readText(resolve(baseDir, clientSecretFile), `${at}.auth.clientSecretFile`, problems)?.replace(/\r?\n$/, '');
-    if (secret === '') problems.push(`${at}.auth.clientSecretFile: ${clientSecretFile} is empty`);
+    secret = readSecretFile(clientSecretFile, baseDir, `${at}.auth.clientSecretFile`, problems);
   }
   return { ...u, ca, auth: { ...auth, clientSecret: secret ?? '' } };
+}
+
+/** Reads a secret from a file, dropping the trailing newline mounted secrets usually have. */
+function readSecretFile(file: string, baseDir: string, path: string, problems: string[]): string | undefined {
+  const secret = readText(resolve(baseDir, file), path, problems)?.replace(/\r?\n$/, '');
+  if (secret === '') problems.push(`${path}: ${file} is empty`);
+  return secret;
+}
+
+function resolveMitm(mitm: ParsedConfig['mitm'], baseDir: string, problems: string[]): Config['mitm'] {
+  if (mitm === undefined) return undefined;
+  const caCertPem = readText(resolve(baseDir, mitm.caCert), 'mitm.caCert', problems);
+  const caKeyPem = readText(resolve(baseDir, mitm.caKey), 'mitm.caKey', problems);
+  if (caCertPem === undefined || caKeyPem === undefined) return undefined;
+  try {
+    const cert = new X509Certificate(caCertPem);
+    if (!cert.ca) problems.push(`mitm.caCert: ${mitm.caCert} is not a CA certificate (basicConstraints CA:TRUE)`);
+    else if (!cert.checkPrivateKey(createPrivateKey(caKeyPem))) problems.push(`mitm.caKey: ${mitm.caKey} does not belong to ${mitm.caCert}`);
+  } catch (err) {
+    problems.push(`mitm: cannot read the CA certificate or key (${(err as Error).message})`);
+  }
+  return { caCertPem, caKeyPem };
+}
+
+function resolveInbound(inbound: ParsedConfig['inbound'], baseDir: string, problems: string[]): Config['inbound'] {
+  const users = inbound.proxyAuth?.users.map((u, i) => ({
+    name: u.name,
+    password: u.password ?? readSecretFile(u.passwordFile ?? '', baseDir, `inbound.proxyAuth.users[${i}].passwordFile`, problems) ?? '',
+  }));
+  return { allowCidrs: inbound.allowCidrs, proxyAuth: users === undefined ? undefined : { users }, allowAnyone: inbound.allowAnyone };
 }
 
 function deepFreeze<T>(value: T): T {
@@ -113,8 +154,10 @@ export function buildConfig(document: unknown, options: { env?: Env; baseDir?: s
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
   const baseDir = options.baseDir ?? process.cwd();
   const upstreams = parsed.data.upstreams.map((u, i) => resolveUpstream(u, i, baseDir, problems));
+  const mitm = resolveMitm(parsed.data.mitm, baseDir, problems);
+  const inbound = resolveInbound(parsed.data.inbound, baseDir, problems);
   if (problems.length > 0) throw new ConfigError(problems);
-  return deepFreeze({ ...parsed.data, upstreams });
+  return deepFreeze({ ...parsed.data, upstreams, mitm, inbound });
 }
 
 function applyOverrides(doc: unknown, o: ConfigOverrides): unknown {

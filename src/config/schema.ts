@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { HostList, parseAddressList, parseHostPattern } from '../proxy/host-pattern.js';
 import {
   DEFAULT_ADMIN_LISTEN,
   DEFAULT_CACHE_MAX_ENTRIES,
@@ -78,18 +79,74 @@ const clientCredentialsAuth = z
 
 export const authSchema = z.discriminatedUnion('type', [clientCredentialsAuth]);
 
+const hostPattern = z.string().superRefine((value, ctx) => {
+  const parsed = parseHostPattern(value);
+  if (typeof parsed === 'string') ctx.addIssue({ code: 'custom', message: parsed });
+});
+
+const port = z.number().int().min(1).max(65_535);
+
+/** A list checked as a whole by a parser that reports `[i]: problem` per bad entry. */
+function listOf(parse: (entries: readonly string[]) => unknown) {
+  return z.array(z.string()).superRefine((entries, ctx) => {
+    const result = parse(entries);
+    if (!Array.isArray(result)) return;
+    for (const problem of result as string[]) {
+      const m = /^\[(\d+)\]: (.*)$/.exec(problem);
+      ctx.addIssue({ code: 'custom', path: m ? [Number(m[1])] : [], message: m ? (m[2] as string) : problem });
+    }
+  });
+}
+
 const upstreamSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'letters, digits, "_", "." and "-" only (it becomes a metrics label)'),
   target: secureUrl.describe('base URL of the partner API; https:// except on loopback'),
   pathPrefix: z
     .string()
     .regex(/^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*[^/]$/, 'must start with "/" and not end with "/", e.g. /partner')
+    .optional()
     .describe('reverse mode: http://proxy/<pathPrefix>/x is sent to <target>/x'),
+  hosts: z
+    .array(hostPattern)
+    .min(1)
+    .optional()
+    .describe('forward mode: host names (exact or *.suffix, optional :port; ports 80 and 443 when none) whose requests go to this upstream'),
   ca: z.string().min(1).optional().describe('PEM file with extra CA certificates for the target and the token endpoint'),
   retryBodyLimitBytes: z.number().int().min(0).default(DEFAULT_RETRY_BODY_LIMIT_BYTES).describe('request bodies up to this size are kept so a 401 can be replayed; larger ones stream'),
   timeoutSeconds: positiveSeconds.default(DEFAULT_UPSTREAM_TIMEOUT_SECONDS).describe('time limit for the target\'s response headers (504 after it)'),
   tokenWaitTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS).describe('how long a request may wait for a token when none is cached (502 after it)'),
   auth: authSchema,
+}).superRefine((u, ctx) => {
+  if (u.pathPrefix === undefined && u.hosts === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['pathPrefix'], message: 'set pathPrefix (reverse mode), hosts (forward mode), or both' });
+  }
+});
+
+const egressSchema = z.strictObject({
+  default: z.enum(['deny', 'allow']).default('deny').describe('what happens to traffic for hosts no upstream serves'),
+  allow: listOf(HostList.parse).default([]).describe('hosts (exact or *.suffix, optional :port), IPs and CIDR ranges reachable without a token'),
+  connectPorts: z.array(port).default([443]).describe('ports an unmatched host may be tunnelled to with CONNECT'),
+});
+
+const proxyUserSchema = z
+  .strictObject({
+    name: z.string().regex(/^[^:\s]{1,64}$/, 'no colon or white space (RFC 7617 user-id)'),
+    password: z.string().min(1).optional(),
+    passwordFile: z.string().min(1).optional(),
+  })
+  .superRefine((user, ctx) => {
+    if (Number(user.password !== undefined) + Number(user.passwordFile !== undefined) !== 1) {
+      ctx.addIssue({ code: 'custom', path: ['password'], message: 'set exactly one of password or passwordFile' });
+    }
+  });
+
+const inboundSchema = z.strictObject({
+  allowCidrs: listOf(parseAddressList).optional().describe('client addresses allowed to use the proxy (every request on the listener)'),
+  proxyAuth: z
+    .strictObject({ users: z.array(proxyUserSchema).min(1) })
+    .optional()
+    .describe('Basic Proxy-Authorization required for forward-mode requests (absolute-form and CONNECT)'),
+  allowAnyone: z.boolean().default(false).describe('allow a non-loopback listener without allowCidrs or proxyAuth'),
 });
 
 export const configSchema = z
@@ -105,6 +162,15 @@ export const configSchema = z
       })
       .default({ maxEntries: DEFAULT_CACHE_MAX_ENTRIES, refreshBeforeExpirySeconds: DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS }),
     upstreams: z.array(upstreamSchema).min(1, 'configure at least one upstream'),
+    mitm: z
+      .strictObject({
+        caCert: z.string().min(1).describe('PEM file of the CA that signs interception certificates (token-proxy ca init)'),
+        caKey: z.string().min(1).describe('PEM file of its private key'),
+      })
+      .optional()
+      .describe('TLS interception of CONNECT tunnels to upstream hosts'),
+    egress: egressSchema.default({ default: 'deny', allow: [], connectPorts: [443] }),
+    inbound: inboundSchema.default({ allowAnyone: false }),
   });
 
 /**
@@ -115,6 +181,7 @@ export function crossFieldProblems(doc: unknown): string[] {
   const problems: string[] = [];
   const cfg = (doc ?? {}) as { listen?: unknown; admin?: { listen?: unknown }; upstreams?: unknown };
   const upstreams = Array.isArray(cfg.upstreams) ? (cfg.upstreams as { name?: unknown; pathPrefix?: unknown }[]) : [];
+  const inbound = (cfg as { inbound?: { allowCidrs?: unknown; proxyAuth?: unknown; allowAnyone?: unknown } }).inbound;
   for (const field of ['name', 'pathPrefix'] as const) {
     const seen = new Map<unknown, number>();
     upstreams.forEach((u, i) => {
@@ -129,6 +196,10 @@ export function crossFieldProblems(doc: unknown): string[] {
   const admin = cfg.admin?.listen ?? DEFAULT_ADMIN_LISTEN;
   if (typeof listen === 'string' && listen === admin && parseListen(listen)?.port !== 0) {
     problems.push('admin.listen: must differ from listen');
+  }
+  const host = typeof listen === 'string' ? parseListen(listen)?.host : undefined;
+  if (host !== undefined && !isLoopbackHost(host) && inbound?.allowCidrs === undefined && inbound?.proxyAuth === undefined && inbound?.allowAnyone !== true) {
+    problems.push(`inbound: listen ${listen} is reachable from other machines: set inbound.allowCidrs or inbound.proxyAuth (or write inbound.allowAnyone: true)`);
   }
   return problems;
 }

@@ -1,14 +1,17 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors as undiciErrors, type Dispatcher } from 'undici';
 import type { Logger } from 'pino';
-import { ProxyError, TokenError, errorBody, statusFor } from '../errors.js';
+import { ProxyError, TokenError, errorBody, errorHeaders, statusFor } from '../errors.js';
 import type { UpstreamMetrics } from '../metrics.js';
 import type { Token } from '../tokens/token.js';
 import type { TokenSource } from '../tokens/token-source.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
 import { readRequestBody, type RequestBody } from './request-body.js';
 
-/** Everything the request path needs about one upstream, built once at start-up. */
+/**
+ * Everything the request path needs about one upstream, built once at start-up. The egress
+ * passthrough is an Upstream too, one without tokens: it never injects anything.
+ */
 export interface Upstream {
   readonly name: string;
   /** `https://host:port` of the target. */
@@ -16,7 +19,7 @@ export interface Upstream {
   /** Path of the target URL without a trailing slash ('' for the root). */
   readonly basePath: string;
   readonly dispatcher: Dispatcher;
-  readonly tokens: TokenSource;
+  readonly tokens: TokenSource | undefined;
   readonly metrics: UpstreamMetrics;
   readonly retryBodyLimitBytes: number;
   readonly timeoutMs: number;
@@ -31,7 +34,7 @@ export function sendError(res: ServerResponse, err: ProxyError): number {
     return status;
   }
   const body = errorBody(err);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+  res.writeHead(status, errorHeaders(err, body));
   res.end(body);
   return status;
 }
@@ -51,18 +54,26 @@ function upstreamFailure(upstream: Upstream, err: Error): ProxyError {
   return new ProxyError('upstream_unreachable', `upstream ${upstream.name} failed: ${err.message}`, { upstream: upstream.name }, { cause: err });
 }
 
+/** Where one request goes: the origin (scheme, host, port) and the path with query. */
+export interface Target {
+  readonly origin: string;
+  readonly path: string;
+  /** The scheme the client used towards the proxy, for X-Forwarded-Proto. */
+  readonly clientProto: 'http' | 'https';
+}
+
 /**
  * Forwards one request: token (cached, or awaited), dispatch through undici's handler API (the
  * fastest of its interfaces, with raw headers so repeated fields survive), stream the answer
  * back. A 401 on a replayable request renews the token and replays once; any other answer,
  * 403 included, goes to the client exactly as received.
  */
-export async function forward(req: IncomingMessage, res: ServerResponse, upstream: Upstream, path: string): Promise<void> {
+export async function forward(req: IncomingMessage, res: ServerResponse, upstream: Upstream, target: Target): Promise<void> {
   const started = performance.now();
   let body: RequestBody;
-  let token: Token;
+  let token: Token | undefined;
   try {
-    token = upstream.tokens.current() ?? (await upstream.tokens.obtain());
+    token = upstream.tokens === undefined ? undefined : (upstream.tokens.current() ?? (await upstream.tokens.obtain()));
   } catch (err) {
     req.resume();
     finish(upstream, started, sendError(res, tokenUnavailable(upstream, err)));
@@ -74,7 +85,7 @@ export async function forward(req: IncomingMessage, res: ServerResponse, upstrea
     finish(upstream, started, sendError(res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')));
     return;
   }
-  new Exchange(req, res, upstream, path, body, started).send(token, 1);
+  new Exchange(req, res, upstream, target, body, started).send(token, 1);
 }
 
 function finish(upstream: Upstream, started: number, status: number): void {
@@ -87,21 +98,21 @@ class Exchange implements Dispatcher.DispatchHandler {
   readonly #req: IncomingMessage;
   readonly #res: ServerResponse;
   readonly #upstream: Upstream;
-  readonly #path: string;
+  readonly #target: Target;
   readonly #body: RequestBody;
   readonly #started: number;
-  #token!: Token;
+  #token: Token | undefined;
   #attempt = 1;
   #status = 0;
   /** This attempt's answer is a 401 that will be replayed: swallow it. */
   #replaying = false;
   #abort: ((err?: Error) => void) | undefined;
 
-  constructor(req: IncomingMessage, res: ServerResponse, upstream: Upstream, path: string, body: RequestBody, started: number) {
+  constructor(req: IncomingMessage, res: ServerResponse, upstream: Upstream, target: Target, body: RequestBody, started: number) {
     this.#req = req;
     this.#res = res;
     this.#upstream = upstream;
-    this.#path = path;
+    this.#target = target;
     this.#body = body;
     this.#started = started;
     res.once('close', () => {
@@ -110,7 +121,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     });
   }
 
-  send(token: Token, attempt: number): void {
+  send(token: Token | undefined, attempt: number): void {
     this.#token = token;
     this.#attempt = attempt;
     this.#replaying = false;
@@ -118,13 +129,13 @@ class Exchange implements Dispatcher.DispatchHandler {
     const u = this.#upstream;
     u.dispatcher.dispatch(
       {
-        origin: u.origin,
-        path: this.#path,
+        origin: this.#target.origin,
+        path: this.#target.path,
         method: this.#req.method ?? 'GET',
         headers: upstreamRequestHeaders(
           this.#req.rawHeaders,
-          { clientAddress: this.#req.socket.remoteAddress ?? '', proto: 'http' },
-          token.header,
+          { clientAddress: this.#req.socket.remoteAddress ?? '', proto: this.#target.clientProto },
+          token?.header,
         ),
         body: b.kind === 'none' ? null : b.kind === 'buffered' ? b.data : b.stream,
         headersTimeout: u.timeoutMs,
@@ -141,17 +152,18 @@ class Exchange implements Dispatcher.DispatchHandler {
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (statusCode < 200) return true; // 1xx: informational, nothing to relay
     this.#status = statusCode;
-    if (statusCode === 401) {
+    const tokens = this.#upstream.tokens;
+    if (statusCode === 401 && tokens !== undefined && this.#token !== undefined) {
       if (this.#attempt === 1 && this.#body.kind !== 'streamed') {
         this.#replaying = true; // drain this answer, then replay with a fresh token
         return true;
       }
-      if (this.#attempt === 1) this.#upstream.tokens.invalidate(this.#token); // not replayable: next request gets a new token
+      if (this.#attempt === 1) tokens.invalidate(this.#token); // not replayable: next request gets a new token
     }
     if (this.#attempt === 2) {
       const outcome = statusCode === 401 ? 'still_unauthorized' : 'recovered';
       this.#upstream.metrics.unauthorizedRetry(outcome);
-      this.#upstream.logger.info({ event: 'unauthorized_retry_outcome', upstream: this.#upstream.name, outcome, status: statusCode, token: this.#token.fingerprint }, `replay after 401: ${outcome}`);
+      this.#upstream.logger.info({ event: 'unauthorized_retry_outcome', upstream: this.#upstream.name, outcome, status: statusCode, token: this.#token?.fingerprint }, `replay after 401: ${outcome}`);
     }
     this.#res.writeHead(statusCode, statusText, downstreamResponseHeaders(rawHeaders));
     this.#res.on('drain', resume);
@@ -189,8 +201,10 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   #replay(): void {
     const u = this.#upstream;
-    u.logger.info({ event: 'unauthorized_retry', upstream: u.name, token: this.#token.fingerprint }, 'target answered 401: renewing the token and replaying once');
-    u.tokens.renewAfterUnauthorized(this.#token).then(
+    const tokens = u.tokens as TokenSource; // only token-bearing exchanges replay
+    const used = this.#token as Token;
+    u.logger.info({ event: 'unauthorized_retry', upstream: u.name, token: used.fingerprint }, 'target answered 401: renewing the token and replaying once');
+    tokens.renewAfterUnauthorized(used).then(
       (fresh) => {
         if (this.#res.destroyed) return;
         this.send(fresh, 2);

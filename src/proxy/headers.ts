@@ -15,13 +15,7 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
 ]);
 
 /** Request fields the proxy sets itself. */
-const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set([
-  'host',
-  'authorization', // a client's own credentials never reach the partner: the token replaces them
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-]);
+const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 
 function connectionTokens(raw: readonly string[]): Set<string> | undefined {
   let named: Set<string> | undefined;
@@ -42,9 +36,11 @@ export interface ForwardedInfo {
 
 /**
  * Builds the flat [name, value, ...] list for the upstream request from the client's raw headers:
- * hop-by-hop and replaced fields dropped, then X-Forwarded-* and the bearer token appended.
+ * hop-by-hop and replaced fields dropped, then X-Forwarded-* and the bearer token appended. With
+ * a token, the client's own Authorization never reaches the partner; without one (egress
+ * passthrough) the client's header is the client's business and passes unchanged.
  */
-export function upstreamRequestHeaders(raw: readonly string[], forwarded: ForwardedInfo, authorization: string): string[] {
+export function upstreamRequestHeaders(raw: readonly string[], forwarded: ForwardedInfo, authorization: string | undefined): string[] {
   const named = connectionTokens(raw);
   const out: string[] = [];
   let host: string | undefined;
@@ -56,13 +52,14 @@ export function upstreamRequestHeaders(raw: readonly string[], forwarded: Forwar
     if (lower === 'host') host ??= value;
     else if (lower === 'x-forwarded-for') priorFor = priorFor === undefined ? value : `${priorFor}, ${value}`;
     if (HOP_BY_HOP.has(lower) || REPLACED_ON_REQUEST.has(lower) || named?.has(lower)) continue;
+    if (authorization !== undefined && lower === 'authorization') continue;
     out.push(name, value);
   }
   // RFC 7239 §5.2 semantics, de-facto header: append this hop's client to the chain.
   out.push('x-forwarded-for', priorFor === undefined ? forwarded.clientAddress : `${priorFor}, ${forwarded.clientAddress}`);
   out.push('x-forwarded-proto', forwarded.proto);
   if (host !== undefined) out.push('x-forwarded-host', host);
-  out.push('authorization', authorization);
+  if (authorization !== undefined) out.push('authorization', authorization);
   return out;
 }
 

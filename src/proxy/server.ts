@@ -1,38 +1,106 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { ProxyError, errorBody, statusFor } from '../errors.js';
-import { forward } from './forwarder.js';
+import { ProxyError, errorResponseBytes } from '../errors.js';
+import type { CertificateAuthority } from '../mitm/certificate-authority.js';
+import { handleConnect, type Tunnel } from './connect.js';
+import type { EgressPolicy } from './egress.js';
+import { forward, sendError, type Target, type Upstream } from './forwarder.js';
+import type { ForwardRouter } from './forward-router.js';
+import type { InboundGuard } from './inbound-guard.js';
+import { parseAbsoluteForm, urlHost } from './request-target.js';
 import type { ReverseRouter } from './router.js';
+import { handleUpgrade } from './upgrade.js';
 
-function reject(res: ServerResponse, err: ProxyError): void {
-  const body = errorBody(err);
-  res.writeHead(statusFor(err), { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-  res.end(body);
+export interface ProxyContext {
+  readonly reverse: ReverseRouter;
+  readonly forward: ForwardRouter;
+  readonly egress: EgressPolicy;
+  readonly guard: InboundGuard;
+  /** Egress traffic that matched no upstream: forwarded without any token. */
+  readonly passthrough: Upstream;
+  readonly interception: CertificateAuthority | undefined;
+  readonly logger: Logger;
+  /** Sockets (plain or TLS-intercepted) that carry requests from inside a CONNECT tunnel. */
+  readonly tunnels: WeakMap<Duplex, Tunnel>;
+  /** Hands a socket to the HTTP server as a new connection (tunnel contents). */
+  adopt(socket: Duplex): void;
 }
 
-/** The proxy listener: origin-form requests are routed by path prefix (reverse mode). */
-export function createProxyServer(router: ReverseRouter, logger: Logger): Server {
-  const server = createServer({ keepAliveTimeout: 65_000 }, (req: IncomingMessage, res: ServerResponse) => {
-    const url = req.url ?? '/';
-    const route = url.charCodeAt(0) === 47 ? router.route(url) : undefined;
-    if (route === null) {
+/** Where a request (or upgrade) goes, or the error to answer with. */
+export type Resolution = { readonly upstream: Upstream; readonly target: Target } | ProxyError;
+
+/**
+ * Routes one request. Inside a tunnel: the tunnel's upstream. Origin-form (`/partner/x`): reverse
+ * mode by path prefix. Absolute-form (`http://host/x`): forward mode by host, after the proxy
+ * credentials; hosts of no upstream follow the egress policy and never get a token.
+ */
+export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
+  const url = req.url ?? '/';
+  const tunnel = ctx.tunnels.get(req.socket);
+  if (tunnel !== undefined) {
+    // Requests inside a tunnel may use either form; the tunnel alone decides where they go.
+    const path = url.charCodeAt(0) === 47 ? url : (parseAbsoluteForm(url)?.path ?? null);
+    if (path === null) return new ProxyError('bad_request', 'malformed request target inside the tunnel');
+    return { upstream: tunnel.upstream, target: { origin: tunnel.upstream.origin, path, clientProto: tunnel.proto } };
+  }
+  if (url.charCodeAt(0) === 47) {
+    const route = ctx.reverse.route(url);
+    if (route === null) return new ProxyError('bad_request', 'path segments "." and ".." are not allowed');
+    if (route === undefined) return new ProxyError('no_route', 'no upstream is configured for this path');
+    return { upstream: route.upstream, target: { origin: route.upstream.origin, path: route.path, clientProto: 'http' } };
+  }
+  const absolute = parseAbsoluteForm(url);
+  if (absolute === null) return new ProxyError('bad_request', 'request target must be a path or an absolute http:// URL without userinfo');
+  if (ctx.guard.authenticate(req.headers['proxy-authorization']) === undefined) {
+    return new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong');
+  }
+  const upstream = ctx.forward.route(absolute.host, absolute.port);
+  if (upstream !== undefined) {
+    // TLS origination: the app spoke plain http to us; the target URL decides the scheme onwards.
+    return { upstream, target: { origin: upstream.origin, path: absolute.path, clientProto: 'http' } };
+  }
+  const decision = ctx.egress.decide(absolute.host, absolute.port, 'http');
+  if (!decision.allowed) {
+    return new ProxyError('egress_denied', `egress to ${absolute.host}:${absolute.port} is not allowed`, { host: absolute.host, port: String(absolute.port), rule: decision.rule });
+  }
+  return { upstream: ctx.passthrough, target: { origin: `http://${urlHost(absolute.host)}:${absolute.port}`, path: absolute.path, clientProto: 'http' } };
+}
+
+/** The proxy listener: reverse mode, forward mode (absolute-form and CONNECT) and upgrades, on one port. */
+export function createProxyServer(ctx: Omit<ProxyContext, 'adopt' | 'tunnels'>): Server {
+  const server = createServer({ keepAliveTimeout: 65_000 });
+  const full: ProxyContext = {
+    ...ctx,
+    tunnels: new WeakMap(),
+    adopt: (socket) => server.emit('connection', socket),
+  };
+
+  server.on('connection', (socket: Duplex & { remoteAddress?: string }) => {
+    if (ctx.guard.clientAllowed(socket.remoteAddress ?? full.tunnels.get(socket)?.clientAddress)) return;
+    socket.on('error', () => undefined);
+    socket.end(errorResponseBytes(new ProxyError('client_not_allowed', 'this client address may not use the proxy')));
+  });
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const where = resolve(full, req);
+    if (where instanceof ProxyError) {
       req.resume();
-      reject(res, new ProxyError('bad_request', 'path segments "." and ".." are not allowed'));
+      sendError(res, where);
       return;
     }
-    if (route === undefined) {
-      req.resume();
-      reject(res, new ProxyError('no_route', 'no upstream is configured for this path'));
-      return;
-    }
-    forward(req, res, route.upstream, route.path).catch((err: unknown) => {
+    forward(req, res, where.upstream, where.target).catch((err: unknown) => {
       // forward() answers every error it expects; this is the last line of defence.
-      logger.error({ event: 'internal_error', err: (err as Error).message }, 'unexpected error while forwarding');
-      if (!res.headersSent) reject(res, new ProxyError('upstream_unreachable', 'internal error'));
+      ctx.logger.error({ event: 'internal_error', err: (err as Error).message }, 'unexpected error while forwarding');
+      if (!res.headersSent) sendError(res, new ProxyError('upstream_unreachable', 'internal error'));
       else res.destroy();
     });
   });
-  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+
+  server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleConnect(full, req, socket, head));
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(full, req, socket, head));
+
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     // Malformed request line or headers: answer 400 (431 for oversized headers) and close.
     if (!socket.writable) return;
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;

@@ -1,0 +1,130 @@
+import type { IncomingMessage } from 'node:http';
+import { connect as tcpConnect, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
+import { ProxyError, errorResponseBytes } from '../errors.js';
+import type { Upstream } from './forwarder.js';
+import { parseConnectAuthority } from './request-target.js';
+import type { ProxyContext } from './server.js';
+
+/** What the proxy knows about a socket carrying requests from inside a CONNECT tunnel. */
+export interface Tunnel {
+  readonly upstream: Upstream;
+  readonly host: string;
+  readonly port: number;
+  /** 'https' when the proxy terminated TLS (interception), 'http' for a plain-HTTP tunnel. */
+  readonly proto: 'http' | 'https';
+  readonly clientAddress: string | undefined;
+}
+
+/** RFC 9110 §9.3.6: any 2xx means the tunnel is open. */
+const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
+/** First byte of a TLS record carrying a handshake (RFC 8446 §5.1, ContentType handshake = 22). */
+const TLS_HANDSHAKE = 0x16;
+
+function refuse(socket: Duplex, err: ProxyError): void {
+  socket.end(errorResponseBytes(err));
+}
+
+/**
+ * CONNECT: a tunnel to an upstream host is opened towards the proxy itself, which reads the
+ * requests inside (TLS terminated with a certificate from the interception CA, or plain HTTP such
+ * as undici's ProxyAgent sends for http:// URLs) so the token can be injected. A host no upstream
+ * serves gets a blind TCP tunnel only when the egress policy allows it; nothing is injected there.
+ */
+export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  socket.on('error', () => undefined); // a client that vanishes mid-tunnel is not our error
+  if (ctx.guard.authenticate(req.headers['proxy-authorization']) === undefined) {
+    refuse(socket, new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong'));
+    return;
+  }
+  const authority = parseConnectAuthority(req.url ?? '');
+  if (authority === null) {
+    refuse(socket, new ProxyError('bad_request', 'CONNECT needs host:port'));
+    return;
+  }
+  const { host, port } = authority;
+  const upstream = ctx.forward.route(host, port);
+  const clientAddress = req.socket.remoteAddress;
+  if (upstream !== undefined) {
+    if (ctx.interception === undefined && port !== 80) {
+      refuse(
+        socket,
+        new ProxyError(
+          'interception_not_configured',
+          `${host}:${port} is served by upstream ${upstream.name}, but a token cannot be injected into a TLS tunnel without TLS interception: configure mitm, or call http://${host}/ through the proxy instead`,
+          { upstream: upstream.name },
+        ),
+      );
+      return;
+    }
+    socket.write(ESTABLISHED);
+    if (head.length > 0) socket.unshift(head);
+    openInnerConnection(ctx, socket, { upstream, host, port, clientAddress });
+    return;
+  }
+  const decision = ctx.egress.decide(host, port, 'connect');
+  if (!decision.allowed) {
+    refuse(socket, new ProxyError('egress_denied', `CONNECT to ${host}:${port} is not allowed`, { host, port: String(port), rule: decision.rule }));
+    return;
+  }
+  blindTunnel(ctx, socket, head, host, port);
+}
+
+/**
+ * Looks at the first byte the client sends inside the tunnel: a TLS handshake is terminated with
+ * an interception certificate for the CONNECT host; anything else is read as plain HTTP.
+ */
+function openInnerConnection(ctx: ProxyContext, socket: Duplex, t: Omit<Tunnel, 'proto'>): void {
+  socket.once('readable', () => {
+    const first = socket.read(1) as Buffer | null;
+    if (first === null) {
+      socket.once('readable', () => openInnerConnection(ctx, socket, t));
+      return;
+    }
+    socket.unshift(first);
+    if (first[0] !== TLS_HANDSHAKE) {
+      ctx.tunnels.set(socket, { ...t, proto: 'http' });
+      ctx.adopt(socket);
+      return;
+    }
+    if (ctx.interception === undefined) {
+      socket.destroy(); // TLS to port 80 without interception: nothing we can read
+      return;
+    }
+    let secureContext;
+    try {
+      secureContext = ctx.interception.secureContextFor(t.host);
+    } catch (err) {
+      ctx.logger.warn({ event: 'interception_failed', host: t.host, err: (err as Error).message }, 'cannot issue an interception certificate');
+      socket.destroy();
+      return;
+    }
+    const tls = new TLSSocket(socket as Socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] });
+    tls.on('error', () => socket.destroy());
+    ctx.tunnels.set(tls, { ...t, proto: 'https' });
+    ctx.adopt(tls);
+  });
+}
+
+function blindTunnel(ctx: ProxyContext, socket: Duplex, head: Buffer, host: string, port: number): void {
+  const remote = tcpConnect({ host, port });
+  let established = false;
+  remote.once('connect', () => {
+    established = true;
+    socket.write(ESTABLISHED);
+    if (head.length > 0) remote.write(head);
+    remote.pipe(socket);
+    socket.pipe(remote);
+  });
+  remote.once('error', (err) => {
+    if (!established) {
+      refuse(socket, new ProxyError('upstream_unreachable', `cannot reach ${host}:${port}: ${err.message}`, { host, port: String(port) }));
+    } else {
+      socket.destroy();
+    }
+    ctx.logger.info({ event: 'tunnel_failed', host, port, err: err.message }, 'egress tunnel failed');
+  });
+  socket.once('close', () => remote.destroy());
+  remote.once('close', () => socket.destroy());
+}

@@ -1,0 +1,46 @@
+import type { Upstream } from './forwarder.js';
+import { nameMatches, parseHostPattern, type HostPattern } from './host-pattern.js';
+
+/** Ports a `hosts` entry without a port answers on. */
+const DEFAULT_PORTS: readonly number[] = [80, 443];
+
+/**
+ * Forward-mode routing: (host, port) of an absolute-form request or a CONNECT to the upstream
+ * that lists the host. Exact names are a map lookup; `*.suffix` entries are scanned after, in
+ * configuration order. The first upstream to list a name wins.
+ */
+export class ForwardRouter {
+  readonly #exact = new Map<string, Upstream>();
+  readonly #wildcards: { pattern: HostPattern; upstream: Upstream }[] = [];
+
+  constructor(entries: readonly { hosts: readonly string[]; upstream: Upstream }[]) {
+    for (const { hosts, upstream } of entries) {
+      for (const text of hosts) {
+        const pattern = parseHostPattern(text);
+        if (typeof pattern === 'string') throw new Error(pattern); // validated with the config
+        if (pattern.wildcard) {
+          this.#wildcards.push({ pattern, upstream });
+          continue;
+        }
+        for (const port of pattern.port === undefined ? DEFAULT_PORTS : [pattern.port]) {
+          const key = `${pattern.host}:${port}`;
+          if (!this.#exact.has(key)) this.#exact.set(key, upstream);
+        }
+      }
+    }
+  }
+
+  get empty(): boolean {
+    return this.#exact.size === 0 && this.#wildcards.length === 0;
+  }
+
+  /** `host` in lower case. */
+  route(host: string, port: number): Upstream | undefined {
+    const exact = this.#exact.get(`${host}:${port}`);
+    if (exact !== undefined) return exact;
+    for (const { pattern, upstream } of this.#wildcards) {
+      if (nameMatches(pattern, host) && (pattern.port === undefined ? DEFAULT_PORTS.includes(port) : pattern.port === port)) return upstream;
+    }
+    return undefined;
+  }
+}

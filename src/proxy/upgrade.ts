@@ -1,0 +1,71 @@
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Dispatcher } from 'undici';
+import { ProxyError, TokenError, errorResponseBytes } from '../errors.js';
+import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
+import { resolve, type ProxyContext } from './server.js';
+
+/** A response head from raw headers. A 101 keeps Connection and Upgrade: they are the switch itself. */
+function head(status: number, statusText: string, raw: readonly Buffer[]): string {
+  const headers = status === 101 ? raw.map((b) => b.toString('latin1')) : downstreamResponseHeaders(raw);
+  let text = `HTTP/1.1 ${status} ${statusText}\r\n`;
+  for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  return `${text}\r\n`;
+}
+
+/**
+ * WebSocket and other `Upgrade` requests (RFC 9110 §7.8): routed like any request, the token is
+ * injected on the handshake, and after a 101 the two sockets are joined. A handshake the target
+ * refuses (401, 403, ...) goes back to the client as an ordinary response.
+ *
+ * This uses undici's upgrade support rather than node-http-proxy's `ws()`: the same pool, CA and
+ * timeouts as every other request to the upstream, and no unmaintained dependency on this path.
+ */
+export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, early: Buffer): void {
+  socket.on('error', () => undefined);
+  const where = resolve(ctx, req);
+  if (where instanceof ProxyError) {
+    socket.end(errorResponseBytes(where));
+    return;
+  }
+  const { upstream, target } = where;
+  const tokens = upstream.tokens;
+  const tokenReady = tokens === undefined ? Promise.resolve(undefined) : Promise.resolve(tokens.current() ?? tokens.obtain());
+  tokenReady.then(
+    (token) => {
+      const upgradeTo = req.headers.upgrade ?? 'websocket';
+      // Upgrade and Connection are hop-by-hop: undici writes its own from `upgrade`.
+      const headers = upstreamRequestHeaders(req.rawHeaders, { clientAddress: req.socket.remoteAddress ?? '', proto: target.clientProto }, token?.header);
+      const handler: Dispatcher.DispatchHandler = {
+        onConnect: (abort) => {
+          socket.once('close', () => abort());
+        },
+        onUpgrade: (statusCode, rawHeaders, upstreamSocket) => {
+          socket.write(head(statusCode, 'Switching Protocols', rawHeaders as Buffer[]));
+          if (early.length > 0) upstreamSocket.write(early);
+          upstreamSocket.on('error', () => socket.destroy());
+          socket.once('close', () => upstreamSocket.destroy());
+          upstreamSocket.once('close', () => socket.destroy());
+          upstreamSocket.pipe(socket);
+          socket.pipe(upstreamSocket);
+        },
+        onHeaders: (statusCode, rawHeaders, _resume, statusText) => {
+          socket.write(head(statusCode, statusText, rawHeaders as Buffer[]));
+          return true;
+        },
+        onData: (chunk) => socket.write(chunk),
+        onComplete: () => {
+          socket.end();
+        },
+        onError: (err) => {
+          if (socket.writable) socket.end(errorResponseBytes(new ProxyError('upstream_unreachable', `upgrade to ${upstream.name} failed: ${err.message}`, { upstream: upstream.name })));
+        },
+      };
+      upstream.dispatcher.dispatch({ origin: target.origin, path: target.path, method: req.method ?? 'GET', headers, upgrade: upgradeTo }, handler);
+    },
+    (err: unknown) => {
+      const reason = err instanceof TokenError ? err.reason : 'bad_response';
+      socket.end(errorResponseBytes(new ProxyError('token_unavailable', `no token for upstream ${upstream.name}: ${reason}`, { upstream: upstream.name, reason })));
+    },
+  );
+}

@@ -1,0 +1,107 @@
+import { once } from 'node:events';
+import { createServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { createRemoteJWKSet, customFetch, jwtVerify } from 'jose';
+import { Agent, fetch as undiciFetch } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket, WebSocketServer } from 'ws';
+import { testPki } from '../helpers/certs.js';
+import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
+
+const pki = testPki();
+let tokenServer: TokenServer;
+let proxy: RunningProxy;
+let wsUrl: string;
+const handshakes: { token: string | undefined; clientId: unknown }[] = [];
+let close: () => void;
+
+beforeAll(async () => {
+  tokenServer = await startTokenServer();
+  const jwksAgent = new Agent({ connect: { ca: pki.ca } });
+  const jwks = createRemoteJWKSet(new URL(tokenServer.jwksUrl), {
+    [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: jwksAgent }) as unknown as Promise<Response>,
+  });
+  const server = createServer({ key: pki.key, cert: pki.cert });
+  // A partner WebSocket endpoint that verifies the bearer token on the handshake.
+  const wss = new WebSocketServer({
+    server,
+    verifyClient: (info, done) => {
+      const auth = info.req.headers.authorization;
+      const token = auth?.startsWith('Bearer ') ? auth.slice(7) : undefined;
+      if (token === undefined) {
+        done(false, 401, 'no token');
+        return;
+      }
+      if (info.req.url === '/forbidden') {
+        done(false, 403, 'not for you');
+        return;
+      }
+      jwtVerify(token, jwks).then(
+        ({ payload }) => {
+          handshakes.push({ token, clientId: payload['client_id'] });
+          done(true);
+        },
+        () => done(false, 401, 'bad token'),
+      );
+    },
+  });
+  wss.on('connection', (socket, req) => {
+    const clientId = handshakes.find((h) => `Bearer ${h.token}` === req.headers.authorization)?.clientId;
+    socket.on('message', (data) => socket.send(`${String(clientId)}:${data.toString()}`));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as AddressInfo).port;
+  close = () => {
+    wss.close();
+    server.close();
+    void jwksAgent.close();
+  };
+  proxy = await startProxy({
+    upstreams: [
+      {
+        name: 'realtime',
+        target: `https://127.0.0.1:${port}`,
+        pathPrefix: '/realtime',
+        ca: pki.caFile,
+        auth: { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, clientId: 'ws-client', clientSecret: 'ws-secret' },
+      },
+    ],
+  });
+  wsUrl = `${proxy.url.replace('http:', 'ws:')}/realtime/echo`;
+});
+
+afterAll(async () => {
+  await proxy.close();
+  close();
+  await tokenServer.stop();
+});
+
+describe('WebSocket through the proxy', () => {
+  it('injects the token on the handshake and relays frames both ways', async () => {
+    const ws = new WebSocket(wsUrl, { headers: { authorization: 'Bearer caller-own-token' } });
+    await once(ws, 'open');
+    const replies: string[] = [];
+    ws.on('message', (data) => replies.push(data.toString()));
+    ws.send('one');
+    ws.send('two');
+    await new Promise<void>((resolve) => ws.on('message', () => replies.length === 2 && resolve()));
+    expect(replies).toEqual(['ws-client:one', 'ws-client:two']);
+    expect(handshakes.at(-1)?.token).toBe(tokenServer.issued[0]); // not the caller's own token
+    ws.close();
+    await once(ws, 'close');
+  });
+
+  it('passes a refused handshake back as an ordinary response, status untouched', async () => {
+    const ws = new WebSocket(wsUrl.replace(/\/echo$/, '/forbidden'));
+    const [, res] = (await once(ws, 'unexpected-response')) as [unknown, { statusCode: number }];
+    expect(res.statusCode).toBe(403);
+  });
+
+  it('refuses an upgrade for a path no upstream serves', async () => {
+    const ws = new WebSocket(`${proxy.url.replace('http:', 'ws:')}/nowhere`);
+    const [, res] = (await once(ws, 'unexpected-response')) as [unknown, { statusCode: number }];
+    expect(res.statusCode).toBe(404);
+  });
+});
