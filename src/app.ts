@@ -1,18 +1,15 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { rootCertificates } from 'node:tls';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
-import { Agent, Pool, type Dispatcher } from 'undici';
+import { Agent } from 'undici';
 import { createAdminServer } from './admin/server.js';
-import type { Config, UpstreamConfig } from './config/load.js';
+import type { Config } from './config/load.js';
 import { parseListen } from './config/schema.js';
 import { DEFAULT_UPSTREAM_TIMEOUT_SECONDS } from './config/defaults.js';
 import { createLogger } from './logger.js';
-import { bindUpstreamMetrics, createMetrics, type Metrics } from './metrics.js';
-import { clientCredentialsGrant } from './oauth/grants.js';
-import type { Upstream } from './proxy/forwarder.js';
+import { bindRequestMetrics, createMetrics, type Metrics } from './metrics.js';
 import { EgressPolicy } from './proxy/egress.js';
 import { ForwardRouter } from './proxy/forward-router.js';
 import { InboundGuard } from './proxy/inbound-guard.js';
@@ -20,8 +17,9 @@ import { ReverseRouter } from './proxy/router.js';
 import { createProxyServer } from './proxy/server.js';
 import { CertificateAuthority } from './mitm/certificate-authority.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
-import { TokenCache, cacheKey } from './tokens/token-cache.js';
-import { TokenSource, systemClock, type Clock } from './tokens/token-source.js';
+import { TokenCache } from './tokens/token-cache.js';
+import { systemClock, type Clock, type TokenSource } from './tokens/token-source.js';
+import { UpstreamFactory } from './upstreams.js';
 
 /** The metrics label of traffic forwarded by the egress policy (no upstream, no token). */
 export const EGRESS_UPSTREAM = '_egress';
@@ -38,79 +36,22 @@ export interface App {
   readonly metrics: Metrics;
   readonly registry: Registry;
   readonly logger: Logger;
-  /** Token sources by upstream name. */
+  /** Token sources by `upstream` (or `upstream/tenant`). */
   readonly tokens: ReadonlyMap<string, TokenSource>;
   listen(): Promise<{ proxy: AddressInfo; admin: AddressInfo }>;
   /** Stops accepting, lets in-flight requests finish for up to `shutdownTimeoutSeconds`, then closes. */
   close(): Promise<void>;
 }
 
-/** TLS options shared by the target pool and the token endpoint: system roots plus the configured CA. */
-function tlsOptions(u: UpstreamConfig) {
-  // `ca` replaces Node's default roots, so the extra CA is added to them, never substituted.
-  return u.ca === undefined ? {} : { ca: [...rootCertificates, u.ca] };
-}
-
-function trimSlash(path: string): string {
-  return path.endsWith('/') ? path.slice(0, -1) : path;
-}
-
 export function createApp(config: Config, options: AppOptions = {}): App {
   const logger = options.logger ?? createLogger(config.logLevel);
   const registry = options.registry ?? new Registry();
-  const metrics = createMetrics(registry);
+  const metrics = createMetrics(registry, { tenantLabel: config.upstreams.some((u) => u.tenants !== undefined) });
   const clock = options.clock ?? systemClock;
   const cache = new TokenCache(config.tokenCache.maxEntries);
-  const dispatchers: Dispatcher[] = [];
-  const tokens = new Map<string, TokenSource>();
-
-  const upstreams = config.upstreams.map((u): Upstream => {
-    const target = new URL(u.target);
-    const tls = tlsOptions(u);
-    const pool = new Pool(target.origin, { connect: tls, keepAliveTimeout: 30_000 });
-    const tokenAgent = new Agent({ connect: tls });
-    dispatchers.push(pool, tokenAgent);
-    const bound = bindUpstreamMetrics(metrics, u.name);
-    const auth = u.auth;
-    const source = new TokenSource({
-      key: cacheKey(u.name, {
-        grant: auth.type,
-        tokenUrl: auth.tokenUrl,
-        clientId: auth.clientId,
-        clientSecret: auth.clientSecret,
-        clientAuth: auth.clientAuth,
-        scope: auth.scope,
-        audience: auth.audience,
-      }),
-      upstream: u.name,
-      fetchToken: clientCredentialsGrant(auth, tokenAgent, () => clock.now()),
-      cache,
-      lifetime: {
-        refreshBeforeExpiryMs: config.tokenCache.refreshBeforeExpirySeconds * 1000,
-        clockSkewMs: auth.clockSkewSeconds * 1000,
-        defaultLifetimeMs: auth.defaultTokenLifetimeSeconds * 1000,
-      },
-      waitTimeoutMs: u.tokenWaitTimeoutSeconds * 1000,
-      metrics: bound,
-      logger,
-      clock,
-      ...(options.backoff === undefined ? {} : { backoff: options.backoff }),
-    });
-    tokens.set(u.name, source);
-    return {
-      name: u.name,
-      origin: target.origin,
-      basePath: trimSlash(target.pathname),
-      dispatcher: pool,
-      tokens: source,
-      metrics: bound,
-      retryBodyLimitBytes: u.retryBodyLimitBytes,
-      timeoutMs: u.timeoutSeconds * 1000,
-      logger,
-    };
-  });
-
-  const withConfig = upstreams.map((upstream, i) => ({ upstream, config: config.upstreams[i] as UpstreamConfig }));
+  const factory = new UpstreamFactory(config, { metrics, cache, clock, logger, backoff: options.backoff });
+  const withConfig = factory.build();
+  const dispatchers = factory.dispatchers;
   const egressAgent = new Agent();
   dispatchers.push(egressAgent);
   const proxy = createProxyServer({
@@ -124,7 +65,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       basePath: '',
       dispatcher: egressAgent,
       tokens: undefined,
-      metrics: bindUpstreamMetrics(metrics, EGRESS_UPSTREAM),
+      metrics: bindRequestMetrics(metrics, EGRESS_UPSTREAM),
       retryBodyLimitBytes: 0,
       timeoutMs: DEFAULT_UPSTREAM_TIMEOUT_SECONDS * 1000,
       logger,
@@ -158,7 +99,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     metrics,
     registry,
     logger,
-    tokens,
+    tokens: factory.sources,
     async listen() {
       const proxyAddress = await listenOn(proxy, config.listen);
       const adminAddress = await listenOn(admin, config.admin.listen);

@@ -7,6 +7,7 @@ import { DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, LOG_LEVELS } from './config/defau
 import { startDemo } from './demo/demo.js';
 import { createCaFiles } from './mitm/certificate-authority.js';
 import { ConfigError } from './errors.js';
+import { summary } from './config/summary.js';
 
 interface CommonArgs {
   config?: string;
@@ -52,28 +53,6 @@ function onShutdown(close: () => Promise<void>): void {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-}
-
-function summary(config: Config): string {
-  const lines = [`listen ${config.listen}, admin ${config.admin.listen}, log level ${config.logLevel}`];
-  for (const u of config.upstreams) {
-    const a = u.auth;
-    const routes = [u.pathPrefix, ...(u.hosts ?? [])].filter((r) => r !== undefined).join(', ');
-    lines.push(`upstream ${u.name}: ${routes} -> ${u.target}${u.ca === undefined ? '' : ' (extra CA)'}`);
-    lines.push(
-      `  grant ${a.type} at ${a.tokenUrl}, client ${a.clientId} (${a.clientAuth})` +
-        `${a.scope === undefined ? '' : `, scope "${a.scope}"`}${a.audience === undefined ? '' : `, audience ${a.audience}`}`,
-    );
-  }
-  lines.push(`TLS interception: ${config.mitm === undefined ? 'off (CONNECT to upstream hosts is refused)' : 'on'}`);
-  const e = config.egress;
-  lines.push(`egress: default ${e.default}, allow [${e.allow.join(', ')}], CONNECT ports [${e.connectPorts.join(', ')}]`);
-  const i = config.inbound;
-  lines.push(
-    `inbound: ${i.allowCidrs === undefined ? 'any address' : `from ${i.allowCidrs.join(', ')}`}, ` +
-      `${i.proxyAuth === undefined ? 'no proxy credentials' : `proxy users ${i.proxyAuth.users.map((u) => u.name).join(', ')}`}`,
-  );
-  return lines.join('\n');
 }
 
 function withServeOptions<T>(y: Argv<T>) {

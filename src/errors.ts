@@ -12,7 +12,8 @@ export type ProxyErrorCode =
   | 'egress_denied'
   | 'client_not_allowed'
   | 'proxy_auth_required'
-  | 'interception_not_configured';
+  | 'interception_not_configured'
+  | 'unknown_tenant';
 
 /** Why a token could not be obtained (RFC 6749 §5.2 codes, plus transport-level reasons). */
 export type TokenFailureReason =
@@ -102,6 +103,7 @@ const STATUS: Readonly<Record<ProxyErrorCode, number>> = {
   client_not_allowed: 403,
   proxy_auth_required: 407,
   interception_not_configured: 403,
+  unknown_tenant: 403,
 };
 
 /**
@@ -116,6 +118,7 @@ const PROXY_STATUS: Partial<Record<ProxyErrorCode, string>> = {
   client_not_allowed: 'token-proxy; error=http_request_denied',
   proxy_auth_required: 'token-proxy; error=http_request_denied',
   interception_not_configured: 'token-proxy; error=http_request_denied',
+  unknown_tenant: 'token-proxy; error=http_request_denied',
 };
 
 export function proxyStatusFor(err: ProxyError): string | undefined {

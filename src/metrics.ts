@@ -1,49 +1,54 @@
-import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { collectWellNamedDefaultMetrics } from './metrics-defaults.js';
 
 /**
  * Every metric name lives here. Labels are bounded: upstream names come from the config,
  * codes are HTTP status codes, triggers and outcomes are fixed vocabularies. No path, token
  * or client value is ever a label.
  */
-export function createMetrics(registry: Registry, options: { defaultMetrics?: boolean } = {}) {
-  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+export function createMetrics(registry: Registry, options: { defaultMetrics?: boolean; tenantLabel?: boolean } = {}) {
+  // Node.js process metrics, without prom-client's `_total`-suffixed gauges (see metrics-defaults.ts).
+  if (options.defaultMetrics !== false) collectWellNamedDefaultMetrics(registry);
   const registers = [registry];
+  // Token metrics carry a `tenant` label only when tenants are configured (bounded by the config).
+  const token = (options.tenantLabel === true ? ['upstream', 'tenant'] : ['upstream']) as ['upstream'];
   return {
+    tenantLabel: options.tenantLabel === true,
     cacheHits: new Counter({
       name: 'token_proxy_token_cache_hits_total',
       help: 'Requests that found a valid token in the cache.',
-      labelNames: ['upstream'] as const,
+      labelNames: token,
       registers,
     }),
     cacheMisses: new Counter({
       name: 'token_proxy_token_cache_misses_total',
       help: 'Requests that found no valid token and had to wait for one.',
-      labelNames: ['upstream'] as const,
+      labelNames: token,
       registers,
     }),
     refreshDuration: new Histogram({
       name: 'token_proxy_token_refresh_duration_seconds',
       help: 'Duration of token endpoint calls.',
-      labelNames: ['upstream', 'outcome'] as const,
+      labelNames: [...token, 'outcome'] as ['upstream', 'outcome'],
       buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     }),
     refreshes: new Counter({
       name: 'token_proxy_token_refreshes_total',
       help: 'Token endpoint calls by what triggered them (miss, ahead, unauthorized) and outcome.',
-      labelNames: ['upstream', 'trigger', 'outcome'] as const,
+      labelNames: [...token, 'trigger', 'outcome'] as ['upstream', 'trigger', 'outcome'],
       registers,
     }),
     refreshFailures: new Counter({
       name: 'token_proxy_token_refresh_failures_total',
       help: 'Failed token endpoint calls by mapped reason.',
-      labelNames: ['upstream', 'reason'] as const,
+      labelNames: [...token, 'reason'] as ['upstream', 'reason'],
       registers,
     }),
     tokenExpiry: new Gauge({
       name: 'token_proxy_token_expiry_timestamp_seconds',
       help: 'Unix time at which the cached token expires.',
-      labelNames: ['upstream'] as const,
+      labelNames: token,
       registers,
     }),
     requests: new Counter({
@@ -62,7 +67,7 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
     unauthorizedRetries: new Counter({
       name: 'token_proxy_unauthorized_retries_total',
       help: 'Requests replayed with a fresh token after a 401, by outcome (recovered, still_unauthorized).',
-      labelNames: ['upstream', 'outcome'] as const,
+      labelNames: [...token, 'outcome'] as ['upstream', 'outcome'],
       registers,
     }),
   };
@@ -70,17 +75,10 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
-/** Children bound once per upstream so the hot path does no label hashing for them. */
-export function bindUpstreamMetrics(metrics: Metrics, upstream: string) {
+/** Request metrics, bound once per upstream so the hot path does no label hashing. */
+export function bindRequestMetrics(metrics: Metrics, upstream: string) {
   const byCode = new Map<number, Counter.Internal>();
   return {
-    cacheHit: metrics.cacheHits.labels(upstream),
-    cacheMiss: metrics.cacheMisses.labels(upstream),
-    refreshOk: metrics.refreshDuration.labels(upstream, 'success'),
-    refreshError: metrics.refreshDuration.labels(upstream, 'error'),
-    refreshes: (trigger: RefreshTrigger, outcome: 'success' | 'error') => metrics.refreshes.labels(upstream, trigger, outcome).inc(),
-    refreshFailure: (reason: string) => metrics.refreshFailures.labels(upstream, reason).inc(),
-    tokenExpiry: metrics.tokenExpiry.labels(upstream),
     requestDuration: metrics.requestDuration.labels(upstream),
     response(code: number): void {
       let child = byCode.get(code);
@@ -90,9 +88,25 @@ export function bindUpstreamMetrics(metrics: Metrics, upstream: string) {
       }
       child.inc();
     },
-    unauthorizedRetry: (outcome: 'recovered' | 'still_unauthorized') => metrics.unauthorizedRetries.labels(upstream, outcome).inc(),
   };
 }
 
-export type UpstreamMetrics = ReturnType<typeof bindUpstreamMetrics>;
+/** Token metrics of one token source: an upstream, or one tenant of it. */
+export function bindTokenMetrics(metrics: Metrics, upstream: string, tenant: string | undefined) {
+  // With the tenant label on, every token series names its tenant; "" would read as "no label".
+  const base: string[] = metrics.tenantLabel ? [upstream, tenant ?? '-'] : [upstream];
+  return {
+    cacheHit: metrics.cacheHits.labels(...base),
+    cacheMiss: metrics.cacheMisses.labels(...base),
+    refreshOk: metrics.refreshDuration.labels(...base, 'success'),
+    refreshError: metrics.refreshDuration.labels(...base, 'error'),
+    refreshes: (trigger: RefreshTrigger, outcome: 'success' | 'error') => metrics.refreshes.labels(...base, trigger, outcome).inc(),
+    refreshFailure: (reason: string) => metrics.refreshFailures.labels(...base, reason).inc(),
+    tokenExpiry: metrics.tokenExpiry.labels(...base),
+    unauthorizedRetry: (outcome: 'recovered' | 'still_unauthorized') => metrics.unauthorizedRetries.labels(...base, outcome).inc(),
+  };
+}
+
+export type RequestMetrics = ReturnType<typeof bindRequestMetrics>;
+export type TokenMetrics = ReturnType<typeof bindTokenMetrics>;
 export type RefreshTrigger = 'miss' | 'ahead' | 'unauthorized';

@@ -1,17 +1,21 @@
 import { X509Certificate, createPrivateKey } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { configSchema, crossFieldProblems, type ParsedAuth, type ParsedConfig, type ParsedUpstream } from './schema.js';
+import { readSecretFile, readText } from './files.js';
+import { resolveAuth, resolveMtls, tenantAuth, type Mtls, type ResolvedAuth } from './resolve-auth.js';
+import { configSchema, crossFieldProblems, type ParsedConfig, type ParsedUpstream } from './schema.js';
 
-export type ResolvedAuth = Omit<ParsedAuth, 'clientSecretFile' | 'clientSecret'> & { clientSecret: string };
+export type { ResolvedAuth, Mtls } from './resolve-auth.js';
 
-export interface UpstreamConfig extends Omit<ParsedUpstream, 'ca' | 'auth'> {
+export interface UpstreamConfig extends Omit<ParsedUpstream, 'ca' | 'auth' | 'mtls' | 'tenants'> {
   /** PEM text of the extra CA bundle, read at load time. */
   readonly ca: string | undefined;
+  readonly mtls: Mtls | undefined;
   readonly auth: ResolvedAuth;
+  /** Per-tenant auth (the upstream's with each tenant's credentials), when tenants are configured. */
+  readonly tenants: { readonly from: string; readonly auth: Readonly<Record<string, ResolvedAuth>> } | undefined;
 }
 
 export interface ProxyUser {
@@ -76,35 +80,24 @@ function issuesToProblems(issues: readonly z.core.$ZodIssue[]): string[] {
   return issues.map((issue) => `${formatPath(issue.path)}: ${issue.message}`);
 }
 
-function readText(file: string, path: string, problems: string[]): string | undefined {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? 'error';
-    problems.push(`${path}: cannot read ${file} (${code})`);
-    return undefined;
-  }
-}
-
 function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems: string[]): UpstreamConfig {
   const at = `upstreams[${i}]`;
   const ca = u.ca === undefined ? undefined : readText(resolve(baseDir, u.ca), `${at}.ca`, problems);
   if (ca !== undefined && !ca.includes('-----BEGIN CERTIFICATE-----')) {
     problems.push(`${at}.ca: ${u.ca} holds no PEM certificate`);
   }
-  const { clientSecretFile, clientSecret, ...auth } = u.auth;
-  let secret = clientSecret;
-  if (clientSecretFile !== undefined) {
-    secret = readSecretFile(clientSecretFile, baseDir, `${at}.auth.clientSecretFile`, problems);
+  const auth = resolveAuth(u.auth, `${at}.auth`, baseDir, problems);
+  const mtls = resolveMtls(u.mtls, `${at}.mtls`, baseDir, problems);
+  let tenants: UpstreamConfig['tenants'];
+  if (u.tenants !== undefined) {
+    const byName: Record<string, ResolvedAuth> = {};
+    for (const [name, override] of Object.entries(u.tenants.credentials)) {
+      const resolved = tenantAuth(u.auth, override, `${at}.tenants.credentials.${name}`, baseDir, problems);
+      if (resolved !== undefined) byName[name] = resolved;
+    }
+    tenants = { from: u.tenants.from, auth: byName };
   }
-  return { ...u, ca, auth: { ...auth, clientSecret: secret ?? '' } };
-}
-
-/** Reads a secret from a file, dropping the trailing newline mounted secrets usually have. */
-function readSecretFile(file: string, baseDir: string, path: string, problems: string[]): string | undefined {
-  const secret = readText(resolve(baseDir, file), path, problems)?.replace(/\r?\n$/, '');
-  if (secret === '') problems.push(`${path}: ${file} is empty`);
-  return secret;
+  return { ...u, ca, mtls, auth, tenants };
 }
 
 function resolveMitm(mitm: ParsedConfig['mitm'], baseDir: string, problems: string[]): Config['mitm'] {

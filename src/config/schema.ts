@@ -1,17 +1,18 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { HostList, parseAddressList, parseHostPattern } from '../proxy/host-pattern.js';
+import { authSchema, mtlsSchema, tenantsSchema } from './auth-schema.js';
+import { isLoopbackHost, secureUrl } from './url.js';
+
+export { isLoopbackHost } from './url.js';
 import {
   DEFAULT_ADMIN_LISTEN,
   DEFAULT_CACHE_MAX_ENTRIES,
-  DEFAULT_CLOCK_SKEW_SECONDS,
   DEFAULT_LISTEN,
   DEFAULT_LOG_LEVEL,
   DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS,
   DEFAULT_RETRY_BODY_LIMIT_BYTES,
   DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
-  DEFAULT_TOKEN_LIFETIME_SECONDS,
-  DEFAULT_TOKEN_REQUEST_TIMEOUT_SECONDS,
   DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS,
   DEFAULT_UPSTREAM_TIMEOUT_SECONDS,
   LOG_LEVELS,
@@ -28,56 +29,12 @@ export function parseListen(value: string): { host: string; port: number } | und
   return { host, port };
 }
 
-export function isLoopbackHost(hostname: string): boolean {
-  const h = hostname.replace(/^\[|\]$/g, '');
-  return h === 'localhost' || h === '::1' || (isIP(h) === 4 && h.startsWith('127.'));
-}
-
 const listenAddress = z
   .string()
   .refine((v) => parseListen(v) !== undefined, 'must be host:port with an IP address or localhost, e.g. 127.0.0.1:8080');
 
-/**
- * RFC 6749 §3.2 and §10.9: token endpoints and targets carry credentials, so TLS is required;
- * plain http is accepted only on loopback, where nothing crosses a network.
- */
-const secureUrl = z.string().superRefine((value, ctx) => {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    ctx.addIssue({ code: 'custom', message: `not a valid URL: "${value}"` });
-    return;
-  }
-  if (url.protocol === 'https:') return;
-  if (url.protocol === 'http:' && isLoopbackHost(url.hostname)) return;
-  ctx.addIssue({ code: 'custom', message: 'must be an https:// URL (plain http:// is accepted only for loopback hosts)' });
-});
-
 const positiveSeconds = z.number().positive();
 
-const clientCredentialsAuth = z
-  .strictObject({
-    type: z.literal('client_credentials'),
-    tokenUrl: secureUrl.describe('token endpoint (RFC 6749 §3.2); https:// except on loopback'),
-    clientId: z.string().min(1).describe('OAuth2 client id'),
-    clientSecret: z.string().min(1).optional().describe('client secret; use ${ENV_VAR} rather than writing it here'),
-    clientSecretFile: z.string().min(1).optional().describe('path to a file holding the secret (e.g. a mounted secret)'),
-    clientAuth: z.enum(['client_secret_basic', 'client_secret_post']).default('client_secret_basic').describe('how the client authenticates at the token endpoint (RFC 6749 §2.3.1)'),
-    scope: z.string().min(1).optional().describe('space-separated scopes to request'),
-    audience: z.string().min(1).optional().describe('audience parameter sent with the token request'),
-    defaultTokenLifetimeSeconds: positiveSeconds.default(DEFAULT_TOKEN_LIFETIME_SECONDS).describe('lifetime assumed when the response has neither expires_in nor a JWT exp'),
-    clockSkewSeconds: z.number().min(0).default(DEFAULT_CLOCK_SKEW_SECONDS).describe('stop using a token this long before it expires (capped at a quarter of its lifetime)'),
-    requestTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_REQUEST_TIMEOUT_SECONDS).describe('time limit for one token endpoint call'),
-  })
-  .superRefine((auth, ctx) => {
-    const given = Number(auth.clientSecret !== undefined) + Number(auth.clientSecretFile !== undefined);
-    if (given !== 1) {
-      ctx.addIssue({ code: 'custom', path: ['clientSecret'], message: 'set exactly one of clientSecret or clientSecretFile' });
-    }
-  });
-
-export const authSchema = z.discriminatedUnion('type', [clientCredentialsAuth]);
 
 const hostPattern = z.string().superRefine((value, ctx) => {
   const parsed = parseHostPattern(value);
@@ -115,7 +72,9 @@ const upstreamSchema = z.strictObject({
   retryBodyLimitBytes: z.number().int().min(0).default(DEFAULT_RETRY_BODY_LIMIT_BYTES).describe('request bodies up to this size are kept so a 401 can be replayed; larger ones stream'),
   timeoutSeconds: positiveSeconds.default(DEFAULT_UPSTREAM_TIMEOUT_SECONDS).describe('time limit for the target\'s response headers (504 after it)'),
   tokenWaitTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS).describe('how long a request may wait for a token when none is cached (502 after it)'),
+  mtls: mtlsSchema.optional().describe('client certificate towards the target'),
   auth: authSchema,
+  tenants: tenantsSchema.optional(),
 }).superRefine((u, ctx) => {
   if (u.pathPrefix === undefined && u.hosts === undefined) {
     ctx.addIssue({ code: 'custom', path: ['pathPrefix'], message: 'set pathPrefix (reverse mode), hosts (forward mode), or both' });

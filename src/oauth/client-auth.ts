@@ -1,3 +1,6 @@
+import { randomUUID } from 'node:crypto';
+import { SignJWT, importPKCS8, type CryptoKey } from 'jose';
+
 /**
  * Client authentication methods for the token endpoint. Each is validated once and returns a
  * small closure that adds its part to a token request.
@@ -7,7 +10,7 @@ export interface TokenRequestParts {
   readonly body: URLSearchParams;
 }
 
-export type ClientAuth = (parts: TokenRequestParts) => void;
+export type ClientAuth = (parts: TokenRequestParts) => void | Promise<void>;
 
 /**
  * RFC 6749 §2.3.1: HTTP Basic, with id and secret each form-urlencoded first (Appendix B), a step
@@ -26,5 +29,41 @@ export function clientSecretPost(clientId: string, clientSecret: string): Client
   return (parts) => {
     parts.body.set('client_id', clientId);
     parts.body.set('client_secret', clientSecret);
+  };
+}
+
+/**
+ * RFC 8705 §2 (tls_client_auth) and public clients (RFC 6749 §2.1): the client only names itself;
+ * with tls_client_auth the certificate on the connection is the proof.
+ */
+export function clientIdOnly(clientId: string): ClientAuth {
+  return (parts) => {
+    parts.body.set('client_id', clientId);
+  };
+}
+
+/** Assertions live a minute: long enough for a slow network, short enough to be useless if caught. */
+const ASSERTION_LIFETIME_SECONDS = 60;
+
+/**
+ * RFC 7523 §2.2 / §3 (private_key_jwt, OIDC Core §9): a JWT signed with the client's key, with
+ * iss = sub = client_id, aud = the token endpoint, and a fresh jti each time (no replay).
+ */
+export function privateKeyJwt(clientId: string, tokenUrl: string, keyPem: string, alg: 'RS256' | 'ES256' | 'PS256', kid: string | undefined): ClientAuth {
+  let key: Promise<CryptoKey> | undefined;
+  return async (parts) => {
+    key ??= importPKCS8(keyPem, alg);
+    const assertion = await new SignJWT({})
+      .setProtectedHeader(kid === undefined ? { alg, typ: 'JWT' } : { alg, kid, typ: 'JWT' })
+      .setIssuer(clientId)
+      .setSubject(clientId)
+      .setAudience(tokenUrl)
+      .setJti(randomUUID())
+      .setIssuedAt()
+      .setExpirationTime(`${ASSERTION_LIFETIME_SECONDS}s`)
+      .sign(await key);
+    parts.body.set('client_id', clientId);
+    parts.body.set('client_assertion_type', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+    parts.body.set('client_assertion', assertion);
   };
 }

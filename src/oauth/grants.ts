@@ -1,30 +1,61 @@
-import type { ResolvedAuth } from '../config/load.js';
-import { clientSecretBasic, clientSecretPost, type ClientAuth } from './client-auth.js';
-import { requestToken, type TokenEndpoint, type TokenResponse } from './token-endpoint.js';
 import type { Dispatcher } from 'undici';
+import type { OAuthClientSettings, ResolvedAuth } from '../config/resolve-auth.js';
+import { clientIdOnly, clientSecretBasic, clientSecretPost, privateKeyJwt, type ClientAuth } from './client-auth.js';
+import { loginApiGrant } from './login-api.js';
+import { requestToken, type TokenEndpoint, type TokenResponse } from './token-endpoint.js';
 
-export function clientAuthFor(auth: ResolvedAuth): ClientAuth {
-  switch (auth.clientAuth) {
+/**
+ * How one credential set gets tokens: `obtain` runs the full grant; `refresh`, where the grant
+ * has refresh tokens, renews with one (RFC 6749 §6).
+ */
+export interface Grant {
+  readonly obtain: () => Promise<TokenResponse>;
+  readonly refresh: ((refreshToken: string) => Promise<TokenResponse>) | undefined;
+}
+
+export function clientAuthFor(c: OAuthClientSettings): ClientAuth {
+  switch (c.clientAuth) {
     case 'client_secret_post':
-      return clientSecretPost(auth.clientId, auth.clientSecret);
+      return clientSecretPost(c.clientId, c.clientSecret ?? '');
     case 'client_secret_basic':
-      return clientSecretBasic(auth.clientId, auth.clientSecret);
+      return clientSecretBasic(c.clientId, c.clientSecret ?? '');
+    case 'private_key_jwt': {
+      const key = c.privateKey as NonNullable<OAuthClientSettings['privateKey']>; // required by the schema
+      return privateKeyJwt(c.clientId, c.tokenUrl, key.pem, key.alg, key.kid);
+    }
+    case 'tls_client_auth':
+    case 'none':
+      return clientIdOnly(c.clientId);
   }
 }
 
-/**
- * RFC 6749 §4.4.2: client credentials grant. `audience` is the widespread extension (Auth0,
- * Okta and others) naming the API the token is for; RFC 8707 `resource` is its standard cousin.
- */
-export function clientCredentialsGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): () => Promise<TokenResponse> {
+function withOptional(params: Record<string, string>, extra: Record<string, string | undefined>): Record<string, string> {
+  for (const [k, v] of Object.entries(extra)) if (v !== undefined) params[k] = v;
+  return params;
+}
+
+/** Builds the grant for an auth block. `dispatcher` carries the CA and client certificate, if any. */
+export function createGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): Grant {
+  if (auth.type === 'login') return loginApiGrant(auth, dispatcher, now);
   const endpoint: TokenEndpoint = {
     url: new URL(auth.tokenUrl),
     dispatcher,
     clientAuth: clientAuthFor(auth),
     timeoutMs: auth.requestTimeoutSeconds * 1000,
   };
-  const params: Record<string, string> = { grant_type: 'client_credentials' };
-  if (auth.scope !== undefined) params['scope'] = auth.scope;
-  if (auth.audience !== undefined) params['audience'] = auth.audience;
-  return () => requestToken(endpoint, params, now);
+  const call = (params: Record<string, string>) => requestToken(endpoint, params, now);
+  // RFC 6749 §6: a refresh may narrow the scope but never needs to repeat it.
+  const refresh = (refreshToken: string) => call({ grant_type: 'refresh_token', refresh_token: refreshToken });
+  switch (auth.type) {
+    case 'client_credentials':
+      // RFC 6749 §4.4.3: no refresh token here; renewal is simply the grant again.
+      return { obtain: () => call(withOptional({ grant_type: 'client_credentials' }, { scope: auth.scope, audience: auth.audience })), refresh: undefined };
+    case 'password':
+      return {
+        obtain: () => call(withOptional({ grant_type: 'password', username: auth.username, password: auth.password }, { scope: auth.scope, audience: auth.audience })),
+        refresh,
+      };
+    case 'refresh_token':
+      return { obtain: () => call(withOptional({ grant_type: 'refresh_token', refresh_token: auth.refreshToken }, { scope: auth.scope, audience: auth.audience })), refresh };
+  }
 }

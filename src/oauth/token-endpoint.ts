@@ -7,6 +7,8 @@ export interface TokenResponse {
   readonly accessToken: string;
   /** RFC 6749 §5.1 `expires_in`, seconds; undefined when the server did not say. */
   readonly expiresIn: number | undefined;
+  /** An absolute expiry (epoch ms), as JSON login APIs give it; undefined when not given. */
+  readonly expiresAt?: number | undefined;
   readonly scope: string | undefined;
   readonly refreshToken: string | undefined;
 }
@@ -40,7 +42,7 @@ export function parseRetryAfter(value: string | string[] | undefined, nowMs: num
   return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - nowMs) / 1000));
 }
 
-function describe(value: unknown): string | undefined {
+export function describe(value: unknown): string | undefined {
   if (typeof value !== 'string') return undefined;
   // Partner text goes into logs and error bodies: keep it short and on one line.
   // eslint-disable-next-line no-control-regex
@@ -56,7 +58,7 @@ function reasonForStatus(status: number): TokenFailureReason {
   return 'bad_response';
 }
 
-function parseJson(text: string): unknown {
+export function parseJson(text: string): unknown {
   try {
     return JSON.parse(text);
   } catch {
@@ -64,7 +66,7 @@ function parseJson(text: string): unknown {
   }
 }
 
-function parseExpiresIn(value: unknown): number | undefined {
+export function parseExpiresIn(value: unknown): number | undefined {
   // Some servers send "300" as a string; accept a plain number in either form.
   const n = typeof value === 'string' && /^-?\d+(\.\d+)?$/.test(value) ? Number(value) : value;
   return typeof n === 'number' && Number.isFinite(n) ? n : undefined;
@@ -108,7 +110,7 @@ export function parseTokenResponse(status: number, headers: Record<string, strin
   };
 }
 
-function transportReason(err: unknown): TokenFailureReason {
+export function transportReason(err: unknown): TokenFailureReason {
   if (err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError) return 'timeout';
   if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) return 'timeout';
   return 'network';
@@ -120,7 +122,7 @@ export async function requestToken(endpoint: TokenEndpoint, params: Record<strin
     headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' } as Record<string, string>,
     body: new URLSearchParams(params),
   };
-  endpoint.clientAuth(parts);
+  await endpoint.clientAuth(parts);
   let status: number;
   let headers: Record<string, string | string[] | undefined>;
   let text: string;
@@ -147,7 +149,7 @@ export async function requestToken(endpoint: TokenEndpoint, params: Record<strin
   return parseTokenResponse(status, headers, text, nowMs());
 }
 
-async function readLimited(body: AsyncIterable<Buffer> & { destroy(): unknown }): Promise<string> {
+export async function readLimited(body: AsyncIterable<Buffer> & { destroy(): unknown }): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {

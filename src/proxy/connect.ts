@@ -15,6 +15,8 @@ export interface Tunnel {
   /** 'https' when the proxy terminated TLS (interception), 'http' for a plain-HTTP tunnel. */
   readonly proto: 'http' | 'https';
   readonly clientAddress: string | undefined;
+  /** The proxy user who opened the tunnel ('' without proxyAuth): it can name the tenant. */
+  readonly user: string;
 }
 
 /** RFC 9110 §9.3.6: any 2xx means the tunnel is open. */
@@ -34,7 +36,8 @@ function refuse(socket: Duplex, err: ProxyError): void {
  */
 export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, head: Buffer): void {
   socket.on('error', () => undefined); // a client that vanishes mid-tunnel is not our error
-  if (ctx.guard.authenticate(req.headers['proxy-authorization']) === undefined) {
+  const user = ctx.guard.authenticate(req.headers['proxy-authorization']);
+  if (user === undefined) {
     refuse(socket, new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong'));
     return;
   }
@@ -60,7 +63,7 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     }
     socket.write(ESTABLISHED);
     if (head.length > 0) socket.unshift(head);
-    openInnerConnection(ctx, socket, { upstream, host, port, clientAddress });
+    openInnerConnection(ctx, socket, { upstream, host, port, clientAddress, user });
     return;
   }
   const decision = ctx.egress.decide(host, port, 'connect');

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors as undiciErrors, type Dispatcher } from 'undici';
 import type { Logger } from 'pino';
 import { ProxyError, TokenError, errorBody, errorHeaders, statusFor } from '../errors.js';
-import type { UpstreamMetrics } from '../metrics.js';
+import type { RequestMetrics } from '../metrics.js';
 import type { Token } from '../tokens/token.js';
 import type { TokenSource } from '../tokens/token-source.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
@@ -19,11 +19,18 @@ export interface Upstream {
   /** Path of the target URL without a trailing slash ('' for the root). */
   readonly basePath: string;
   readonly dispatcher: Dispatcher;
-  readonly tokens: TokenSource | undefined;
-  readonly metrics: UpstreamMetrics;
+  /** The token source, or one per tenant; undefined for the egress passthrough (no tokens ever). */
+  readonly tokens: TokenSource | TenantTokens | undefined;
+  readonly metrics: RequestMetrics;
   readonly retryBodyLimitBytes: number;
   readonly timeoutMs: number;
   readonly logger: Logger;
+}
+
+/** Token sources by tenant, and where a request's tenant name comes from. */
+export interface TenantTokens {
+  readonly from: { readonly kind: 'proxyAuthUser' } | { readonly kind: 'header'; readonly name: string };
+  readonly byTenant: ReadonlyMap<string, TokenSource>;
 }
 
 /** Sends a proxy-generated error as JSON (the stable `error` code plus details). */
@@ -68,12 +75,12 @@ export interface Target {
  * back. A 401 on a replayable request renews the token and replays once; any other answer,
  * 403 included, goes to the client exactly as received.
  */
-export async function forward(req: IncomingMessage, res: ServerResponse, upstream: Upstream, target: Target): Promise<void> {
+export async function forward(req: IncomingMessage, res: ServerResponse, upstream: Upstream, target: Target, tokens: TokenSource | undefined): Promise<void> {
   const started = performance.now();
   let body: RequestBody;
   let token: Token | undefined;
   try {
-    token = upstream.tokens === undefined ? undefined : (upstream.tokens.current() ?? (await upstream.tokens.obtain()));
+    token = tokens === undefined ? undefined : (tokens.current() ?? (await tokens.obtain()));
   } catch (err) {
     req.resume();
     finish(upstream, started, sendError(res, tokenUnavailable(upstream, err)));
@@ -85,7 +92,7 @@ export async function forward(req: IncomingMessage, res: ServerResponse, upstrea
     finish(upstream, started, sendError(res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')));
     return;
   }
-  new Exchange(req, res, upstream, target, body, started).send(token, 1);
+  new Exchange(req, res, upstream, target, tokens, body, started).send(token, 1);
 }
 
 function finish(upstream: Upstream, started: number, status: number): void {
@@ -99,6 +106,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   readonly #res: ServerResponse;
   readonly #upstream: Upstream;
   readonly #target: Target;
+  readonly #tokens: TokenSource | undefined;
   readonly #body: RequestBody;
   readonly #started: number;
   #token: Token | undefined;
@@ -108,11 +116,12 @@ class Exchange implements Dispatcher.DispatchHandler {
   #replaying = false;
   #abort: ((err?: Error) => void) | undefined;
 
-  constructor(req: IncomingMessage, res: ServerResponse, upstream: Upstream, target: Target, body: RequestBody, started: number) {
+  constructor(req: IncomingMessage, res: ServerResponse, upstream: Upstream, target: Target, tokens: TokenSource | undefined, body: RequestBody, started: number) {
     this.#req = req;
     this.#res = res;
     this.#upstream = upstream;
     this.#target = target;
+    this.#tokens = tokens;
     this.#body = body;
     this.#started = started;
     res.once('close', () => {
@@ -152,7 +161,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (statusCode < 200) return true; // 1xx: informational, nothing to relay
     this.#status = statusCode;
-    const tokens = this.#upstream.tokens;
+    const tokens = this.#tokens;
     if (statusCode === 401 && tokens !== undefined && this.#token !== undefined) {
       if (this.#attempt === 1 && this.#body.kind !== 'streamed') {
         this.#replaying = true; // drain this answer, then replay with a fresh token
@@ -160,10 +169,13 @@ class Exchange implements Dispatcher.DispatchHandler {
       }
       if (this.#attempt === 1) tokens.invalidate(this.#token); // not replayable: next request gets a new token
     }
-    if (this.#attempt === 2) {
+    if (this.#attempt === 2 && tokens !== undefined) {
       const outcome = statusCode === 401 ? 'still_unauthorized' : 'recovered';
-      this.#upstream.metrics.unauthorizedRetry(outcome);
-      this.#upstream.logger.info({ event: 'unauthorized_retry_outcome', upstream: this.#upstream.name, outcome, status: statusCode, token: this.#token?.fingerprint }, `replay after 401: ${outcome}`);
+      tokens.metrics.unauthorizedRetry(outcome);
+      this.#upstream.logger.info(
+        { event: 'unauthorized_retry_outcome', upstream: this.#upstream.name, tenant: tokens.tenant, outcome, status: statusCode, token: this.#token?.fingerprint },
+        `replay after 401: ${outcome}`,
+      );
     }
     this.#res.writeHead(statusCode, statusText, downstreamResponseHeaders(rawHeaders));
     this.#res.on('drain', resume);
@@ -201,16 +213,16 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   #replay(): void {
     const u = this.#upstream;
-    const tokens = u.tokens as TokenSource; // only token-bearing exchanges replay
+    const tokens = this.#tokens as TokenSource; // only token-bearing exchanges replay
     const used = this.#token as Token;
-    u.logger.info({ event: 'unauthorized_retry', upstream: u.name, token: used.fingerprint }, 'target answered 401: renewing the token and replaying once');
+    u.logger.info({ event: 'unauthorized_retry', upstream: u.name, tenant: tokens.tenant, token: used.fingerprint }, 'target answered 401: renewing the token and replaying once');
     tokens.renewAfterUnauthorized(used).then(
       (fresh) => {
         if (this.#res.destroyed) return;
         this.send(fresh, 2);
       },
       (err: unknown) => {
-        u.metrics.unauthorizedRetry('still_unauthorized');
+        tokens.metrics.unauthorizedRetry('still_unauthorized');
         finish(u, this.#started, sendError(this.#res, tokenUnavailable(u, err)));
       },
     );

@@ -6,6 +6,7 @@ import type { CertificateAuthority } from '../mitm/certificate-authority.js';
 import { handleConnect, type Tunnel } from './connect.js';
 import type { EgressPolicy } from './egress.js';
 import { forward, sendError, type Target, type Upstream } from './forwarder.js';
+import type { TokenSource } from '../tokens/token-source.js';
 import type { ForwardRouter } from './forward-router.js';
 import type { InboundGuard } from './inbound-guard.js';
 import { parseAbsoluteForm, urlHost } from './request-target.js';
@@ -27,8 +28,30 @@ export interface ProxyContext {
   adopt(socket: Duplex): void;
 }
 
-/** Where a request (or upgrade) goes, or the error to answer with. */
-export type Resolution = { readonly upstream: Upstream; readonly target: Target } | ProxyError;
+/** Where a request (or upgrade) goes, with which tokens, or the error to answer with. */
+export type Resolution = { readonly upstream: Upstream; readonly target: Target; readonly tokens: TokenSource | undefined } | ProxyError;
+
+/**
+ * The token source for this request: the upstream's, or its tenant's. A request whose tenant is
+ * missing or unknown is refused; it never falls back to another tenant's credentials.
+ */
+function tokensFor(upstream: Upstream, req: IncomingMessage, user: string | undefined): TokenSource | undefined | ProxyError {
+  const t = upstream.tokens;
+  if (t === undefined || !('byTenant' in t)) return t;
+  const raw = t.from.kind === 'proxyAuthUser' ? user : req.headers[t.from.name];
+  const tenant = typeof raw === 'string' && raw !== '' ? raw : undefined;
+  const source = tenant === undefined ? undefined : t.byTenant.get(tenant);
+  if (source !== undefined) return source;
+  const where = t.from.kind === 'proxyAuthUser' ? 'the proxy user' : `the ${t.from.name} header`;
+  return new ProxyError('unknown_tenant', tenant === undefined ? `upstream ${upstream.name} needs a tenant (from ${where})` : `unknown tenant for upstream ${upstream.name}`, {
+    upstream: upstream.name,
+  });
+}
+
+function routed(upstream: Upstream, target: Target, req: IncomingMessage, user: string | undefined): Resolution {
+  const tokens = tokensFor(upstream, req, user);
+  return tokens instanceof ProxyError ? tokens : { upstream, target, tokens };
+}
 
 /**
  * Routes one request. Inside a tunnel: the tunnel's upstream. Origin-form (`/partner/x`): reverse
@@ -42,29 +65,31 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
     // Requests inside a tunnel may use either form; the tunnel alone decides where they go.
     const path = url.charCodeAt(0) === 47 ? url : (parseAbsoluteForm(url)?.path ?? null);
     if (path === null) return new ProxyError('bad_request', 'malformed request target inside the tunnel');
-    return { upstream: tunnel.upstream, target: { origin: tunnel.upstream.origin, path, clientProto: tunnel.proto } };
+    return routed(tunnel.upstream, { origin: tunnel.upstream.origin, path, clientProto: tunnel.proto }, req, tunnel.user);
   }
   if (url.charCodeAt(0) === 47) {
     const route = ctx.reverse.route(url);
     if (route === null) return new ProxyError('bad_request', 'path segments "." and ".." are not allowed');
     if (route === undefined) return new ProxyError('no_route', 'no upstream is configured for this path');
-    return { upstream: route.upstream, target: { origin: route.upstream.origin, path: route.path, clientProto: 'http' } };
+    // Reverse mode needs no proxy credentials; when sent anyway they can name the tenant.
+    const header = req.headers['proxy-authorization'];
+    const user = header === undefined ? undefined : ctx.guard.authenticate(header);
+    return routed(route.upstream, { origin: route.upstream.origin, path: route.path, clientProto: 'http' }, req, user);
   }
   const absolute = parseAbsoluteForm(url);
   if (absolute === null) return new ProxyError('bad_request', 'request target must be a path or an absolute http:// URL without userinfo');
-  if (ctx.guard.authenticate(req.headers['proxy-authorization']) === undefined) {
-    return new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong');
-  }
+  const user = ctx.guard.authenticate(req.headers['proxy-authorization']);
+  if (user === undefined) return new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong');
   const upstream = ctx.forward.route(absolute.host, absolute.port);
   if (upstream !== undefined) {
     // TLS origination: the app spoke plain http to us; the target URL decides the scheme onwards.
-    return { upstream, target: { origin: upstream.origin, path: absolute.path, clientProto: 'http' } };
+    return routed(upstream, { origin: upstream.origin, path: absolute.path, clientProto: 'http' }, req, user);
   }
   const decision = ctx.egress.decide(absolute.host, absolute.port, 'http');
   if (!decision.allowed) {
     return new ProxyError('egress_denied', `egress to ${absolute.host}:${absolute.port} is not allowed`, { host: absolute.host, port: String(absolute.port), rule: decision.rule });
   }
-  return { upstream: ctx.passthrough, target: { origin: `http://${urlHost(absolute.host)}:${absolute.port}`, path: absolute.path, clientProto: 'http' } };
+  return { upstream: ctx.passthrough, target: { origin: `http://${urlHost(absolute.host)}:${absolute.port}`, path: absolute.path, clientProto: 'http' }, tokens: undefined };
 }
 
 /** The proxy listener: reverse mode, forward mode (absolute-form and CONNECT) and upgrades, on one port. */
@@ -89,7 +114,7 @@ export function createProxyServer(ctx: Omit<ProxyContext, 'adopt' | 'tunnels'>):
       sendError(res, where);
       return;
     }
-    forward(req, res, where.upstream, where.target).catch((err: unknown) => {
+    forward(req, res, where.upstream, where.target, where.tokens).catch((err: unknown) => {
       // forward() answers every error it expects; this is the last line of defence.
       ctx.logger.error({ event: 'internal_error', err: (err as Error).message }, 'unexpected error while forwarding');
       if (!res.headersSent) sendError(res, new ProxyError('upstream_unreachable', 'internal error'));

@@ -28,8 +28,7 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
     socket.end(errorResponseBytes(where));
     return;
   }
-  const { upstream, target } = where;
-  const tokens = upstream.tokens;
+  const { upstream, target, tokens } = where;
   const tokenReady = tokens === undefined ? Promise.resolve(undefined) : Promise.resolve(tokens.current() ?? tokens.obtain());
   tokenReady.then(
     (token) => {

@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { TokenError } from '../errors.js';
-import type { RefreshTrigger, UpstreamMetrics } from '../metrics.js';
+import type { RefreshTrigger, TokenMetrics } from '../metrics.js';
+import type { Grant } from '../oauth/grants.js';
 import type { TokenResponse } from '../oauth/token-endpoint.js';
 import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffPolicy } from './backoff.js';
 import type { TokenCache } from './token-cache.js';
@@ -16,12 +17,14 @@ export const systemClock: Clock = { now: () => Date.now() };
 export interface TokenSourceOptions {
   readonly key: string;
   readonly upstream: string;
-  /** Calls the token endpoint once; throws TokenError. */
-  readonly fetchToken: () => Promise<TokenResponse>;
+  /** Set when this source serves one tenant of the upstream. */
+  readonly tenant?: string | undefined;
+  /** Calls the token endpoint (full grant, or refresh); throws TokenError. */
+  readonly grant: Grant;
   readonly cache: TokenCache;
   readonly lifetime: LifetimePolicy;
   readonly waitTimeoutMs: number;
-  readonly metrics: UpstreamMetrics;
+  readonly metrics: TokenMetrics;
   readonly logger: Logger;
   readonly clock?: Clock;
   readonly backoff?: BackoffPolicy;
@@ -37,6 +40,8 @@ export interface TokenSourceOptions {
 export class TokenSource extends EventEmitter {
   readonly key: string;
   readonly upstream: string;
+  readonly tenant: string | undefined;
+  readonly metrics: TokenMetrics;
   readonly #o: TokenSourceOptions;
   readonly #clock: Clock;
   readonly #backoff: BackoffPolicy;
@@ -44,12 +49,20 @@ export class TokenSource extends EventEmitter {
   #failures = 0;
   #nextAttemptAt = 0;
   #lastError: TokenError | undefined;
+  /**
+   * The newest refresh token. Kept apart from the cached access token: a 401 or an eviction drops
+   * the access token, but a rotated refresh token is the only valid one left (the partner revoked
+   * its predecessor), so it must survive.
+   */
+  #refreshToken: string | undefined;
 
   constructor(options: TokenSourceOptions) {
     super();
     this.#o = options;
     this.key = options.key;
     this.upstream = options.upstream;
+    this.tenant = options.tenant;
+    this.metrics = options.metrics;
     this.#clock = options.clock ?? systemClock;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
   }
@@ -125,7 +138,7 @@ export class TokenSource extends EventEmitter {
         const error = err instanceof TokenError ? err : new TokenError('bad_response', 'token response could not be used', { cause: err });
         this.#failures += 1;
         this.#lastError = error;
-        const backoff = backoffDelayMs(this.#backoff, this.#failures, error.retryAfterSeconds);
+        const backoff = backoffDelayMs(this.#backoff, this.#failures, error.retryAfterSeconds, error.permanent);
         this.#nextAttemptAt = this.#clock.now() + backoff;
         this.emit('refreshError', error);
         const giveUp = error.permanent || this.#nextAttemptAt >= deadline;
@@ -133,6 +146,7 @@ export class TokenSource extends EventEmitter {
           {
             event: 'token_refresh_failed',
             upstream: this.upstream,
+            tenant: this.tenant,
             trigger,
             reason: error.reason,
             status: error.status,
@@ -147,13 +161,34 @@ export class TokenSource extends EventEmitter {
     }
   }
 
+  /** Renews with the refresh token when there is one; a rejected one (invalid_grant) falls back to the full grant. */
+  async #callGrant(): Promise<TokenResponse> {
+    const grant = this.#o.grant;
+    const refreshToken = this.#refreshToken;
+    if (refreshToken === undefined || grant.refresh === undefined) return grant.obtain();
+    try {
+      return await grant.refresh(refreshToken);
+    } catch (err) {
+      if (!(err instanceof TokenError && err.reason === 'invalid_grant')) throw err;
+      if (this.#refreshToken === refreshToken) this.#refreshToken = undefined;
+      this.#o.logger.warn(
+        { event: 'refresh_token_rejected', upstream: this.upstream, tenant: this.tenant, description: err.description },
+        'refresh token rejected (expired or revoked): running the full grant',
+      );
+      return grant.obtain();
+    }
+  }
+
   async #fetchOnce(trigger: RefreshTrigger): Promise<Token> {
     const m = this.#o.metrics;
     const started = performance.now();
     let response: TokenResponse;
     let token: Token;
     try {
-      response = await this.#o.fetchToken();
+      response = await this.#callGrant();
+      // Rotation: the new refresh token replaces the old one at once, even if this answer turns
+      // out unusable below, because the partner has already revoked the old one.
+      if (response.refreshToken !== undefined) this.#refreshToken = response.refreshToken;
       token = tokenFromResponse(response, this.#clock.now(), this.#o.lifetime);
     } catch (err) {
       m.refreshError.observe((performance.now() - started) / 1000);
@@ -180,6 +215,7 @@ export class TokenSource extends EventEmitter {
       {
         event: 'token_obtained',
         upstream: this.upstream,
+        tenant: this.tenant,
         trigger,
         token: token.fingerprint,
         lifetimeSeconds: Math.round((token.expiresAt - token.obtainedAt) / 1000),

@@ -56,6 +56,10 @@ export function tokenFromResponse(res: TokenResponse, now: number, policy: Lifet
     if (res.expiresIn <= 0) throw new TokenError('bad_response', `token response has expires_in ${res.expiresIn}`);
     candidates.push(now + res.expiresIn * 1000);
   }
+  if (res.expiresAt !== undefined) {
+    if (res.expiresAt <= now) throw new TokenError('bad_response', 'token response says the token has already expired');
+    candidates.push(res.expiresAt);
+  }
   const exp = jwtExpiry(res.accessToken);
   if (exp !== undefined) candidates.push(exp);
   let expiresAt = candidates.length > 0 ? Math.min(...candidates) : now + policy.defaultLifetimeMs;

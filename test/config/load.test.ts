@@ -34,7 +34,7 @@ describe('configuration', () => {
     const u = config.upstreams[0];
     expect(u?.retryBodyLimitBytes).toBe(1_048_576);
     expect(u?.tokenWaitTimeoutSeconds).toBe(10);
-    expect(u?.auth.clientAuth).toBe('client_secret_basic');
+    expect(u?.auth).toMatchObject({ type: 'client_credentials', clientAuth: 'client_secret_basic' });
     expect(u?.auth.defaultTokenLifetimeSeconds).toBe(300);
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(u?.auth)).toBe(true);
@@ -42,7 +42,7 @@ describe('configuration', () => {
 
   it('replaces ${VAR} from the environment and names an unset one with its path, once', () => {
     const config = buildConfig({ upstreams: [upstream({ clientSecret: '${PARTNER_SECRET}' })] }, { env: { PARTNER_SECRET: 'from-env' } });
-    expect(config.upstreams[0]?.auth.clientSecret).toBe('from-env');
+    expect(config.upstreams[0]?.auth).toMatchObject({ clientSecret: 'from-env' });
     expect(problems({ upstreams: [upstream({ clientSecret: '${MISSING_SECRET}' })] })).toEqual([
       'upstreams[0].auth.clientSecret: environment variable MISSING_SECRET is not set',
     ]);
@@ -53,7 +53,7 @@ describe('configuration', () => {
       listen: 'everywhere',
       tokenCache: { maxEntries: 0 },
       upstreams: [
-        upstream({ tokenUrl: 'http://auth.partner.example/token', clientAuth: 'private_key_jwt' }, { pathPrefix: 'partner/' }),
+        upstream({ tokenUrl: 'http://auth.partner.example/token', clientAuth: 'magic' }, { pathPrefix: 'partner/' }),
         upstream({ clientSecret: undefined }, { target: 'ftp://x' }),
       ],
     });
@@ -92,7 +92,7 @@ describe('configuration', () => {
       ['upstreams:', '  - name: p', '    target: https://api.example', '    pathPrefix: /p', '    ca: ./ca.pem', '    auth:', '      type: client_credentials', '      tokenUrl: https://auth.example/t', '      clientId: c', '      clientSecretFile: secret.txt', ''].join('\n'),
     );
     const config = loadConfigFile(join(dir, 'proxy.yaml'), { env: {} });
-    expect(config.upstreams[0]?.auth.clientSecret).toBe('file-secret');
+    expect(config.upstreams[0]?.auth).toMatchObject({ clientSecret: 'file-secret' });
     expect(config.upstreams[0]?.ca).toContain('BEGIN CERTIFICATE');
   });
 

@@ -63,7 +63,7 @@ beforeEach(async () => {
         },
       ],
     },
-    { clock, backoff: { baseMs: 10, maxMs: 50, maxRetryAfterMs: 50, random: () => 0 } },
+    { clock, backoff: { baseMs: 10, maxMs: 50, maxRetryAfterMs: 50, permanentMinMs: 5_000, random: () => 0 } },
   );
 });
 

@@ -16,7 +16,7 @@ let partner: PartnerApi;
 let proxy: RunningProxy | undefined;
 const client = new Agent();
 /** Tiny backoff so transient retries happen within the test's token wait. */
-const FAST_BACKOFF = { baseMs: 20, maxMs: 200, maxRetryAfterMs: 300_000, random: () => 0.5 };
+const FAST_BACKOFF = { baseMs: 20, maxMs: 200, maxRetryAfterMs: 300_000, permanentMinMs: 5_000, random: () => 0.5 };
 /** The proxy's clock: real time plus an offset a test can advance instead of sleeping. */
 const clock = { offsetMs: 0, now: () => Date.now() + clock.offsetMs };
 

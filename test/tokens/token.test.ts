@@ -68,7 +68,7 @@ describe('cache key', () => {
 });
 
 describe('backoff', () => {
-  const p = { baseMs: 100, maxMs: 1_000, maxRetryAfterMs: 5_000, random: () => 1 };
+  const p = { baseMs: 100, maxMs: 1_000, maxRetryAfterMs: 5_000, permanentMinMs: 0, random: () => 1 };
   it('doubles per failure up to the maximum, with jitter in the upper half', () => {
     expect([1, 2, 3, 4, 5, 6].map((n) => backoffDelayMs(p, n))).toEqual([100, 200, 400, 800, 1_000, 1_000]);
     expect(backoffDelayMs({ ...p, random: () => 0 }, 3)).toBe(200);

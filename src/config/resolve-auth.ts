@@ -1,0 +1,127 @@
+import { resolve } from 'node:path';
+import type { z } from 'zod';
+import { authSchema, type ParsedAuth, type TenantCredentials } from './auth-schema.js';
+import { readSecretFile, readText } from './files.js';
+
+/** A client certificate, as PEM text read at load time. */
+export interface Mtls {
+  readonly cert: string;
+  readonly key: string;
+  readonly passphrase: string | undefined;
+}
+
+interface Timing {
+  readonly defaultTokenLifetimeSeconds: number;
+  readonly clockSkewSeconds: number;
+  readonly requestTimeoutSeconds: number;
+}
+
+export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'tls_client_auth' | 'none';
+
+export interface OAuthClientSettings extends Timing {
+  readonly tokenUrl: string;
+  readonly clientId: string;
+  readonly clientAuth: ClientAuthMethod;
+  readonly clientSecret: string | undefined;
+  readonly privateKey: { readonly pem: string; readonly alg: 'RS256' | 'ES256' | 'PS256'; readonly kid: string | undefined } | undefined;
+  readonly mtls: Mtls | undefined;
+  readonly scope: string | undefined;
+  readonly audience: string | undefined;
+}
+
+export interface LoginSettings extends Timing {
+  readonly type: 'login';
+  readonly loginUrl: string;
+  readonly refreshUrl: string | undefined;
+  readonly username: string;
+  readonly password: string;
+  readonly loginBody: Readonly<Record<string, unknown>>;
+  readonly refreshBody: Readonly<Record<string, unknown>>;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly responseFields: { readonly accessToken: string; readonly refreshToken: string | undefined; readonly expiresAt: string | undefined; readonly expiresIn: string | undefined };
+  readonly mtls: Mtls | undefined;
+}
+
+/** Auth settings with every file read and every secret in hand. */
+export type ResolvedAuth =
+  | (OAuthClientSettings & { readonly type: 'client_credentials' })
+  | (OAuthClientSettings & { readonly type: 'password'; readonly username: string; readonly password: string })
+  | (OAuthClientSettings & { readonly type: 'refresh_token'; readonly refreshToken: string })
+  | LoginSettings;
+
+export function resolveMtls(m: { cert: string; key: string; passphrase?: string | undefined } | undefined, at: string, baseDir: string, problems: string[]): Mtls | undefined {
+  if (m === undefined) return undefined;
+  const cert = readText(resolve(baseDir, m.cert), `${at}.cert`, problems) ?? '';
+  const key = readText(resolve(baseDir, m.key), `${at}.key`, problems) ?? '';
+  return { cert, key, passphrase: m.passphrase };
+}
+
+export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems: string[]): ResolvedAuth {
+  const secret = (value: string | undefined, file: string | undefined, name: string) =>
+    value ?? (file === undefined ? undefined : readSecretFile(file, baseDir, `${at}.${name}File`, problems));
+  const mtls = resolveMtls(a.mtls, `${at}.mtls`, baseDir, problems);
+  if (a.type === 'login') {
+    const f = a.responseFields;
+    return {
+      type: 'login',
+      loginUrl: a.loginUrl,
+      refreshUrl: a.refreshUrl,
+      username: a.username,
+      password: secret(a.password, a.passwordFile, 'password') ?? '',
+      loginBody: a.loginBody,
+      refreshBody: a.refreshBody,
+      headers: a.headers,
+      responseFields: { accessToken: f.accessToken, refreshToken: f.refreshToken, expiresAt: f.expiresAt, expiresIn: f.expiresIn },
+      mtls,
+      defaultTokenLifetimeSeconds: a.defaultTokenLifetimeSeconds,
+      clockSkewSeconds: a.clockSkewSeconds,
+      requestTimeoutSeconds: a.requestTimeoutSeconds,
+    };
+  }
+  const privateKey =
+    a.privateKey === undefined
+      ? undefined
+      : { pem: readText(resolve(baseDir, a.privateKey.file), `${at}.privateKey.file`, problems) ?? '', alg: a.privateKey.alg, kid: a.privateKey.kid };
+  const client: OAuthClientSettings = {
+    tokenUrl: a.tokenUrl,
+    clientId: a.clientId,
+    clientAuth: a.clientAuth,
+    clientSecret: secret(a.clientSecret, a.clientSecretFile, 'clientSecret'),
+    privateKey,
+    mtls,
+    scope: a.scope,
+    audience: a.audience,
+    defaultTokenLifetimeSeconds: a.defaultTokenLifetimeSeconds,
+    clockSkewSeconds: a.clockSkewSeconds,
+    requestTimeoutSeconds: a.requestTimeoutSeconds,
+  };
+  switch (a.type) {
+    case 'client_credentials':
+      return { ...client, type: a.type };
+    case 'password':
+      return { ...client, type: a.type, username: a.username, password: secret(a.password, a.passwordFile, 'password') ?? '' };
+    case 'refresh_token':
+      return { ...client, type: a.type, refreshToken: secret(a.refreshToken, a.refreshTokenFile, 'refreshToken') ?? '' };
+  }
+}
+
+/**
+ * A tenant's auth: the upstream's, with the tenant's values in place of the shared ones (a value
+ * given inline or as a file replaces both forms), validated as a whole like any auth block.
+ */
+export function tenantAuth(base: ParsedAuth, override: TenantCredentials, at: string, baseDir: string, problems: string[]): ResolvedAuth | undefined {
+  const merged: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(override)) {
+    if (value === undefined) continue;
+    const name = key.endsWith('File') ? key.slice(0, -4) : key;
+    delete merged[name];
+    delete merged[`${name}File`];
+    merged[key] = value;
+  }
+  const parsed = authSchema.safeParse(merged);
+  if (!parsed.success) {
+    problems.push(...parsed.error.issues.map((i: z.core.$ZodIssue) => `${at}${i.path.map((p) => `.${String(p)}`).join('')}: ${i.message}`));
+    return undefined;
+  }
+  return resolveAuth(parsed.data, at, baseDir, problems);
+}

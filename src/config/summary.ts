@@ -1,0 +1,38 @@
+import type { Config, ResolvedAuth } from './load.js';
+
+/** One line about an auth block: grant, endpoint, client and how it authenticates. Never a secret. */
+export function describeAuth(a: ResolvedAuth): string {
+  if (a.type === 'login') {
+    return `grant login at ${a.loginUrl}${a.refreshUrl === undefined ? '' : `, refresh at ${a.refreshUrl}`}, user ${a.username}${a.mtls === undefined ? '' : ', client certificate'}`;
+  }
+  const extra = [
+    a.type === 'password' ? `user ${a.username}` : undefined,
+    a.scope === undefined ? undefined : `scope "${a.scope}"`,
+    a.audience === undefined ? undefined : `audience ${a.audience}`,
+    a.mtls === undefined ? undefined : 'client certificate',
+  ].filter((x) => x !== undefined);
+  return `grant ${a.type} at ${a.tokenUrl}, client ${a.clientId} (${a.clientAuth})${extra.length > 0 ? `, ${extra.join(', ')}` : ''}`;
+}
+
+/** What `token-proxy check` prints: everything a config sets up, and no secret. */
+export function summary(config: Config): string {
+  const lines = [`listen ${config.listen}, admin ${config.admin.listen}, log level ${config.logLevel}`];
+  for (const u of config.upstreams) {
+    const routes = [u.pathPrefix, ...(u.hosts ?? [])].filter((r) => r !== undefined).join(', ');
+    lines.push(`upstream ${u.name}: ${routes} -> ${u.target}${u.ca === undefined ? '' : ' (extra CA)'}${u.mtls === undefined ? '' : ' (client certificate)'}`);
+    lines.push(`  ${describeAuth(u.auth)}`);
+    if (u.tenants !== undefined) {
+      lines.push(`  tenants from ${u.tenants.from}:`);
+      for (const [name, auth] of Object.entries(u.tenants.auth)) lines.push(`    ${name}: ${describeAuth(auth)}`);
+    }
+  }
+  lines.push(`TLS interception: ${config.mitm === undefined ? 'off (CONNECT to upstream hosts is refused)' : 'on'}`);
+  const e = config.egress;
+  lines.push(`egress: default ${e.default}, allow [${e.allow.join(', ')}], CONNECT ports [${e.connectPorts.join(', ')}]`);
+  const i = config.inbound;
+  lines.push(
+    `inbound: ${i.allowCidrs === undefined ? 'any address' : `from ${i.allowCidrs.join(', ')}`}, ` +
+      `${i.proxyAuth === undefined ? 'no proxy credentials' : `proxy users ${i.proxyAuth.users.map((u) => u.name).join(', ')}`}`,
+  );
+  return lines.join('\n');
+}

@@ -1,0 +1,115 @@
+import type { Dispatcher } from 'undici';
+import type { LoginSettings } from '../config/resolve-auth.js';
+import { TokenError, type TokenFailureReason } from '../errors.js';
+import type { Grant } from './grants.js';
+import { describe, parseExpiresIn, parseJson, parseRetryAfter, readLimited, transportReason, type TokenResponse } from './token-endpoint.js';
+
+/** `data.access_token` → obj.data.access_token. */
+export function pick(obj: unknown, path: string): unknown {
+  let node = obj;
+  for (const key of path.split('.')) {
+    if (node === null || typeof node !== 'object') return undefined;
+    node = (node as Record<string, unknown>)[key];
+  }
+  return node;
+}
+
+/** Fills `{{username}}`-style placeholders in every string of a JSON template. */
+export function fillTemplate(template: unknown, values: Readonly<Record<string, string>>): unknown {
+  if (typeof template === 'string') return template.replace(/\{\{(\w+)\}\}/g, (whole, name: string) => values[name] ?? whole);
+  if (Array.isArray(template)) return template.map((t) => fillTemplate(t, values));
+  if (template !== null && typeof template === 'object') {
+    return Object.fromEntries(Object.entries(template).map(([k, v]) => [k, fillTemplate(v, values)]));
+  }
+  return template;
+}
+
+/** ISO-8601 text, or epoch seconds (number or numeric text); epoch ms. */
+export function parseExpiresAt(value: unknown): number | undefined {
+  const seconds = parseExpiresIn(value);
+  if (seconds !== undefined) return seconds * 1000;
+  if (typeof value !== 'string') return undefined;
+  const ms = Date.parse(value);
+  return Number.isNaN(ms) ? undefined : ms;
+}
+
+function partnerMessage(body: unknown): string | undefined {
+  for (const key of ['message', 'error_description', 'detail', 'error']) {
+    const text = describe(pick(body, key));
+    if (text !== undefined && text !== '') return text;
+  }
+  return undefined;
+}
+
+function reasonFor(status: number, refreshing: boolean): TokenFailureReason {
+  if (status === 401) return refreshing ? 'invalid_grant' : 'invalid_client'; // a used or expired refresh token / wrong login
+  if (status === 403) return 'forbidden'; // e.g. an IP allow-list: no retry can fix it
+  if (status === 429) return 'rate_limited';
+  if (status >= 500) return 'server_error';
+  if (status === 400 || status === 422) return refreshing ? 'invalid_grant' : 'invalid_request';
+  return 'bad_response';
+}
+
+/**
+ * A partner's own JSON login API (the common `POST /auth/login` → `{"data":{"access_token",
+ * "refresh_token","access_expires_at"}}` shape): login with username and password, renew with the
+ * refresh token, which the partner revokes on use. Field locations are configurable.
+ */
+export function loginApiGrant(auth: LoginSettings, dispatcher: Dispatcher, now: () => number): Grant {
+  const fields = auth.responseFields;
+
+  async function post(url: string, body: unknown, refreshing: boolean): Promise<TokenResponse> {
+    const target = new URL(url);
+    let status: number;
+    let headers: Record<string, string | string[] | undefined>;
+    let text: string;
+    try {
+      const res = await dispatcher.request({
+        origin: target.origin,
+        path: `${target.pathname}${target.search}`,
+        method: 'POST',
+        headers: { ...auth.headers, 'content-type': 'application/json', accept: 'application/json' },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(auth.requestTimeoutSeconds * 1000),
+      });
+      status = res.statusCode;
+      headers = res.headers;
+      text = await readLimited(res.body);
+    } catch (err) {
+      if (err instanceof TokenError) throw err;
+      const reason = transportReason(err);
+      throw new TokenError(reason, `${refreshing ? 'refresh' : 'login'} API ${reason === 'timeout' ? 'did not answer in time' : `unreachable: ${(err as Error).message}`}`, { cause: err });
+    }
+    const json = parseJson(text);
+    if (status < 200 || status >= 300) {
+      const description = partnerMessage(json);
+      const retryAfterSeconds = parseRetryAfter(headers['retry-after'], now());
+      throw new TokenError(reasonFor(status, refreshing), `${refreshing ? 'refresh' : 'login'} API answered ${status}`, {
+        status,
+        ...(description === undefined ? {} : { description }),
+        ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }),
+      });
+    }
+    const accessToken = pick(json, fields.accessToken);
+    if (typeof accessToken !== 'string' || accessToken === '') {
+      throw new TokenError('bad_response', `${refreshing ? 'refresh' : 'login'} answer has no string at ${fields.accessToken}`, { status });
+    }
+    const refreshToken = fields.refreshToken === undefined ? undefined : pick(json, fields.refreshToken);
+    const expiresAt = fields.expiresAt === undefined ? undefined : parseExpiresAt(pick(json, fields.expiresAt));
+    const expiresIn = fields.expiresIn === undefined ? undefined : parseExpiresIn(pick(json, fields.expiresIn));
+    return {
+      accessToken,
+      expiresIn,
+      expiresAt,
+      scope: undefined,
+      refreshToken: typeof refreshToken === 'string' && refreshToken !== '' ? refreshToken : undefined,
+    };
+  }
+
+  const secrets = { username: auth.username, password: auth.password };
+  const refreshUrl = auth.refreshUrl;
+  return {
+    obtain: () => post(auth.loginUrl, fillTemplate(auth.loginBody, secrets), false),
+    refresh: refreshUrl === undefined ? undefined : (refreshToken) => post(refreshUrl, fillTemplate(auth.refreshBody, { refreshToken }), true),
+  };
+}

@@ -1,0 +1,112 @@
+import { rootCertificates, type ConnectionOptions } from 'node:tls';
+import type { Logger } from 'pino';
+import { Agent, Pool, type Dispatcher } from 'undici';
+import type { Config, Mtls, ResolvedAuth, UpstreamConfig } from './config/load.js';
+import { bindRequestMetrics, bindTokenMetrics, type Metrics } from './metrics.js';
+import { createGrant } from './oauth/grants.js';
+import type { TenantTokens, Upstream } from './proxy/forwarder.js';
+import type { BackoffPolicy } from './tokens/backoff.js';
+import { cacheKey, type TokenCache } from './tokens/token-cache.js';
+import { TokenSource, type Clock } from './tokens/token-source.js';
+
+export interface UpstreamDeps {
+  readonly metrics: Metrics;
+  readonly cache: TokenCache;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly backoff: BackoffPolicy | undefined;
+}
+
+export interface BuiltUpstream {
+  readonly upstream: Upstream;
+  readonly config: UpstreamConfig;
+}
+
+/**
+ * TLS options towards a partner: the system roots plus the configured CA (Node's `ca` replaces
+ * the roots, so they are added explicitly), and a client certificate where mTLS is required.
+ */
+export function tlsOptions(ca: string | undefined, mtls: Mtls | undefined): ConnectionOptions {
+  return {
+    ...(ca === undefined ? {} : { ca: [...rootCertificates, ca] }),
+    ...(mtls === undefined ? {} : { cert: mtls.cert, key: mtls.key, ...(mtls.passphrase === undefined ? {} : { passphrase: mtls.passphrase }) }),
+  };
+}
+
+function trimSlash(path: string): string {
+  return path.endsWith('/') ? path.slice(0, -1) : path;
+}
+
+/** Everything that shapes a token, so a change to any of it (a secret, a scope) means a new cache entry. */
+function tokenShape(auth: ResolvedAuth, tenant: string | undefined): Record<string, string | undefined> {
+  return { tenant, auth: JSON.stringify(auth) };
+}
+
+/** Builds the runtime objects of every upstream: pools, token sources (one per tenant), bound metrics. */
+export class UpstreamFactory {
+  readonly #deps: UpstreamDeps;
+  readonly #config: Config;
+  /** Every dispatcher made, to close on shutdown. */
+  readonly dispatchers: Dispatcher[] = [];
+  /** Token sources by `upstream` or `upstream/tenant`. */
+  readonly sources = new Map<string, TokenSource>();
+
+  constructor(config: Config, deps: UpstreamDeps) {
+    this.#config = config;
+    this.#deps = deps;
+  }
+
+  build(): BuiltUpstream[] {
+    return this.#config.upstreams.map((u) => ({ upstream: this.#upstream(u), config: u }));
+  }
+
+  #upstream(u: UpstreamConfig): Upstream {
+    const { logger, metrics } = this.#deps;
+    const target = new URL(u.target);
+    const pool = new Pool(target.origin, { connect: tlsOptions(u.ca, u.mtls), keepAliveTimeout: 30_000 });
+    const tokenAgent = new Agent({ connect: tlsOptions(u.ca, u.auth.mtls) });
+    this.dispatchers.push(pool, tokenAgent);
+    let tokens: TokenSource | TenantTokens;
+    if (u.tenants === undefined) {
+      tokens = this.#source(u, u.auth, undefined, tokenAgent);
+    } else {
+      const from = u.tenants.from === 'proxyAuthUser' ? ({ kind: 'proxyAuthUser' } as const) : ({ kind: 'header', name: u.tenants.from.slice('header:'.length).toLowerCase() } as const);
+      const byTenant = new Map(Object.entries(u.tenants.auth).map(([tenant, auth]) => [tenant, this.#source(u, auth, tenant, tokenAgent)]));
+      tokens = { from, byTenant };
+    }
+    return {
+      name: u.name,
+      origin: target.origin,
+      basePath: trimSlash(target.pathname),
+      dispatcher: pool,
+      tokens,
+      metrics: bindRequestMetrics(metrics, u.name),
+      retryBodyLimitBytes: u.retryBodyLimitBytes,
+      timeoutMs: u.timeoutSeconds * 1000,
+      logger,
+    };
+  }
+
+  #source(u: UpstreamConfig, auth: ResolvedAuth, tenant: string | undefined, tokenAgent: Dispatcher): TokenSource {
+    const { clock, logger, metrics, cache, backoff } = this.#deps;
+    const source = new TokenSource({
+      key: cacheKey(u.name, tokenShape(auth, tenant)),
+      upstream: u.name,
+      tenant,
+      grant: createGrant(auth, tokenAgent, () => clock.now()),
+      cache,
+      lifetime: {
+        refreshBeforeExpiryMs: this.#config.tokenCache.refreshBeforeExpirySeconds * 1000,
+        clockSkewMs: auth.clockSkewSeconds * 1000,
+        defaultLifetimeMs: auth.defaultTokenLifetimeSeconds * 1000,
+      },
+      waitTimeoutMs: u.tokenWaitTimeoutSeconds * 1000,
+      metrics: bindTokenMetrics(metrics, u.name, tenant),
+      logger,
+      clock,
+      ...(backoff === undefined ? {} : { backoff }),
+    });
+    this.sources.set(tenant === undefined ? u.name : `${u.name}/${tenant}`, source);
+    return source;
+  }
+}
