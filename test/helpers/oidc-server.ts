@@ -1,0 +1,399 @@
+import { execFileSync } from 'node:child_process';
+import { X509Certificate, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import type { TLSSocket } from 'node:tls';
+import { exportJWK, exportPKCS8, generateKeyPair, type JSONWebKeySet, type JWK } from 'jose';
+import type * as OidcProviderModule from 'oidc-provider';
+import type { Adapter, AdapterFactory, AdapterPayload, ClientMetadata, KoaContextWithOIDC, ResourceServer } from 'oidc-provider';
+import { testPki } from './certs.js';
+
+/**
+ * A real OAuth2 authorization server for integration tests: panva's certified `oidc-provider`
+ * over HTTPS (test PKI), with JWT access tokens (RFC 9068, signed with the server's JWKS),
+ * client_credentials, refresh_token with rotation and reuse detection, a resource-owner
+ * password grant, and the client authentication methods client_secret_basic/post,
+ * private_key_jwt (RFC 7523) and tls_client_auth (RFC 8705).
+ */
+
+export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'tls_client_auth';
+
+export interface ClientSpec {
+  readonly clientId: string;
+  /** For client_secret_basic / client_secret_post (either is accepted by oidc-provider for such a client). */
+  readonly clientSecret?: string;
+  readonly authMethod: ClientAuthMethod;
+  /** Public keys that verify this client's private_key_jwt assertions. */
+  readonly jwks?: JSONWebKeySet;
+  /** RFC 4514 subject DN of the client certificate (tls_client_auth), e.g. `CN=partner-client`. */
+  readonly tlsSubjectDn?: string;
+  /** e.g. ['client_credentials'], ['password', 'refresh_token']. */
+  readonly grantTypes: readonly string[];
+  /** Space-separated scopes the client may get in its access tokens. */
+  readonly scope?: string;
+}
+
+export interface OidcCall {
+  readonly grantType: string;
+  /** The client the request named (authenticated or not); undefined when none could be told. */
+  readonly clientId: string | undefined;
+  /** The client's registered authentication method, when the client was found. */
+  readonly authMethod: string | undefined;
+  readonly status: number;
+  readonly error: string | undefined;
+  readonly errorDescription: string | undefined;
+  /** oidc-provider's internal reason (`error_detail`), which it keeps out of the response body. */
+  readonly errorDetail: string | undefined;
+}
+
+export interface OidcServer {
+  readonly issuer: string;
+  readonly tokenUrl: string;
+  readonly jwksUrl: string;
+  /** The `aud` of every access token issued. */
+  readonly audience: string;
+  /** Every token endpoint call, in order. */
+  readonly calls: OidcCall[];
+  /** Refresh tokens presented to the server (grant_type=refresh_token), in order, for reuse assertions. */
+  readonly usedRefreshTokens: string[];
+  stop(): Promise<void>;
+}
+
+export interface OidcServerOptions {
+  readonly clients: readonly ClientSpec[];
+  /** Lifetime of access tokens (default 300). */
+  readonly accessTokenTtlSeconds?: number;
+  /** Lifetime of refresh tokens (default one day). */
+  readonly refreshTokenTtlSeconds?: number;
+  /** Resource owners for the password grant: username → password. */
+  readonly users?: Record<string, string>;
+}
+
+/** The single resource server every access token is issued for (its `aud`). */
+const RESOURCE = 'https://api.partner.test/';
+
+function toClientMetadata(spec: ClientSpec): ClientMetadata {
+  const metadata: ClientMetadata = {
+    client_id: spec.clientId,
+    token_endpoint_auth_method: spec.authMethod,
+    grant_types: [...spec.grantTypes],
+    response_types: [],
+    redirect_uris: [],
+  };
+  if (spec.clientSecret !== undefined) metadata.client_secret = spec.clientSecret;
+  if (spec.scope !== undefined) metadata.scope = spec.scope;
+  if (spec.jwks !== undefined) metadata.jwks = spec.jwks as ClientMetadata['jwks'];
+  if (spec.tlsSubjectDn !== undefined) metadata.tls_client_auth_subject_dn = spec.tlsSubjectDn;
+  return metadata;
+}
+
+/** A certificate's subject as an RFC 4514 string (most specific RDN first), e.g. `CN=a,O=b`. */
+export function subjectDnOf(certPem: string): string {
+  return new X509Certificate(certPem).subject.split('\n').reverse().join(',');
+}
+
+function peerCertificatePem(ctx: KoaContextWithOIDC): string | undefined {
+  const socket = ctx.socket as TLSSocket;
+  if (socket.authorized !== true) return undefined;
+  const cert = socket.getPeerCertificate();
+  if (cert.raw === undefined) return undefined;
+  return `-----BEGIN CERTIFICATE-----\n${cert.raw.toString('base64').replace(/(.{64})/g, '$1\n')}\n-----END CERTIFICATE-----\n`;
+}
+
+/**
+ * oidc-provider's stores, in memory, one set per server. Its own default in-memory adapter
+ * warns on every start and is an LRU of 1,000 entries, which load tests would overflow
+ * (evicting live grants and refresh tokens).
+ */
+function memoryAdapter(): AdapterFactory {
+  const entries = new Map<string, { payload: AdapterPayload; expiresAt: number }>();
+  const byGrant = new Map<string, Set<string>>();
+  const byIndex = new Map<string, string>();
+  const live = (key: string): AdapterPayload | undefined => {
+    const entry = entries.get(key);
+    if (entry === undefined) return undefined;
+    if (entry.expiresAt <= Date.now()) {
+      entries.delete(key);
+      return undefined;
+    }
+    return entry.payload;
+  };
+  return (model: string): Adapter => {
+    const key = (id: string) => `${model}:${id}`;
+    return {
+      async upsert(id, payload, expiresIn) {
+        entries.set(key(id), { payload, expiresAt: typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : Infinity });
+        if (typeof payload.grantId === 'string') {
+          const members = byGrant.get(payload.grantId) ?? new Set<string>();
+          members.add(key(id));
+          byGrant.set(payload.grantId, members);
+        }
+        if (typeof payload.uid === 'string') byIndex.set(`uid:${payload.uid}`, key(id));
+        if (typeof payload.userCode === 'string') byIndex.set(`userCode:${payload.userCode}`, key(id));
+      },
+      async find(id) {
+        return live(key(id));
+      },
+      async findByUid(uid) {
+        const k = byIndex.get(`uid:${uid}`);
+        return k === undefined ? undefined : live(k);
+      },
+      async findByUserCode(userCode) {
+        const k = byIndex.get(`userCode:${userCode}`);
+        return k === undefined ? undefined : live(k);
+      },
+      async consume(id) {
+        const payload = live(key(id));
+        if (payload !== undefined) payload.consumed = Math.floor(Date.now() / 1000);
+      },
+      async destroy(id) {
+        entries.delete(key(id));
+      },
+      async revokeByGrantId(grantId) {
+        for (const k of byGrant.get(grantId) ?? []) entries.delete(k);
+        byGrant.delete(grantId);
+      },
+    };
+  };
+}
+
+/**
+ * oidc-provider warns at import on any runtime older than Node 22 LTS ("Unsupported runtime");
+ * the project runs on Node 20 where it works, so that one line is kept out of test output.
+ */
+async function importOidcProvider(): Promise<typeof OidcProviderModule> {
+  // eslint-disable-next-line no-console
+  const warn = console.warn;
+  // eslint-disable-next-line no-console
+  console.warn = (...args: unknown[]) => {
+    if (typeof args[0] === 'string' && args[0].includes('oidc-provider WARNING: Unsupported runtime')) return;
+    warn(...args);
+  };
+  try {
+    return await import('oidc-provider');
+  } finally {
+    // eslint-disable-next-line no-console
+    console.warn = warn;
+  }
+}
+
+function basicClientId(header: string | undefined): string | undefined {
+  if (header?.startsWith('Basic ') !== true) return undefined;
+  const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  try {
+    return decodeURIComponent(i === -1 ? decoded : decoded.slice(0, i));
+  } catch {
+    return undefined;
+  }
+}
+
+function stringParam(params: Record<string, unknown> | undefined, name: string): string | undefined {
+  const value = params?.[name];
+  return typeof value === 'string' ? value : undefined;
+}
+
+export async function startOidcServer(options: OidcServerOptions): Promise<OidcServer> {
+  const { default: Provider, errors } = await importOidcProvider();
+  const pki = testPki();
+  const accessTokenTtl = options.accessTokenTtlSeconds ?? 300;
+  const refreshTokenTtl = options.refreshTokenTtlSeconds ?? 24 * 3600;
+  const users = options.users ?? {};
+  const specs = new Map(options.clients.map((c) => [c.clientId, c]));
+  // oidc-provider only accepts client `scope` metadata made of scopes it knows (`scopes`).
+  const scopes = new Set(['openid', 'offline_access', ...options.clients.flatMap((c) => (c.scope ?? '').split(' ').filter(Boolean))]);
+
+  // Listen first: the issuer must carry the port.
+  let handler: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => {
+    res.statusCode = 503;
+    res.end();
+  };
+  const server: Server = createServer(
+    { key: pki.key, cert: pki.cert, ca: [pki.ca], requestCert: true, rejectUnauthorized: false },
+    (req, res) => handler(req, res),
+  );
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const issuer = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  const { privateKey } = await generateKeyPair('RS256', { extractable: true });
+  const signingKey = { ...(await exportJWK(privateKey)), kid: 'oidc-server-rs256', alg: 'RS256', use: 'sig' };
+
+  const resourceServerInfo = (clientScope: string | undefined): ResourceServer => ({
+    audience: RESOURCE,
+    scope: clientScope ?? '',
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: accessTokenTtl,
+  });
+
+  const provider = new Provider(issuer, {
+    adapter: memoryAdapter(),
+    clients: options.clients.map(toClientMetadata),
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth'],
+    jwks: { keys: [signingKey] },
+    cookies: { keys: [randomBytes(32).toString('base64url')] },
+    findAccount: (_ctx, sub) => (Object.hasOwn(users, sub) ? { accountId: sub, claims: () => ({ sub }) } : undefined),
+    scopes: [...scopes],
+    rotateRefreshToken: true,
+    clientBasedCORS: () => false,
+    ttl: {
+      AccessToken: accessTokenTtl,
+      ClientCredentials: accessTokenTtl,
+      RefreshToken: refreshTokenTtl,
+      Grant: refreshTokenTtl,
+      Session: 3600,
+      Interaction: 600,
+      IdToken: 3600,
+    },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => RESOURCE,
+        useGrantedResource: () => true,
+        getResourceServerInfo: (_ctx, resource, client) => {
+          if (resource !== RESOURCE) throw new errors.InvalidTarget();
+          return resourceServerInfo(client.scope);
+        },
+      },
+      mTLS: {
+        enabled: true,
+        tlsClientAuth: true,
+        selfSignedTlsClientAuth: false,
+        certificateBoundAccessTokens: false,
+        getCertificate: peerCertificatePem,
+        certificateAuthorized: (ctx) => (ctx.socket as TLSSocket).authorized === true,
+        certificateSubjectMatches: (ctx, property, expected) => {
+          const pem = peerCertificatePem(ctx);
+          return property === 'tls_client_auth_subject_dn' && pem !== undefined && subjectDnOf(pem) === expected;
+        },
+      },
+    },
+  });
+
+  // Resource owner password credentials (RFC 6749 §4.3): oidc-provider has no such grant, so
+  // this is one made like its own handlers: a Grant, a JWT AccessToken for the resource, and a
+  // RefreshToken that the built-in refresh_token grant then rotates.
+  provider.registerGrantType<{ username?: string; password?: string }>(
+    'password',
+    async (ctx) => {
+      const { client, params } = ctx.oidc;
+      const { username, password } = params;
+      if (typeof username !== 'string' || typeof password !== 'string') {
+        throw new errors.InvalidRequest('username and password are required');
+      }
+      if (!Object.hasOwn(users, username) || users[username] !== password) {
+        throw new errors.InvalidGrant('invalid resource owner credentials');
+      }
+      const info = resourceServerInfo(client.scope);
+      const allowed = new Set(info.scope.split(' ').filter(Boolean));
+      const requested = params.scope !== undefined ? params.scope.split(' ').filter(Boolean) : [...allowed];
+      const scope = requested.filter((s) => allowed.has(s)).join(' ');
+
+      const grant = new provider.Grant({ accountId: username, clientId: client.clientId });
+      grant.addResourceScope(RESOURCE, scope);
+      const grantId = await grant.save();
+      ctx.oidc.entity('Grant', grant);
+
+      const at = new provider.AccessToken({ accountId: username, client, grantId, gty: 'password', scope });
+      at.resourceServer = new provider.ResourceServer(RESOURCE, info);
+      ctx.oidc.entity('AccessToken', at);
+      const accessToken = await at.save();
+
+      let refreshToken: string | undefined;
+      if (client.grantTypeAllowed('refresh_token')) {
+        const rt = new provider.RefreshToken({ accountId: username, client, grantId, gty: 'password', resource: RESOURCE, scope, rotations: 0 });
+        ctx.oidc.entity('RefreshToken', rt);
+        refreshToken = await rt.save();
+      }
+
+      ctx.body = {
+        access_token: accessToken,
+        token_type: at.tokenType,
+        expires_in: at.expiration,
+        refresh_token: refreshToken,
+        scope: scope || undefined,
+      };
+    },
+    ['username', 'password', 'scope'],
+  );
+
+  const calls: OidcCall[] = [];
+  const usedRefreshTokens: string[] = [];
+  const errorDetails = new WeakMap<object, string>();
+  provider.on('grant.error', (ctx: KoaContextWithOIDC, err: { error_detail?: unknown }) => {
+    if (typeof err.error_detail === 'string') errorDetails.set(ctx, err.error_detail);
+  });
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.method !== 'POST' || ctx.path !== '/token') return;
+    const oidc = (ctx as Partial<KoaContextWithOIDC>).oidc;
+    const params = oidc?.params as Record<string, unknown> | undefined;
+    const grantType = stringParam(params, 'grant_type') ?? '';
+    const refreshToken = stringParam(params, 'refresh_token');
+    if (grantType === 'refresh_token' && refreshToken !== undefined) usedRefreshTokens.push(refreshToken);
+    const client = oidc?.entities.Client;
+    const clientId = client?.clientId ?? stringParam(params, 'client_id') ?? basicClientId(ctx.get('authorization') || undefined);
+    const body = ctx.body as Record<string, unknown> | undefined;
+    calls.push({
+      grantType,
+      clientId,
+      authMethod: clientId !== undefined ? specs.get(clientId)?.authMethod : undefined,
+      status: ctx.status,
+      error: ctx.status >= 400 ? stringParam(body, 'error') : undefined,
+      errorDescription: ctx.status >= 400 ? stringParam(body, 'error_description') : undefined,
+      errorDetail: errorDetails.get(ctx),
+    });
+  });
+
+  handler = provider.callback();
+
+  return {
+    issuer,
+    tokenUrl: `${issuer}/token`,
+    jwksUrl: `${issuer}/jwks`,
+    audience: RESOURCE,
+    calls,
+    usedRefreshTokens,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+/** A key pair for private_key_jwt clients: the private key as PKCS#8 PEM, the public one as a JWK with kid/alg/use. */
+export async function generateClientKey(alg: 'RS256' | 'ES256' | 'PS256', kid: string): Promise<{ privatePem: string; publicJwk: JWK }> {
+  const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true });
+  return {
+    privatePem: await exportPKCS8(privateKey),
+    publicJwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' },
+  };
+}
+
+/** A client certificate (extendedKeyUsage clientAuth, EC P-256 key) signed by the test CA. */
+export function issueClientCertificate(cn: string): { certPem: string; keyPem: string; subjectDn: string } {
+  const pki = testPki();
+  const caKeyFile = join(dirname(pki.caFile), 'ca-key.pem');
+  const dir = mkdtempSync(join(tmpdir(), 'oidc-client-cert-'));
+  try {
+    const openssl = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'key.pem', '-out', 'client.csr', '-subj', `/CN=${cn}`]);
+    writeFileSync(join(dir, 'client.ext'), 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n');
+    // A random serial rather than -CAcreateserial: test files run in parallel processes.
+    const serial = `0x${randomBytes(16).toString('hex')}`;
+    openssl(['x509', '-req', '-in', 'client.csr', '-CA', pki.caFile, '-CAkey', caKeyFile, '-set_serial', serial, '-out', 'client.pem', '-days', '30', '-extfile', 'client.ext']);
+    const certPem = readFileSync(join(dir, 'client.pem'), 'utf8');
+    return { certPem, keyPem: readFileSync(join(dir, 'key.pem'), 'utf8'), subjectDn: subjectDnOf(certPem) };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
