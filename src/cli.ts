@@ -6,6 +6,7 @@ import { loadConfigFile, type Config, type ConfigOverrides } from './config/load
 import { DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, LOG_LEVELS } from './config/defaults.js';
 import { startDemo } from './demo/demo.js';
 import { createCaFiles } from './mitm/certificate-authority.js';
+import { runTokenCommand } from './token-command.js';
 import { ConfigError } from './errors.js';
 import { summary } from './config/summary.js';
 
@@ -83,6 +84,21 @@ await yargs(hideBin(process.argv))
     (args) => {
       const config = loadOrExit(args);
       console.log(`${args.config}: OK\n${summary(config)}`);
+    },
+  )
+  .command(
+    'token <upstream>',
+    'obtain a token as the proxy would and describe it (expiry, scopes, JWT claims); the raw token only with --show-token',
+    (y) =>
+      withServeOptions(y)
+        .positional('upstream', { type: 'string', demandOption: true, describe: 'upstream name' })
+        .option('tenant', { type: 'string', describe: 'tenant, for upstreams with tenants' })
+        .option('show-token', { type: 'boolean', default: false, describe: 'also print the token itself' }),
+    async (args) => {
+      const config = loadOrExit(args);
+      const { text, code } = await runTokenCommand(config, { upstream: args.upstream, tenant: args.tenant, showToken: args.showToken });
+      (code === 0 ? console.log : console.error)(text);
+      process.exit(code);
     },
   )
   .command(

@@ -132,6 +132,33 @@ describe('token-proxy command line', () => {
     expect(proxy.output()).not.toContain(SECRET);
   });
 
+  it('token describes a token as the proxy would get it, printing the token itself only with --show-token', async () => {
+    const env = { CLI_SECRET: SECRET };
+    const hidden = await cli(['token', 'partner', '--config', join(dir, 'proxy.yaml')], env);
+    expect(hidden.code).toBe(0);
+    const token = tokenServer.issued.at(-1) as string;
+    expect(hidden.stdout).toContain('grant client_credentials at');
+    expect(hidden.stdout).toMatch(/fingerprint {2}[A-Za-z0-9_-]{12}/);
+    expect(hidden.stdout).toMatch(/expires {6}\d{4}-\d\d-\d\dT.*\(in (29\d|300) s\)/);
+    expect(hidden.stdout).toContain('"client_id": "cli-client"');
+    expect(hidden.stdout).toMatch(/JWT header {3}\{"typ":"JWT","kid":"\w+","alg":"RS256"\}/);
+    expect(hidden.stdout + hidden.stderr).not.toContain(token);
+    expect(hidden.stdout + hidden.stderr).not.toContain(token.split('.')[2] as string); // never the signature
+    expect(hidden.stdout + hidden.stderr).not.toContain(SECRET);
+    const shown = await cli(['token', 'partner', '--show-token', '--config', join(dir, 'proxy.yaml')], env);
+    expect(shown.stdout).toContain(`token        ${tokenServer.issued.at(-1)}`);
+    tokenServer.respondWith((res) => {
+      res.statusCode = 400;
+      res.body = { error: 'invalid_scope', error_description: 'scope orders.admin is not allowed' };
+    });
+    const failed = await cli(['token', 'partner', '--config', join(dir, 'proxy.yaml')], env);
+    tokenServer.respondWith(undefined);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain('FAILED: invalid_scope (HTTP 400)');
+    expect(failed.stderr).toContain('partner says: scope orders.admin is not allowed');
+    expect((await cli(['token', 'nope', '--config', join(dir, 'proxy.yaml')], env)).stderr).toContain('no upstream named "nope"');
+  });
+
   it('ca init writes a CA usable as mitm (mode 0600), and refuses to overwrite it', async () => {
     const out = join(dir, 'ca');
     const made = await cli(['ca', 'init', '--out', out]);

@@ -40,7 +40,7 @@ export interface PartnerApi {
 export interface PartnerOptions {
   readonly jwksUrl: string;
   readonly issuer?: string;
-  readonly tls?: { readonly key: string; readonly cert: string };
+  readonly tls?: { readonly key: string; readonly cert: string; /** Require client certificates signed by this CA (mTLS). */ readonly clientCa?: string };
   /** CA that signed the issuer's certificate, when its JWKS is served over https. */
   readonly issuerCa?: string;
   readonly host?: string;
@@ -141,7 +141,10 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
       else res.destroy();
     });
   };
-  const server: Server = options.tls ? createHttpsServer(options.tls, onRequest) : createHttpServer(onRequest);
+  const tls = options.tls;
+  const server: Server = tls
+    ? createHttpsServer({ key: tls.key, cert: tls.cert, ...(tls.clientCa === undefined ? {} : { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true }) }, onRequest)
+    : createHttpServer(onRequest);
   server.listen(options.port ?? 0, options.host ?? '127.0.0.1');
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;

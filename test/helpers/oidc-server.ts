@@ -11,6 +11,7 @@ import { exportJWK, exportPKCS8, generateKeyPair, type JSONWebKeySet, type JWK }
 import type * as OidcProviderModule from 'oidc-provider';
 import type { Adapter, AdapterFactory, AdapterPayload, ClientMetadata, KoaContextWithOIDC, ResourceServer } from 'oidc-provider';
 import { testPki } from './certs.js';
+import { Agent } from 'undici';
 
 /**
  * A real OAuth2 authorization server for integration tests: panva's certified `oidc-provider`
@@ -60,6 +61,12 @@ export interface OidcServer {
   readonly calls: OidcCall[];
   /** Refresh tokens presented to the server (grant_type=refresh_token), in order, for reuse assertions. */
   readonly usedRefreshTokens: string[];
+  /** Refresh tokens the server handed out, in order. */
+  readonly issuedRefreshTokens: string[];
+  /** The newest refresh token handed out (to act behind a client's back in reuse tests). */
+  lastIssuedRefreshToken(): string;
+  /** A password grant made directly, as a setup step. */
+  passwordGrant(clientId: string, clientSecret: string, username: string, password: string): Promise<{ accessToken: string; refreshToken: string }>;
   stop(): Promise<void>;
 }
 
@@ -327,6 +334,7 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
 
   const calls: OidcCall[] = [];
   const usedRefreshTokens: string[] = [];
+  const issuedRefreshTokens: string[] = [];
   const errorDetails = new WeakMap<object, string>();
   provider.on('grant.error', (ctx: KoaContextWithOIDC, err: { error_detail?: unknown }) => {
     if (typeof err.error_detail === 'string') errorDetails.set(ctx, err.error_detail);
@@ -342,6 +350,8 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     const client = oidc?.entities.Client;
     const clientId = client?.clientId ?? stringParam(params, 'client_id') ?? basicClientId(ctx.get('authorization') || undefined);
     const body = ctx.body as Record<string, unknown> | undefined;
+    const issued = ctx.status === 200 ? stringParam(body, 'refresh_token') : undefined;
+    if (issued !== undefined) issuedRefreshTokens.push(issued);
     calls.push({
       grantType,
       clientId,
@@ -362,6 +372,28 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     audience: RESOURCE,
     calls,
     usedRefreshTokens,
+    issuedRefreshTokens,
+    lastIssuedRefreshToken: () => {
+      const last = issuedRefreshTokens.at(-1);
+      if (last === undefined) throw new Error('no refresh token issued yet');
+      return last;
+    },
+    async passwordGrant(clientId, clientSecret, username, password) {
+      const agent = new Agent({ connect: { ca: testPki().ca } });
+      try {
+        const res = await agent.request({
+          origin: issuer,
+          path: '/token',
+          method: 'POST',
+          headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}` },
+          body: new URLSearchParams({ grant_type: 'password', username, password, scope: 'api' }).toString(),
+        });
+        const json = (await res.body.json()) as { access_token: string; refresh_token: string };
+        return { accessToken: json.access_token, refreshToken: json.refresh_token };
+      } finally {
+        await agent.close();
+      }
+    },
     stop: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
