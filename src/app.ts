@@ -69,13 +69,25 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       retryBodyLimitBytes: 0,
       timeoutMs: DEFAULT_UPSTREAM_TIMEOUT_SECONDS * 1000,
       logger,
+      accessLog: config.accessLog && logger.isLevelEnabled('info'),
     },
     interception: config.mitm === undefined ? undefined : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem),
     logger,
   });
   let listening = false;
   let closing = false;
-  const admin = createAdminServer(registry, { ready: () => listening && !closing });
+  // Sources whose upstream asks for warm-up: /readyz waits for their first token.
+  const warm = withConfig.flatMap(({ config: u }) => (u.warmup ? [...factory.sources.values()].filter((t) => t.upstream === u.name) : []));
+  const admin = createAdminServer(registry, {
+    ready: () => listening && !closing && warm.every((t) => t.status().state === 'valid'),
+    details: () => ({ tokens: [...factory.sources.values()].map((t) => t.status()) }),
+  });
+  /** Fetches a warm-up token, retrying with growing pauses until one is in hand. */
+  const warmUp = (source: TokenSource, pauseMs = 1_000): void => {
+    source.obtain().catch(() => {
+      if (!closing) setTimeout(() => warmUp(source, Math.min(pauseMs * 2, 30_000)), pauseMs).unref();
+    });
+  };
 
   let inFlight = 0;
   const idle: (() => void)[] = [];
@@ -104,6 +116,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       const proxyAddress = await listenOn(proxy, config.listen);
       const adminAddress = await listenOn(admin, config.admin.listen);
       listening = true;
+      for (const source of warm) warmUp(source);
       logger.info(
         { event: 'listening', proxy: `${proxyAddress.address}:${proxyAddress.port}`, admin: `${adminAddress.address}:${adminAddress.port}`, upstreams: config.upstreams.map((u) => u.name) },
         'token-proxy is listening',

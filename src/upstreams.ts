@@ -84,6 +84,7 @@ export class UpstreamFactory {
       retryBodyLimitBytes: u.retryBodyLimitBytes,
       timeoutMs: u.timeoutSeconds * 1000,
       logger,
+      accessLog: this.#config.accessLog && logger.isLevelEnabled('info'),
     };
   }
 

@@ -113,7 +113,7 @@ describe('token-proxy command line', () => {
     const [, port, adminPort] = proxy.match;
     const ok = await curl([`http://127.0.0.1:${port}/partner/hello`]);
     expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, client: 'cli-client' });
-    expect((await curl([`http://127.0.0.1:${adminPort}/readyz`])).stdout).toBe('{"status":"ready"}');
+    expect(JSON.parse((await curl([`http://127.0.0.1:${adminPort}/readyz`])).stdout)).toMatchObject({ status: 'ready', tokens: [{ upstream: 'partner', state: 'valid' }] });
 
     let arrived!: () => void;
     const slowArrived = new Promise<void>((resolveArrived) => (arrived = resolveArrived));

@@ -2,8 +2,10 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
 
 export interface Readiness {
-  /** True once the config is loaded and the proxy listener is up. */
+  /** True once the config is loaded, the proxy listener is up and warm-up tokens are in hand. */
   ready(): boolean;
+  /** A JSON-able summary for operators (token states; never token values). */
+  details(): Record<string, unknown>;
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {
@@ -32,7 +34,7 @@ export function createAdminServer(registry: Registry, readiness: Readiness): Ser
       json(res, 200, { status: 'ok' });
     } else if (path === '/readyz') {
       const ready = readiness.ready();
-      json(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not_ready' });
+      json(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not_ready', ...readiness.details() });
     } else {
       json(res, 404, { error: 'not_found' });
     }

@@ -71,6 +71,7 @@ const upstreamSchema = z.strictObject({
   ca: z.string().min(1).optional().describe('PEM file with extra CA certificates for the target and the token endpoint'),
   retryBodyLimitBytes: z.number().int().min(0).default(DEFAULT_RETRY_BODY_LIMIT_BYTES).describe('request bodies up to this size are kept so a 401 can be replayed; larger ones stream'),
   timeoutSeconds: positiveSeconds.default(DEFAULT_UPSTREAM_TIMEOUT_SECONDS).describe('time limit for the target\'s response headers (504 after it)'),
+  warmup: z.boolean().default(false).describe('fetch the token at start; /readyz answers 503 until it is in hand'),
   tokenWaitTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS).describe('how long a request may wait for a token when none is cached (502 after it)'),
   mtls: mtlsSchema.optional().describe('client certificate towards the target'),
   auth: authSchema,
@@ -113,6 +114,7 @@ export const configSchema = z
     listen: listenAddress.default(DEFAULT_LISTEN),
     admin: z.strictObject({ listen: listenAddress.default(DEFAULT_ADMIN_LISTEN) }).default({ listen: DEFAULT_ADMIN_LISTEN }),
     logLevel: z.enum(LOG_LEVELS).default(DEFAULT_LOG_LEVEL),
+    accessLog: z.boolean().default(true).describe('one JSON line per request at info level (request id, upstream, status, duration, retry, token fingerprint)'),
     shutdownTimeoutSeconds: positiveSeconds.default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
     tokenCache: z
       .strictObject({

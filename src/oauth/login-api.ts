@@ -24,10 +24,13 @@ export function fillTemplate(template: unknown, values: Readonly<Record<string, 
   return template;
 }
 
-/** ISO-8601 text, or epoch seconds (number or numeric text); epoch ms. */
+/** Numbers this large are already milliseconds: 1e12 ms is 2001, 1e12 s is year 33658. */
+const EPOCH_MS_THRESHOLD = 1e12;
+
+/** ISO-8601 text, or epoch seconds (number or numeric text; milliseconds are recognised); epoch ms. */
 export function parseExpiresAt(value: unknown): number | undefined {
-  const seconds = parseExpiresIn(value);
-  if (seconds !== undefined) return seconds * 1000;
+  const n = parseExpiresIn(value);
+  if (n !== undefined) return n >= EPOCH_MS_THRESHOLD ? n : n * 1000;
   if (typeof value !== 'string') return undefined;
   const ms = Date.parse(value);
   return Number.isNaN(ms) ? undefined : ms;

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors as undiciErrors, type Dispatcher } from 'undici';
 import type { Logger } from 'pino';
@@ -25,6 +26,8 @@ export interface Upstream {
   readonly retryBodyLimitBytes: number;
   readonly timeoutMs: number;
   readonly logger: Logger;
+  /** One info line per request (issue: access logs cost throughput; measured in BENCHMARKS.md). */
+  readonly accessLog: boolean;
 }
 
 /** Token sources by tenant, and where a request's tenant name comes from. */
@@ -76,39 +79,77 @@ export interface Target {
  * 403 included, goes to the client exactly as received.
  */
 export async function forward(req: IncomingMessage, res: ServerResponse, upstream: Upstream, target: Target, tokens: TokenSource | undefined): Promise<void> {
-  const started = performance.now();
+  const ctx: RequestContext = { req, res, upstream, target, tokens, started: performance.now(), requestId: requestIdOf(req) };
   let body: RequestBody;
   let token: Token | undefined;
   try {
     token = tokens === undefined ? undefined : (tokens.current() ?? (await tokens.obtain()));
   } catch (err) {
     req.resume();
-    finish(upstream, started, sendError(res, tokenUnavailable(upstream, err)));
+    finish(ctx, sendError(res, tokenUnavailable(upstream, err)), undefined, false);
     return;
   }
   try {
     body = await readRequestBody(req, upstream.retryBodyLimitBytes);
   } catch (err) {
-    finish(upstream, started, sendError(res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')));
+    finish(ctx, sendError(res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')), token, false);
     return;
   }
-  new Exchange(req, res, upstream, target, tokens, body, started).send(token, 1);
+  new Exchange(ctx, body).send(token, 1);
 }
 
-function finish(upstream: Upstream, started: number, status: number): void {
-  upstream.metrics.response(status);
-  upstream.metrics.requestDuration.observe((performance.now() - started) / 1000);
+/** One client request, as the access log and metrics see it. */
+interface RequestContext {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly upstream: Upstream;
+  readonly target: Target;
+  readonly tokens: TokenSource | undefined;
+  readonly started: number;
+  /** The client's X-Request-Id when sane, else a fresh one; forwarded upstream and logged. */
+  readonly requestId: string;
+}
+
+const SANE_REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;
+
+function requestIdOf(req: IncomingMessage): string {
+  const given = req.headers['x-request-id'];
+  return typeof given === 'string' && SANE_REQUEST_ID.test(given) ? given : randomUUID();
+}
+
+/** Counts the answer and writes the access-log line (never a header value, only a token fingerprint). */
+function finish(ctx: RequestContext, status: number, token: Token | undefined, retried: boolean): void {
+  const u = ctx.upstream;
+  const seconds = (performance.now() - ctx.started) / 1000;
+  u.metrics.response(status);
+  u.metrics.requestDuration.observe(seconds);
+  if (u.accessLog) {
+    u.logger.info(
+      {
+        event: 'request',
+        requestId: ctx.requestId,
+        method: ctx.req.method,
+        upstream: u.name,
+        tenant: ctx.tokens?.tenant,
+        status,
+        durationMs: Math.round(seconds * 10_000) / 10,
+        retried,
+        token: token?.fingerprint,
+      },
+      'request',
+    );
+  }
 }
 
 /** One client request and its (at most two) upstream attempts; implements undici's handler API. */
 class Exchange implements Dispatcher.DispatchHandler {
+  readonly #ctx: RequestContext;
   readonly #req: IncomingMessage;
   readonly #res: ServerResponse;
   readonly #upstream: Upstream;
   readonly #target: Target;
   readonly #tokens: TokenSource | undefined;
   readonly #body: RequestBody;
-  readonly #started: number;
   #token: Token | undefined;
   #attempt = 1;
   #status = 0;
@@ -116,14 +157,15 @@ class Exchange implements Dispatcher.DispatchHandler {
   #replaying = false;
   #abort: ((err?: Error) => void) | undefined;
 
-  constructor(req: IncomingMessage, res: ServerResponse, upstream: Upstream, target: Target, tokens: TokenSource | undefined, body: RequestBody, started: number) {
-    this.#req = req;
-    this.#res = res;
-    this.#upstream = upstream;
-    this.#target = target;
-    this.#tokens = tokens;
+  constructor(ctx: RequestContext, body: RequestBody) {
+    this.#ctx = ctx;
+    this.#req = ctx.req;
+    this.#res = ctx.res;
+    this.#upstream = ctx.upstream;
+    this.#target = ctx.target;
+    this.#tokens = ctx.tokens;
     this.#body = body;
-    this.#started = started;
+    const res = ctx.res;
     res.once('close', () => {
       // The client went away before the answer was complete: free the upstream socket.
       if (!res.writableFinished) this.#abort?.(new Error('client closed the connection'));
@@ -143,7 +185,7 @@ class Exchange implements Dispatcher.DispatchHandler {
         method: this.#req.method ?? 'GET',
         headers: upstreamRequestHeaders(
           this.#req.rawHeaders,
-          { clientAddress: this.#req.socket.remoteAddress ?? '', proto: this.#target.clientProto },
+          { clientAddress: this.#req.socket.remoteAddress ?? '', proto: this.#target.clientProto, requestId: this.#ctx.requestId },
           token?.header,
         ),
         body: b.kind === 'none' ? null : b.kind === 'buffered' ? b.data : b.stream,
@@ -193,7 +235,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       return;
     }
     this.#res.end();
-    finish(this.#upstream, this.#started, this.#status);
+    finish(this.#ctx, this.#status, this.#token, this.#attempt === 2);
   }
 
   onError(err: Error): void {
@@ -202,13 +244,13 @@ class Exchange implements Dispatcher.DispatchHandler {
       // Mid-response failure: break the client connection so a cut answer never looks complete.
       u.logger.warn({ event: 'upstream_response_broken', upstream: u.name, err: err.message }, 'upstream response broken');
       this.#res.destroy(err);
-      finish(u, this.#started, this.#status);
+      finish(this.#ctx, this.#status, this.#token, this.#attempt === 2);
       return;
     }
     if (this.#res.destroyed) return; // the client left first; nothing to answer
     const failure = upstreamFailure(u, err);
     u.logger.warn({ event: 'upstream_failed', upstream: u.name, error: failure.code, err: err.message }, failure.message);
-    finish(u, this.#started, sendError(this.#res, failure));
+    finish(this.#ctx, sendError(this.#res, failure), this.#token, this.#attempt === 2);
   }
 
   #replay(): void {
@@ -223,7 +265,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       },
       (err: unknown) => {
         tokens.metrics.unauthorizedRetry('still_unauthorized');
-        finish(u, this.#started, sendError(this.#res, tokenUnavailable(u, err)));
+        finish(this.#ctx, sendError(this.#res, tokenUnavailable(u, err)), used, true);
       },
     );
   }

@@ -15,7 +15,7 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
 ]);
 
 /** Request fields the proxy sets itself. */
-const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
+const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id']);
 
 function connectionTokens(raw: readonly string[]): Set<string> | undefined {
   let named: Set<string> | undefined;
@@ -32,6 +32,8 @@ function connectionTokens(raw: readonly string[]): Set<string> | undefined {
 export interface ForwardedInfo {
   readonly clientAddress: string;
   readonly proto: 'http' | 'https';
+  /** Sent as X-Request-Id in place of whatever the client sent. */
+  readonly requestId?: string;
 }
 
 /**
@@ -59,6 +61,7 @@ export function upstreamRequestHeaders(raw: readonly string[], forwarded: Forwar
   out.push('x-forwarded-for', priorFor === undefined ? forwarded.clientAddress : `${priorFor}, ${forwarded.clientAddress}`);
   out.push('x-forwarded-proto', forwarded.proto);
   if (host !== undefined) out.push('x-forwarded-host', host);
+  if (forwarded.requestId !== undefined) out.push('x-request-id', forwarded.requestId);
   if (authorization !== undefined) out.push('authorization', authorization);
   return out;
 }

@@ -14,6 +14,14 @@ export interface Clock {
 
 export const systemClock: Clock = { now: () => Date.now() };
 
+export interface TokenSourceStatus {
+  readonly upstream: string;
+  readonly tenant?: string;
+  readonly state: 'valid' | 'failing' | 'none';
+  readonly expiresInSeconds?: number;
+  readonly lastError?: string;
+}
+
 export interface TokenSourceOptions {
   readonly key: string;
   readonly upstream: string;
@@ -83,6 +91,20 @@ export class TokenSource extends EventEmitter {
       });
     }
     return token;
+  }
+
+  /** The state of this source for /readyz: no token values, no metrics counted. */
+  status(): TokenSourceStatus {
+    const token = this.#o.cache.get(this.key);
+    const now = this.#clock.now();
+    const valid = token !== undefined && now < token.usableUntil;
+    return {
+      upstream: this.upstream,
+      ...(this.tenant === undefined ? {} : { tenant: this.tenant }),
+      state: valid ? 'valid' : this.#lastError !== undefined ? 'failing' : 'none',
+      ...(valid ? { expiresInSeconds: Math.round((token.expiresAt - now) / 1000) } : {}),
+      ...(this.#lastError === undefined ? {} : { lastError: this.#lastError.reason }),
+    };
   }
 
   /**
