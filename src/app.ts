@@ -1,4 +1,4 @@
-import { once } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
@@ -20,6 +20,9 @@ import type { BackoffPolicy } from './tokens/backoff.js';
 import { TokenCache } from './tokens/token-cache.js';
 import { systemClock, type Clock, type TokenSource } from './tokens/token-source.js';
 import { UpstreamFactory } from './upstreams.js';
+import { EntryCipher, cipherKey } from './tokens/entry-cipher.js';
+import { RedisTokenStore } from './tokens/redis-store.js';
+import type { SharedTokenStore } from './tokens/shared-store.js';
 
 /** The metrics label of traffic forwarded by the egress policy (no upstream, no token). */
 export const EGRESS_UPSTREAM = '_egress';
@@ -36,11 +39,34 @@ export interface App {
   readonly metrics: Metrics;
   readonly registry: Registry;
   readonly logger: Logger;
+  /** Emits `sharedCache` (boolean) when the Redis tier comes up or goes away. */
+  readonly events: EventEmitter;
+  /** Whether the shared tier answers (undefined without one). */
+  sharedCacheUp(): boolean | undefined;
   /** Token sources by `upstream` (or `upstream/tenant`). */
   readonly tokens: ReadonlyMap<string, TokenSource>;
   listen(): Promise<{ proxy: AddressInfo; admin: AddressInfo }>;
   /** Stops accepting, lets in-flight requests finish for up to `shutdownTimeoutSeconds`, then closes. */
   close(): Promise<void>;
+}
+
+/** The Redis tier, when configured; its health and failures feed the metrics. */
+function createSharedStore(config: Config, metrics: Metrics, logger: Logger, events: EventEmitter): SharedTokenStore | undefined {
+  const redis = config.tokenCache.redis;
+  if (redis === undefined) return undefined;
+  metrics.sharedCacheUp.set(0);
+  return new RedisTokenStore({
+    url: redis.url,
+    keyPrefix: redis.keyPrefix,
+    lockTimeoutMs: redis.lockTimeoutMs,
+    cipher: new EntryCipher(cipherKey(redis.encryptionKey), redis.previousEncryptionKeys.map(cipherKey)),
+    logger,
+    onHealth: (up) => {
+      metrics.sharedCacheUp.set(up ? 1 : 0);
+      events.emit('sharedCache', up);
+    },
+    onError: (operation) => metrics.sharedCacheErrors.labels(operation).inc(),
+  });
 }
 
 export function createApp(config: Config, options: AppOptions = {}): App {
@@ -49,7 +75,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const metrics = createMetrics(registry, { tenantLabel: config.upstreams.some((u) => u.tenants !== undefined) });
   const clock = options.clock ?? systemClock;
   const cache = new TokenCache(config.tokenCache.maxEntries);
-  const factory = new UpstreamFactory(config, { metrics, cache, clock, logger, backoff: options.backoff });
+  const events = new EventEmitter();
+  const store = createSharedStore(config, metrics, logger, events);
+  const shared =
+    store === undefined || config.tokenCache.redis === undefined
+      ? undefined
+      : { store, lockTimeoutMs: config.tokenCache.redis.lockTimeoutMs, refreshTokenTtlMs: config.tokenCache.redis.refreshTokenTtlSeconds * 1000 };
+  const factory = new UpstreamFactory(config, { metrics, cache, clock, logger, backoff: options.backoff, shared });
   const withConfig = factory.build();
   const dispatchers = factory.dispatchers;
   const egressAgent = new Agent();
@@ -80,7 +112,10 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const warm = withConfig.flatMap(({ config: u }) => (u.warmup ? [...factory.sources.values()].filter((t) => t.upstream === u.name) : []));
   const admin = createAdminServer(registry, {
     ready: () => listening && !closing && warm.every((t) => t.status().state === 'valid'),
-    details: () => ({ tokens: [...factory.sources.values()].map((t) => t.status()) }),
+    details: () => ({
+      ...(store === undefined ? {} : { sharedCache: store.up ? 'up' : 'down (replicas fetch tokens on their own)' }),
+      tokens: [...factory.sources.values()].map((t) => t.status()),
+    }),
   });
   /** Fetches a warm-up token, retrying with growing pauses until one is in hand. */
   const warmUp = (source: TokenSource, pauseMs = 1_000): void => {
@@ -112,6 +147,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     registry,
     logger,
     tokens: factory.sources,
+    events,
+    sharedCacheUp: () => store?.up,
     async listen() {
       const proxyAddress = await listenOn(proxy, config.listen);
       const adminAddress = await listenOn(admin, config.admin.listen);
@@ -138,6 +175,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       await new Promise<void>((resolve) => admin.close(() => resolve()));
       admin.closeAllConnections();
       await Promise.all(dispatchers.map((d) => d.close()));
+      await store?.close();
     },
   };
 }

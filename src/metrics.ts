@@ -16,8 +16,8 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
     tenantLabel: options.tenantLabel === true,
     cacheHits: new Counter({
       name: 'token_proxy_token_cache_hits_total',
-      help: 'Requests that found a valid token in the cache.',
-      labelNames: token,
+      help: 'Requests that found a valid token in the cache, by tier (memory, or redis after a miss in memory).',
+      labelNames: [...token, 'tier'] as ['upstream', 'tier'],
       registers,
     }),
     cacheMisses: new Counter({
@@ -49,6 +49,17 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
       name: 'token_proxy_token_expiry_timestamp_seconds',
       help: 'Unix time at which the cached token expires.',
       labelNames: token,
+      registers,
+    }),
+    sharedCacheUp: new Gauge({
+      name: 'token_proxy_shared_cache_up',
+      help: '1 while the shared token cache (Redis) answers, 0 while replicas work on their own.',
+      registers,
+    }),
+    sharedCacheErrors: new Counter({
+      name: 'token_proxy_shared_cache_errors_total',
+      help: 'Failed shared token cache operations, by operation.',
+      labelNames: ['operation'] as const,
       registers,
     }),
     requests: new Counter({
@@ -96,7 +107,8 @@ export function bindTokenMetrics(metrics: Metrics, upstream: string, tenant: str
   // With the tenant label on, every token series names its tenant; "" would read as "no label".
   const base: string[] = metrics.tenantLabel ? [upstream, tenant ?? '-'] : [upstream];
   return {
-    cacheHit: metrics.cacheHits.labels(...base),
+    cacheHit: metrics.cacheHits.labels(...base, 'memory'),
+    sharedCacheHit: metrics.cacheHits.labels(...base, 'redis'),
     cacheMiss: metrics.cacheMisses.labels(...base),
     refreshOk: metrics.refreshDuration.labels(...base, 'success'),
     refreshError: metrics.refreshDuration.labels(...base, 'error'),

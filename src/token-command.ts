@@ -48,6 +48,7 @@ export async function runTokenCommand(config: Config, o: TokenCommandOptions): P
       clock: systemClock,
       logger: pino({ level: 'silent' }),
       backoff: { baseMs: 250, maxMs: 1_000, maxRetryAfterMs: 1_000, permanentMinMs: 0, random: Math.random },
+      shared: undefined, // a debugging fetch never touches the fleet's shared entries
     },
   );
   factory.build();

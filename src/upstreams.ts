@@ -7,7 +7,7 @@ import { createGrant } from './oauth/grants.js';
 import type { TenantTokens, Upstream } from './proxy/forwarder.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
 import { cacheKey, type TokenCache } from './tokens/token-cache.js';
-import { TokenSource, type Clock } from './tokens/token-source.js';
+import { TokenSource, type Clock, type SharedSettings } from './tokens/token-source.js';
 
 export interface UpstreamDeps {
   readonly metrics: Metrics;
@@ -15,6 +15,7 @@ export interface UpstreamDeps {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly backoff: BackoffPolicy | undefined;
+  readonly shared: SharedSettings | undefined;
 }
 
 export interface BuiltUpstream {
@@ -89,7 +90,7 @@ export class UpstreamFactory {
   }
 
   #source(u: UpstreamConfig, auth: ResolvedAuth, tenant: string | undefined, tokenAgent: Dispatcher): TokenSource {
-    const { clock, logger, metrics, cache, backoff } = this.#deps;
+    const { clock, logger, metrics, cache, backoff, shared } = this.#deps;
     const source = new TokenSource({
       key: cacheKey(u.name, tokenShape(auth, tenant)),
       upstream: u.name,
@@ -100,12 +101,14 @@ export class UpstreamFactory {
         refreshBeforeExpiryMs: this.#config.tokenCache.refreshBeforeExpirySeconds * 1000,
         clockSkewMs: auth.clockSkewSeconds * 1000,
         defaultLifetimeMs: auth.defaultTokenLifetimeSeconds * 1000,
+        ...(shared === undefined ? {} : { refreshJitter: Math.random }),
       },
       waitTimeoutMs: u.tokenWaitTimeoutSeconds * 1000,
       metrics: bindTokenMetrics(metrics, u.name, tenant),
       logger,
       clock,
       ...(backoff === undefined ? {} : { backoff }),
+      shared,
     });
     this.sources.set(tenant === undefined ? u.name : `${u.name}/${tenant}`, source);
     return source;

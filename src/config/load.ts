@@ -23,7 +23,18 @@ export interface ProxyUser {
   readonly password: string;
 }
 
-export interface Config extends Omit<ParsedConfig, 'upstreams' | 'mitm' | 'inbound'> {
+export interface RedisSettings {
+  readonly url: string;
+  readonly keyPrefix: string;
+  /** base64 keys: the primary seals, all open. */
+  readonly encryptionKey: string;
+  readonly previousEncryptionKeys: readonly string[];
+  readonly lockTimeoutMs: number;
+  readonly refreshTokenTtlSeconds: number;
+}
+
+export interface Config extends Omit<ParsedConfig, 'upstreams' | 'mitm' | 'inbound' | 'tokenCache'> {
+  readonly tokenCache: { readonly maxEntries: number; readonly refreshBeforeExpirySeconds: number; readonly redis: RedisSettings | undefined };
   readonly upstreams: readonly UpstreamConfig[];
   /** PEM text of the interception CA, read at load time. */
   readonly mitm: { readonly caCertPem: string; readonly caKeyPem: string } | undefined;
@@ -100,6 +111,19 @@ function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems
   return { ...u, ca, mtls, auth, tenants };
 }
 
+function resolveRedis(redis: ParsedConfig['tokenCache']['redis'], baseDir: string, problems: string[]): RedisSettings | undefined {
+  if (redis === undefined) return undefined;
+  const { encryptionKeyFile, encryptionKey, ...rest } = redis;
+  const key = encryptionKey ?? readSecretFile(encryptionKeyFile ?? '', baseDir, 'tokenCache.redis.encryptionKeyFile', problems) ?? '';
+  const check = (value: string, path: string) => {
+    const bytes = Buffer.from(value, 'base64').length;
+    if (bytes !== 32) problems.push(`${path}: must be 32 bytes in base64 (openssl rand -base64 32), got ${bytes} bytes`);
+  };
+  if (key !== '') check(key, 'tokenCache.redis.encryptionKey');
+  rest.previousEncryptionKeys.forEach((k, i) => check(k, `tokenCache.redis.previousEncryptionKeys[${i}]`));
+  return { ...rest, encryptionKey: key };
+}
+
 function resolveMitm(mitm: ParsedConfig['mitm'], baseDir: string, problems: string[]): Config['mitm'] {
   if (mitm === undefined) return undefined;
   const caCertPem = readText(resolve(baseDir, mitm.caCert), 'mitm.caCert', problems);
@@ -149,8 +173,9 @@ export function buildConfig(document: unknown, options: { env?: Env; baseDir?: s
   const upstreams = parsed.data.upstreams.map((u, i) => resolveUpstream(u, i, baseDir, problems));
   const mitm = resolveMitm(parsed.data.mitm, baseDir, problems);
   const inbound = resolveInbound(parsed.data.inbound, baseDir, problems);
+  const redis = resolveRedis(parsed.data.tokenCache.redis, baseDir, problems);
   if (problems.length > 0) throw new ConfigError(problems);
-  return deepFreeze({ ...parsed.data, upstreams, mitm, inbound });
+  return deepFreeze({ ...parsed.data, upstreams, mitm, inbound, tokenCache: { ...parsed.data.tokenCache, redis } });
 }
 
 function applyOverrides(doc: unknown, o: ConfigOverrides): unknown {

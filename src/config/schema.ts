@@ -82,6 +82,26 @@ const upstreamSchema = z.strictObject({
   }
 });
 
+const redisSchema = z
+  .strictObject({
+    url: z
+      .string()
+      .regex(/^rediss?:\/\/\S+$/, 'must be a redis:// or rediss:// (TLS) URL')
+      .describe('redis://host:6379/0, or rediss:// for TLS'),
+    keyPrefix: z.string().default('token-proxy:'),
+    encryptionKey: z.string().min(1).optional().describe('32 random bytes, base64 (openssl rand -base64 32); use ${ENV_VAR}'),
+    encryptionKeyFile: z.string().min(1).optional(),
+    previousEncryptionKeys: z.array(z.string().min(1)).default([]).describe('older keys, still accepted for reading, while rotating'),
+    lockTimeoutMs: z.number().int().positive().default(10_000).describe('refresh lock expiry: how soon a crashed lock holder is replaced'),
+    refreshTokenTtlSeconds: z.number().positive().default(86_400).describe('how long entries with a refresh token live when the server does not say'),
+  })
+  .superRefine((r, ctx) => {
+    if (Number(r.encryptionKey !== undefined) + Number(r.encryptionKeyFile !== undefined) !== 1) {
+      ctx.addIssue({ code: 'custom', path: ['encryptionKey'], message: 'set exactly one of encryptionKey or encryptionKeyFile: tokens are never stored in Redis unencrypted' });
+    }
+  })
+  .describe('share tokens between replicas through Redis (entries encrypted with AES-256-GCM)');
+
 const egressSchema = z.strictObject({
   default: z.enum(['deny', 'allow']).default('deny').describe('what happens to traffic for hosts no upstream serves'),
   allow: listOf(HostList.parse).default([]).describe('hosts (exact or *.suffix, optional :port), IPs and CIDR ranges reachable without a token'),
@@ -120,6 +140,7 @@ export const configSchema = z
       .strictObject({
         maxEntries: z.number().int().positive().default(DEFAULT_CACHE_MAX_ENTRIES),
         refreshBeforeExpirySeconds: z.number().min(0).default(DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS),
+        redis: redisSchema.optional(),
       })
       .default({ maxEntries: DEFAULT_CACHE_MAX_ENTRIES, refreshBeforeExpirySeconds: DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS }),
     upstreams: z.array(upstreamSchema).min(1, 'configure at least one upstream'),

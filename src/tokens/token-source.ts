@@ -5,8 +5,9 @@ import type { RefreshTrigger, TokenMetrics } from '../metrics.js';
 import type { Grant } from '../oauth/grants.js';
 import type { TokenResponse } from '../oauth/token-endpoint.js';
 import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffPolicy } from './backoff.js';
+import type { SharedEntry, SharedTokenStore } from './shared-store.js';
 import type { TokenCache } from './token-cache.js';
-import { tokenFromResponse, type LifetimePolicy, type Token } from './token.js';
+import { tokenFromResponse, tokenWithTimes, type LifetimePolicy, type Token } from './token.js';
 
 export interface Clock {
   now(): number;
@@ -36,6 +37,27 @@ export interface TokenSourceOptions {
   readonly logger: Logger;
   readonly clock?: Clock;
   readonly backoff?: BackoffPolicy;
+  /** The shared tier (Redis), when replicas share tokens. */
+  readonly shared?: SharedSettings | undefined;
+}
+
+export interface SharedSettings {
+  readonly store: SharedTokenStore;
+  /** How long a replica waits for a sibling's refresh before taking over (the lock's own expiry). */
+  readonly lockTimeoutMs: number;
+  /** Redis TTL of entries with a refresh token whose own lifetime the server did not state. */
+  readonly refreshTokenTtlMs: number;
+}
+
+/** A shared-store command failed: the replica carries on by itself. */
+class SharedUnavailable extends Error {}
+
+async function guarded<T>(promise: Promise<T>): Promise<T> {
+  try {
+    return await promise;
+  } catch (err) {
+    throw new SharedUnavailable((err as Error).message, { cause: err });
+  }
 }
 
 /**
@@ -63,6 +85,8 @@ export class TokenSource extends EventEmitter {
    * its predecessor), so it must survive.
    */
   #refreshToken: string | undefined;
+  /** The value last dropped after a 401: a shared entry still holding it must not be adopted. */
+  #rejected: string | undefined;
 
   constructor(options: TokenSourceOptions) {
     super();
@@ -133,6 +157,7 @@ export class TokenSource extends EventEmitter {
   invalidate(used: Token): void {
     const cached = this.#o.cache.get(this.key);
     if (cached !== undefined && cached.value === used.value) this.#o.cache.delete(this.key);
+    this.#rejected = used.value;
   }
 
   /** After a 401: drop the rejected token and get the next one (shared by all who saw the 401). */
@@ -183,16 +208,20 @@ export class TokenSource extends EventEmitter {
     }
   }
 
-  /** Renews with the refresh token when there is one; a rejected one (invalid_grant) falls back to the full grant. */
-  async #callGrant(): Promise<TokenResponse> {
+  /**
+   * Renews with the refresh token when there is one; a rejected one (invalid_grant) falls back to
+   * the full grant, after one more look at the shared entry: a sibling may have rotated it.
+   */
+  async #callGrant(refreshToken: string | undefined, reread?: () => Promise<string | undefined>): Promise<TokenResponse> {
     const grant = this.#o.grant;
-    const refreshToken = this.#refreshToken;
     if (refreshToken === undefined || grant.refresh === undefined) return grant.obtain();
     try {
       return await grant.refresh(refreshToken);
     } catch (err) {
       if (!(err instanceof TokenError && err.reason === 'invalid_grant')) throw err;
       if (this.#refreshToken === refreshToken) this.#refreshToken = undefined;
+      const newer = await reread?.().catch(() => undefined);
+      if (newer !== undefined && newer !== refreshToken) return grant.refresh(newer);
       this.#o.logger.warn(
         { event: 'refresh_token_rejected', upstream: this.upstream, tenant: this.tenant, description: err.description },
         'refresh token rejected (expired or revoked): running the full grant',
@@ -201,33 +230,99 @@ export class TokenSource extends EventEmitter {
     }
   }
 
+  /** One grant call; the response's refresh token replaces ours at once (rotation). */
+  async #grantToken(sharedRefreshToken: string | undefined, reread?: () => Promise<string | undefined>): Promise<Token> {
+    const response = await this.#callGrant(sharedRefreshToken ?? this.#refreshToken, reread);
+    // Rotation: the new refresh token replaces the old one at once, even if this answer turns
+    // out unusable below, because the partner has already revoked the old one.
+    if (response.refreshToken !== undefined) this.#refreshToken = response.refreshToken;
+    return tokenFromResponse(response, this.#clock.now(), this.#o.lifetime);
+  }
+
+  /**
+   * With a shared tier: adopt a sibling's token when one is there; otherwise take the lock and
+   * be the one replica that calls the token endpoint, or wait for the replica that holds it.
+   */
+  async #viaShared(shared: SharedSettings, rejected: string | undefined): Promise<{ token: Token; fromShared: boolean }> {
+    const { store, lockTimeoutMs } = shared;
+    // A sibling's token, still usable, and not the one being replaced.
+    const adoptable = (e: SharedEntry | undefined): Token | undefined => (e === undefined || e.accessToken === rejected ? undefined : this.#adopt(e));
+    const giveUpAt = this.#clock.now() + 2 * lockTimeoutMs;
+    for (;;) {
+      let entry = await guarded(store.read(this.key));
+      let theirs = adoptable(entry);
+      if (theirs !== undefined) return { token: theirs, fromShared: true };
+      const lock = await guarded(store.tryLock(this.key));
+      if (lock !== undefined) {
+        try {
+          entry = await guarded(store.read(this.key)); // a sibling may have finished just before
+          theirs = adoptable(entry);
+          if (theirs !== undefined) return { token: theirs, fromShared: true };
+          const token = await this.#grantToken(entry?.refreshToken, async () => (await store.read(this.key))?.refreshToken);
+          const ttl = Math.max(token.expiresAt - this.#clock.now(), token.refreshToken === undefined ? 0 : shared.refreshTokenTtlMs);
+          const next: SharedEntry = { version: (entry?.version ?? 0) + 1, accessToken: token.value, refreshToken: this.#refreshToken, obtainedAt: token.obtainedAt, expiresAt: token.expiresAt };
+          const written = await store.write(this.key, next, ttl, lock).catch(() => false);
+          if (!written) this.#o.logger.warn({ event: 'shared_cache_write_refused', upstream: this.upstream, tenant: this.tenant }, 'shared token entry not written (lock lost or store away)');
+          return { token, fromShared: false };
+        } finally {
+          store.unlock(lock).catch(() => undefined);
+        }
+      }
+      if (this.#clock.now() > giveUpAt) {
+        // The lock holder neither finished nor let its lock expire: stop waiting and fetch alone.
+        throw new SharedUnavailable('timed out waiting for the replica holding the refresh lock');
+      }
+      await store.waitForChange(this.key, entry?.version ?? 0, lockTimeoutMs);
+    }
+  }
+
+  /** A shared entry as a Token of this replica (its own jittered refresh moment); undefined if not usable now. */
+  #adopt(entry: SharedEntry): Token | undefined {
+    const token = tokenWithTimes(entry.accessToken, entry.refreshToken, entry.obtainedAt, entry.expiresAt, this.#o.lifetime);
+    return this.#clock.now() < token.usableUntil ? token : undefined;
+  }
+
   async #fetchOnce(trigger: RefreshTrigger): Promise<Token> {
     const m = this.#o.metrics;
     const started = performance.now();
-    let response: TokenResponse;
-    let token: Token;
+    const previous = this.#o.cache.get(this.key);
+    const shared = this.#o.shared;
+    let outcome: { token: Token; fromShared: boolean } | undefined;
     try {
-      response = await this.#callGrant();
-      // Rotation: the new refresh token replaces the old one at once, even if this answer turns
-      // out unusable below, because the partner has already revoked the old one.
-      if (response.refreshToken !== undefined) this.#refreshToken = response.refreshToken;
-      token = tokenFromResponse(response, this.#clock.now(), this.#o.lifetime);
+      if (shared !== undefined && shared.store.up) {
+        outcome = await this.#viaShared(shared, previous?.value ?? this.#rejected).catch((err: unknown) => {
+          if (!(err instanceof SharedUnavailable)) throw err;
+          this.#o.logger.warn({ event: 'shared_cache_bypassed', upstream: this.upstream, tenant: this.tenant, err: err.message }, 'shared token cache unavailable: fetching alone');
+          return undefined;
+        });
+      }
+      outcome ??= { token: await this.#grantToken(undefined), fromShared: false };
     } catch (err) {
       m.refreshError.observe((performance.now() - started) / 1000);
       m.refreshes(trigger, 'error');
       m.refreshFailure(err instanceof TokenError ? err.reason : 'bad_response');
       throw err;
     }
-    const seconds = (performance.now() - started) / 1000;
-    m.refreshOk.observe(seconds);
+    let token = outcome.token;
+    if (outcome.fromShared) {
+      m.sharedCacheHit.inc();
+      if (token.refreshToken !== undefined) this.#refreshToken = token.refreshToken;
+      return this.#store(token, trigger, previous, 'shared', performance.now() - started);
+    }
+    m.refreshOk.observe((performance.now() - started) / 1000);
     m.refreshes(trigger, 'success');
-    const previous = this.#o.cache.get(this.key);
     if (previous !== undefined && previous.value === token.value) {
       // Some servers hand back their own cached token until it expires. Asking again at once
       // would loop: wait until half of the remaining usable time has passed.
       const now = this.#clock.now();
       token = { ...token, refreshAt: Math.max(token.refreshAt, now + (token.usableUntil - now) / 2) };
     }
+    return this.#store(token, trigger, previous, 'token endpoint', performance.now() - started);
+  }
+
+  /** Puts a new token in the memory tier, resets the failure state, and tells logs, metrics and listeners. */
+  #store(token: Token, trigger: RefreshTrigger, previous: Token | undefined, from: 'shared' | 'token endpoint', ms: number): Token {
+    const m = this.#o.metrics;
     this.#failures = 0;
     this.#lastError = undefined;
     this.#nextAttemptAt = 0;
@@ -240,8 +335,9 @@ export class TokenSource extends EventEmitter {
         tenant: this.tenant,
         trigger,
         token: token.fingerprint,
+        from,
         lifetimeSeconds: Math.round((token.expiresAt - token.obtainedAt) / 1000),
-        durationMs: Math.round(seconds * 1000),
+        durationMs: Math.round(ms),
         sameAsCached: previous?.value === token.value,
       },
       'token obtained',

@@ -24,6 +24,11 @@ export interface LifetimePolicy {
   readonly refreshBeforeExpiryMs: number;
   readonly clockSkewMs: number;
   readonly defaultLifetimeMs: number;
+  /**
+   * With a shared cache, replicas start their refresh a little apart (up to a tenth of the lead
+   * earlier, at random) so they do not all reach for the lock at the same moment.
+   */
+  readonly refreshJitter?: () => number;
 }
 
 /** No token is trusted for longer than a day, whatever a misconfigured server says. */
@@ -64,18 +69,16 @@ export function tokenFromResponse(res: TokenResponse, now: number, policy: Lifet
   if (exp !== undefined) candidates.push(exp);
   let expiresAt = candidates.length > 0 ? Math.min(...candidates) : now + policy.defaultLifetimeMs;
   expiresAt = Math.min(expiresAt, now + MAX_TOKEN_LIFETIME_MS);
-  const lifetime = expiresAt - now;
-  if (lifetime <= 0) throw new TokenError('bad_response', 'token response holds a token that has already expired');
+  if (expiresAt <= now) throw new TokenError('bad_response', 'token response holds a token that has already expired');
+  return tokenWithTimes(res.accessToken, res.refreshToken, now, expiresAt, policy);
+}
+
+/** The moments of use of a token that lives from `obtainedAt` to `expiresAt` (also for entries read from the shared cache). */
+export function tokenWithTimes(value: string, refreshToken: string | undefined, obtainedAt: number, expiresAt: number, policy: LifetimePolicy): Token {
+  const lifetime = expiresAt - obtainedAt;
   const usableUntil = expiresAt - Math.min(policy.clockSkewMs, lifetime / 4);
-  const refreshAt = Math.min(expiresAt - Math.min(policy.refreshBeforeExpiryMs, lifetime / 2), usableUntil);
-  return {
-    value: res.accessToken,
-    header: `Bearer ${res.accessToken}`,
-    fingerprint: fingerprint(res.accessToken),
-    refreshToken: res.refreshToken,
-    obtainedAt: now,
-    expiresAt,
-    usableUntil,
-    refreshAt,
-  };
+  const lead = Math.min(policy.refreshBeforeExpiryMs, lifetime / 2);
+  const jitter = policy.refreshJitter === undefined ? 0 : (lead / 10) * policy.refreshJitter();
+  const refreshAt = Math.min(expiresAt - lead - jitter, usableUntil);
+  return { value, header: `Bearer ${value}`, fingerprint: fingerprint(value), refreshToken, obtainedAt, expiresAt, usableUntil, refreshAt };
 }

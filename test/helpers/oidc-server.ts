@@ -65,6 +65,10 @@ export interface OidcServer {
   readonly issuedRefreshTokens: string[];
   /** The newest refresh token handed out (to act behind a client's back in reuse tests). */
   lastIssuedRefreshToken(): string;
+  /** Runs (and awaits) `hook` before each token request is processed, e.g. to make one hang. */
+  beforeToken(hook: (() => Promise<void>) | undefined): void;
+  /** Resolves when the next token request arrives. */
+  waitForTokenRequest(): Promise<void>;
   /** A password grant made directly, as a setup step. */
   passwordGrant(clientId: string, clientSecret: string, username: string, password: string): Promise<{ accessToken: string; refreshToken: string }>;
   stop(): Promise<void>;
@@ -339,9 +343,16 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
   provider.on('grant.error', (ctx: KoaContextWithOIDC, err: { error_detail?: unknown }) => {
     if (typeof err.error_detail === 'string') errorDetails.set(ctx, err.error_detail);
   });
+  let tokenHook: (() => Promise<void>) | undefined;
+  const arrivals: (() => void)[] = [];
   provider.use(async (ctx, next) => {
+    const isToken = ctx.method === 'POST' && ctx.path === '/token';
+    if (isToken) {
+      arrivals.splice(0).forEach((arrived) => arrived());
+      await tokenHook?.();
+    }
     await next();
-    if (ctx.method !== 'POST' || ctx.path !== '/token') return;
+    if (!isToken) return;
     const oidc = (ctx as Partial<KoaContextWithOIDC>).oidc;
     const params = oidc?.params as Record<string, unknown> | undefined;
     const grantType = stringParam(params, 'grant_type') ?? '';
@@ -373,6 +384,10 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     calls,
     usedRefreshTokens,
     issuedRefreshTokens,
+    beforeToken: (hook) => {
+      tokenHook = hook;
+    },
+    waitForTokenRequest: () => new Promise<void>((resolve) => arrivals.push(resolve)),
     lastIssuedRefreshToken: () => {
       const last = issuedRefreshTokens.at(-1);
       if (last === undefined) throw new Error('no refresh token issued yet');

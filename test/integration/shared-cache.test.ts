@@ -1,0 +1,226 @@
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Redis } from 'ioredis';
+import { Agent, request } from 'undici';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import { testPki } from '../helpers/certs.js';
+import { startOidcServer, type OidcServer } from '../helpers/oidc-server.js';
+import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+
+const pki = testPki();
+const KEY = randomBytes(32).toString('base64');
+let redis: TestRedis;
+let oidc: OidcServer;
+let partner: PartnerApi;
+let replicas: RunningProxy[] = [];
+const client = new Agent({ connections: 400 });
+
+function config(auth: Record<string, unknown>) {
+  return {
+    tokenCache: { redis: { url: redis.url, encryptionKey: KEY, lockTimeoutMs: 1_000 } },
+    upstreams: [{ name: 'partner', target: partner.url, pathPrefix: '/partner', ca: pki.caFile, tokenWaitTimeoutSeconds: 5, auth }],
+  };
+}
+
+const ccAuth = { type: 'client_credentials', tokenUrl: '', clientId: 'fleet-client', clientSecret: 'fleet-secret', scope: 'api' };
+const pwAuth = { type: 'password', tokenUrl: '', clientId: 'pw-client', clientSecret: 'pw-secret', username: 'alice', password: 'wonderland', scope: 'api' };
+
+/** Resolves once the replica's shared tier is connected (or gone, with want=false): an event, bounded. */
+function sharedUp(p: RunningProxy, want = true): Promise<void> {
+  if (p.app.sharedCacheUp() === want) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`shared cache not ${want ? 'up' : 'down'} within 5 s`)), 5_000);
+    const onChange = (up: boolean) => {
+      if (up !== want) return;
+      clearTimeout(timer);
+      p.app.events.off('sharedCache', onChange);
+      resolve();
+    };
+    p.app.events.on('sharedCache', onChange);
+  });
+}
+
+async function fleet(n: number, auth: Record<string, unknown>): Promise<RunningProxy[]> {
+  const made = await Promise.all(Array.from({ length: n }, () => startProxy(config({ ...auth, tokenUrl: oidc.tokenUrl }))));
+  await Promise.all(made.map((p) => sharedUp(p)));
+  replicas.push(...made);
+  return made;
+}
+
+async function get(p: RunningProxy, path = '/partner/x') {
+  const res = await client.request({ origin: p.url, path, method: 'GET' });
+  await res.body.dump();
+  return res.statusCode;
+}
+
+function tokenEndpointCalls(): string[] {
+  return oidc.calls.map((c) => `${c.grantType}:${c.status}`);
+}
+
+beforeAll(async () => {
+  redis = await startRedis();
+  oidc = await startOidcServer({
+    users: { alice: 'wonderland' },
+    clients: [
+      { clientId: 'fleet-client', clientSecret: 'fleet-secret', authMethod: 'client_secret_basic', grantTypes: ['client_credentials'], scope: 'api' },
+      { clientId: 'pw-client', clientSecret: 'pw-secret', authMethod: 'client_secret_basic', grantTypes: ['password', 'refresh_token'], scope: 'api' },
+    ],
+  });
+  partner = await startPartnerApi({ jwksUrl: oidc.jwksUrl, issuer: oidc.issuer, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+});
+
+afterAll(async () => {
+  await partner.close();
+  await oidc.stop();
+  await redis.stop();
+  await client.close();
+});
+
+beforeEach(async () => {
+  if (!redis.running) await redis.start(); // a test may have left it killed
+  const admin = new Redis(redis.url);
+  await admin.flushall();
+  admin.disconnect();
+  oidc.calls.length = 0;
+  oidc.usedRefreshTokens.length = 0;
+  oidc.issuedRefreshTokens.length = 0;
+  partner.seen.length = 0;
+  partner.revoked.clear();
+});
+
+afterEach(async () => {
+  await Promise.all(replicas.map((r) => r.close()));
+  replicas = [];
+});
+
+describe('shared token cache in Redis', () => {
+  it('makes exactly one token request for 300 simultaneous cold requests spread over 3 replicas', async () => {
+    const three = await fleet(3, ccAuth);
+    const statuses = await Promise.all(Array.from({ length: 300 }, (_, i) => get(three[i % 3] as RunningProxy, `/partner/${i}`)));
+    expect(statuses).toEqual(Array(300).fill(200));
+    expect(tokenEndpointCalls()).toEqual(['client_credentials:200']);
+    expect(new Set(partner.seen.map((s) => s.token)).size).toBe(1);
+    const metrics = await Promise.all(three.map(async (r) => (await request(`${r.adminUrl}/metrics`)).body.text()));
+    const redisHits = metrics.filter((m) => /token_proxy_token_cache_hits_total\{upstream="partner",tier="redis"\} 1/.test(m));
+    expect(redisHits).toHaveLength(2); // the two replicas that did not fetch adopted the shared token
+  });
+
+  it('a restarted replica reads the valid token from Redis and makes no token request', async () => {
+    const [first] = await fleet(1, ccAuth);
+    expect(await get(first as RunningProxy)).toBe(200);
+    await first?.close();
+    replicas = [];
+    const [restarted] = await fleet(1, ccAuth);
+    expect(await get(restarted as RunningProxy)).toBe(200);
+    expect(tokenEndpointCalls()).toEqual(['client_credentials:200']);
+    expect(partner.seen.map((s) => s.token)).toEqual([partner.seen[0]?.token, partner.seen[0]?.token]);
+  });
+
+  it('keeps rotating refresh tokens consistent across 3 replicas: zero invalid_grant, zero failed requests', async () => {
+    const three = await fleet(3, pwAuth);
+    const statuses: number[] = [];
+    statuses.push(await get(three[0] as RunningProxy));
+    for (let cycle = 0; cycle < 10; cycle++) {
+      // The partner rejects the current token; every replica meets the 401 at once.
+      partner.revoked.add(partner.seen.filter((s) => s.status === 200).at(-1)?.token as string);
+      statuses.push(...(await Promise.all(three.flatMap((r) => [get(r, `/partner/c${cycle}a`), get(r, `/partner/c${cycle}b`)]))));
+    }
+    expect(statuses.every((s) => s === 200)).toBe(true);
+    expect(statuses).toHaveLength(61);
+    const calls = tokenEndpointCalls();
+    expect(calls.filter((c) => c.endsWith(':400'))).toEqual([]);
+    expect(calls).toEqual(['password:200', ...Array(10).fill('refresh_token:200')]);
+    expect(oidc.usedRefreshTokens).toEqual(oidc.issuedRefreshTokens.slice(0, -1)); // each refresh used the newest one
+  });
+
+  it('stores nothing readable in Redis: no token, client id, upstream or tenant name', async () => {
+    const [one] = await fleet(1, pwAuth);
+    expect(await get(one as RunningProxy)).toBe(200);
+    const admin = new Redis(redis.url);
+    const keys = await admin.keys('*');
+    const values = await Promise.all(keys.map((k) => admin.get(k)));
+    const ttls = await Promise.all(keys.map((k) => admin.pttl(k)));
+    admin.disconnect();
+    const everything = [...keys, ...values].join('\n');
+    expect(keys.filter((k) => k.includes(':t:'))).toHaveLength(1);
+    for (const secret of [partner.seen[0]?.token as string, oidc.issuedRefreshTokens[0] as string, 'pw-client', 'partner', 'alice', 'wonderland']) {
+      expect(everything).not.toContain(secret);
+    }
+    // TTL of an entry with a refresh token: the refresh token's (a day by default), not the access token's.
+    expect(Math.max(...ttls)).toBeGreaterThan(86_000_000);
+  });
+
+  it('keeps serving when Redis dies under load, and shares again when it is back', async () => {
+    const three = await fleet(3, ccAuth);
+    expect(await get(three[0] as RunningProxy)).toBe(200);
+    const load = async () => {
+      const out: number[] = [];
+      for (let i = 0; i < 30; i++) out.push(...(await Promise.all(three.map((r) => get(r, `/partner/load${i}`)))));
+      return out;
+    };
+    const running = load();
+    await redis.kill();
+    const statuses = await running;
+    expect(statuses.every((s) => s === 200)).toBe(true);
+    await Promise.all(three.map((r) => sharedUp(r, false)));
+    const down = (await (await request(`${three[1]?.adminUrl}/readyz`)).body.json()) as { status: string; sharedCache: string };
+    expect(down).toMatchObject({ status: 'ready', sharedCache: 'down (replicas fetch tokens on their own)' });
+    expect(await (await request(`${three[1]?.adminUrl}/metrics`)).body.text()).toContain('token_proxy_shared_cache_up 0');
+    // While Redis is away a 401 makes each replica fetch on its own: requests still succeed.
+    partner.revoked.add(partner.seen.at(-1)?.token as string);
+    expect(await Promise.all(three.map((r) => get(r)))).toEqual([200, 200, 200]);
+
+    await redis.start();
+    await Promise.all(three.map((r) => sharedUp(r)));
+    oidc.calls.length = 0;
+    // Sharing resumes: one 401 storm, one token request for the whole fleet.
+    const current = new Set(partner.seen.slice(-3).map((s) => s.token as string));
+    for (const t of current) partner.revoked.add(t);
+    expect(await Promise.all(three.map((r) => get(r, '/partner/after')))).toEqual([200, 200, 200]);
+    expect(tokenEndpointCalls()).toEqual(['client_credentials:200']);
+  });
+});
+
+describe('refresh lock', () => {
+  it('is taken over within the lock timeout when its holder is SIGKILLed mid-refresh', async () => {
+    // The holder is a separate proxy process; its token request hangs, so it dies holding the lock.
+    const dir = mkdtempSync(join(tmpdir(), 'tp-lock-'));
+    const file = join(dir, 'proxy.json');
+    const doc = config({ ...ccAuth, tokenUrl: oidc.tokenUrl });
+    writeFileSync(file, JSON.stringify({ ...doc, listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'info' }));
+    const holder = spawn('node', [resolve('dist/cli.js'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const proxyPort = new Promise<string>((resolvePort, reject) => {
+      holder.stdout.on('data', (chunk: Buffer) => {
+        output += chunk.toString();
+        const m = /"event":"listening","proxy":"127\.0\.0\.1:(\d+)"/.exec(output);
+        if (m && output.includes('"event":"shared_cache_up"')) resolvePort(m[1] as string);
+      });
+      holder.once('exit', () => reject(new Error(`holder exited: ${output}`)));
+    });
+    const port = await proxyPort;
+    let release!: () => void;
+    oidc.beforeToken(() => new Promise<void>((resolveHang) => (release = resolveHang)));
+    const arrived = oidc.waitForTokenRequest();
+    const holding = client.request({ origin: `http://127.0.0.1:${port}`, path: '/partner/held', method: 'GET' }).catch(() => undefined);
+    await arrived; // the holder has the lock and is waiting on the token endpoint
+    oidc.beforeToken(undefined);
+    const [waiter] = await fleet(1, ccAuth);
+    const waiting = get(waiter as RunningProxy); // finds the lock held: waits for the holder
+    holder.kill('SIGKILL');
+    const killedAt = Date.now();
+    await once(holder, 'exit');
+    expect(await waiting).toBe(200);
+    const tookOver = Date.now() - killedAt;
+    expect(tookOver).toBeLessThan(1_000 + 500); // the lock's own expiry (1 s) + one poll + one token request
+    expect(oidc.calls.filter((c) => c.status === 200)).toHaveLength(1); // the waiter's; the holder's never finished
+    release();
+    await holding;
+  });
+});
