@@ -4,6 +4,8 @@ import type { SharedEntry } from './shared-store.js';
 const ALGORITHM = 'aes-256-gcm';
 /** NIST SP 800-38D §8.2: a 96-bit random IV per message. */
 const IV_BYTES = 12;
+/** Full-length tags only: a shortened tag would be accepted by default and weaken forgery resistance. */
+const TAG_BYTES = 16;
 
 export interface CipherKey {
   /** Short id stored beside each value, so a value names the key that sealed it. */
@@ -41,8 +43,10 @@ export class EntryCipher {
 
   seal(entry: SharedEntry, aad: string): string {
     const iv = randomBytes(IV_BYTES);
-    const cipher = createCipheriv(ALGORITHM, this.#primary.key, iv);
-    cipher.setAAD(Buffer.from(aad)); // binds the value to its Redis key: no swapping entries between keys
+    const cipher = createCipheriv(ALGORITHM, this.#primary.key, iv, { authTagLength: TAG_BYTES });
+    // The AAD binds the value to its Redis key (no swapping entries between keys) and to its clear
+    // version (no rewinding or inflating what waiters compare).
+    cipher.setAAD(Buffer.from(`${aad}|${entry.version}`));
     const plain = JSON.stringify({ a: entry.accessToken, r: entry.refreshToken, o: entry.obtainedAt, e: entry.expiresAt });
     const ct = Buffer.concat([cipher.update(plain, 'utf8'), cipher.final()]);
     return [String(entry.version), this.#primary.id, iv.toString('base64url'), cipher.getAuthTag().toString('base64url'), ct.toString('base64url')].join('.');
@@ -55,9 +59,12 @@ export class EntryCipher {
     if (version === undefined || iv === undefined || tag === undefined || ct === undefined || key === undefined) {
       throw new Error(key === undefined && id !== undefined ? `entry sealed with unknown key ${id}` : 'malformed entry');
     }
-    const decipher = createDecipheriv(ALGORITHM, key.key, Buffer.from(iv, 'base64url'));
-    decipher.setAAD(Buffer.from(aad));
-    decipher.setAuthTag(Buffer.from(tag, 'base64url'));
+    const ivBytes = Buffer.from(iv, 'base64url');
+    const tagBytes = Buffer.from(tag, 'base64url');
+    if (ivBytes.length !== IV_BYTES || tagBytes.length !== TAG_BYTES || !/^\d+$/.test(version)) throw new Error('malformed entry');
+    const decipher = createDecipheriv(ALGORITHM, key.key, ivBytes, { authTagLength: TAG_BYTES });
+    decipher.setAAD(Buffer.from(`${aad}|${version}`));
+    decipher.setAuthTag(tagBytes);
     const plain = Buffer.concat([decipher.update(Buffer.from(ct, 'base64url')), decipher.final()]).toString('utf8');
     const p = JSON.parse(plain) as { a: string; r?: string; o: number; e: number };
     return { version: Number(version), accessToken: p.a, refreshToken: p.r, obtainedAt: p.o, expiresAt: p.e };

@@ -1,0 +1,392 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { EntryCipher, cipherKey } from '../../src/tokens/entry-cipher.js';
+import { RedisTokenStore } from '../../src/tokens/redis-store.js';
+import type { SharedEntry, SharedLock } from '../../src/tokens/shared-store.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+
+const logger = pino({ level: 'silent' });
+const PREFIX = 'tp-test:';
+/** Locks that outlive every step of a test, so only an explicit unlock releases them. */
+const LONG_LOCK_MS = 2_000;
+/** Where expiry is what is being tested. */
+const SHORT_LOCK_MS = 300;
+/**
+ * With Redis down a command must fail at once (no offline queue). The brief allows 1 s; the bound
+ * is tighter because a queued command would only fail at the next reconnect attempt (>= 200 ms).
+ */
+const FAIL_FAST_MS = 100;
+
+const key = 'partner:tenant-a:client-xyz';
+
+function entry(version: number, overrides: Partial<SharedEntry> = {}): SharedEntry {
+  const now = Date.now();
+  return {
+    version,
+    accessToken: `access-SECRET-v${version}-${randomBytes(12).toString('hex')}`,
+    refreshToken: `refresh-SECRET-v${version}-${randomBytes(12).toString('hex')}`,
+    obtainedAt: now,
+    expiresAt: now + 3_600_000,
+    ...overrides,
+  };
+}
+
+interface Replica {
+  readonly store: RedisTokenStore;
+  /** Every onError operation, in order. */
+  readonly errors: string[];
+  /** Every onHealth report, in order. */
+  readonly health: boolean[];
+  /** Resolves once `store.up` is `up` (at once, or on the onHealth report); rejects after timeoutMs. */
+  until(up: boolean, timeoutMs?: number): Promise<void>;
+}
+
+const replicas: Replica[] = [];
+
+function replica(lockTimeoutMs: number, cipher: EntryCipher): Replica {
+  const errors: string[] = [];
+  const health: boolean[] = [];
+  const listeners = new Set<(up: boolean) => void>();
+  const store = new RedisTokenStore({
+    url: redis.url,
+    keyPrefix: PREFIX,
+    lockTimeoutMs,
+    cipher,
+    logger,
+    onHealth: (up) => {
+      health.push(up);
+      for (const listener of listeners) listener(up);
+    },
+    onError: (operation) => errors.push(operation),
+  });
+  const until = (up: boolean, timeoutMs = 5_000) =>
+    new Promise<void>((resolve, reject) => {
+      if (store.up === up) return resolve();
+      const listener = (now: boolean) => {
+        if (now !== up) return;
+        clearTimeout(timer);
+        listeners.delete(listener);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        listeners.delete(listener);
+        reject(new Error(`store did not report up=${up} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      listeners.add(listener);
+    });
+  const r = { store, errors, health, until };
+  replicas.push(r);
+  return r;
+}
+
+/** Milliseconds a promise takes to settle, and its outcome. */
+async function timed<T>(promise: Promise<T>): Promise<{ ms: number; value: T }> {
+  const started = performance.now();
+  const value = await promise;
+  return { ms: performance.now() - started, value };
+}
+
+/** Polls `check` until it holds (bounded): for state outside the stores' own callbacks. */
+async function eventually(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await check())) {
+    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+let redis: TestRedis;
+let raw: Redis;
+let cipher: EntryCipher;
+let a: Replica;
+let b: Replica;
+
+beforeAll(async () => {
+  redis = await startRedis();
+  raw = new Redis(redis.url, { maxRetriesPerRequest: 3 });
+  raw.on('error', () => undefined);
+  cipher = new EntryCipher(cipherKey(randomBytes(32).toString('base64')));
+  a = replica(LONG_LOCK_MS, cipher);
+  b = replica(LONG_LOCK_MS, cipher);
+  await Promise.all([a.until(true), b.until(true)]);
+});
+
+afterAll(async () => {
+  for (const r of replicas) await r.store.close();
+  raw?.disconnect();
+  await redis?.stop();
+});
+
+beforeEach(async () => {
+  await raw.flushall();
+  for (const r of replicas) r.errors.length = 0;
+});
+
+describe('RedisTokenStore (two replicas on one real redis-server)', () => {
+  it('reads a missing key as undefined; an entry written under a held lock reads the same from the other replica', async () => {
+    expect(await a.store.read(key)).toBeUndefined();
+    expect(await b.store.read(key)).toBeUndefined();
+
+    const lock = await a.store.tryLock(key);
+    expect(lock).toBeDefined();
+    const written = entry(1);
+    expect(await a.store.write(key, written, 60_000, lock as SharedLock)).toBe(true);
+    expect(await b.store.read(key)).toStrictEqual(written);
+    expect(await a.store.read(key)).toStrictEqual(written);
+
+    // Without a refresh token too (client credentials).
+    const bare = entry(2, { refreshToken: undefined });
+    expect(await a.store.write(key, bare, 60_000, lock as SharedLock)).toBe(true);
+    expect(await b.store.read(key)).toStrictEqual(bare);
+    // Keys are separate: another cache key still reads as missing.
+    expect(await b.store.read(`${key}-other`)).toBeUndefined();
+    expect([...a.errors, ...b.errors]).toEqual([]);
+  });
+
+  it('tryLock is exclusive across replicas and within one; after unlock the other can take it', async () => {
+    const lockA = await a.store.tryLock(key);
+    expect(lockA).toMatchObject({ key });
+    expect(await b.store.tryLock(key)).toBeUndefined();
+    expect(await a.store.tryLock(key)).toBeUndefined();
+    // Another cache key is not affected.
+    expect(await b.store.tryLock(`${key}-other`)).toBeDefined();
+
+    await a.store.unlock(lockA as SharedLock);
+    const lockB = await b.store.tryLock(key);
+    expect(lockB).toMatchObject({ key });
+    expect(lockB?.owner).not.toBe(lockA?.owner);
+    expect(await a.store.tryLock(key)).toBeUndefined();
+
+    // A burst from both replicas at once: exactly one wins.
+    await b.store.unlock(lockB as SharedLock);
+    const burst = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? a : b).store.tryLock(key)));
+    expect(burst.filter((l) => l !== undefined)).toHaveLength(1);
+    expect([...a.errors, ...b.errors]).toEqual([]);
+  });
+
+  it('fences a former owner: after its lock expired and another took over, its late write is refused', async () => {
+    const slow = replica(SHORT_LOCK_MS, cipher);
+    await slow.until(true);
+
+    const started = performance.now();
+    const staleLock = await slow.store.tryLock(key);
+    expect(staleLock).toBeDefined();
+    // B waits; nothing is written, so it returns because the lock vanished (expired), not at its timeout.
+    const waited = await timed(b.store.waitForChange(key, 0, 5_000));
+    const sinceLock = performance.now() - started;
+    expect(sinceLock).toBeGreaterThanOrEqual(SHORT_LOCK_MS - 10);
+    expect(sinceLock).toBeLessThan(SHORT_LOCK_MS + 200);
+    expect(waited.ms).toBeLessThan(SHORT_LOCK_MS + 200);
+    expect(await raw.keys('*')).toEqual([]); // the lock is gone
+
+    const lockB = await b.store.tryLock(key);
+    expect(lockB).toBeDefined();
+    const newer = entry(2);
+    expect(await b.store.write(key, newer, 60_000, lockB as SharedLock)).toBe(true);
+
+    const late = entry(1);
+    expect(await slow.store.write(key, late, 60_000, staleLock as SharedLock)).toBe(false);
+    expect(await a.store.read(key)).toStrictEqual(newer);
+    expect(await slow.store.read(key)).toStrictEqual(newer);
+
+    // Nor does its stale unlock release B's lock.
+    await slow.store.unlock(staleLock as SharedLock);
+    expect(await a.store.tryLock(key)).toBeUndefined();
+    expect([...a.errors, ...b.errors, ...slow.errors]).toEqual([]);
+  });
+
+  it('does not let a non-owner unlock or write under a lock it does not hold', async () => {
+    const lockA = await a.store.tryLock(key);
+    expect(lockA).toBeDefined();
+    const forged: SharedLock = { key, owner: randomUUID() };
+    expect(forged.owner).not.toBe(lockA?.owner);
+
+    await b.store.unlock(forged);
+    expect(await b.store.tryLock(key)).toBeUndefined();
+    expect(await b.store.write(key, entry(5), 60_000, forged)).toBe(false);
+    expect(await b.store.read(key)).toBeUndefined();
+
+    // The owner can release it.
+    await a.store.unlock(lockA as SharedLock);
+    expect(await b.store.tryLock(key)).toBeDefined();
+    expect([...a.errors, ...b.errors]).toEqual([]);
+  });
+
+  it('waitForChange resolves promptly when the other replica writes a newer version', async () => {
+    const lockB = (await b.store.tryLock(key)) as SharedLock;
+    expect(await b.store.write(key, entry(1), 60_000, lockB)).toBe(true);
+
+    const started = performance.now();
+    let resolvedAt: number | undefined;
+    const waiting = a.store.waitForChange(key, 1, 1_500).then(() => (resolvedAt = performance.now()));
+    await b.store.write(key, entry(2), 60_000, lockB);
+    const writtenAt = performance.now();
+    await waiting;
+    expect(resolvedAt).toBeDefined();
+    expect((resolvedAt as number) - writtenAt).toBeLessThan(150);
+    expect((resolvedAt as number) - started).toBeLessThan(1_000);
+  });
+
+  it('waitForChange is woken by the notification alone (polling cannot see this change)', async () => {
+    // B writes version 2 and at once version 1 again while keeping its lock: a poller only ever
+    // sees version 1 under a held lock, so only the published notification can wake A early.
+    const lockB = (await b.store.tryLock(key)) as SharedLock;
+    expect(await b.store.write(key, entry(1), 60_000, lockB)).toBe(true);
+
+    const waiting = timed(a.store.waitForChange(key, 1, 1_500));
+    const written = await timed(Promise.all([b.store.write(key, entry(2), 60_000, lockB), b.store.write(key, entry(1), 60_000, lockB)]));
+    expect(written.value).toEqual([true, true]);
+    const { ms } = await waiting;
+    expect(ms).toBeLessThan(written.ms + 150);
+  });
+
+  it('waitForChange resolves at its timeout when nothing happens', async () => {
+    const lockB = await b.store.tryLock(key);
+    expect(lockB).toBeDefined();
+    const { ms } = await timed(a.store.waitForChange(key, 0, 250));
+    expect(ms).toBeGreaterThanOrEqual(240);
+    expect(ms).toBeLessThan(250 + 100);
+    // Nothing changed underneath: the lock is still B's.
+    expect(await a.store.tryLock(key)).toBeUndefined();
+    expect(a.errors).toEqual([]);
+  });
+
+  it('waitForChange resolves when the lock is released', async () => {
+    const lockB = (await b.store.tryLock(key)) as SharedLock;
+    const waiting = timed(a.store.waitForChange(key, 0, 1_500));
+    const unlockedAt = performance.now();
+    await b.store.unlock(lockB);
+    const { ms } = await waiting;
+    // Detected by the next poll (every 100 ms), long before the timeout or the lock's expiry.
+    expect(ms).toBeLessThan(100 + 150);
+    expect(performance.now() - unlockedAt).toBeLessThan(100 + 150);
+    expect(await a.store.tryLock(key)).toBeDefined();
+  });
+
+  it('keeps names and tokens out of Redis: hashed key names, sealed values, TTL = entry lifetime', async () => {
+    const names = ['partner', 'tenant-a', 'client-xyz'];
+    const written = entry(3);
+    const secrets = [written.accessToken, written.refreshToken as string];
+    const forbidden = [...names, ...secrets, ...secrets.flatMap((s) => [Buffer.from(s).toString('base64'), Buffer.from(s).toString('base64url')])];
+    const leaks = (text: string) => forbidden.filter((f) => text.includes(f));
+    expect(leaks(`x${key}y`)).toEqual(names); // the check can fail
+
+    // Also watch what goes over pub/sub.
+    const sub = new Redis(redis.url);
+    sub.on('error', () => undefined);
+    const messages: string[] = [];
+    const published = new Promise<void>((resolve) => {
+      sub.on('pmessage', (_pattern: string, channel: string, message: string) => {
+        messages.push(channel, message);
+        resolve();
+      });
+    });
+    try {
+      await sub.psubscribe('*');
+      const ttlMs = 90_000;
+      const lock = (await a.store.tryLock(key)) as SharedLock;
+      expect(await a.store.write(key, written, ttlMs, lock)).toBe(true);
+
+      const keys = await raw.keys('*');
+      expect(keys).toHaveLength(2); // the entry and the (still held) lock
+      const values = await Promise.all(keys.map(async (k) => [k, (await raw.get(k)) ?? ''] as const));
+      for (const [k, value] of values) {
+        expect(k.startsWith(PREFIX)).toBe(true);
+        expect(leaks(k)).toEqual([]);
+        expect(value).not.toBe('');
+        expect(leaks(value)).toEqual([]);
+      }
+      const entryKey = values.find(([, value]) => value !== lock.owner)?.[0] as string;
+      const lockKey = values.find(([, value]) => value === lock.owner)?.[0] as string;
+      expect(entryKey).toBeDefined();
+      expect(lockKey).toBeDefined();
+
+      const pttl = await raw.pttl(entryKey);
+      expect(pttl).toBeGreaterThan(ttlMs - 1_000);
+      expect(pttl).toBeLessThanOrEqual(ttlMs);
+      const lockPttl = await raw.pttl(lockKey);
+      expect(lockPttl).toBeGreaterThan(0);
+      expect(lockPttl).toBeLessThanOrEqual(LONG_LOCK_MS);
+
+      await withTimeout(published, 2_000, 'the update notification');
+      for (const m of messages) expect(leaks(m)).toEqual([]);
+    } finally {
+      sub.disconnect();
+    }
+  });
+
+  it('reads an entry sealed with another encryption key as undefined and reports decrypt', async () => {
+    const foreign = replica(LONG_LOCK_MS, new EntryCipher(cipherKey(randomBytes(32).toString('base64'))));
+    await foreign.until(true);
+    const written = entry(4);
+    const lock = (await foreign.store.tryLock(key)) as SharedLock;
+    expect(await foreign.store.write(key, written, 60_000, lock)).toBe(true);
+    expect(await foreign.store.read(key)).toStrictEqual(written); // it is there, and readable with its key
+
+    expect(a.errors).toEqual([]);
+    await expect(a.store.read(key)).resolves.toBeUndefined();
+    expect(a.errors).toEqual(['decrypt']);
+  });
+
+  // Last: it takes Redis away and brings it back empty.
+  it('survives an outage: down via onHealth, fast failures reported by operation, and back up on the same store', async () => {
+    const channel = `${PREFIX}updates`;
+    const subscribers = async () => Number(((await raw.pubsub('NUMSUB', channel)) as [string, number])[1]);
+    const subscribedBefore = await subscribers();
+    expect(subscribedBefore).toBe(replicas.length);
+    const lockBefore = (await a.store.tryLock(key)) as SharedLock;
+    const stores = { a: a.store, b: b.store };
+
+    await redis.kill();
+    await Promise.all([a.until(false, 3_000), b.until(false, 3_000)]);
+    expect(a.store.up).toBe(false);
+    expect(a.health.at(-1)).toBe(false);
+
+    const read = await timed(a.store.read(key).then(() => 'resolved', () => 'rejected'));
+    expect(read.value).toBe('rejected');
+    expect(read.ms).toBeLessThan(FAIL_FAST_MS);
+    const lock = await timed(b.store.tryLock(key).then(() => 'resolved', () => 'rejected'));
+    expect(lock.value).toBe('rejected');
+    expect(lock.ms).toBeLessThan(FAIL_FAST_MS);
+    const write = await timed(a.store.write(key, entry(9), 60_000, lockBefore).then(() => 'resolved', () => 'rejected'));
+    expect(write.value).toBe('rejected');
+    expect(write.ms).toBeLessThan(FAIL_FAST_MS);
+    // A waiter does not hang on a dead Redis either.
+    const wait = await timed(a.store.waitForChange(key, 0, 5_000));
+    expect(wait.ms).toBeLessThan(1_000);
+
+    expect(a.errors).toEqual(['read', 'write']);
+    expect(b.errors).toEqual(['lock']);
+
+    await redis.start();
+    await Promise.all([a.until(true, 5_000), b.until(true, 5_000)]);
+    expect(a.store).toBe(stores.a);
+    expect(b.store).toBe(stores.b);
+    expect(a.health.slice(-3)).toEqual([true, false, true]);
+
+    // Redis came back empty; sharing works again.
+    expect(await a.store.read(key)).toBeUndefined();
+    const lockAfter = await b.store.tryLock(key);
+    expect(lockAfter).toBeDefined();
+    const written = entry(1);
+    expect(await b.store.write(key, written, 60_000, lockAfter as SharedLock)).toBe(true);
+    expect(await a.store.read(key)).toStrictEqual(written);
+    // And so do notifications: every replica subscribed again.
+    await eventually(async () => (await subscribers()) === subscribedBefore, 5_000, 'resubscription');
+  });
+});
+
+async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not arrive within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
