@@ -3,29 +3,21 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
-import { Agent } from 'undici';
 import { createAdminServer } from './admin/server.js';
 import type { Config } from './config/load.js';
 import { parseListen } from './config/schema.js';
-import { DEFAULT_UPSTREAM_TIMEOUT_SECONDS } from './config/defaults.js';
 import { createLogger } from './logger.js';
-import { bindRequestMetrics, createMetrics, type Metrics } from './metrics.js';
-import { EgressPolicy } from './proxy/egress.js';
-import { ForwardRouter } from './proxy/forward-router.js';
-import { InboundGuard } from './proxy/inbound-guard.js';
-import { ReverseRouter } from './proxy/router.js';
+import { createMetrics, type Metrics } from './metrics.js';
 import { createProxyServer } from './proxy/server.js';
-import { CertificateAuthority } from './mitm/certificate-authority.js';
+import { buildGeneration, type Generation } from './generation.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
 import { TokenCache } from './tokens/token-cache.js';
 import { systemClock, type Clock, type TokenSource } from './tokens/token-source.js';
-import { UpstreamFactory } from './upstreams.js';
 import { EntryCipher, cipherKey } from './tokens/entry-cipher.js';
 import { RedisTokenStore } from './tokens/redis-store.js';
 import type { SharedTokenStore } from './tokens/shared-store.js';
 
-/** The metrics label of traffic forwarded by the egress policy (no upstream, no token). */
-export const EGRESS_UPSTREAM = '_egress';
+export { EGRESS_UPSTREAM } from './generation.js';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -35,6 +27,7 @@ export interface AppOptions {
 }
 
 export interface App {
+  /** The configuration in force (the newest one after a reload). */
   readonly config: Config;
   readonly metrics: Metrics;
   readonly registry: Registry;
@@ -46,6 +39,12 @@ export interface App {
   /** Token sources by `upstream` (or `upstream/tenant`). */
   readonly tokens: ReadonlyMap<string, TokenSource>;
   listen(): Promise<{ proxy: AddressInfo; admin: AddressInfo }>;
+  /**
+   * Swaps in a new configuration without dropping requests: new requests use it at once, requests
+   * in flight finish on the old one. Listener addresses, Redis and tenant-label changes need a
+   * restart and are reported in the returned warnings.
+   */
+  reload(next: Config): Promise<string[]>;
   /** Stops accepting, lets in-flight requests finish for up to `shutdownTimeoutSeconds`, then closes. */
   close(): Promise<void>;
 }
@@ -69,58 +68,39 @@ function createSharedStore(config: Config, metrics: Metrics, logger: Logger, eve
   });
 }
 
-export function createApp(config: Config, options: AppOptions = {}): App {
-  const logger = options.logger ?? createLogger(config.logLevel);
+export function createApp(initial: Config, options: AppOptions = {}): App {
+  const logger = options.logger ?? createLogger(initial.logLevel);
   const registry = options.registry ?? new Registry();
-  const metrics = createMetrics(registry, { tenantLabel: config.upstreams.some((u) => u.tenants !== undefined) });
+  const tenantLabel = initial.upstreams.some((u) => u.tenants !== undefined);
+  const metrics = createMetrics(registry, { tenantLabel });
   const clock = options.clock ?? systemClock;
-  const cache = new TokenCache(config.tokenCache.maxEntries);
+  const cache = new TokenCache(initial.tokenCache.maxEntries);
   const events = new EventEmitter();
-  const store = createSharedStore(config, metrics, logger, events);
+  const store = createSharedStore(initial, metrics, logger, events);
   const shared =
-    store === undefined || config.tokenCache.redis === undefined
+    store === undefined || initial.tokenCache.redis === undefined
       ? undefined
-      : { store, lockTimeoutMs: config.tokenCache.redis.lockTimeoutMs, refreshTokenTtlMs: config.tokenCache.redis.refreshTokenTtlSeconds * 1000 };
-  const factory = new UpstreamFactory(config, { metrics, cache, clock, logger, backoff: options.backoff, shared });
-  const withConfig = factory.build();
-  const dispatchers = factory.dispatchers;
-  const egressAgent = new Agent();
-  dispatchers.push(egressAgent);
-  const proxy = createProxyServer({
-    reverse: new ReverseRouter(withConfig.flatMap(({ upstream, config: u }) => (u.pathPrefix === undefined ? [] : [{ prefix: u.pathPrefix, upstream }]))),
-    forward: new ForwardRouter(withConfig.flatMap(({ upstream, config: u }) => (u.hosts === undefined ? [] : [{ hosts: u.hosts, upstream }]))),
-    egress: new EgressPolicy(config.egress),
-    guard: new InboundGuard(config.inbound),
-    passthrough: {
-      name: EGRESS_UPSTREAM,
-      origin: '',
-      basePath: '',
-      dispatcher: egressAgent,
-      tokens: undefined,
-      metrics: bindRequestMetrics(metrics, EGRESS_UPSTREAM),
-      retryBodyLimitBytes: 0,
-      timeoutMs: DEFAULT_UPSTREAM_TIMEOUT_SECONDS * 1000,
-      logger,
-      accessLog: config.accessLog && logger.isLevelEnabled('info'),
-    },
-    interception: config.mitm === undefined ? undefined : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem),
-    logger,
-  });
+      : { store, lockTimeoutMs: initial.tokenCache.redis.lockTimeoutMs, refreshTokenTtlMs: initial.tokenCache.redis.refreshTokenTtlSeconds * 1000 };
+  const deps = { metrics, cache, clock, logger, backoff: options.backoff, shared };
+  let generation: Generation = buildGeneration(initial, deps);
+  const sources = new Map(generation.sources);
+
+  const { server: proxy, ctx } = createProxyServer(generation.routing, logger, initial.limits);
   let listening = false;
   let closing = false;
-  // Sources whose upstream asks for warm-up: /readyz waits for their first token.
-  const warm = withConfig.flatMap(({ config: u }) => (u.warmup ? [...factory.sources.values()].filter((t) => t.upstream === u.name) : []));
   const admin = createAdminServer(registry, {
-    ready: () => listening && !closing && warm.every((t) => t.status().state === 'valid'),
+    ready: () => listening && !closing && generation.warm.every((t) => t.status().state === 'valid'),
     details: () => ({
       ...(store === undefined ? {} : { sharedCache: store.up ? 'up' : 'down (replicas fetch tokens on their own)' }),
-      tokens: [...factory.sources.values()].map((t) => t.status()),
+      tokens: [...generation.sources.values()].map((t) => t.status()),
     }),
   });
   /** Fetches a warm-up token, retrying with growing pauses until one is in hand. */
   const warmUp = (source: TokenSource, pauseMs = 1_000): void => {
     source.obtain().catch(() => {
-      if (!closing) setTimeout(() => warmUp(source, Math.min(pauseMs * 2, 30_000)), pauseMs).unref();
+      if (!closing && generation.sources.get(source.tenant === undefined ? source.upstream : `${source.upstream}/${source.tenant}`) === source) {
+        setTimeout(() => warmUp(source, Math.min(pauseMs * 2, 30_000)), pauseMs).unref();
+      }
     });
   };
 
@@ -141,24 +121,49 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     return server.address() as AddressInfo;
   }
 
+  /** Settings that live in listeners and process-wide objects: they change only with a restart. */
+  function restartOnly(prev: Config, next: Config): string[] {
+    const notes: string[] = [];
+    if (prev.listen !== next.listen) notes.push('listen');
+    if (prev.admin.listen !== next.admin.listen) notes.push('admin.listen');
+    if (JSON.stringify(prev.limits) !== JSON.stringify(next.limits)) notes.push('limits');
+    if (JSON.stringify(prev.tokenCache) !== JSON.stringify(next.tokenCache)) notes.push('tokenCache');
+    if (next.upstreams.some((u) => u.tenants !== undefined) !== tenantLabel) notes.push('tenants (the metrics tenant label)');
+    return notes.map((n) => `${n} changed: takes effect after a restart`);
+  }
+
   return {
-    config,
+    get config() {
+      return generation.config;
+    },
     metrics,
     registry,
     logger,
-    tokens: factory.sources,
+    tokens: sources,
     events,
     sharedCacheUp: () => store?.up,
     async listen() {
-      const proxyAddress = await listenOn(proxy, config.listen);
-      const adminAddress = await listenOn(admin, config.admin.listen);
+      const proxyAddress = await listenOn(proxy, initial.listen);
+      const adminAddress = await listenOn(admin, initial.admin.listen);
       listening = true;
-      for (const source of warm) warmUp(source);
+      for (const source of generation.warm) warmUp(source);
       logger.info(
-        { event: 'listening', proxy: `${proxyAddress.address}:${proxyAddress.port}`, admin: `${adminAddress.address}:${adminAddress.port}`, upstreams: config.upstreams.map((u) => u.name) },
+        { event: 'listening', proxy: `${proxyAddress.address}:${proxyAddress.port}`, admin: `${adminAddress.address}:${adminAddress.port}`, upstreams: initial.upstreams.map((u) => u.name) },
         'token-proxy is listening',
       );
       return { proxy: proxyAddress, admin: adminAddress };
+    },
+    async reload(next) {
+      const warnings = restartOnly(generation.config, next);
+      const previous = generation;
+      generation = buildGeneration(next, deps);
+      ctx.routing = generation.routing; // new requests route with the new config from here on
+      sources.clear();
+      for (const [k, v] of generation.sources) sources.set(k, v);
+      for (const source of generation.warm) warmUp(source);
+      logger.info({ event: 'config_reloaded', upstreams: next.upstreams.map((u) => u.name), warnings }, 'configuration reloaded');
+      await previous.close();
+      return warnings;
     },
     async close() {
       closing = true;
@@ -166,7 +171,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       proxy.closeIdleConnections();
       if (inFlight > 0) {
         const drained = new Promise<void>((resolve) => idle.push(resolve));
-        const limit = new Promise<void>((resolve) => setTimeout(resolve, config.shutdownTimeoutSeconds * 1000).unref());
+        const limit = new Promise<void>((resolve) => setTimeout(resolve, generation.config.shutdownTimeoutSeconds * 1000).unref());
         await Promise.race([drained, limit]);
         if (inFlight > 0) logger.warn({ event: 'shutdown_timeout', inFlight }, 'closing connections of requests still in flight');
       }
@@ -174,7 +179,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       await closed;
       await new Promise<void>((resolve) => admin.close(() => resolve()));
       admin.closeAllConnections();
-      await Promise.all(dispatchers.map((d) => d.close()));
+      await generation.close();
       await store?.close();
     },
   };

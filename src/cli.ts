@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { createApp } from './app.js';
+import { createApp, type App } from './app.js';
 import { loadConfigFile, type Config, type ConfigOverrides } from './config/load.js';
 import { DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, LOG_LEVELS } from './config/defaults.js';
 import { startDemo } from './demo/demo.js';
@@ -35,6 +35,24 @@ function loadOrExit(args: CommonArgs): Config {
     }
     throw err;
   }
+}
+
+/**
+ * SIGHUP: re-read the config file. A bad new config is rejected with every problem logged and the
+ * running one stays; a good one is swapped in without dropping requests.
+ */
+function onReload(app: App, args: CommonArgs): void {
+  process.on('SIGHUP', () => {
+    let next: Config;
+    try {
+      next = loadConfigFile(args.config ?? '', { overrides: overridesFrom(args) });
+    } catch (err) {
+      const problems = err instanceof ConfigError ? err.problems : [(err as Error).message];
+      app.logger.error({ event: 'config_reload_rejected', problems }, 'new configuration rejected: the running one stays');
+      return;
+    }
+    app.reload(next).catch((err: unknown) => app.logger.error({ event: 'config_reload_failed', err: (err as Error).message }, 'reload failed'));
+  });
 }
 
 /** SIGTERM/SIGINT: stop accepting, drain (bounded), exit 0. A second signal exits at once. */
@@ -74,6 +92,7 @@ await yargs(hideBin(process.argv))
     async (args) => {
       const app = createApp(loadOrExit(args));
       onShutdown(() => app.close());
+      onReload(app, args);
       await app.listen();
     },
   )

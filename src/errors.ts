@@ -140,6 +140,8 @@ export function errorHeaders(err: ProxyError, body: string): Record<string, stri
   const proxyStatus = proxyStatusFor(err);
   if (proxyStatus !== undefined) headers['proxy-status'] = proxyStatus;
   if (err.code === 'proxy_auth_required') headers['proxy-authenticate'] = 'Basic realm="token-proxy", charset="UTF-8"';
+  // The rest of an oversized body is never read: the connection cannot carry another request.
+  if (err.code === 'body_too_large') headers['connection'] = 'close';
   return headers;
 }
 

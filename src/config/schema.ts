@@ -136,6 +136,14 @@ export const configSchema = z
     logLevel: z.enum(LOG_LEVELS).default(DEFAULT_LOG_LEVEL),
     accessLog: z.boolean().default(true).describe('one JSON line per request at info level (request id, upstream, status, duration, retry, token fingerprint)'),
     shutdownTimeoutSeconds: positiveSeconds.default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
+    limits: z
+      .strictObject({
+        maxRequestHeaderBytes: z.number().int().min(1024).default(16_384).describe('larger request headers are answered 431'),
+        maxRequestBodyBytes: z.number().int().min(0).default(104_857_600).describe('larger request bodies are answered 413'),
+        headersTimeoutSeconds: positiveSeconds.default(10).describe('a client must send its request headers within this time (slowloris)'),
+        requestTimeoutSeconds: positiveSeconds.default(300).describe('a client must send its whole request within this time'),
+      })
+      .default({ maxRequestHeaderBytes: 16_384, maxRequestBodyBytes: 104_857_600, headersTimeoutSeconds: 10, requestTimeoutSeconds: 300 }),
     tokenCache: z
       .strictObject({
         maxEntries: z.number().int().positive().default(DEFAULT_CACHE_MAX_ENTRIES),

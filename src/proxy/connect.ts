@@ -1,8 +1,9 @@
 import type { IncomingMessage } from 'node:http';
-import { connect as tcpConnect, type Socket } from 'node:net';
+import { connect as tcpConnect, type LookupFunction, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import { ProxyError, errorResponseBytes } from '../errors.js';
+import type { CertificateAuthority } from '../mitm/certificate-authority.js';
 import type { Upstream } from './forwarder.js';
 import { parseConnectAuthority } from './request-target.js';
 import type { ProxyContext } from './server.js';
@@ -36,7 +37,8 @@ function refuse(socket: Duplex, err: ProxyError): void {
  */
 export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, head: Buffer): void {
   socket.on('error', () => undefined); // a client that vanishes mid-tunnel is not our error
-  const user = ctx.guard.authenticate(req.headers['proxy-authorization']);
+  const r = ctx.routing;
+  const user = r.guard.authenticate(req.headers['proxy-authorization']);
   if (user === undefined) {
     refuse(socket, new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong'));
     return;
@@ -47,10 +49,10 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     return;
   }
   const { host, port } = authority;
-  const upstream = ctx.forward.route(host, port);
+  const upstream = r.forward.route(host, port);
   const clientAddress = req.socket.remoteAddress;
   if (upstream !== undefined) {
-    if (ctx.interception === undefined && port !== 80) {
+    if (r.interception === undefined && port !== 80) {
       refuse(
         socket,
         new ProxyError(
@@ -63,26 +65,26 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     }
     socket.write(ESTABLISHED);
     if (head.length > 0) socket.unshift(head);
-    openInnerConnection(ctx, socket, { upstream, host, port, clientAddress, user });
+    openInnerConnection(ctx, r.interception, socket, { upstream, host, port, clientAddress, user });
     return;
   }
-  const decision = ctx.egress.decide(host, port, 'connect');
+  const decision = r.egress.decide(host, port, 'connect');
   if (!decision.allowed) {
     refuse(socket, new ProxyError('egress_denied', `CONNECT to ${host}:${port} is not allowed`, { host, port: String(port), rule: decision.rule }));
     return;
   }
-  blindTunnel(ctx, socket, head, host, port);
+  blindTunnel(ctx, socket, head, host, port, r.egress.lookup);
 }
 
 /**
  * Looks at the first byte the client sends inside the tunnel: a TLS handshake is terminated with
  * an interception certificate for the CONNECT host; anything else is read as plain HTTP.
  */
-function openInnerConnection(ctx: ProxyContext, socket: Duplex, t: Omit<Tunnel, 'proto'>): void {
+function openInnerConnection(ctx: ProxyContext, interception: CertificateAuthority | undefined, socket: Duplex, t: Omit<Tunnel, 'proto'>): void {
   socket.once('readable', () => {
     const first = socket.read(1) as Buffer | null;
     if (first === null) {
-      socket.once('readable', () => openInnerConnection(ctx, socket, t));
+      socket.once('readable', () => openInnerConnection(ctx, interception, socket, t));
       return;
     }
     socket.unshift(first);
@@ -91,13 +93,13 @@ function openInnerConnection(ctx: ProxyContext, socket: Duplex, t: Omit<Tunnel, 
       ctx.adopt(socket);
       return;
     }
-    if (ctx.interception === undefined) {
+    if (interception === undefined) {
       socket.destroy(); // TLS to port 80 without interception: nothing we can read
       return;
     }
     let secureContext;
     try {
-      secureContext = ctx.interception.secureContextFor(t.host);
+      secureContext = interception.secureContextFor(t.host);
     } catch (err) {
       ctx.logger.warn({ event: 'interception_failed', host: t.host, err: (err as Error).message }, 'cannot issue an interception certificate');
       socket.destroy();
@@ -110,8 +112,8 @@ function openInnerConnection(ctx: ProxyContext, socket: Duplex, t: Omit<Tunnel, 
   });
 }
 
-function blindTunnel(ctx: ProxyContext, socket: Duplex, head: Buffer, host: string, port: number): void {
-  const remote = tcpConnect({ host, port });
+function blindTunnel(ctx: ProxyContext, socket: Duplex, head: Buffer, host: string, port: number, lookup: LookupFunction): void {
+  const remote = tcpConnect({ host, port, lookup });
   let established = false;
   remote.once('connect', () => {
     established = true;
@@ -122,7 +124,8 @@ function blindTunnel(ctx: ProxyContext, socket: Duplex, head: Buffer, host: stri
   });
   remote.once('error', (err) => {
     if (!established) {
-      refuse(socket, new ProxyError('upstream_unreachable', `cannot reach ${host}:${port}: ${err.message}`, { host, port: String(port) }));
+      const denied = (err as NodeJS.ErrnoException).code === 'ERR_EGRESS_DENIED';
+      refuse(socket, new ProxyError(denied ? 'egress_denied' : 'upstream_unreachable', denied ? err.message : `cannot reach ${host}:${port}: ${err.message}`, { host, port: String(port) }));
     } else {
       socket.destroy();
     }

@@ -61,6 +61,7 @@ function upstreamFailure(upstream: Upstream, err: Error): ProxyError {
     return new ProxyError('upstream_timeout', `upstream ${upstream.name} sent no response headers within ${upstream.timeoutMs} ms`, { upstream: upstream.name }, { cause: err });
   }
   if (err instanceof ProxyError) return err;
+  if ((err as NodeJS.ErrnoException).code === 'ERR_EGRESS_DENIED') return new ProxyError('egress_denied', err.message, { rule: 'egress: resolved address' }, { cause: err });
   return new ProxyError('upstream_unreachable', `upstream ${upstream.name} failed: ${err.message}`, { upstream: upstream.name }, { cause: err });
 }
 
@@ -78,7 +79,14 @@ export interface Target {
  * back. A 401 on a replayable request renews the token and replays once; any other answer,
  * 403 included, goes to the client exactly as received.
  */
-export async function forward(req: IncomingMessage, res: ServerResponse, upstream: Upstream, target: Target, tokens: TokenSource | undefined): Promise<void> {
+export async function forward(
+  req: IncomingMessage,
+  res: ServerResponse,
+  upstream: Upstream,
+  target: Target,
+  tokens: TokenSource | undefined,
+  maxRequestBodyBytes: number,
+): Promise<void> {
   const ctx: RequestContext = { req, res, upstream, target, tokens, started: performance.now(), requestId: requestIdOf(req) };
   let body: RequestBody;
   let token: Token | undefined;
@@ -90,7 +98,7 @@ export async function forward(req: IncomingMessage, res: ServerResponse, upstrea
     return;
   }
   try {
-    body = await readRequestBody(req, upstream.retryBodyLimitBytes);
+    body = await readRequestBody(req, upstream.retryBodyLimitBytes, maxRequestBodyBytes);
   } catch (err) {
     finish(ctx, sendError(res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')), token, false);
     return;

@@ -99,6 +99,18 @@ export class HostList {
     return undefined;
   }
 
+  /** Whether a name entry (any port) covers this host name. */
+  listsName(host: string): boolean {
+    return this.#names.some((p) => nameMatches(p, host));
+  }
+
+  /** Whether an IP or CIDR entry (any port) covers this address. */
+  listsAddress(address: string): boolean {
+    const a = normaliseAddress(address);
+    const family = isIP(a);
+    return this.#hasIps && family !== 0 && this.#ips.check(a, family === 4 ? 'ipv4' : 'ipv6');
+  }
+
   /**
    * Whether host:port is listed. An entry without a port allows any port; `portAllowed` then
    * decides (the CONNECT port list).

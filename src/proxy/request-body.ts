@@ -19,13 +19,14 @@ const NONE: RequestBody = { kind: 'none' };
  * if it goes on, streamed with what was read so far in front (undici RetryHandler's rule: a
  * body already partly sent is never replayed).
  */
-export async function readRequestBody(req: IncomingMessage, limit: number): Promise<RequestBody> {
+export async function readRequestBody(req: IncomingMessage, limit: number, maxBytes: number): Promise<RequestBody> {
   const length = req.headers['content-length'];
   const chunked = req.headers['transfer-encoding'] !== undefined;
   if (!chunked && (length === undefined || length === '0')) {
     if (length === '0') req.resume();
     return NONE;
   }
+  if (!chunked && Number(length) > maxBytes) throw tooLarge(maxBytes);
   if (!chunked && Number(length) > limit) return { kind: 'streamed', stream: req };
   const chunks: Buffer[] = [];
   let size = 0;
@@ -37,16 +38,25 @@ export async function readRequestBody(req: IncomingMessage, limit: number): Prom
     if (next.done) break;
     chunks.push(next.value);
     size += next.value.length;
-    if (size > limit) return { kind: 'streamed', stream: Readable.from(continueWith(chunks, iterator), { objectMode: false }) };
+    if (size > maxBytes) throw tooLarge(maxBytes);
+    if (size > limit) return { kind: 'streamed', stream: Readable.from(continueWith(chunks, iterator, size, maxBytes), { objectMode: false }) };
   }
   return { kind: 'buffered', data: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size) };
 }
 
-async function* continueWith(head: Buffer[], rest: AsyncIterator<Buffer>): AsyncGenerator<Buffer> {
+function tooLarge(maxBytes: number): ProxyError {
+  return new ProxyError('body_too_large', `request body larger than ${maxBytes} bytes (limits.maxRequestBodyBytes)`);
+}
+
+/** The rest of a chunked body after what was read, still counted against the limit. */
+async function* continueWith(head: Buffer[], rest: AsyncIterator<Buffer>, read: number, maxBytes: number): AsyncGenerator<Buffer> {
   yield* head;
+  let size = read;
   for (;;) {
     const next = await rest.next();
     if (next.done) return;
+    size += next.value.length;
+    if (size > maxBytes) throw tooLarge(maxBytes);
     yield next.value;
   }
 }

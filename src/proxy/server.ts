@@ -13,7 +13,8 @@ import { parseAbsoluteForm, urlHost } from './request-target.js';
 import type { ReverseRouter } from './router.js';
 import { handleUpgrade } from './upgrade.js';
 
-export interface ProxyContext {
+/** Everything routing needs; replaced as a whole when the config is reloaded. */
+export interface Routing {
   readonly reverse: ReverseRouter;
   readonly forward: ForwardRouter;
   readonly egress: EgressPolicy;
@@ -21,6 +22,12 @@ export interface ProxyContext {
   /** Egress traffic that matched no upstream: forwarded without any token. */
   readonly passthrough: Upstream;
   readonly interception: CertificateAuthority | undefined;
+  readonly maxRequestBodyBytes: number;
+}
+
+export interface ProxyContext {
+  /** Read once per request, so a reload never mixes two configurations in one request. */
+  routing: Routing;
   readonly logger: Logger;
   /** Sockets (plain or TLS-intercepted) that carry requests from inside a CONNECT tunnel. */
   readonly tunnels: WeakMap<Duplex, Tunnel>;
@@ -60,6 +67,8 @@ function routed(upstream: Upstream, target: Target, req: IncomingMessage, user: 
  */
 export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
   const url = req.url ?? '/';
+  const r = ctx.routing;
+  if (hostCount(req.rawHeaders) > 1) return new ProxyError('bad_request', 'more than one Host header'); // RFC 9112 §3.2
   const tunnel = ctx.tunnels.get(req.socket);
   if (tunnel !== undefined) {
     // Requests inside a tunnel may use either form; the tunnel alone decides where they go.
@@ -68,41 +77,63 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
     return routed(tunnel.upstream, { origin: tunnel.upstream.origin, path, clientProto: tunnel.proto }, req, tunnel.user);
   }
   if (url.charCodeAt(0) === 47) {
-    const route = ctx.reverse.route(url);
+    const route = r.reverse.route(url);
     if (route === null) return new ProxyError('bad_request', 'path segments "." and ".." are not allowed');
     if (route === undefined) return new ProxyError('no_route', 'no upstream is configured for this path');
     // Reverse mode needs no proxy credentials; when sent anyway they can name the tenant.
     const header = req.headers['proxy-authorization'];
-    const user = header === undefined ? undefined : ctx.guard.authenticate(header);
+    const user = header === undefined ? undefined : r.guard.authenticate(header);
     return routed(route.upstream, { origin: route.upstream.origin, path: route.path, clientProto: 'http' }, req, user);
   }
   const absolute = parseAbsoluteForm(url);
   if (absolute === null) return new ProxyError('bad_request', 'request target must be a path or an absolute http:// URL without userinfo');
-  const user = ctx.guard.authenticate(req.headers['proxy-authorization']);
+  const user = r.guard.authenticate(req.headers['proxy-authorization']);
   if (user === undefined) return new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong');
-  const upstream = ctx.forward.route(absolute.host, absolute.port);
+  const upstream = r.forward.route(absolute.host, absolute.port);
   if (upstream !== undefined) {
     // TLS origination: the app spoke plain http to us; the target URL decides the scheme onwards.
     return routed(upstream, { origin: upstream.origin, path: absolute.path, clientProto: 'http' }, req, user);
   }
-  const decision = ctx.egress.decide(absolute.host, absolute.port, 'http');
+  const decision = r.egress.decide(absolute.host, absolute.port, 'http');
   if (!decision.allowed) {
     return new ProxyError('egress_denied', `egress to ${absolute.host}:${absolute.port} is not allowed`, { host: absolute.host, port: String(absolute.port), rule: decision.rule });
   }
-  return { upstream: ctx.passthrough, target: { origin: `http://${urlHost(absolute.host)}:${absolute.port}`, path: absolute.path, clientProto: 'http' }, tokens: undefined };
+  return { upstream: r.passthrough, target: { origin: `http://${urlHost(absolute.host)}:${absolute.port}`, path: absolute.path, clientProto: 'http' }, tokens: undefined };
+}
+
+function hostCount(raw: readonly string[]): number {
+  let n = 0;
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).length === 4 && (raw[i] as string).toLowerCase() === 'host') n++;
+  return n;
+}
+
+export interface ListenerLimits {
+  readonly maxRequestHeaderBytes: number;
+  readonly headersTimeoutSeconds: number;
+  readonly requestTimeoutSeconds: number;
 }
 
 /** The proxy listener: reverse mode, forward mode (absolute-form and CONNECT) and upgrades, on one port. */
-export function createProxyServer(ctx: Omit<ProxyContext, 'adopt' | 'tunnels'>): Server {
-  const server = createServer({ keepAliveTimeout: 65_000 });
+export function createProxyServer(routing: Routing, logger: Logger, limits: ListenerLimits): { server: Server; ctx: ProxyContext } {
+  const server = createServer({
+    keepAliveTimeout: 65_000,
+    // Slow clients (slowloris) are cut off: headers within headersTimeout, the whole request
+    // within requestTimeout, checked every second rather than Node's default 30 s.
+    maxHeaderSize: limits.maxRequestHeaderBytes,
+    headersTimeout: limits.headersTimeoutSeconds * 1000,
+    requestTimeout: limits.requestTimeoutSeconds * 1000,
+    connectionsCheckingInterval: 1_000,
+  });
   const full: ProxyContext = {
-    ...ctx,
+    routing,
+    logger,
     tunnels: new WeakMap(),
     adopt: (socket) => server.emit('connection', socket),
   };
+  const ctx = full;
 
   server.on('connection', (socket: Duplex & { remoteAddress?: string }) => {
-    if (ctx.guard.clientAllowed(socket.remoteAddress ?? full.tunnels.get(socket)?.clientAddress)) return;
+    if (full.routing.guard.clientAllowed(socket.remoteAddress ?? full.tunnels.get(socket)?.clientAddress)) return;
     socket.on('error', () => undefined);
     socket.end(errorResponseBytes(new ProxyError('client_not_allowed', 'this client address may not use the proxy')));
   });
@@ -114,7 +145,7 @@ export function createProxyServer(ctx: Omit<ProxyContext, 'adopt' | 'tunnels'>):
       sendError(res, where);
       return;
     }
-    forward(req, res, where.upstream, where.target, where.tokens).catch((err: unknown) => {
+    forward(req, res, where.upstream, where.target, where.tokens, full.routing.maxRequestBodyBytes).catch((err: unknown) => {
       // forward() answers every error it expects; this is the last line of defence.
       ctx.logger.error({ event: 'internal_error', err: (err as Error).message }, 'unexpected error while forwarding');
       if (!res.headersSent) sendError(res, new ProxyError('upstream_unreachable', 'internal error'));
@@ -132,5 +163,5 @@ export function createProxyServer(ctx: Omit<ProxyContext, 'adopt' | 'tunnels'>):
     const body = JSON.stringify({ error: 'bad_request', message: status === 431 ? 'request headers too large' : 'malformed request' });
     socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
   });
-  return server;
+  return { server, ctx };
 }

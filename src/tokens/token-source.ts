@@ -232,7 +232,9 @@ export class TokenSource extends EventEmitter {
 
   /** One grant call; the response's refresh token replaces ours at once (rotation). */
   async #grantToken(sharedRefreshToken: string | undefined, reread?: () => Promise<string | undefined>): Promise<Token> {
-    const response = await this.#callGrant(sharedRefreshToken ?? this.#refreshToken, reread);
+    // After a config reload this source is new, but the cached token (same key) still carries
+    // the newest refresh token: use it rather than logging in again.
+    const response = await this.#callGrant(sharedRefreshToken ?? this.#refreshToken ?? this.#o.cache.get(this.key)?.refreshToken, reread);
     // Rotation: the new refresh token replaces the old one at once, even if this answer turns
     // out unusable below, because the partner has already revoked the old one.
     if (response.refreshToken !== undefined) this.#refreshToken = response.refreshToken;

@@ -1,0 +1,86 @@
+import type { Logger } from 'pino';
+import { Agent, type Dispatcher } from 'undici';
+import { DEFAULT_UPSTREAM_TIMEOUT_SECONDS } from './config/defaults.js';
+import type { Config } from './config/load.js';
+import { bindRequestMetrics, type Metrics } from './metrics.js';
+import { CertificateAuthority } from './mitm/certificate-authority.js';
+import { EgressPolicy } from './proxy/egress.js';
+import { ForwardRouter } from './proxy/forward-router.js';
+import { InboundGuard } from './proxy/inbound-guard.js';
+import { ReverseRouter } from './proxy/router.js';
+import type { Routing } from './proxy/server.js';
+import type { BackoffPolicy } from './tokens/backoff.js';
+import type { TokenCache } from './tokens/token-cache.js';
+import type { Clock, SharedSettings, TokenSource } from './tokens/token-source.js';
+import { UpstreamFactory } from './upstreams.js';
+
+/** The metrics label of traffic forwarded by the egress policy (no upstream, no token). */
+export const EGRESS_UPSTREAM = '_egress';
+
+export interface GenerationDeps {
+  readonly metrics: Metrics;
+  readonly cache: TokenCache;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly backoff: BackoffPolicy | undefined;
+  readonly shared: SharedSettings | undefined;
+}
+
+/**
+ * Everything built from one configuration: routing, upstream pools, token sources. A reload
+ * builds a new generation and swaps it in; the old one finishes its in-flight requests and is
+ * closed. Tokens live in the cache both share, keyed by everything that shapes them, so an
+ * unchanged upstream keeps its token and a changed credential gets a new one.
+ */
+export interface Generation {
+  readonly config: Config;
+  readonly routing: Routing;
+  /** Token sources by `upstream` or `upstream/tenant`. */
+  readonly sources: ReadonlyMap<string, TokenSource>;
+  /** Sources whose upstream asks for warm-up (/readyz waits for them). */
+  readonly warm: readonly TokenSource[];
+  close(): Promise<void>;
+}
+
+export function buildGeneration(config: Config, deps: GenerationDeps): Generation {
+  const { metrics, logger } = deps;
+  const factory = new UpstreamFactory(config, deps);
+  const built = factory.build();
+  const egress = new EgressPolicy(config.egress);
+  // Egress traffic resolves names through the policy, so a name pointing at loopback or
+  // link-local addresses (SSRF) is refused unless explicitly allowed.
+  const egressAgent = new Agent({ connect: { lookup: egress.lookup } });
+  const dispatchers: Dispatcher[] = [...factory.dispatchers, egressAgent];
+  const accessLog = config.accessLog && logger.isLevelEnabled('info');
+  const routing: Routing = {
+    reverse: new ReverseRouter(built.flatMap(({ upstream, config: u }) => (u.pathPrefix === undefined ? [] : [{ prefix: u.pathPrefix, upstream }]))),
+    forward: new ForwardRouter(built.flatMap(({ upstream, config: u }) => (u.hosts === undefined ? [] : [{ hosts: u.hosts, upstream }]))),
+    egress,
+    guard: new InboundGuard(config.inbound),
+    passthrough: {
+      name: EGRESS_UPSTREAM,
+      origin: '',
+      basePath: '',
+      dispatcher: egressAgent,
+      tokens: undefined,
+      metrics: bindRequestMetrics(metrics, EGRESS_UPSTREAM),
+      retryBodyLimitBytes: 0,
+      timeoutMs: DEFAULT_UPSTREAM_TIMEOUT_SECONDS * 1000,
+      logger,
+      accessLog,
+    },
+    interception: config.mitm === undefined ? undefined : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem),
+    maxRequestBodyBytes: config.limits.maxRequestBodyBytes,
+  };
+  const warmNames = new Set(config.upstreams.filter((u) => u.warmup).map((u) => u.name));
+  return {
+    config,
+    routing,
+    sources: factory.sources,
+    warm: [...factory.sources.values()].filter((s) => warmNames.has(s.upstream)),
+    // undici's close() lets requests in flight finish before the sockets go.
+    close: async () => {
+      await Promise.all(dispatchers.map((d) => d.close()));
+    },
+  };
+}
