@@ -10,6 +10,14 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
   // Node.js process metrics, without prom-client's `_total`-suffixed gauges (see metrics-defaults.ts).
   if (options.defaultMetrics !== false) collectWellNamedDefaultMetrics(registry);
   const registers = [registry];
+  const sharedCacheUp = new Gauge({
+    name: 'token_proxy_shared_cache_up',
+    help: '1 while the shared token cache (Redis) answers, 0 while replicas work on their own.',
+    registers,
+  });
+  // A label-less gauge would export 0 from the start: without Redis the series must not exist at
+  // all, or "shared cache down" would fire on every proxy that does not use Redis.
+  sharedCacheUp.remove();
   // Token metrics carry a `tenant` label only when tenants are configured (bounded by the config).
   const token = (options.tenantLabel === true ? ['upstream', 'tenant'] : ['upstream']) as ['upstream'];
   return {
@@ -51,11 +59,7 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
       labelNames: token,
       registers,
     }),
-    sharedCacheUp: new Gauge({
-      name: 'token_proxy_shared_cache_up',
-      help: '1 while the shared token cache (Redis) answers, 0 while replicas work on their own.',
-      registers,
-    }),
+    sharedCacheUp,
     sharedCacheErrors: new Counter({
       name: 'token_proxy_shared_cache_errors_total',
       help: 'Failed shared token cache operations, by operation.',

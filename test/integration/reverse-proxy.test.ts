@@ -96,6 +96,7 @@ describe('reverse mode with a client-credentials token', () => {
     expect(metrics).toContain('token_proxy_token_refreshes_total{upstream="partner",trigger="miss",outcome="success"} 1');
     expect(metrics).toMatch(/token_proxy_token_cache_misses_total\{upstream="partner"\} (\d+)/);
     expect(metrics).toContain('token_proxy_requests_total{upstream="partner",code="200"} 200');
+    expect(metrics).not.toMatch(/^token_proxy_shared_cache_up /m); // no Redis configured: no sample, so no "down" alert
   });
 
   it('replays once after a 401 when the body was buffered, with a fresh token and the identical body', async () => {

@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -9,6 +10,7 @@ import { parse, stringify } from 'yaml';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { testPki } from '../helpers/certs.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -18,6 +20,9 @@ const PROMETHEUS_FILE = join(ROOT, 'config', 'prometheus', 'prometheus.example.y
 const TOKEN_LIFETIME_SECONDS = 300;
 /** Requests answered 200 by the partner in the traffic below: 1 cold, 5 in a row, 50 at once, 1 replayed after a 401. */
 const EXPECTED_200 = 1 + 5 + 50 + 1;
+/** The shared token cache's key (AES-256-GCM): 32 random bytes, base64, as the config asks. */
+const SHARED_KEY = randomBytes(32).toString('base64');
+const SHARED_CACHE_OPERATIONS = ['read', 'lock', 'write', 'unlock', 'decrypt'];
 
 // ---------------------------------------------------------------------------------------------
 // Prometheus text format and PromQL helpers
@@ -126,7 +131,7 @@ interface Panel {
   repeat?: string;
   datasource?: { type: string; uid: string };
   fieldConfig?: { defaults?: { unit?: string } };
-  targets?: { expr: string; datasource?: { type: string; uid: string } }[];
+  targets?: { expr: string; legendFormat?: string; datasource?: { type: string; uid: string } }[];
   panels?: Panel[];
 }
 
@@ -175,6 +180,13 @@ function namesIn(exprs: string[]): Set<string> {
   return new Set(exprs.flatMap((e) => [...metricNamesIn(e)]));
 }
 
+/** The one data panel with this title. */
+function panel(title: string): Panel {
+  const found = dataPanels.filter((p) => p.title === title);
+  if (found.length !== 1) throw new Error(`${found.length} panels titled "${title}"`);
+  return found[0] as Panel;
+}
+
 function promtoolAvailable(): boolean {
   return spawnSync('promtool', ['--version'], { encoding: 'utf8' }).error === undefined;
 }
@@ -192,11 +204,27 @@ const pki = testPki();
 const client = new Agent({ connections: 100 });
 let tokenServer: TokenServer;
 let partner: PartnerApi;
+let redis: TestRedis;
+/** The proxy that gets the traffic below; it shares its tokens through Redis with the two replicas. */
 let proxy: RunningProxy;
 let scrape: Scrape;
+/** A second replica, same config: its first token comes from Redis. Scraped with Redis up, then after Redis died. */
+let replica: RunningProxy;
+let replicaScrape: Scrape;
+let replicaDownScrape: Scrape;
+/** A third replica with another encryption key: it cannot open the shared entry. */
+let otherKey: RunningProxy;
+let otherKeyScrape: Scrape;
+/** Token endpoint calls (and tokens issued) when each proxy was scraped. */
+const tokenRequests = { proxy: -1, replica: -1, otherKey: -1, replicaDown: -1 };
+let tokensIssuedByProxy = -1;
 /** Unix seconds just before the last token of `partner` was requested, and just after the scrape. */
 let lastTokenAsked = 0;
 let scrapedAt = 0;
+
+function proxyConfig(encryptionKey: string, upstreams: Record<string, unknown>[]) {
+  return { tokenCache: { redis: { url: redis.url, encryptionKey, lockTimeoutMs: 2_000 } }, upstreams };
+}
 
 function upstream(name: string, clientId: string, extra: Record<string, unknown> = {}) {
   return {
@@ -210,17 +238,37 @@ function upstream(name: string, clientId: string, extra: Record<string, unknown>
   };
 }
 
-async function get(path: string): Promise<number> {
-  const res = await client.request({ origin: proxy.url, path, method: 'GET' });
+async function get(path: string, via: RunningProxy = proxy): Promise<number> {
+  const res = await client.request({ origin: via.url, path, method: 'GET' });
   await res.body.arrayBuffer();
   return res.statusCode;
+}
+
+async function scrapeOf(p: RunningProxy): Promise<Scrape> {
+  const res = await request(`${p.adminUrl}/metrics`);
+  expect(res.statusCode).toBe(200);
+  return parseScrape(await res.body.text());
+}
+
+/** Scrapes until token_proxy_shared_cache_up reads `want` (Redis connects and drops asynchronously), for at most 5 s. */
+async function sharedCacheUp(p: RunningProxy, want: 0 | 1): Promise<Scrape> {
+  const giveUpAt = Date.now() + 5_000;
+  for (;;) {
+    const s = await scrapeOf(p);
+    if (valueOf(s, 'token_proxy_shared_cache_up', {}) === want) return s;
+    if (Date.now() > giveUpAt) throw new Error(`token_proxy_shared_cache_up did not read ${want} within 5 s`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
 }
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
   tokenServer.lifetimeSeconds = TOKEN_LIFETIME_SECONDS;
   partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
-  proxy = await startProxy({ upstreams: [upstream('partner', 'observability-client'), upstream('broken', 'broken-client')] });
+  redis = await startRedis();
+  const upstreams = () => [upstream('partner', 'observability-client'), upstream('broken', 'broken-client')];
+  proxy = await startProxy(proxyConfig(SHARED_KEY, upstreams()));
+  await sharedCacheUp(proxy, 1); // else the first fetches would bypass Redis
 
   // Misses and hits: one cold request fetches the token, then 5 in a row and 50 at once use it.
   expect(await get('/partner/cold')).toBe(200);
@@ -243,14 +291,40 @@ beforeAll(async () => {
   expect(await get('/broken/x')).toBe(502);
   tokenServer.respondWith(undefined);
 
-  const res = await request(`${proxy.adminUrl}/metrics`);
-  expect(res.statusCode).toBe(200);
-  scrape = parseScrape(await res.body.text());
+  scrape = await scrapeOf(proxy);
   scrapedAt = Date.now() / 1000;
+  tokenRequests.proxy = tokenServer.requests.length;
+  tokensIssuedByProxy = tokenServer.issued.length;
+
+  // A second replica: its first request misses in memory and adopts the token the first one put
+  // in Redis (a redis-tier hit, no token request); its second request finds it in memory.
+  replica = await startProxy(proxyConfig(SHARED_KEY, upstreams()));
+  await sharedCacheUp(replica, 1);
+  expect(await get('/partner/replica/0', replica)).toBe(200);
+  expect(await get('/partner/replica/1', replica)).toBe(200);
+  replicaScrape = await scrapeOf(replica);
+  tokenRequests.replica = tokenServer.requests.length;
+
+  // A replica with another key cannot open the entry: decrypt errors, and a token request of its own.
+  otherKey = await startProxy(proxyConfig(randomBytes(32).toString('base64'), [upstream('partner', 'observability-client')]));
+  await sharedCacheUp(otherKey, 1);
+  expect(await get('/partner/other-key', otherKey)).toBe(200);
+  otherKeyScrape = await scrapeOf(otherKey);
+  tokenRequests.otherKey = tokenServer.requests.length;
+
+  // Redis dies: the replica reports it and keeps answering from memory.
+  await redis.kill();
+  await sharedCacheUp(replica, 0);
+  expect(await get('/partner/replica/2', replica)).toBe(200);
+  replicaDownScrape = await scrapeOf(replica);
+  tokenRequests.replicaDown = tokenServer.requests.length;
 });
 
 afterAll(async () => {
+  await otherKey?.close();
+  await replica?.close();
   await proxy?.close();
+  await redis?.stop();
   await partner?.close();
   await tokenServer?.stop();
   await client.close();
@@ -274,12 +348,14 @@ describe('the metrics after real traffic (hits, misses, 401 replays, a token fai
     expect(valueOf(scrape, 'token_proxy_request_duration_seconds_sum', partnerLabels)).toBeGreaterThan(0);
   });
 
-  it('counts one miss and a hit for every request that found the token cached', () => {
+  it('counts one miss and a memory-tier hit for every request that found the token cached', () => {
     expect(valueOf(scrape, 'token_proxy_token_cache_misses_total', partnerLabels)).toBe(1);
     // 5 in a row + 50 at once + the revoked, the always-401 and the 403 request: each found the token.
-    expect(valueOf(scrape, 'token_proxy_token_cache_hits_total', partnerLabels)).toBe(5 + 50 + 3);
+    expect(valueOf(scrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'memory' })).toBe(5 + 50 + 3);
+    // Its three tokens came from the token endpoint, not from Redis (nothing there was usable).
+    expect(valueOf(scrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'redis' }) ?? 0).toBe(0);
     expect(valueOf(scrape, 'token_proxy_token_cache_misses_total', brokenLabels)).toBe(1);
-    expect(valueOf(scrape, 'token_proxy_token_cache_hits_total', brokenLabels) ?? 0).toBe(0);
+    expect(scrape.samples.filter((s) => s.name === 'token_proxy_token_cache_hits_total' && s.labels['upstream'] === 'broken')).toEqual([]);
   });
 
   it('counts token requests by trigger and outcome, and times them', () => {
@@ -287,8 +363,8 @@ describe('the metrics after real traffic (hits, misses, 401 replays, a token fai
     expect(valueOf(scrape, 'token_proxy_token_refreshes_total', { upstream: 'partner', trigger: 'unauthorized', outcome: 'success' })).toBe(2);
     expect(valueOf(scrape, 'token_proxy_token_refreshes_total', { upstream: 'partner', trigger: 'ahead', outcome: 'success' })).toBeUndefined();
     // The token server saw those 3 requests for partner and the failed one for broken.
-    expect(tokenServer.requests).toHaveLength(4);
-    expect(tokenServer.issued).toHaveLength(3);
+    expect(tokenRequests.proxy).toBe(4);
+    expect(tokensIssuedByProxy).toBe(3);
     expect(valueOf(scrape, 'token_proxy_token_refresh_duration_seconds_count', { upstream: 'partner', outcome: 'success' })).toBe(3);
     expect(valueOf(scrape, 'token_proxy_token_refresh_duration_seconds_count', { upstream: 'broken', outcome: 'error' })).toBe(1);
   });
@@ -314,19 +390,28 @@ describe('the metrics after real traffic (hits, misses, 401 replays, a token fai
     expect(valueOf(scrape, 'token_proxy_token_expiry_timestamp_seconds', brokenLabels)).toBeUndefined();
   });
 
-  it('keeps label values bounded: known label names, 3-digit codes, no path and no token in a label', () => {
-    const allowed = new Set(['upstream', 'tenant', 'code', 'trigger', 'outcome', 'reason', 'le']);
-    const ours = scrape.samples.filter((s) => s.name.startsWith('token_proxy_'));
+  it('keeps label values bounded: known label names, 3-digit codes, fixed tiers and operations, no path and no token in a label', () => {
+    const allowed = new Set(['upstream', 'tenant', 'code', 'trigger', 'outcome', 'reason', 'tier', 'operation', 'le']);
+    const scrapes = [scrape, replicaScrape, otherKeyScrape, replicaDownScrape];
+    const ours = scrapes.flatMap((one) => one.samples.filter((s) => s.name.startsWith('token_proxy_')));
     expect(ours.length).toBeGreaterThan(20);
     for (const s of ours) {
       for (const [k, v] of Object.entries(s.labels)) {
         expect(allowed, `${s.name} label ${k}`).toContain(k);
         expect(v, `${s.name} ${k}`).not.toContain('/');
         if (k === 'code') expect(v).toMatch(/^\d{3}$/);
+        if (k === 'tier') expect(['memory', 'redis'], `${s.name} tier`).toContain(v);
+        if (k === 'operation') expect(SHARED_CACHE_OPERATIONS, `${s.name} operation`).toContain(v);
       }
     }
-    for (const token of tokenServer.issued) expect(scrape.text).not.toContain(token);
-    expect(scrape.text).not.toContain('observability-secret-41f');
+    // Both tiers and an operation did occur, so the checks above saw real values.
+    expect(new Set(ours.flatMap((s) => s.labels['tier'] ?? []))).toEqual(new Set(['memory', 'redis']));
+    expect(ours.some((s) => s.labels['operation'] !== undefined)).toBe(true);
+    for (const one of scrapes) {
+      for (const token of tokenServer.issued) expect(one.text).not.toContain(token);
+      expect(one.text).not.toContain('observability-secret-41f');
+      expect(one.text).not.toContain(SHARED_KEY);
+    }
   });
 
   it("exports the Node.js process metrics without prom-client's _total-suffixed gauges", () => {
@@ -346,10 +431,55 @@ describe('the metrics after real traffic (hits, misses, 401 replays, a token fai
     // promtool comes with the Debian package `prometheus` (.ci/run installs it). Only this check
     // needs it; without it there is nothing to run, so the assertion is left out.
     if (promtoolAvailable()) {
-      const res = promtool(['check', 'metrics'], scrape.text);
-      expect(res.output).toBe('');
-      expect(res.status).toBe(0);
+      for (const one of [scrape, otherKeyScrape]) {
+        const res = promtool(['check', 'metrics'], one.text);
+        expect(res.output).toBe('');
+        expect(res.status).toBe(0);
+      }
     }
+  });
+});
+
+describe('the shared token cache metrics (a real redis-server, three replicas)', () => {
+  const partnerLabels = { upstream: 'partner' };
+
+  it('reads 1 while Redis answers, and counts no error on a healthy path', () => {
+    for (const one of [scrape, replicaScrape]) {
+      expect(one.types.get('token_proxy_shared_cache_up')).toBe('gauge');
+      expect(valueOf(one, 'token_proxy_shared_cache_up', {})).toBe(1);
+      expect(one.types.get('token_proxy_shared_cache_errors_total')).toBe('counter');
+      expect(one.samples.filter((s) => s.name === 'token_proxy_shared_cache_errors_total')).toEqual([]);
+    }
+  });
+
+  it("counts a redis-tier hit when a replica adopts a sibling's token, and then memory-tier hits", () => {
+    expect(tokenRequests.replica).toBe(tokenRequests.proxy); // no token request of its own
+    expect(valueOf(replicaScrape, 'token_proxy_token_cache_misses_total', partnerLabels)).toBe(1);
+    expect(valueOf(replicaScrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'redis' })).toBe(1);
+    expect(valueOf(replicaScrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'memory' })).toBe(1);
+    expect(replicaScrape.samples.filter((s) => s.name === 'token_proxy_token_refreshes_total')).toEqual([]);
+    // The adopted token is the one the first proxy got last: same expiry.
+    const expiry = valueOf(replicaScrape, 'token_proxy_token_expiry_timestamp_seconds', partnerLabels);
+    expect(expiry).toBe(valueOf(scrape, 'token_proxy_token_expiry_timestamp_seconds', partnerLabels));
+  });
+
+  it('counts decrypt errors, by operation, when a replica holds another key, which then fetches its own token', () => {
+    // The first look at the entry, and the second one under the refresh lock.
+    expect(valueOf(otherKeyScrape, 'token_proxy_shared_cache_errors_total', { operation: 'decrypt' })).toBe(2);
+    for (const operation of ['read', 'lock', 'write', 'unlock']) {
+      expect(valueOf(otherKeyScrape, 'token_proxy_shared_cache_errors_total', { operation }), operation).toBeUndefined();
+    }
+    expect(valueOf(otherKeyScrape, 'token_proxy_shared_cache_up', {})).toBe(1);
+    expect(valueOf(otherKeyScrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'redis' }) ?? 0).toBe(0);
+    expect(valueOf(otherKeyScrape, 'token_proxy_token_refreshes_total', { ...partnerLabels, trigger: 'miss', outcome: 'success' })).toBe(1);
+    expect(tokenRequests.otherKey).toBe(tokenRequests.replica + 1);
+  });
+
+  it('reads 0 once Redis is gone, while the replica keeps serving from memory', () => {
+    expect(valueOf(replicaDownScrape, 'token_proxy_shared_cache_up', {})).toBe(0);
+    expect(valueOf(replicaDownScrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'memory' })).toBe(2);
+    expect(valueOf(replicaDownScrape, 'token_proxy_requests_total', { upstream: 'partner', code: '200' })).toBe(3);
+    expect(tokenRequests.replicaDown).toBe(tokenRequests.otherKey);
   });
 });
 
@@ -377,7 +507,8 @@ describe('the Grafana dashboard', () => {
   it('shows every token_proxy_ metric and the process health metrics', () => {
     const names = namesIn(dashboardExpressions());
     const families = [...scrape.types.keys()].filter((n) => n.startsWith('token_proxy_'));
-    expect(families.length).toBeGreaterThanOrEqual(9);
+    expect(families).toEqual(expect.arrayContaining(['token_proxy_shared_cache_up', 'token_proxy_shared_cache_errors_total']));
+    expect(families.length).toBeGreaterThanOrEqual(11);
     for (const family of families) {
       const series = scrape.types.get(family) === 'histogram' ? `${family}_bucket` : family;
       expect(names, family).toContain(series);
@@ -409,6 +540,23 @@ describe('the Grafana dashboard', () => {
     }
     expect(allPanels.filter((p) => p.type === 'row' && p.repeat === 'upstream')).toHaveLength(1);
   });
+
+  it('has a shared token cache (Redis) row: up per instance, errors by operation, hits by tier, fetches from Redis vs the token endpoint', () => {
+    const rows = dashboard.panels.filter((p) => p.type === 'row').map((p) => p.title);
+    expect(rows).toContain('Shared token cache (Redis)');
+    // Below the repeated upstream row, which would otherwise take these panels into every repeat.
+    expect(rows.indexOf('Shared token cache (Redis)')).toBeGreaterThan(rows.indexOf('Upstream $upstream'));
+    expect(panel('Shared cache up').type).toBe('stat');
+  });
+
+  it('computes the hit ratio per tier and overall, and the shared cache panels, with the intended values (promtool)', () => {
+    // Needs promtool, like the rule tests; this evaluates the panels' own PromQL on synthetic series.
+    if (promtoolAvailable()) {
+      const res = evaluatePanelQueries();
+      expect(res.output).toContain('SUCCESS');
+      expect(res.status).toBe(0);
+    }
+  });
 });
 
 describe('the Prometheus alert rules', () => {
@@ -416,12 +564,16 @@ describe('the Prometheus alert rules', () => {
     const names = namesIn(rules.map((r) => r.expr));
     expect(names).toContain('up');
     expect(names).toContain('token_proxy_token_expiry_timestamp_seconds');
+    expect(names).toContain('token_proxy_shared_cache_up');
+    expect(names).toContain('token_proxy_shared_cache_errors_total');
     expect(notExported(scrape, names)).toEqual([]);
   });
 
   it('cover the required conditions, each with a for: duration, a severity and runbook annotations', () => {
     expect(rules.map((r) => r.alert).sort()).toEqual([
       'TokenProxyGatewayErrors',
+      'TokenProxySharedCacheDown',
+      'TokenProxySharedCacheErrors',
       'TokenProxyTargetDown',
       'TokenProxyTargetMissing',
       'TokenProxyTokenExpiringWithoutRefresh',
@@ -436,13 +588,18 @@ describe('the Prometheus alert rules', () => {
     }
     expect(rules.find((r) => r.alert === 'TokenProxyTargetMissing')?.expr.trim()).toBe('absent(up{job="token-proxy"})');
     expect(rules.find((r) => r.alert === 'TokenProxyGatewayErrors')?.expr).toContain('code=~"502|504"');
+    expect(rules.find((r) => r.alert === 'TokenProxySharedCacheDown')?.expr.trim()).toBe('token_proxy_shared_cache_up == 0');
+    // The runbook says what an outage costs and where to look.
+    const down = rules.find((r) => r.alert === 'TokenProxySharedCacheDown')?.annotations ?? {};
+    for (const words of [/memory/, /on its own/, /number of replicas/]) expect(down['description']).toMatch(words);
+    for (const words of [/redis-cli/, /[Cc]redentials/, /TLS/]) expect(down['runbook']).toMatch(words);
   });
 
   it('pass `promtool check rules` and `check config`, and fire (only) on their scenarios in `promtool test rules`', () => {
     // Like the metrics check: needs promtool (Debian package `prometheus`), else not run.
     if (promtoolAvailable()) {
       const rulesCheck = promtool(['check', 'rules', RULES_FILE]);
-      expect(rulesCheck.output).toContain('SUCCESS: 7 rules found');
+      expect(rulesCheck.output).toContain('SUCCESS: 9 rules found');
       expect(rulesCheck.status).toBe(0);
       const configCheck = promtool(['check', 'config', PROMETHEUS_FILE]);
       expect(configCheck.output).toContain('SUCCESS: 1 rule files found');
@@ -453,6 +610,58 @@ describe('the Prometheus alert rules', () => {
     }
   });
 });
+
+/**
+ * Evaluates panels' own PromQL with `promtool test rules` on synthetic series: Grafana's variables
+ * as an operator's "All" selection, a 1m interval. promtool compares floats exactly, so values are
+ * scaled by 1e6 and rounded.
+ */
+function evaluatePanelQueries() {
+  const promql = (expr: string) =>
+    `round((${expr.replaceAll('$instance', '.*').replaceAll('$upstream', '.*').replaceAll('$__rate_interval', '1m').replaceAll('$__interval', '1m')}) * 1000000)`;
+  const check = (title: string, legend: string, samples: Record<string, number>) => {
+    const targets = (panel(title).targets ?? []).filter((t) => t.legendFormat === legend);
+    if (targets.length !== 1) throw new Error(`${targets.length} targets with legend "${legend}" in "${title}"`);
+    return { expr: promql((targets[0] as { expr: string }).expr), eval_time: '5m', exp_samples: Object.entries(samples).map(([labels, value]) => ({ labels, value })) };
+  };
+  const s = (metric: string, labels: Record<string, string>, values: string) => ({
+    series: `${metric}{${Object.entries({ job: 'token-proxy', instance: 'a', ...labels })
+      .map(([k, v]) => `${k}="${v}"`)
+      .join(',')}}`,
+    values,
+  });
+  // Per 15 s: 90 memory hits, 5 redis hits, 5 misses; 1 successful and 7 failed token requests.
+  const input_series = [
+    s('token_proxy_token_cache_hits_total', { upstream: 'partner', tier: 'memory' }, '0+90x40'),
+    s('token_proxy_token_cache_hits_total', { upstream: 'partner', tier: 'redis' }, '0+5x40'),
+    s('token_proxy_token_cache_misses_total', { upstream: 'partner' }, '0+5x40'),
+    s('token_proxy_token_refreshes_total', { upstream: 'partner', trigger: 'ahead', outcome: 'success' }, '0+1x40'),
+    s('token_proxy_token_refreshes_total', { upstream: 'partner', trigger: 'miss', outcome: 'error' }, '0+7x40'),
+    s('token_proxy_shared_cache_up', {}, '1x40'),
+    s('token_proxy_shared_cache_up', { instance: 'b' }, '0x40'),
+    s('token_proxy_shared_cache_errors_total', { operation: 'read' }, '0+3x40'),
+    s('token_proxy_shared_cache_errors_total', { instance: 'b', operation: 'decrypt' }, '0x40'),
+  ];
+  const promql_expr_test = [
+    // 95 of 100 lookups hit: 90 in memory, 5 in Redis.
+    check('Token cache hit ratio', 'overall', { '{}': 950_000 }),
+    check('Token cache hit ratio', 'memory', { '{}': 900_000 }),
+    check('Token cache hit ratio', 'redis', { '{}': 50_000 }),
+    check('Shared cache up', '{{instance}}', { '{instance="a", job="token-proxy"}': 1_000_000, '{instance="b", job="token-proxy"}': 0 }),
+    check('Shared cache errors by operation', '{{operation}}', { '{operation="read"}': 200_000, '{operation="decrypt"}': 0 }),
+    check('Token cache hits by tier', '{{tier}}', { '{tier="memory"}': 6_000_000, '{tier="redis"}': 333_333 }),
+    check('Token fetches: from Redis vs from the token endpoint', 'adopted from Redis', { '{}': 20_000_000 }),
+    check('Token fetches: from Redis vs from the token endpoint', 'token endpoint', { '{}': 4_000_000 }),
+  ];
+  const dir = mkdtempSync(join(tmpdir(), 'token-proxy-panels-'));
+  try {
+    writeFileSync(join(dir, 'tests.yaml'), stringify({ rule_files: [], evaluation_interval: '15s', tests: [{ interval: '15s', input_series, promql_expr_test }] }));
+    const res = spawnSync('promtool', ['test', 'rules', 'tests.yaml'], { cwd: dir, encoding: 'utf8' });
+    return { status: res.status, output: `${res.stdout}${res.stderr}` };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 /**
  * promtool unit tests of the alerts, on synthetic series. promtool compares annotations too, so
@@ -512,6 +721,34 @@ function runAlertScenarios() {
             { eval_time: '1m', alertname: 'TokenProxyTargetDown', exp_alerts: [] },
             { eval_time: '10m', alertname: 'TokenProxyTargetDown', exp_alerts: [alert('critical', {})] },
             { eval_time: '10m', alertname: 'TokenProxyTargetMissing', exp_alerts: [] },
+            { eval_time: '10m', alertname: 'TokenProxySharedCacheDown', exp_alerts: [] },
+            { eval_time: '10m', alertname: 'TokenProxySharedCacheErrors', exp_alerts: [] },
+          ],
+        },
+        {
+          interval: '15s',
+          input_series: [
+            // a: Redis lost at 1m30s and not back. b: always up. c: down for one minute only.
+            s('token_proxy_shared_cache_up', {}, '1x5 0x80'),
+            s('token_proxy_shared_cache_up', { instance: 'b' }, '1x85'),
+            s('token_proxy_shared_cache_up', { instance: 'c' }, '1x10 0x4 1x70'),
+            // a: a failing read every 15 s. b: one lock error, and a read error every 5 minutes.
+            s('token_proxy_shared_cache_errors_total', { operation: 'read' }, '0+1x85'),
+            s('token_proxy_shared_cache_errors_total', { instance: 'b', operation: 'lock' }, '0x20 1x65'),
+            s('token_proxy_shared_cache_errors_total', { instance: 'b', operation: 'read' }, '0x19 1x19 2x19 3x19 4x8'),
+            // c: two decrypt errors at 2m30s (one fetch with the wrong key), none after.
+            s('token_proxy_shared_cache_errors_total', { instance: 'c', operation: 'decrypt' }, '0x10 2x75'),
+          ],
+          alert_rule_test: [
+            { eval_time: '5m', alertname: 'TokenProxySharedCacheDown', exp_alerts: [] },
+            { eval_time: '7m', alertname: 'TokenProxySharedCacheDown', exp_alerts: [alert('warning', {})] },
+            { eval_time: '20m', alertname: 'TokenProxySharedCacheDown', exp_alerts: [alert('warning', {})] },
+            { eval_time: '8m', alertname: 'TokenProxySharedCacheErrors', exp_alerts: [] },
+            {
+              eval_time: '15m',
+              alertname: 'TokenProxySharedCacheErrors',
+              exp_alerts: [alert('warning', { operation: 'read' }), alert('warning', { instance: 'c', operation: 'decrypt' })],
+            },
           ],
         },
         {
