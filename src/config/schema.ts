@@ -56,7 +56,10 @@ function listOf(parse: (entries: readonly string[]) => unknown) {
 }
 
 const upstreamSchema = z.strictObject({
-  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'letters, digits, "_", "." and "-" only (it becomes a metrics label)'),
+  name: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'letters, digits, "_", "." and "-" only (it becomes a metrics label)')
+    .describe('names the upstream in logs and metrics'),
   target: secureUrl.describe('base URL of the partner API; https:// except on loopback'),
   pathPrefix: z
     .string()
@@ -131,11 +134,13 @@ const inboundSchema = z.strictObject({
 
 export const configSchema = z
   .strictObject({
-    listen: listenAddress.default(DEFAULT_LISTEN),
-    admin: z.strictObject({ listen: listenAddress.default(DEFAULT_ADMIN_LISTEN) }).default({ listen: DEFAULT_ADMIN_LISTEN }),
-    logLevel: z.enum(LOG_LEVELS).default(DEFAULT_LOG_LEVEL),
+    listen: listenAddress.default(DEFAULT_LISTEN).describe('proxy listener, host:port (flag --listen, env TOKEN_PROXY_LISTEN)'),
+    admin: z
+      .strictObject({ listen: listenAddress.default(DEFAULT_ADMIN_LISTEN).describe('admin listener: /metrics, /healthz, /readyz (--admin-listen)') })
+      .default({ listen: DEFAULT_ADMIN_LISTEN }),
+    logLevel: z.enum(LOG_LEVELS).default(DEFAULT_LOG_LEVEL).describe('JSON logs on stdout (--log-level)'),
     accessLog: z.boolean().default(true).describe('one JSON line per request at info level (request id, upstream, status, duration, retry, token fingerprint)'),
-    shutdownTimeoutSeconds: positiveSeconds.default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
+    shutdownTimeoutSeconds: positiveSeconds.default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS).describe('on SIGTERM, requests in flight get this long to finish'),
     limits: z
       .strictObject({
         maxRequestHeaderBytes: z.number().int().min(1024).default(16_384).describe('larger request headers are answered 431'),
@@ -146,8 +151,12 @@ export const configSchema = z
       .default({ maxRequestHeaderBytes: 16_384, maxRequestBodyBytes: 104_857_600, headersTimeoutSeconds: 10, requestTimeoutSeconds: 300 }),
     tokenCache: z
       .strictObject({
-        maxEntries: z.number().int().positive().default(DEFAULT_CACHE_MAX_ENTRIES),
-        refreshBeforeExpirySeconds: z.number().min(0).default(DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS),
+        maxEntries: z.number().int().positive().default(DEFAULT_CACHE_MAX_ENTRIES).describe('tokens kept in memory (one per upstream, tenant and credential set)'),
+        refreshBeforeExpirySeconds: z
+          .number()
+          .min(0)
+          .default(DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS)
+          .describe('refresh this long before expiry, in the background; never more than half of a token lifetime'),
         redis: redisSchema.optional(),
       })
       .default({ maxEntries: DEFAULT_CACHE_MAX_ENTRIES, refreshBeforeExpirySeconds: DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS }),

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { configJsonSchema } from '../../src/config/json-schema.js';
+import { configurationReference } from '../../src/config/reference.js';
 import { buildConfig, loadConfigFile } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import { testPki } from '../helpers/certs.js';
@@ -122,5 +123,6 @@ describe('configuration', () => {
     expect(config.upstreams.map((u) => u.name)).toEqual(['partner']);
     const shipped = JSON.parse(readFileSync('config/token-proxy.schema.json', 'utf8')) as unknown;
     expect(shipped).toEqual(configJsonSchema()); // stale? run `npm run schema`
+    expect(readFileSync('docs/configuration.md', 'utf8')).toBe(configurationReference());
   });
 });
