@@ -13,7 +13,9 @@ export type ProxyErrorCode =
   | 'client_not_allowed'
   | 'proxy_auth_required'
   | 'interception_not_configured'
-  | 'unknown_tenant';
+  | 'unknown_tenant'
+  | 'caller_unauthorized'
+  | 'caller_auth_unavailable';
 
 /** Why a token could not be obtained (RFC 6749 §5.2 codes, plus transport-level reasons). */
 export type TokenFailureReason =
@@ -104,6 +106,8 @@ const STATUS: Readonly<Record<ProxyErrorCode, number>> = {
   proxy_auth_required: 407,
   interception_not_configured: 403,
   unknown_tenant: 403,
+  caller_unauthorized: 401,
+  caller_auth_unavailable: 503,
 };
 
 /**
@@ -146,18 +150,20 @@ export function errorHeaders(err: ProxyError, body: string): Record<string, stri
 }
 
 /** The same answer as raw HTTP/1.1 bytes, for sockets that have no ServerResponse (CONNECT, upgrades). */
-export function errorResponseBytes(err: ProxyError): string {
+export function errorResponseBytes(err: ProxyError, extra: Record<string, string> = {}): string {
   const body = errorBody(err);
-  const headers = Object.entries(errorHeaders(err, body)).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  const headers = Object.entries({ ...errorHeaders(err, body), ...extra }).map(([k, v]) => `${k}: ${v}\r\n`).join('');
   return `HTTP/1.1 ${statusFor(err)} ${STATUS_TEXT[statusFor(err)] ?? 'Error'}\r\n${headers}connection: close\r\n\r\n${body}`;
 }
 
 const STATUS_TEXT: Record<number, string> = {
   400: 'Bad Request',
+  401: 'Unauthorized',
   403: 'Forbidden',
   404: 'Not Found',
   407: 'Proxy Authentication Required',
   413: 'Content Too Large',
   502: 'Bad Gateway',
+  503: 'Service Unavailable',
   504: 'Gateway Timeout',
 };

@@ -3,6 +3,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { DEFAULT_UPSTREAM_TIMEOUT_SECONDS } from './config/defaults.js';
 import type { Config } from './config/load.js';
 import { bindRequestMetrics, type Metrics } from './metrics.js';
+import { InboundJwtValidator } from './inbound/jwt-validator.js';
 import { CertificateAuthority } from './mitm/certificate-authority.js';
 import { EgressPolicy } from './proxy/egress.js';
 import { ForwardRouter } from './proxy/forward-router.js';
@@ -52,6 +53,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
   const egressAgent = new Agent({ connect: { lookup: egress.lookup } });
   const dispatchers: Dispatcher[] = [...factory.dispatchers, egressAgent];
   const accessLog = config.accessLog && logger.isLevelEnabled('info');
+  const validator = config.inbound.jwt === undefined ? undefined : new InboundJwtValidator(config.inbound.jwt);
   const routing: Routing = {
     reverse: new ReverseRouter(built.flatMap(({ upstream, config: u }) => (u.pathPrefix === undefined ? [] : [{ prefix: u.pathPrefix, upstream }]))),
     forward: new ForwardRouter(built.flatMap(({ upstream, config: u }) => (u.hosts === undefined ? [] : [{ hosts: u.hosts, upstream }]))),
@@ -71,6 +73,11 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
     },
     interception: config.mitm === undefined ? undefined : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem),
     maxRequestBodyBytes: config.limits.maxRequestBodyBytes,
+    callerAuth: validator === undefined ? undefined : {
+      validator,
+      claimHeaders: new Set(Object.values(config.inbound.jwt?.forwardClaims ?? {}).map((h) => h.toLowerCase())),
+      count: (result) => metrics.inboundAuth.labels(result).inc(),
+    },
   };
   const warmNames = new Set(config.upstreams.filter((u) => u.warmup).map((u) => u.name));
   return {
@@ -81,6 +88,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
     // undici's close() lets requests in flight finish before the sockets go.
     close: async () => {
       await Promise.all(dispatchers.map((d) => d.close()));
+      await validator?.close();
     },
   };
 }

@@ -66,6 +66,12 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
       labelNames: ['operation'] as const,
       registers,
     }),
+    inboundAuth: new Counter({
+      name: 'token_proxy_inbound_auth_total',
+      help: 'Caller JWT validations in gateway mode, by result (valid, expired, bad_signature, bad_claims, missing, jwks_error).',
+      labelNames: ['result'] as const,
+      registers,
+    }),
     requests: new Counter({
       name: 'token_proxy_requests_total',
       help: 'Requests answered, by upstream and HTTP status code.',

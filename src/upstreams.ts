@@ -71,7 +71,13 @@ export class UpstreamFactory {
     if (u.tenants === undefined) {
       tokens = this.#source(u, u.auth, undefined, tokenAgent);
     } else {
-      const from = u.tenants.from === 'proxyAuthUser' ? ({ kind: 'proxyAuthUser' } as const) : ({ kind: 'header', name: u.tenants.from.slice('header:'.length).toLowerCase() } as const);
+      const f = u.tenants.from;
+      const from: TenantTokens['from'] =
+        f === 'proxyAuthUser'
+          ? { kind: 'proxyAuthUser' }
+          : f.startsWith('jwtClaim:')
+            ? { kind: 'jwtClaim', claim: f.slice('jwtClaim:'.length) }
+            : { kind: 'header', name: f.slice('header:'.length).toLowerCase() };
       const byTenant = new Map(Object.entries(u.tenants.auth).map(([tenant, auth]) => [tenant, this.#source(u, auth, tenant, tokenAgent)]));
       tokens = { from, byTenant };
     }

@@ -152,8 +152,8 @@ export const tenantsSchema = z
   .strictObject({
     from: z
       .string()
-      .regex(/^(proxyAuthUser|header:[A-Za-z0-9-]+)$/, 'proxyAuthUser or header:<Header-Name>')
-      .describe('where the tenant name comes from: the proxy user (forward mode) or a header set by a trusted gateway'),
+      .regex(/^(proxyAuthUser|header:[A-Za-z0-9-]+|jwtClaim:[A-Za-z0-9_.:-]+)$/, 'proxyAuthUser, header:<Header-Name> or jwtClaim:<claim>')
+      .describe('where the tenant name comes from: the proxy user (forward mode), a header set by a trusted gateway, or a claim of the validated caller JWT (inbound.jwt)'),
     credentials: z.record(z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'tenant names: letters, digits, "_", "." and "-"'), tenantCredentialsSchema),
   })
   .describe('one token (and credentials) per tenant; unknown tenants are refused');

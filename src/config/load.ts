@@ -3,6 +3,7 @@ import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import type { InboundJwtSettings } from '../inbound/jwt-validator.js';
 import { readSecretFile, readText } from './files.js';
 import { resolveAuth, resolveMtls, tenantAuth, type Mtls, type ResolvedAuth } from './resolve-auth.js';
 import { configSchema, crossFieldProblems, type ParsedConfig, type ParsedUpstream } from './schema.js';
@@ -39,6 +40,8 @@ export interface Config extends Omit<ParsedConfig, 'upstreams' | 'mitm' | 'inbou
   /** PEM text of the interception CA, read at load time. */
   readonly mitm: { readonly caCertPem: string; readonly caKeyPem: string } | undefined;
   readonly inbound: {
+    /** Validation settings of caller JWTs (gateway mode), with the CA file read. */
+    readonly jwt: InboundJwtSettings | undefined;
     readonly allowCidrs: readonly string[] | undefined;
     readonly proxyAuth: { readonly users: readonly ProxyUser[] } | undefined;
     readonly allowAnyone: boolean;
@@ -144,7 +147,8 @@ function resolveInbound(inbound: ParsedConfig['inbound'], baseDir: string, probl
     name: u.name,
     password: u.password ?? readSecretFile(u.passwordFile ?? '', baseDir, `inbound.proxyAuth.users[${i}].passwordFile`, problems) ?? '',
   }));
-  return { allowCidrs: inbound.allowCidrs, proxyAuth: users === undefined ? undefined : { users }, allowAnyone: inbound.allowAnyone };
+  const jwt = inbound.jwt === undefined ? undefined : { ...inbound.jwt, ca: inbound.jwt.ca === undefined ? undefined : readText(resolve(baseDir, inbound.jwt.ca), 'inbound.jwt.ca', problems) };
+  return { jwt, allowCidrs: inbound.allowCidrs, proxyAuth: users === undefined ? undefined : { users }, allowAnyone: inbound.allowAnyone };
 }
 
 function deepFreeze<T>(value: T): T {

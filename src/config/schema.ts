@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { HostList, parseAddressList, parseHostPattern } from '../proxy/host-pattern.js';
+import { INBOUND_JWT_ALGORITHMS } from '../inbound/jwt-validator.js';
 import { authSchema, mtlsSchema, tenantsSchema } from './auth-schema.js';
 import { isLoopbackHost, secureUrl } from './url.js';
 
@@ -123,7 +124,25 @@ const proxyUserSchema = z
     }
   });
 
+const inboundJwtSchema = z
+  .strictObject({
+    jwksUrl: secureUrl.describe("the caller IdP's JWKS; https:// except on loopback"),
+    issuer: z.string().min(1).describe('required iss'),
+    audience: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).describe('required aud (one of them)'),
+    algorithms: z
+      .array(z.enum(INBOUND_JWT_ALGORITHMS))
+      .min(1)
+      .default(['RS256', 'ES256'])
+      .describe('accepted signature algorithms (asymmetric only: no none, no HS*)'),
+    clockSkewSeconds: z.number().min(0).default(30),
+    requiredClaims: z.record(z.string(), z.string()).default({}).describe('claim → value it must equal (or contain, for scope-like lists)'),
+    forwardClaims: z.record(z.string(), z.string().regex(/^[A-Za-z0-9-]+$/, 'a header name')).default({}).describe('claim → request header that carries it to the partner'),
+    ca: z.string().min(1).optional().describe('PEM file of a private CA for the JWKS endpoint'),
+  })
+  .describe('gateway mode: validate the caller bearer JWT before spending a partner token on it');
+
 const inboundSchema = z.strictObject({
+  jwt: inboundJwtSchema.optional(),
   allowCidrs: listOf(parseAddressList).optional().describe('client addresses allowed to use the proxy (every request on the listener)'),
   proxyAuth: z
     .strictObject({ users: z.array(proxyUserSchema).min(1) })

@@ -32,19 +32,19 @@ export interface Upstream {
 
 /** Token sources by tenant, and where a request's tenant name comes from. */
 export interface TenantTokens {
-  readonly from: { readonly kind: 'proxyAuthUser' } | { readonly kind: 'header'; readonly name: string };
+  readonly from: { readonly kind: 'proxyAuthUser' } | { readonly kind: 'header'; readonly name: string } | { readonly kind: 'jwtClaim'; readonly claim: string };
   readonly byTenant: ReadonlyMap<string, TokenSource>;
 }
 
 /** Sends a proxy-generated error as JSON (the stable `error` code plus details). */
-export function sendError(res: ServerResponse, err: ProxyError): number {
+export function sendError(res: ServerResponse, err: ProxyError, extra: Record<string, string> = {}): number {
   const status = statusFor(err);
   if (res.headersSent) {
     res.destroy(err);
     return status;
   }
   const body = errorBody(err);
-  res.writeHead(status, errorHeaders(err, body));
+  res.writeHead(status, { ...errorHeaders(err, body), ...extra });
   res.end(body);
   return status;
 }
@@ -71,6 +71,10 @@ export interface Target {
   readonly path: string;
   /** The scheme the client used towards the proxy, for X-Forwarded-Proto. */
   readonly clientProto: 'http' | 'https';
+  /** Client headers never forwarded (names the proxy sets from validated claims), lower case. */
+  readonly stripHeaders?: ReadonlySet<string>;
+  /** Headers the proxy adds (validated caller claims). */
+  readonly addHeaders?: readonly (readonly [string, string])[];
 }
 
 /**
@@ -193,7 +197,13 @@ class Exchange implements Dispatcher.DispatchHandler {
         method: this.#req.method ?? 'GET',
         headers: upstreamRequestHeaders(
           this.#req.rawHeaders,
-          { clientAddress: this.#req.socket.remoteAddress ?? '', proto: this.#target.clientProto, requestId: this.#ctx.requestId },
+          {
+            clientAddress: this.#req.socket.remoteAddress ?? '',
+            proto: this.#target.clientProto,
+            requestId: this.#ctx.requestId,
+            strip: this.#target.stripHeaders,
+            add: this.#target.addHeaders,
+          },
           token?.header,
         ),
         body: b.kind === 'none' ? null : b.kind === 'buffered' ? b.data : b.stream,

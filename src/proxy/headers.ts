@@ -34,6 +34,10 @@ export interface ForwardedInfo {
   readonly proto: 'http' | 'https';
   /** Sent as X-Request-Id in place of whatever the client sent. */
   readonly requestId?: string;
+  /** Client headers to drop (lower case): names the proxy fills itself from validated claims. */
+  readonly strip?: ReadonlySet<string> | undefined;
+  /** Headers to add (validated caller claims). */
+  readonly add?: readonly (readonly [string, string])[] | undefined;
 }
 
 /**
@@ -55,8 +59,10 @@ export function upstreamRequestHeaders(raw: readonly string[], forwarded: Forwar
     else if (lower === 'x-forwarded-for') priorFor = priorFor === undefined ? value : `${priorFor}, ${value}`;
     if (HOP_BY_HOP.has(lower) || REPLACED_ON_REQUEST.has(lower) || named?.has(lower)) continue;
     if (authorization !== undefined && lower === 'authorization') continue;
+    if (forwarded.strip?.has(lower) === true) continue;
     out.push(name, value);
   }
+  if (forwarded.add !== undefined) for (const [name, value] of forwarded.add) out.push(name, value);
   // RFC 7239 §5.2 semantics, de-facto header: append this hop's client to the chain.
   out.push('x-forwarded-for', priorFor === undefined ? forwarded.clientAddress : `${priorFor}, ${forwarded.clientAddress}`);
   out.push('x-forwarded-proto', forwarded.proto);

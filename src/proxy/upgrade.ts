@@ -3,7 +3,10 @@ import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { ProxyError, TokenError, errorResponseBytes } from '../errors.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
-import { resolve, type ProxyContext } from './server.js';
+import { admitCaller, resolve } from './resolve.js';
+import type { Target, Upstream } from './forwarder.js';
+import type { TokenSource } from '../tokens/token-source.js';
+import type { ProxyContext } from './server.js';
 
 /** A response head from raw headers. A 101 keeps Connection and Upgrade: they are the switch itself. */
 function head(status: number, statusText: string, raw: readonly Buffer[]): string {
@@ -23,18 +26,38 @@ function head(status: number, statusText: string, raw: readonly Buffer[]): strin
  */
 export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, early: Buffer): void {
   socket.on('error', () => undefined);
+  const callerAuth = ctx.routing.callerAuth;
   const where = resolve(ctx, req);
   if (where instanceof ProxyError) {
     socket.end(errorResponseBytes(where));
     return;
   }
-  const { upstream, target, tokens } = where;
+  if (where.verifyCaller === undefined || callerAuth === undefined) {
+    relay(req, socket, early, where.upstream, where.target, where.tokens);
+    return;
+  }
+  // Gateway mode: the handshake is a request like any other; the caller's JWT is checked first.
+  admitCaller(callerAuth, req, where).then(
+    (admitted) => {
+      if (admitted instanceof ProxyError) socket.end(errorResponseBytes(admitted));
+      else if ('error' in admitted) socket.end(errorResponseBytes(admitted.error, { 'www-authenticate': admitted.wwwAuthenticate }));
+      else relay(req, socket, early, where.upstream, admitted.target, admitted.tokens);
+    },
+    () => socket.destroy(),
+  );
+}
+
+function relay(req: IncomingMessage, socket: Duplex, early: Buffer, upstream: Upstream, target: Target, tokens: TokenSource | undefined): void {
   const tokenReady = tokens === undefined ? Promise.resolve(undefined) : Promise.resolve(tokens.current() ?? tokens.obtain());
   tokenReady.then(
     (token) => {
       const upgradeTo = req.headers.upgrade ?? 'websocket';
       // Upgrade and Connection are hop-by-hop: undici writes its own from `upgrade`.
-      const headers = upstreamRequestHeaders(req.rawHeaders, { clientAddress: req.socket.remoteAddress ?? '', proto: target.clientProto }, token?.header);
+      const headers = upstreamRequestHeaders(
+        req.rawHeaders,
+        { clientAddress: req.socket.remoteAddress ?? '', proto: target.clientProto, strip: target.stripHeaders, add: target.addHeaders },
+        token?.header,
+      );
       const handler: Dispatcher.DispatchHandler = {
         onConnect: (abort) => {
           socket.once('close', () => abort());

@@ -1,0 +1,141 @@
+import type { IncomingMessage } from 'node:http';
+import type { JWTPayload } from 'jose';
+import { ProxyError } from '../errors.js';
+import type { InboundJwtValidator } from '../inbound/jwt-validator.js';
+import type { CertificateAuthority } from '../mitm/certificate-authority.js';
+import type { TokenSource } from '../tokens/token-source.js';
+import type { EgressPolicy } from './egress.js';
+import type { Target, Upstream } from './forwarder.js';
+import type { ForwardRouter } from './forward-router.js';
+import type { InboundGuard } from './inbound-guard.js';
+import { parseAbsoluteForm, urlHost } from './request-target.js';
+import type { ReverseRouter } from './router.js';
+import type { ProxyContext } from './server.js';
+
+/** Everything routing needs; replaced as a whole when the config is reloaded. */
+export interface Routing {
+  readonly reverse: ReverseRouter;
+  readonly forward: ForwardRouter;
+  readonly egress: EgressPolicy;
+  readonly guard: InboundGuard;
+  /** Egress traffic that matched no upstream: forwarded without any token. */
+  readonly passthrough: Upstream;
+  readonly interception: CertificateAuthority | undefined;
+  readonly maxRequestBodyBytes: number;
+  /** Gateway mode: callers must present a valid JWT (inbound.jwt). */
+  readonly callerAuth: CallerAuth | undefined;
+}
+
+export interface CallerAuth {
+  readonly validator: InboundJwtValidator;
+  /** Headers that carry forwarded claims: whatever the caller sent under these names is dropped. */
+  readonly claimHeaders: ReadonlySet<string>;
+  count(result: string): void;
+}
+
+/**
+ * Where a request (or upgrade) goes, with which tokens, or the error to answer with. In gateway
+ * mode with caller validation, `tokens` is decided only after the caller's JWT (see admitCaller).
+ */
+export type Resolution =
+  | { readonly upstream: Upstream; readonly target: Target; readonly tokens: TokenSource | undefined; readonly verifyCaller?: { readonly user: string | undefined } }
+  | ProxyError;
+
+/**
+ * The token source for this request: the upstream's, or its tenant's. A request whose tenant is
+ * missing or unknown is refused; it never falls back to another tenant's credentials.
+ */
+export function tokensFor(upstream: Upstream, req: IncomingMessage, user: string | undefined, claims?: JWTPayload): TokenSource | undefined | ProxyError {
+  const t = upstream.tokens;
+  if (t === undefined || !('byTenant' in t)) return t;
+  const raw = t.from.kind === 'proxyAuthUser' ? user : t.from.kind === 'header' ? req.headers[t.from.name] : claims?.[t.from.claim];
+  const tenant = typeof raw === 'string' && raw !== '' ? raw : undefined;
+  const source = tenant === undefined ? undefined : t.byTenant.get(tenant);
+  if (source !== undefined) return source;
+  const where = t.from.kind === 'proxyAuthUser' ? 'the proxy user' : t.from.kind === 'header' ? `the ${t.from.name} header` : `the caller's ${t.from.claim} claim`;
+  return new ProxyError('unknown_tenant', tenant === undefined ? `upstream ${upstream.name} needs a tenant (from ${where})` : `unknown tenant for upstream ${upstream.name}`, {
+    upstream: upstream.name,
+  });
+}
+
+function routed(upstream: Upstream, target: Target, req: IncomingMessage, user: string | undefined): Resolution {
+  const tokens = tokensFor(upstream, req, user);
+  return tokens instanceof ProxyError ? tokens : { upstream, target, tokens };
+}
+
+function hostCount(raw: readonly string[]): number {
+  let n = 0;
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).length === 4 && (raw[i] as string).toLowerCase() === 'host') n++;
+  return n;
+}
+
+/**
+ * Routes one request. Inside a tunnel: the tunnel's upstream. Origin-form (`/partner/x`): reverse
+ * mode by path prefix. Absolute-form (`http://host/x`): forward mode by host, after the proxy
+ * credentials; hosts of no upstream follow the egress policy and never get a token.
+ */
+export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
+  const url = req.url ?? '/';
+  const r = ctx.routing;
+  if (hostCount(req.rawHeaders) > 1) return new ProxyError('bad_request', 'more than one Host header'); // RFC 9112 §3.2
+  const tunnel = ctx.tunnels.get(req.socket);
+  if (tunnel !== undefined) {
+    // Requests inside a tunnel may use either form; the tunnel alone decides where they go.
+    const path = url.charCodeAt(0) === 47 ? url : (parseAbsoluteForm(url)?.path ?? null);
+    if (path === null) return new ProxyError('bad_request', 'malformed request target inside the tunnel');
+    return routed(tunnel.upstream, { origin: tunnel.upstream.origin, path, clientProto: tunnel.proto }, req, tunnel.user);
+  }
+  if (url.charCodeAt(0) === 47) {
+    const route = r.reverse.route(url);
+    if (route === null) return new ProxyError('bad_request', 'path segments "." and ".." are not allowed');
+    if (route === undefined) return new ProxyError('no_route', 'no upstream is configured for this path');
+    // Reverse mode needs no proxy credentials; when sent anyway they can name the tenant.
+    const header = req.headers['proxy-authorization'];
+    const user = header === undefined ? undefined : r.guard.authenticate(header);
+    if (r.callerAuth !== undefined) {
+      return { upstream: route.upstream, target: { origin: route.upstream.origin, path: route.path, clientProto: 'http', stripHeaders: r.callerAuth.claimHeaders }, tokens: undefined, verifyCaller: { user } };
+    }
+    return routed(route.upstream, { origin: route.upstream.origin, path: route.path, clientProto: 'http' }, req, user);
+  }
+  const absolute = parseAbsoluteForm(url);
+  if (absolute === null) return new ProxyError('bad_request', 'request target must be a path or an absolute http:// URL without userinfo');
+  const user = r.guard.authenticate(req.headers['proxy-authorization']);
+  if (user === undefined) return new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong');
+  const upstream = r.forward.route(absolute.host, absolute.port);
+  if (upstream !== undefined) {
+    // TLS origination: the app spoke plain http to us; the target URL decides the scheme onwards.
+    return routed(upstream, { origin: upstream.origin, path: absolute.path, clientProto: 'http' }, req, user);
+  }
+  const decision = r.egress.decide(absolute.host, absolute.port, 'http');
+  if (!decision.allowed) {
+    return new ProxyError('egress_denied', `egress to ${absolute.host}:${absolute.port} is not allowed`, { host: absolute.host, port: String(absolute.port), rule: decision.rule });
+  }
+  return { upstream: r.passthrough, target: { origin: `http://${urlHost(absolute.host)}:${absolute.port}`, path: absolute.path, clientProto: 'http' }, tokens: undefined };
+}
+
+
+/** A caller refused in gateway mode: the status, WWW-Authenticate (RFC 6750 §3) and the JSON error. */
+export interface CallerRefusal {
+  readonly error: ProxyError;
+  readonly wwwAuthenticate: string;
+}
+
+/**
+ * Gateway mode: validates the caller's JWT before a partner token is spent on its behalf; picks
+ * the tenant from its claims when configured; adds the forwarded claims to the target request.
+ */
+export async function admitCaller(
+  auth: CallerAuth,
+  req: IncomingMessage,
+  where: Exclude<Resolution, ProxyError>,
+): Promise<{ readonly target: Target; readonly tokens: TokenSource | undefined } | CallerRefusal | ProxyError> {
+  const v = await auth.validator.validate(req.headers.authorization);
+  auth.count(v.ok ? 'valid' : v.result);
+  if (!v.ok) {
+    const code = v.status === 503 ? 'caller_auth_unavailable' : 'caller_unauthorized';
+    return { error: new ProxyError(code, v.description, { reason: v.result }), wwwAuthenticate: v.wwwAuthenticate };
+  }
+  const tokens = tokensFor(where.upstream, req, where.verifyCaller?.user, v.claims);
+  if (tokens instanceof ProxyError) return tokens;
+  return { target: { ...where.target, addHeaders: v.forwardHeaders }, tokens };
+}
