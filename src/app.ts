@@ -162,7 +162,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       for (const [k, v] of generation.sources) sources.set(k, v);
       for (const source of generation.warm) warmUp(source);
       logger.info({ event: 'config_reloaded', upstreams: next.upstreams.map((u) => u.name), warnings }, 'configuration reloaded');
-      await previous.close();
+      await previous.close(previous.config.shutdownTimeoutSeconds * 1000);
       return warnings;
     },
     async close() {

@@ -7,6 +7,7 @@ import { InboundJwtValidator } from './inbound/jwt-validator.js';
 import { CertificateAuthority } from './mitm/certificate-authority.js';
 import { EgressPolicy } from './proxy/egress.js';
 import { ForwardRouter } from './proxy/forward-router.js';
+import { Drain } from './proxy/drain.js';
 import { InboundGuard } from './proxy/inbound-guard.js';
 import { ReverseRouter } from './proxy/router.js';
 import type { Routing } from './proxy/server.js';
@@ -40,7 +41,8 @@ export interface Generation {
   readonly sources: ReadonlyMap<string, TokenSource>;
   /** Sources whose upstream asks for warm-up (/readyz waits for them). */
   readonly warm: readonly TokenSource[];
-  close(): Promise<void>;
+  /** Waits (at most `graceMs`) for the requests that started on this generation, then closes its pools. */
+  close(graceMs?: number): Promise<void>;
 }
 
 export function buildGeneration(config: Config, deps: GenerationDeps): Generation {
@@ -73,6 +75,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
     },
     interception: config.mitm === undefined ? undefined : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem),
     maxRequestBodyBytes: config.limits.maxRequestBodyBytes,
+    drain: new Drain(),
     callerAuth: validator === undefined ? undefined : {
       validator,
       claimHeaders: new Set(Object.values(config.inbound.jwt?.forwardClaims ?? {}).map((h) => h.toLowerCase())),
@@ -85,8 +88,10 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
     routing,
     sources: factory.sources,
     warm: [...factory.sources.values()].filter((s) => warmNames.has(s.upstream)),
-    // undici's close() lets requests in flight finish before the sockets go.
-    close: async () => {
+    close: async (graceMs = 0) => {
+      // A request may still be waiting for its token or reading its body before it dispatches:
+      // wait for it, then close (undici's close() lets dispatched requests finish).
+      await routing.drain.idle(graceMs);
       await Promise.all(dispatchers.map((d) => d.close()));
       await validator?.close();
     },

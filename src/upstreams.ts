@@ -110,6 +110,7 @@ export class UpstreamFactory {
         ...(shared === undefined ? {} : { refreshJitter: Math.random }),
       },
       waitTimeoutMs: u.tokenWaitTimeoutSeconds * 1000,
+      unauthorizedRenewalIntervalMs: u.unauthorizedRenewalIntervalSeconds * 1000,
       metrics: bindTokenMetrics(metrics, u.name, tenant),
       logger,
       clock,

@@ -75,6 +75,11 @@ const upstreamSchema = z.strictObject({
   ca: z.string().min(1).optional().describe('PEM file with extra CA certificates for the target and the token endpoint'),
   retryBodyLimitBytes: z.number().int().min(0).default(DEFAULT_RETRY_BODY_LIMIT_BYTES).describe('request bodies up to this size are kept so a 401 can be replayed; larger ones stream'),
   timeoutSeconds: positiveSeconds.default(DEFAULT_UPSTREAM_TIMEOUT_SECONDS).describe('time limit for the target\'s response headers (504 after it)'),
+  unauthorizedRenewalIntervalSeconds: z
+    .number()
+    .min(0)
+    .default(5)
+    .describe('least time between two token renewals caused by 401s (a partner rejecting every token must not cause a token request per request)'),
   warmup: z.boolean().default(false).describe('fetch the token at start; /readyz answers 503 until it is in hand'),
   tokenWaitTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS).describe('how long a request may wait for a token when none is cached (502 after it)'),
   mtls: mtlsSchema.optional().describe('client certificate towards the target'),

@@ -222,12 +222,16 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return true; // 1xx: informational, nothing to relay
     this.#status = statusCode;
     const tokens = this.#tokens;
-    if (statusCode === 401 && tokens !== undefined && this.#token !== undefined) {
-      if (this.#attempt === 1 && this.#body.kind !== 'streamed') {
-        this.#replaying = true; // drain this answer, then replay with a fresh token
-        return true;
+    if (statusCode === 401 && tokens !== undefined && this.#token !== undefined && this.#attempt === 1) {
+      // A partner rejecting every token must not turn each request into a token request: past
+      // the renewal budget the 401 goes to the client as it came.
+      if (tokens.mayRenewAfterUnauthorized(this.#token)) {
+        if (this.#body.kind !== 'streamed') {
+          this.#replaying = true; // drain this answer, then replay with a fresh token
+          return true;
+        }
+        tokens.invalidate(this.#token); // not replayable: the next request gets a new token
       }
-      if (this.#attempt === 1) tokens.invalidate(this.#token); // not replayable: next request gets a new token
     }
     if (this.#attempt === 2 && tokens !== undefined) {
       const outcome = statusCode === 401 ? 'still_unauthorized' : 'recovered';

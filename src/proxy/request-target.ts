@@ -1,4 +1,23 @@
+import { isIP } from 'node:net';
 import { isValidHostname, splitHostPort } from './host-pattern.js';
+
+/** A last label that is all digits or hex makes the WHATWG host parser read the name as IPv4. */
+const NUMERIC_LABEL = /(?:^|\.)(?:0x[0-9a-f]*|\d+)\.?$/i;
+
+/**
+ * The host as clients and undici will see it. Numeric shorthands (`127.1`, `2130706433`,
+ * `0x7f000001`, `0177.0.0.1`) are IPv4 addresses in disguise (WHATWG URL host parsing, inet_aton):
+ * they are turned into the address they mean, so egress rules judge the address, not the disguise.
+ */
+export function canonicalHost(host: string): string | null {
+  if (isIP(host) !== 0 || !NUMERIC_LABEL.test(host)) return host;
+  try {
+    const parsed = new URL(`http://${host}/`).hostname;
+    return isIP(parsed) === 4 ? parsed : null;
+  } catch {
+    return null;
+  }
+}
 
 export interface Authority {
   /** Lower case; IPv6 without brackets. */
@@ -15,7 +34,8 @@ export interface AbsoluteTarget extends Authority {
 export function parseConnectAuthority(target: string): Authority | null {
   const parts = splitHostPort(target);
   if (parts === null || parts.port === undefined || !isValidHostname(parts.host)) return null;
-  return { host: parts.host, port: parts.port };
+  const host = canonicalHost(parts.host);
+  return host === null ? null : { host, port: parts.port };
 }
 
 /**
@@ -31,9 +51,11 @@ export function parseAbsoluteForm(target: string): AbsoluteTarget | null {
   if (authority === '' || authority.includes('@')) return null;
   const parts = splitHostPort(authority);
   if (parts === null || !isValidHostname(parts.host)) return null;
+  const host = canonicalHost(parts.host);
+  if (host === null) return null;
   const rest = target.slice(end);
   const path = rest === '' ? '/' : rest.charCodeAt(0) === 63 ? `/${rest}` : rest;
-  return { host: parts.host, port: parts.port ?? 80, path };
+  return { host, port: parts.port ?? 80, path };
 }
 
 /** A host for a URL: IPv6 literals in brackets. */

@@ -4,6 +4,7 @@ import { ProxyError } from '../errors.js';
 import type { InboundJwtValidator } from '../inbound/jwt-validator.js';
 import type { CertificateAuthority } from '../mitm/certificate-authority.js';
 import type { TokenSource } from '../tokens/token-source.js';
+import type { Drain } from './drain.js';
 import type { EgressPolicy } from './egress.js';
 import type { Target, Upstream } from './forwarder.js';
 import type { ForwardRouter } from './forward-router.js';
@@ -24,6 +25,8 @@ export interface Routing {
   readonly maxRequestBodyBytes: number;
   /** Gateway mode: callers must present a valid JWT (inbound.jwt). */
   readonly callerAuth: CallerAuth | undefined;
+  /** Requests in flight on this routing (this configuration generation). */
+  readonly drain: Drain;
 }
 
 export interface CallerAuth {

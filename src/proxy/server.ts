@@ -59,6 +59,8 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const routing = full.routing;
+    routing.drain.enter();
+    res.once('close', () => routing.drain.leave());
     const where = resolve(full, req);
     if (where instanceof ProxyError) {
       req.resume();

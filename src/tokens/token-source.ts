@@ -33,6 +33,11 @@ export interface TokenSourceOptions {
   readonly cache: TokenCache;
   readonly lifetime: LifetimePolicy;
   readonly waitTimeoutMs: number;
+  /**
+   * Least time between two renewals caused by a 401 for the current token. A partner that
+   * rejects every token would otherwise get one token request per client request (a hot loop).
+   */
+  readonly unauthorizedRenewalIntervalMs?: number;
   readonly metrics: TokenMetrics;
   readonly logger: Logger;
   readonly clock?: Clock;
@@ -87,6 +92,7 @@ export class TokenSource extends EventEmitter {
   #refreshToken: string | undefined;
   /** The value last dropped after a 401: a shared entry still holding it must not be adopted. */
   #rejected: string | undefined;
+  #lastUnauthorizedRenewal = Number.NEGATIVE_INFINITY;
 
   constructor(options: TokenSourceOptions) {
     super();
@@ -156,8 +162,23 @@ export class TokenSource extends EventEmitter {
    */
   invalidate(used: Token): void {
     const cached = this.#o.cache.get(this.key);
-    if (cached !== undefined && cached.value === used.value) this.#o.cache.delete(this.key);
+    if (cached !== undefined && cached.value === used.value) {
+      this.#o.cache.delete(this.key);
+      this.#lastUnauthorizedRenewal = this.#clock.now();
+    }
     this.#rejected = used.value;
+  }
+
+  /**
+   * Whether a 401 for `used` may be answered with a renewal and a replay: yes when a newer token
+   * is already cached or a renewal is underway (nothing more is asked of the token endpoint); else
+   * only if the last 401-triggered renewal is at least unauthorizedRenewalIntervalMs old.
+   */
+  mayRenewAfterUnauthorized(used: Token): boolean {
+    const cached = this.#o.cache.get(this.key);
+    if (cached !== undefined && cached.value !== used.value) return true;
+    if (this.#inflight !== undefined) return true;
+    return this.#clock.now() - this.#lastUnauthorizedRenewal >= (this.#o.unauthorizedRenewalIntervalMs ?? 5_000);
   }
 
   /** After a 401: drop the rejected token and get the next one (shared by all who saw the 401). */

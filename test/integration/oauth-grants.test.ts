@@ -99,7 +99,7 @@ const passwordAuth = () => ({
 
 describe('password grant with rotating refresh tokens (oidc-provider)', () => {
   it('logs in once, then renews with each newest refresh token: zero invalid_grant over many cycles', async () => {
-    await start({ auth: passwordAuth() });
+    await start({ auth: passwordAuth(), unauthorizedRenewalIntervalSeconds: 0 });
     expect((await get()).status).toBe(200);
     // One renewal ahead of expiry (the injected clock moves into the refresh window)...
     clock.offsetMs = 250_000;

@@ -127,6 +127,7 @@ describe('nothing secret is logged, answered or exported', () => {
       res.body = { error: 'invalid_client', error_description: 'bad credentials' };
     });
     partner.revoked.add(tokenServer.issued[1] as string);
+    clock.offsetMs += 6_000; // past the pause between two 401-triggered renewals
     bodies.push((await get('/partner/d')).text); // 401, then the refresh fails: 502
     expect(bodies.at(-1)).toContain('token_unavailable');
     const metrics = await (await request(`${proxy.adminUrl}/metrics`)).body.text();

@@ -24,7 +24,8 @@ const client = new Agent({ connections: 400 });
 function config(auth: Record<string, unknown>) {
   return {
     tokenCache: { redis: { url: redis.url, encryptionKey: KEY, lockTimeoutMs: 1_000 } },
-    upstreams: [{ name: 'partner', target: partner.url, pathPrefix: '/partner', ca: pki.caFile, tokenWaitTimeoutSeconds: 5, auth }],
+    // 401 storms follow each other quickly here: no pause between 401-triggered renewals.
+    upstreams: [{ name: 'partner', target: partner.url, pathPrefix: '/partner', ca: pki.caFile, tokenWaitTimeoutSeconds: 5, unauthorizedRenewalIntervalSeconds: 0, auth }],
   };
 }
 
@@ -218,7 +219,7 @@ describe('refresh lock', () => {
     await once(holder, 'exit');
     expect(await waiting).toBe(200);
     const tookOver = Date.now() - killedAt;
-    expect(tookOver).toBeLessThan(1_000 + 500); // the lock's own expiry (1 s) + one poll + one token request
+    expect(tookOver).toBeLessThan(1_000 + 1_000); // the lock's own expiry (1 s) + one poll + one token request, on a busy machine
     expect(oidc.calls.filter((c) => c.status === 200)).toHaveLength(1); // the waiter's; the holder's never finished
     release();
     await holding;
