@@ -85,7 +85,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   let generation: Generation = buildGeneration(initial, deps);
   const sources = new Map(generation.sources);
 
-  const { server: proxy, ctx } = createProxyServer(generation.routing, logger, initial.limits);
+  const { server: proxy, ctx, inFlight } = createProxyServer(generation.routing, logger, initial.limits);
   let listening = false;
   let closing = false;
   const admin = createAdminServer(registry, {
@@ -103,16 +103,6 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       }
     });
   };
-
-  let inFlight = 0;
-  const idle: (() => void)[] = [];
-  proxy.on('request', (_req, res) => {
-    inFlight += 1;
-    res.once('close', () => {
-      inFlight -= 1;
-      if (inFlight === 0) idle.splice(0).forEach((resolve) => resolve());
-    });
-  });
 
   async function listenOn(server: Server, address: string): Promise<AddressInfo> {
     const { host, port } = parseListen(address) ?? { host: '127.0.0.1', port: 0 };
@@ -169,12 +159,8 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       closing = true;
       const closed = new Promise<void>((resolve) => proxy.close(() => resolve()));
       proxy.closeIdleConnections();
-      if (inFlight > 0) {
-        const drained = new Promise<void>((resolve) => idle.push(resolve));
-        const limit = new Promise<void>((resolve) => setTimeout(resolve, generation.config.shutdownTimeoutSeconds * 1000).unref());
-        await Promise.race([drained, limit]);
-        if (inFlight > 0) logger.warn({ event: 'shutdown_timeout', inFlight }, 'closing connections of requests still in flight');
-      }
+      await inFlight.idle(generation.config.shutdownTimeoutSeconds * 1000);
+      if (inFlight.active > 0) logger.warn({ event: 'shutdown_timeout', inFlight: inFlight.active }, 'closing connections of requests still in flight');
       proxy.closeAllConnections();
       await closed;
       await new Promise<void>((resolve) => admin.close(() => resolve()));

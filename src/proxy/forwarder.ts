@@ -102,7 +102,8 @@ export async function forward(
     return;
   }
   try {
-    body = await readRequestBody(req, upstream.retryBodyLimitBytes, maxRequestBodyBytes);
+    const read = readRequestBody(req, upstream.retryBodyLimitBytes, maxRequestBodyBytes);
+    body = read instanceof Promise ? await read : read;
   } catch (err) {
     finish(ctx, sendError(res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')), token, false);
     return;

@@ -19,15 +19,20 @@ const NONE: RequestBody = { kind: 'none' };
  * if it goes on, streamed with what was read so far in front (undici RetryHandler's rule: a
  * body already partly sent is never replayed).
  */
-export async function readRequestBody(req: IncomingMessage, limit: number, maxBytes: number): Promise<RequestBody> {
+export function readRequestBody(req: IncomingMessage, limit: number, maxBytes: number): RequestBody | Promise<RequestBody> {
   const length = req.headers['content-length'];
   const chunked = req.headers['transfer-encoding'] !== undefined;
+  // Answered synchronously when no reading is needed: most requests (GETs) take no extra tick.
   if (!chunked && (length === undefined || length === '0')) {
     if (length === '0') req.resume();
     return NONE;
   }
   if (!chunked && Number(length) > maxBytes) throw tooLarge(maxBytes);
   if (!chunked && Number(length) > limit) return { kind: 'streamed', stream: req };
+  return bufferUpTo(req, limit, maxBytes);
+}
+
+async function bufferUpTo(req: IncomingMessage, limit: number, maxBytes: number): Promise<RequestBody> {
   const chunks: Buffer[] = [];
   let size = 0;
   const iterator = req[Symbol.asyncIterator]() as AsyncIterator<Buffer>;

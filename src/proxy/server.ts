@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { ProxyError, errorResponseBytes } from '../errors.js';
 import { handleConnect, type Tunnel } from './connect.js';
+import { Drain } from './drain.js';
 import { forward, sendError } from './forwarder.js';
 import { admitCaller, resolve, type Routing } from './resolve.js';
 import { handleUpgrade } from './upgrade.js';
@@ -26,7 +27,7 @@ export interface ListenerLimits {
 }
 
 /** The proxy listener: reverse mode, forward mode (absolute-form and CONNECT) and upgrades, on one port. */
-export function createProxyServer(routing: Routing, logger: Logger, limits: ListenerLimits): { server: Server; ctx: ProxyContext } {
+export function createProxyServer(routing: Routing, logger: Logger, limits: ListenerLimits): { server: Server; ctx: ProxyContext; inFlight: Drain } {
   const server = createServer({
     keepAliveTimeout: 65_000,
     // Slow clients (slowloris) are cut off: headers within headersTimeout, the whole request
@@ -57,10 +58,15 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
     else res.destroy();
   };
 
+  const inFlight = new Drain(); // every request, across reloads: what SIGTERM waits for
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const routing = full.routing;
     routing.drain.enter();
-    res.once('close', () => routing.drain.leave());
+    inFlight.enter();
+    res.once('close', () => {
+      routing.drain.leave();
+      inFlight.leave();
+    });
     const where = resolve(full, req);
     if (where instanceof ProxyError) {
       req.resume();
@@ -94,5 +100,5 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
     const body = JSON.stringify({ error: 'bad_request', message: status === 431 ? 'request headers too large' : 'malformed request' });
     socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
   });
-  return { server, ctx };
+  return { server, ctx, inFlight };
 }
