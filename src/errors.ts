@@ -81,6 +81,27 @@ export class TokenError extends Error {
   get permanent(): boolean {
     return PERMANENT_REASONS.has(this.reason);
   }
+
+  /**
+   * The same error with any of `secrets` cut out of the partner's text. Some servers echo what
+   * they were sent ("client_secret 'abc' is invalid"); that text goes to logs and error bodies.
+   */
+  withoutSecrets(secrets: readonly string[]): TokenError {
+    const scrub = (text: string | undefined) => {
+      if (text === undefined) return undefined;
+      let out = text;
+      for (const secret of secrets) if (secret.length >= 4) out = out.split(secret).join('[redacted]');
+      return out;
+    };
+    const description = scrub(this.description);
+    const message = scrub(this.message) ?? this.message;
+    if (description === this.description && message === this.message) return this;
+    return new TokenError(this.reason, message, {
+      ...(this.status === undefined ? {} : { status: this.status }),
+      ...(this.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: this.retryAfterSeconds }),
+      ...(description === undefined ? {} : { description }),
+    });
+  }
 }
 
 /** Bad configuration: every problem found, each prefixed with its path. */

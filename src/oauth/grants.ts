@@ -2,6 +2,7 @@ import type { Dispatcher } from 'undici';
 import type { OAuthClientSettings, ResolvedAuth } from '../config/resolve-auth.js';
 import { clientIdOnly, clientSecretBasic, clientSecretPost, privateKeyJwt, type ClientAuth } from './client-auth.js';
 import { loginApiGrant } from './login-api.js';
+import { TokenError } from '../errors.js';
 import { requestToken, type TokenEndpoint, type TokenResponse } from './token-endpoint.js';
 
 /**
@@ -36,6 +37,32 @@ function withOptional(params: Record<string, string>, extra: Record<string, stri
 
 /** Builds the grant for an auth block. `dispatcher` carries the CA and client certificate, if any. */
 export function createGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): Grant {
+  return withoutSecrets(grantFor(auth, dispatcher, now), secretsOf(auth));
+}
+
+/** Every secret an auth block holds: none may come back in a partner's error text. */
+function secretsOf(auth: ResolvedAuth): string[] {
+  const all = [
+    auth.type === 'login' || auth.type === 'password' ? auth.password : undefined,
+    auth.type === 'login' ? undefined : auth.clientSecret,
+    auth.type === 'refresh_token' ? auth.refreshToken : undefined,
+  ];
+  return all.filter((s): s is string => s !== undefined && s !== '');
+}
+
+function withoutSecrets(grant: Grant, secrets: readonly string[]): Grant {
+  const clean = (err: unknown): never => {
+    throw err instanceof TokenError ? err.withoutSecrets(secrets) : err;
+  };
+  const refresh = grant.refresh;
+  return {
+    obtain: () => grant.obtain().catch(clean),
+    // The refresh token in use is a secret too (it is the one the partner may echo).
+    refresh: refresh === undefined ? undefined : (rt) => refresh(rt).catch((err: unknown) => clean(err instanceof TokenError ? err.withoutSecrets([rt]) : err)),
+  };
+}
+
+function grantFor(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): Grant {
   if (auth.type === 'login') return loginApiGrant(auth, dispatcher, now);
   const endpoint: TokenEndpoint = {
     url: new URL(auth.tokenUrl),

@@ -14,8 +14,11 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'upgrade',
 ]);
 
-/** Request fields the proxy sets itself. */
-const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id']);
+/**
+ * Request fields the proxy sets itself, or has already acted on: `Expect: 100-continue` was
+ * answered to the client by this hop (RFC 9110 §10.1.1), and undici refuses to send it anyway.
+ */
+const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', 'expect']);
 
 function connectionTokens(raw: readonly string[]): Set<string> | undefined {
   let named: Set<string> | undefined;

@@ -6,15 +6,16 @@ export interface ReverseRoute {
   readonly path: string;
 }
 
-/** A path segment that is "." or "..", also when percent-encoded (RFC 3986 §5.2.4). */
+/**
+ * A path segment that is "." or "..", also when disguised: percent-encoded dots (RFC 3986 §5.2.4)
+ * and separators (%2F, %5C, "\\"), which some servers decode or treat as "/" before resolving.
+ */
 function escapesPrefix(rest: string): boolean {
   const q = rest.indexOf('?');
   const path = q === -1 ? rest : rest.slice(0, q);
-  if (!path.includes('.') && !/%2e/i.test(path)) return false;
-  return path.split('/').some((segment) => {
-    const s = segment.replace(/%2e/gi, '.');
-    return s === '.' || s === '..';
-  });
+  if (!path.includes('.') && !path.includes('%') && !path.includes('\\')) return false;
+  const plain = path.replace(/%2e/gi, '.').replace(/%2f|%5c|\\/gi, '/');
+  return plain.split('/').some((segment) => segment === '.' || segment === '..');
 }
 
 /**
