@@ -1,8 +1,7 @@
-import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
 import { DEFAULT_UPSTREAM_TIMEOUT_SECONDS } from './config/defaults.js';
 import type { Config } from './config/load.js';
-import { bindRequestMetrics, type Metrics } from './metrics.js';
+import { bindRequestMetrics } from './metrics.js';
 import { InboundJwtValidator } from './inbound/jwt-validator.js';
 import { CertificateAuthority } from './mitm/certificate-authority.js';
 import { EgressPolicy } from './proxy/egress.js';
@@ -11,22 +10,14 @@ import { Drain } from './proxy/drain.js';
 import { InboundGuard } from './proxy/inbound-guard.js';
 import { ReverseRouter } from './proxy/router.js';
 import type { Routing } from './proxy/server.js';
-import type { BackoffPolicy } from './tokens/backoff.js';
-import type { TokenCache } from './tokens/token-cache.js';
-import type { Clock, SharedSettings, TokenSource } from './tokens/token-source.js';
-import { UpstreamFactory } from './upstreams.js';
+import type { TokenSource } from './tokens/token-source.js';
+import { UpstreamFactory, type UpstreamDeps } from './upstreams.js';
 
 /** The metrics label of traffic forwarded by the egress policy (no upstream, no token). */
 export const EGRESS_UPSTREAM = '_egress';
 
-export interface GenerationDeps {
-  readonly metrics: Metrics;
-  readonly cache: TokenCache;
-  readonly clock: Clock;
-  readonly logger: Logger;
-  readonly backoff: BackoffPolicy | undefined;
-  readonly shared: SharedSettings | undefined;
-}
+/** What every generation shares: metrics, the token cache (so reloads keep tokens), clock, logger. */
+export type GenerationDeps = UpstreamDeps;
 
 /**
  * Everything built from one configuration: routing, upstream pools, token sources. A reload

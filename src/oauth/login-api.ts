@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici';
 import type { LoginSettings } from '../config/resolve-auth.js';
 import { TokenError, type TokenFailureReason } from '../errors.js';
 import type { Grant } from './grants.js';
-import { describe, parseExpiresIn, parseJson, parseRetryAfter, readLimited, transportReason, type TokenResponse } from './token-endpoint.js';
+import { describe, parseExpiresIn, parseJson, parseRetryAfter, postForText, type TokenResponse } from './token-endpoint.js';
 
 /** `data.access_token` → obj.data.access_token. */
 export function pick(obj: unknown, path: string): unknown {
@@ -62,32 +62,14 @@ export function loginApiGrant(auth: LoginSettings, dispatcher: Dispatcher, now: 
   const fields = auth.responseFields;
 
   async function post(url: string, body: unknown, refreshing: boolean): Promise<TokenResponse> {
-    const target = new URL(url);
-    let status: number;
-    let headers: Record<string, string | string[] | undefined>;
-    let text: string;
-    try {
-      const res = await dispatcher.request({
-        origin: target.origin,
-        path: `${target.pathname}${target.search}`,
-        method: 'POST',
-        headers: { ...auth.headers, 'content-type': 'application/json', accept: 'application/json' },
-        body: JSON.stringify(body),
-        signal: AbortSignal.timeout(auth.requestTimeoutSeconds * 1000),
-      });
-      status = res.statusCode;
-      headers = res.headers;
-      text = await readLimited(res.body);
-    } catch (err) {
-      if (err instanceof TokenError) throw err;
-      const reason = transportReason(err);
-      throw new TokenError(reason, `${refreshing ? 'refresh' : 'login'} API ${reason === 'timeout' ? 'did not answer in time' : `unreachable: ${(err as Error).message}`}`, { cause: err });
-    }
+    const what = `${refreshing ? 'refresh' : 'login'} API`;
+    const headersOut = { ...auth.headers, 'content-type': 'application/json', accept: 'application/json' };
+    const { status, headers, text } = await postForText(dispatcher, new URL(url), headersOut, JSON.stringify(body), auth.requestTimeoutSeconds * 1000, what);
     const json = parseJson(text);
     if (status < 200 || status >= 300) {
       const description = partnerMessage(json);
       const retryAfterSeconds = parseRetryAfter(headers['retry-after'], now());
-      throw new TokenError(reasonFor(status, refreshing), `${refreshing ? 'refresh' : 'login'} API answered ${status}`, {
+      throw new TokenError(reasonFor(status, refreshing), `${what} answered ${status}`, {
         status,
         ...(description === undefined ? {} : { description }),
         ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }),
@@ -95,7 +77,7 @@ export function loginApiGrant(auth: LoginSettings, dispatcher: Dispatcher, now: 
     }
     const accessToken = pick(json, fields.accessToken);
     if (typeof accessToken !== 'string' || accessToken === '') {
-      throw new TokenError('bad_response', `${refreshing ? 'refresh' : 'login'} answer has no string at ${fields.accessToken}`, { status });
+      throw new TokenError('bad_response', `${what} answer has no string at ${fields.accessToken}`, { status });
     }
     const refreshToken = fields.refreshToken === undefined ? undefined : pick(json, fields.refreshToken);
     const expiresAt = fields.expiresAt === undefined ? undefined : parseExpiresAt(pick(json, fields.expiresAt));

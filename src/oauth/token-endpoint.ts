@@ -123,30 +123,38 @@ export async function requestToken(endpoint: TokenEndpoint, params: Record<strin
     body: new URLSearchParams(params),
   };
   await endpoint.clientAuth(parts);
-  let status: number;
-  let headers: Record<string, string | string[] | undefined>;
-  let text: string;
+  const res = await postForText(endpoint.dispatcher, endpoint.url, parts.headers, parts.body.toString(), endpoint.timeoutMs, 'token endpoint');
+  return parseTokenResponse(res.status, res.headers, res.text, nowMs());
+}
+
+/**
+ * One POST whose answer is read as (bounded) text; transport failures become TokenErrors
+ * (`timeout`, `network`) named after `what`. The cause keeps the transport error for logs; it
+ * never carries the request body.
+ */
+export async function postForText(
+  dispatcher: Dispatcher,
+  url: URL,
+  headers: Record<string, string>,
+  body: string,
+  timeoutMs: number,
+  what: string,
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }> {
   try {
-    const res = await endpoint.dispatcher.request({
-      origin: endpoint.url.origin,
-      path: `${endpoint.url.pathname}${endpoint.url.search}`,
+    const res = await dispatcher.request({
+      origin: url.origin,
+      path: `${url.pathname}${url.search}`,
       method: 'POST',
-      headers: parts.headers,
-      body: parts.body.toString(),
-      signal: AbortSignal.timeout(endpoint.timeoutMs),
+      headers,
+      body,
+      signal: AbortSignal.timeout(timeoutMs),
     });
-    status = res.statusCode;
-    headers = res.headers;
-    text = await readLimited(res.body);
+    return { status: res.statusCode, headers: res.headers, text: await readLimited(res.body) };
   } catch (err) {
     if (err instanceof TokenError) throw err;
     const reason = transportReason(err);
-    // The cause keeps the transport error for logs; it never carries the request body.
-    throw new TokenError(reason, reason === 'timeout' ? `token endpoint did not answer within ${endpoint.timeoutMs} ms` : `token endpoint unreachable: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new TokenError(reason, reason === 'timeout' ? `${what} did not answer within ${timeoutMs} ms` : `${what} unreachable: ${(err as Error).message}`, { cause: err });
   }
-  return parseTokenResponse(status, headers, text, nowMs());
 }
 
 export async function readLimited(body: AsyncIterable<Buffer> & { destroy(): unknown }): Promise<string> {
