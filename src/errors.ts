@@ -32,6 +32,9 @@ export type TokenFailureReason =
   | 'server_error'
   | 'rate_limited';
 
+/** Partner text in logs and error bodies is cut to this length. */
+const MAX_PARTNER_TEXT = 200;
+
 /** Reasons that a retry cannot fix: the request or the credentials are wrong. */
 const PERMANENT_REASONS: ReadonlySet<TokenFailureReason> = new Set([
   'invalid_client',
@@ -87,14 +90,15 @@ export class TokenError extends Error {
    * they were sent ("client_secret 'abc' is invalid"); that text goes to logs and error bodies.
    */
   withoutSecrets(secrets: readonly string[]): TokenError {
-    const scrub = (text: string | undefined) => {
+    // Scrub first, then shorten: a secret cut in half by the length limit would survive a scrub.
+    const scrub = (text: string | undefined, max: number) => {
       if (text === undefined) return undefined;
       let out = text;
       for (const secret of secrets) if (secret.length >= 4) out = out.split(secret).join('[redacted]');
-      return out;
+      return out.length > max ? `${out.slice(0, max)}…` : out;
     };
-    const description = scrub(this.description);
-    const message = scrub(this.message) ?? this.message;
+    const description = scrub(this.description, MAX_PARTNER_TEXT);
+    const message = scrub(this.message, 2 * MAX_PARTNER_TEXT) ?? this.message;
     if (description === this.description && message === this.message) return this;
     return new TokenError(this.reason, message, {
       ...(this.status === undefined ? {} : { status: this.status }),

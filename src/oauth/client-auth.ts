@@ -16,9 +16,18 @@ export type ClientAuth = (parts: TokenRequestParts) => void | Promise<void>;
  * RFC 6749 §2.3.1: HTTP Basic, with id and secret each form-urlencoded first (Appendix B), a step
  * many hand-written clients skip and then fail on secrets containing ":" or "%".
  */
+/** application/x-www-form-urlencoded form of one value (RFC 6749 Appendix B). */
+export function formEncode(value: string): string {
+  return new URLSearchParams({ s: value }).toString().slice(2);
+}
+
+/** The base64 credentials of the Basic header for this client (a secret in its own right). */
+export function basicCredentials(clientId: string, clientSecret: string): string {
+  return Buffer.from(`${formEncode(clientId)}:${formEncode(clientSecret)}`).toString('base64');
+}
+
 export function clientSecretBasic(clientId: string, clientSecret: string): ClientAuth {
-  const encode = (s: string) => new URLSearchParams({ s }).toString().slice(2);
-  const header = `Basic ${Buffer.from(`${encode(clientId)}:${encode(clientSecret)}`).toString('base64')}`;
+  const header = `Basic ${basicCredentials(clientId, clientSecret)}`;
   return (parts) => {
     parts.headers['authorization'] = header;
   };

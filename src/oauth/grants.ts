@@ -1,6 +1,6 @@
 import type { Dispatcher } from 'undici';
 import type { OAuthClientSettings, ResolvedAuth } from '../config/resolve-auth.js';
-import { clientIdOnly, clientSecretBasic, clientSecretPost, privateKeyJwt, type ClientAuth } from './client-auth.js';
+import { basicCredentials, clientIdOnly, clientSecretBasic, clientSecretPost, formEncode, privateKeyJwt, type ClientAuth } from './client-auth.js';
 import { loginApiGrant } from './login-api.js';
 import { TokenError } from '../errors.js';
 import { requestToken, type TokenEndpoint, type TokenResponse } from './token-endpoint.js';
@@ -40,14 +40,19 @@ export function createGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () 
   return withoutSecrets(grantFor(auth, dispatcher, now), secretsOf(auth));
 }
 
-/** Every secret an auth block holds: none may come back in a partner's error text. */
+/**
+ * Every secret an auth block holds, in every form it is sent in (plain, form-encoded, inside the
+ * Basic credentials): none may come back in a partner's error text.
+ */
 function secretsOf(auth: ResolvedAuth): string[] {
-  const all = [
+  const plain = [
     auth.type === 'login' || auth.type === 'password' ? auth.password : undefined,
     auth.type === 'login' ? undefined : auth.clientSecret,
     auth.type === 'refresh_token' ? auth.refreshToken : undefined,
-  ];
-  return all.filter((s): s is string => s !== undefined && s !== '');
+  ].filter((s): s is string => s !== undefined && s !== '');
+  const forms = plain.flatMap((s) => [s, formEncode(s), encodeURIComponent(s), JSON.stringify(s).slice(1, -1)]);
+  if (auth.type !== 'login' && auth.clientSecret !== undefined) forms.push(basicCredentials(auth.clientId, auth.clientSecret));
+  return [...new Set(forms)];
 }
 
 function withoutSecrets(grant: Grant, secrets: readonly string[]): Grant {

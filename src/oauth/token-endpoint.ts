@@ -30,7 +30,11 @@ const KNOWN_ERRORS: ReadonlySet<string> = new Set([
   'unauthorized_client',
 ]);
 
-const MAX_DESCRIPTION = 200;
+/**
+ * Partner text is kept whole up to this size so secrets it echoes can be cut out completely
+ * (TokenError.withoutSecrets); only then is it shortened for logs and error bodies.
+ */
+const MAX_DESCRIPTION = 2_000;
 const MAX_BODY_BYTES = 64 * 1024;
 
 /** RFC 9110 §10.2.3: Retry-After is either delay-seconds or an HTTP-date. */

@@ -43,7 +43,8 @@ export function parseConnectAuthority(target: string): Authority | null {
  * scheme; userinfo is refused (RFC 9110 §4.2.4 deprecates it, and it hides the real host).
  */
 export function parseAbsoluteForm(target: string): AbsoluteTarget | null {
-  if (target.length < 8 || target.slice(0, 7).toLowerCase() !== 'http://') return null;
+  // No fragment in a request target (RFC 9112 §3.2).
+  if (target.length < 8 || target.slice(0, 7).toLowerCase() !== 'http://' || target.includes('#')) return null;
   const slash = target.indexOf('/', 7);
   const queryStart = target.indexOf('?', 7);
   const end = slash === -1 ? (queryStart === -1 ? target.length : queryStart) : queryStart === -1 ? slash : Math.min(slash, queryStart);

@@ -66,6 +66,14 @@ function routed(upstream: Upstream, target: Target, req: IncomingMessage, user: 
   return tokens instanceof ProxyError ? tokens : { upstream, target, tokens };
 }
 
+/**
+ * RFC 9112 §3.2: a request target has no fragment. Node's parser lets "#" through, and URL parsers
+ * downstream would cut the path there (`/partner/x/..#` → `/partner/`).
+ */
+function noFragment(): ProxyError {
+  return new ProxyError('bad_request', 'a request target cannot contain "#"');
+}
+
 function hostCount(raw: readonly string[]): number {
   let n = 0;
   for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).length === 4 && (raw[i] as string).toLowerCase() === 'host') n++;
@@ -83,6 +91,7 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
   if (hostCount(req.rawHeaders) > 1) return new ProxyError('bad_request', 'more than one Host header'); // RFC 9112 §3.2
   const tunnel = ctx.tunnels.get(req.socket);
   if (tunnel !== undefined) {
+    if (url.includes('#')) return noFragment();
     // Requests inside a tunnel may use either form; the tunnel alone decides where they go.
     const path = url.charCodeAt(0) === 47 ? url : (parseAbsoluteForm(url)?.path ?? null);
     if (path === null) return new ProxyError('bad_request', 'malformed request target inside the tunnel');
@@ -92,6 +101,7 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
     const route = r.reverse.route(url);
     if (route === null) return new ProxyError('bad_request', 'path segments "." and ".." are not allowed');
     if (route === undefined) return new ProxyError('no_route', 'no upstream is configured for this path');
+    if (url.includes('#')) return noFragment();
     // Reverse mode needs no proxy credentials; when sent anyway they can name the tenant.
     const header = req.headers['proxy-authorization'];
     const user = header === undefined ? undefined : r.guard.authenticate(header);
