@@ -80,5 +80,8 @@ export function tokenWithTimes(value: string, refreshToken: string | undefined, 
   const lead = Math.min(policy.refreshBeforeExpiryMs, lifetime / 2);
   const jitter = policy.refreshJitter === undefined ? 0 : (lead / 10) * policy.refreshJitter();
   const refreshAt = Math.min(expiresAt - lead - jitter, usableUntil);
-  return { value, header: `Bearer ${value}`, fingerprint: fingerprint(value), refreshToken, obtainedAt, expiresAt, usableUntil, refreshAt };
+  // One copy of the token text: `value` is a slice of `header` (V8 shares the characters), so a
+  // cache of 100,000 tenant tokens holds each token once, not twice.
+  const header = `Bearer ${value}`;
+  return { value: header.slice(7), header, fingerprint: fingerprint(value), refreshToken, obtainedAt, expiresAt, usableUntil, refreshAt };
 }
