@@ -223,6 +223,8 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     res.statusCode = 503;
     res.end();
   };
+  // Server side of RFC 8705: a client certificate is asked for but not required at the TLS layer,
+  // so the token server itself answers invalid_client when it is missing or wrong (ctx.socket.authorized).
   const server: Server = createServer(
     { key: pki.key, cert: pki.cert, ca: [pki.ca], requestCert: true, rejectUnauthorized: false },
     (req, res) => handler(req, res),

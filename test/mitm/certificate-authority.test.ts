@@ -109,6 +109,7 @@ describe('CertificateAuthority leaves', () => {
     expect(tls.getPeerCertificate().subject.CN).toBe('api.partner.example');
 
     // The server sends the CA after the leaf: a client that does not trust it still sees the chain.
+    // (Test-only inspection of what the server sends; the product has no such switch.)
     const untrusting = await handshake((name) => ca.secureContextFor(name), 'api.partner.example', { rejectUnauthorized: false });
     const chain = (untrusting as TLSSocket).getPeerCertificate(true);
     expect((untrusting as TLSSocket).authorized).toBe(false);
