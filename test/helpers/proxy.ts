@@ -1,6 +1,7 @@
 import { Writable } from 'node:stream';
 import { createApp, type App, type AppOptions } from '../../src/app.js';
 import { buildConfig } from '../../src/config/load.js';
+import type { Token } from '../../src/tokens/token.js';
 import { createLogger } from '../../src/logger.js';
 
 export interface RunningProxy {
@@ -31,4 +32,32 @@ export async function startProxy(doc: Record<string, unknown>, options: Omit<App
     logs,
     close: () => app.close(),
   };
+}
+
+/** The next token a source of the proxy obtains: an event, bounded, instead of a sleep. */
+export function nextToken(proxy: RunningProxy, source = 'partner'): Promise<Token> {
+  const tokens = proxy.app.tokens.get(source);
+  if (tokens === undefined) return Promise.reject(new Error(`no token source ${source}`));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no token event within 5 s')), 5_000);
+    tokens.once('token', (token: Token) => {
+      clearTimeout(timer);
+      resolve(token);
+    });
+  });
+}
+
+/** Resolves once the proxy's shared tier (Redis) is up, or down with want=false: an event, bounded. */
+export function sharedCacheState(proxy: RunningProxy, want = true): Promise<void> {
+  if (proxy.app.sharedCacheUp() === want) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`shared cache not ${want ? 'up' : 'down'} within 5 s`)), 5_000);
+    const onChange = (up: boolean) => {
+      if (up !== want) return;
+      clearTimeout(timer);
+      proxy.app.events.off('sharedCache', onChange);
+      resolve();
+    };
+    proxy.app.events.on('sharedCache', onChange);
+  });
 }

@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import type { Token } from '../../src/tokens/token.js';
 import { startLoginApiServer, type LoginApiCall, type LoginApiServer } from '../helpers/login-api-server.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
 
 const USERNAME = 'alice';
 const PASSWORD = 'login-password-6b0e93';
@@ -41,22 +41,9 @@ async function get(path = '/partner/x') {
   return { status: res.statusCode, headers: res.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
 }
 
-/** The next token the proxy obtains; an event, bounded, instead of a sleep. Subscribe before triggering. */
-function nextToken(): Promise<Token> {
-  const source = (proxy as RunningProxy).app.tokens.get('partner');
-  if (source === undefined) throw new Error('no token source for upstream partner');
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no token event within 5 s')), 5_000);
-    source.once('token', (token: Token) => {
-      clearTimeout(timer);
-      resolve(token);
-    });
-  });
-}
-
 /** Moves the clock into the refresh window, sends a request (which starts the background renewal) and waits for it. */
 async function renewInBackground(advanceMs = INTO_REFRESH_WINDOW_MS): Promise<Token> {
-  const renewed = nextToken();
+  const renewed = nextToken(proxy as RunningProxy);
   clock.offsetMs += advanceMs;
   expect((await get()).status).toBe(200);
   return renewed;
@@ -91,7 +78,7 @@ afterEach(async () => {
 describe('login grant: log in, then renew with rotated refresh tokens', () => {
   it('logs in once on the first request and the partner sees the login access token', async () => {
     await startWith();
-    const first = nextToken();
+    const first = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);
     expect((await first).value).toBe(login.issuedAccessTokens[0]);
     expect((await get()).status).toBe(200);
@@ -202,7 +189,7 @@ describe('login grant failures answer 502 token_unavailable', () => {
 describe('login grant expiry and configurable shapes', () => {
   it('takes the expiry from access_expires_at (ISO-8601)', async () => {
     await startWith();
-    const first = nextToken();
+    const first = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);
     const token = await first;
     const iso = (login.calls[0]?.response as { data: { access_expires_at: string } }).data.access_expires_at;
@@ -215,7 +202,7 @@ describe('login grant expiry and configurable shapes', () => {
     login.accessTtlSeconds = 300;
     login.statedTtlSeconds = 120;
     await startWith();
-    const first = nextToken();
+    const first = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);
     const token = await first;
     const call = login.calls[0];
@@ -228,7 +215,7 @@ describe('login grant expiry and configurable shapes', () => {
     login.accessTtlSeconds = 300;
     login.statedTtlSeconds = 900;
     await startWith();
-    const first = nextToken();
+    const first = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);
     const token = await first;
     const call = login.calls[0];
@@ -241,7 +228,7 @@ describe('login grant expiry and configurable shapes', () => {
     login.shape = 'flat-epoch';
     login.statedTtlSeconds = 200; // earlier than the JWT exp, so the epoch field decides
     await startWith({ responseFields: { accessToken: 'token', refreshToken: 'renew', expiresAt: 'exp' } });
-    const first = nextToken();
+    const first = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);
     const token = await first;
     const answer = login.calls[0]?.response as { token: string; renew: string; exp: number };

@@ -4,10 +4,9 @@ import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
-import type { Token } from '../../src/tokens/token.js';
 import { testPki } from '../helpers/certs.js';
 import { generateClientKey, issueClientCertificate, startOidcServer, type OidcServer } from '../helpers/oidc-server.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
 
 const pki = testPki();
 const dir = mkdtempSync(join(tmpdir(), 'tp-grants-'));
@@ -36,16 +35,6 @@ async function get(path = '/partner/x', headers: Record<string, string> = {}) {
   const res = await client.request({ origin: (proxy as RunningProxy).url, path, method: 'GET', headers });
   const text = await res.body.text();
   return { status: res.statusCode, headers: res.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
-}
-
-function nextToken(source = 'partner'): Promise<Token> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no token event within 5 s')), 5_000);
-    (proxy as RunningProxy).app.tokens.get(source)?.once('token', (t: Token) => {
-      clearTimeout(timer);
-      resolve(t);
-    });
-  });
 }
 
 beforeAll(async () => {
@@ -103,7 +92,7 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
     expect((await get()).status).toBe(200);
     // One renewal ahead of expiry (the injected clock moves into the refresh window)...
     clock.offsetMs = 250_000;
-    const ahead = nextToken();
+    const ahead = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);
     await ahead;
     // ...then eight more forced by the partner rejecting each current token (401 → renew → replay).
@@ -141,7 +130,7 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
     });
     await res.body.dump();
     clock.offsetMs = 200_000;
-    const renewed = nextToken();
+    const renewed = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);
     await renewed;
     expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual(['password:200', 'refresh_token:200', 'refresh_token:400', 'password:200']);
@@ -163,7 +152,7 @@ describe('refresh_token grant with a configured refresh token', () => {
     await start({ auth: { type: 'refresh_token', tokenUrl: oidc.tokenUrl, clientId: 'pw-client', clientSecretFile: file('pw-secret', 'pw-secret\n'), refreshTokenFile: file('rt', `${initial.refreshToken}\n`) } });
     expect((await get()).status).toBe(200);
     clock.offsetMs = 200_000;
-    const renewed = nextToken();
+    const renewed = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);
     await renewed;
     expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual(['refresh_token:200', 'refresh_token:200']);

@@ -1,9 +1,8 @@
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
-import type { Token } from '../../src/tokens/token.js';
 import { testPki } from '../helpers/certs.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
 const SECRET = 'secrecy-secret-4f2a9b71e0';
@@ -17,17 +16,6 @@ const clock = { offsetMs: 0, now: () => Date.now() + clock.offsetMs };
 async function get(path = '/partner/x') {
   const res = await client.request({ origin: proxy.url, path, method: 'GET' });
   return { status: res.statusCode, text: await res.body.text() };
-}
-
-/** The next token the proxy obtains; an event, bounded, instead of a sleep. */
-function nextToken(): Promise<Token> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no token event within 5 s')), 5_000);
-    proxy.app.tokens.get('partner')?.once('token', (token: Token) => {
-      clearTimeout(timer);
-      resolve(token);
-    });
-  });
 }
 
 beforeAll(async () => {
@@ -76,7 +64,7 @@ describe('refresh ahead of expiry', () => {
     expect((await get()).status).toBe(200);
     const first = tokenServer.issued[0];
     clock.offsetMs = 250_000; // inside the window: refresh from exp - 60 s, usable until exp - 30 s
-    const refreshed = nextToken();
+    const refreshed = nextToken(proxy);
     expect((await get()).status).toBe(200);
     expect(partner.seen[1]?.token).toBe(first); // this request did not wait for the refresh
     const fresh = await refreshed;
@@ -104,7 +92,7 @@ describe('refresh ahead of expiry', () => {
       res.body = { access_token: cached, token_type: 'Bearer', expires_in: 80 };
     });
     clock.offsetMs = 245_000; // past refreshAt (exp - 60 s), before usableUntil (exp - 30 s)
-    const same = nextToken();
+    const same = nextToken(proxy);
     await get();
     const token = await same;
     expect(token.value).toBe(cached);

@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { testPki } from '../helpers/certs.js';
 import { startOidcServer, type OidcServer } from '../helpers/oidc-server.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { sharedCacheState, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
 const pki = testPki();
@@ -32,24 +32,9 @@ function config(auth: Record<string, unknown>) {
 const ccAuth = { type: 'client_credentials', tokenUrl: '', clientId: 'fleet-client', clientSecret: 'fleet-secret', scope: 'api' };
 const pwAuth = { type: 'password', tokenUrl: '', clientId: 'pw-client', clientSecret: 'pw-secret', username: 'alice', password: 'wonderland', scope: 'api' };
 
-/** Resolves once the replica's shared tier is connected (or gone, with want=false): an event, bounded. */
-function sharedUp(p: RunningProxy, want = true): Promise<void> {
-  if (p.app.sharedCacheUp() === want) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`shared cache not ${want ? 'up' : 'down'} within 5 s`)), 5_000);
-    const onChange = (up: boolean) => {
-      if (up !== want) return;
-      clearTimeout(timer);
-      p.app.events.off('sharedCache', onChange);
-      resolve();
-    };
-    p.app.events.on('sharedCache', onChange);
-  });
-}
-
 async function fleet(n: number, auth: Record<string, unknown>): Promise<RunningProxy[]> {
   const made = await Promise.all(Array.from({ length: n }, () => startProxy(config({ ...auth, tokenUrl: oidc.tokenUrl }))));
-  await Promise.all(made.map((p) => sharedUp(p)));
+  await Promise.all(made.map((p) => sharedCacheState(p)));
   replicas.push(...made);
   return made;
 }
@@ -169,7 +154,7 @@ describe('shared token cache in Redis', () => {
     await redis.kill();
     const statuses = await running;
     expect(statuses.every((s) => s === 200)).toBe(true);
-    await Promise.all(three.map((r) => sharedUp(r, false)));
+    await Promise.all(three.map((r) => sharedCacheState(r, false)));
     const down = (await (await request(`${three[1]?.adminUrl}/readyz`)).body.json()) as { status: string; sharedCache: string };
     expect(down).toMatchObject({ status: 'ready', sharedCache: 'down (replicas fetch tokens on their own)' });
     expect(await (await request(`${three[1]?.adminUrl}/metrics`)).body.text()).toContain('token_proxy_shared_cache_up 0');
@@ -178,7 +163,7 @@ describe('shared token cache in Redis', () => {
     expect(await Promise.all(three.map((r) => get(r)))).toEqual([200, 200, 200]);
 
     await redis.start();
-    await Promise.all(three.map((r) => sharedUp(r)));
+    await Promise.all(three.map((r) => sharedCacheState(r)));
     oidc.calls.length = 0;
     // Sharing resumes: one 401 storm, one token request for the whole fleet.
     const current = new Set(partner.seen.slice(-3).map((s) => s.token as string));

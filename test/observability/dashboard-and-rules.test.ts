@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { testPki } from '../helpers/certs.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { sharedCacheState, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
@@ -251,15 +251,10 @@ async function scrapeOf(p: RunningProxy): Promise<Scrape> {
   return parseScrape(await res.body.text());
 }
 
-/** Scrapes until token_proxy_shared_cache_up reads `want` (Redis connects and drops asynchronously), for at most 5 s. */
+/** Waits for the shared tier's health event (Redis connects and drops asynchronously), then scrapes. */
 async function sharedCacheUp(p: RunningProxy, want: 0 | 1): Promise<Scrape> {
-  const giveUpAt = Date.now() + 5_000;
-  for (;;) {
-    const s = await scrapeOf(p);
-    if (valueOf(s, 'token_proxy_shared_cache_up', {}) === want) return s;
-    if (Date.now() > giveUpAt) throw new Error(`token_proxy_shared_cache_up did not read ${want} within 5 s`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
+  await sharedCacheState(p, want === 1);
+  return scrapeOf(p);
 }
 
 beforeAll(async () => {
