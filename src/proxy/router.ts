@@ -11,12 +11,13 @@ export interface ReverseRoute {
  * and separators (%2F, %5C, "\\"), which some servers decode or treat as "/" before resolving.
  */
 function escapesPrefix(rest: string): boolean {
-  // The path ends at "?" or "#" (a fragment is refused later, but the dot check must see what a
-  // URL parser would keep: `/..#` is `/..`).
-  const end = rest.search(/[?#]/);
-  const path = end === -1 ? rest : rest.slice(0, end);
+  // The dot check ignores the query but not a fragment: "#" is refused later, and a URL parser
+  // downstream may read either side of it as the path (`/..#`, `/x#/..`), so it counts as a "/".
+  const q = rest.indexOf('?');
+  const h = rest.indexOf('#');
+  const path = q === -1 || (h !== -1 && h < q) ? rest : rest.slice(0, q);
   if (!path.includes('.') && !path.includes('%') && !path.includes('\\')) return false;
-  const plain = path.replace(/%2e/gi, '.').replace(/%2f|%5c|\\/gi, '/');
+  const plain = path.replace(/%2e/gi, '.').replace(/%2f|%5c|\\|#/gi, '/');
   // Path parameters (`..;x`, RFC 3986 §3.3) are dropped by some servers before resolving.
   return plain.split('/').some((segment) => {
     const name = segment.split(/;|%3b/i)[0];
