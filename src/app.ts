@@ -55,7 +55,7 @@ function createSharedStore(config: Config, metrics: Metrics, logger: Logger, eve
   if (redis === undefined) return undefined;
   metrics.sharedCacheUp.set(0);
   return new RedisTokenStore({
-    url: redis.url,
+    connection: redis.connection,
     keyPrefix: redis.keyPrefix,
     lockTimeoutMs: redis.lockTimeoutMs,
     cipher: new EntryCipher(cipherKey(redis.encryptionKey), redis.previousEncryptionKeys.map(cipherKey)),

@@ -6,6 +6,7 @@ import { ConfigError } from '../errors.js';
 import type { InboundJwtSettings } from '../inbound/jwt-validator.js';
 import { readSecretFile, readText } from './files.js';
 import { resolveAuth, resolveMtls, tenantAuth, type Mtls, type ResolvedAuth } from './resolve-auth.js';
+import type { RedisConnection } from '../tokens/redis-connection.js';
 import { configSchema, crossFieldProblems, type ParsedConfig, type ParsedUpstream } from './schema.js';
 
 export type { ResolvedAuth, Mtls } from './resolve-auth.js';
@@ -25,7 +26,8 @@ export interface ProxyUser {
 }
 
 export interface RedisSettings {
-  readonly url: string;
+  /** One server, Sentinel or Cluster, with the CA read at load time. */
+  readonly connection: RedisConnection;
   readonly keyPrefix: string;
   /** base64 keys: the primary seals, all open. */
   readonly encryptionKey: string;
@@ -94,12 +96,17 @@ function issuesToProblems(issues: readonly z.core.$ZodIssue[]): string[] {
   return issues.map((issue) => `${formatPath(issue.path)}: ${issue.message}`);
 }
 
+/** A PEM CA bundle named in the config, read now so a bad file fails `check`, not the first request. */
+function readCaBundle(file: string | undefined, baseDir: string, path: string, problems: string[]): string | undefined {
+  if (file === undefined) return undefined;
+  const pem = readText(resolve(baseDir, file), path, problems);
+  if (pem !== undefined && !pem.includes('-----BEGIN CERTIFICATE-----')) problems.push(`${path}: ${file} holds no PEM certificate`);
+  return pem;
+}
+
 function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems: string[]): UpstreamConfig {
   const at = `upstreams[${i}]`;
-  const ca = u.ca === undefined ? undefined : readText(resolve(baseDir, u.ca), `${at}.ca`, problems);
-  if (ca !== undefined && !ca.includes('-----BEGIN CERTIFICATE-----')) {
-    problems.push(`${at}.ca: ${u.ca} holds no PEM certificate`);
-  }
+  const ca = readCaBundle(u.ca, baseDir, `${at}.ca`, problems);
   const auth = resolveAuth(u.auth, `${at}.auth`, baseDir, problems);
   const mtls = resolveMtls(u.mtls, `${at}.mtls`, baseDir, problems);
   let tenants: UpstreamConfig['tenants'];
@@ -116,7 +123,7 @@ function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems
 
 function resolveRedis(redis: ParsedConfig['tokenCache']['redis'], baseDir: string, problems: string[]): RedisSettings | undefined {
   if (redis === undefined) return undefined;
-  const { encryptionKeyFile, encryptionKey, ...rest } = redis;
+  const { encryptionKeyFile, encryptionKey, url, sentinel, cluster, ca, ...rest } = redis;
   const key = encryptionKey ?? readSecretFile(encryptionKeyFile ?? '', baseDir, 'tokenCache.redis.encryptionKeyFile', problems) ?? '';
   const check = (value: string, path: string) => {
     const bytes = Buffer.from(value, 'base64').length;
@@ -124,7 +131,8 @@ function resolveRedis(redis: ParsedConfig['tokenCache']['redis'], baseDir: strin
   };
   if (key !== '') check(key, 'tokenCache.redis.encryptionKey');
   rest.previousEncryptionKeys.forEach((k, i) => check(k, `tokenCache.redis.previousEncryptionKeys[${i}]`));
-  return { ...rest, encryptionKey: key };
+  const caPem = readCaBundle(ca, baseDir, 'tokenCache.redis.ca', problems);
+  return { ...rest, encryptionKey: key, connection: { url, sentinel, cluster, caPem } };
 }
 
 function resolveMitm(mitm: ParsedConfig['mitm'], baseDir: string, problems: string[]): Config['mitm'] {

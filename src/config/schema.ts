@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { HostList, parseAddressList, parseHostPattern } from '../proxy/host-pattern.js';
 import { INBOUND_JWT_ALGORITHMS } from '../inbound/jwt-validator.js';
 import { authSchema, mtlsSchema, tenantsSchema } from './auth-schema.js';
+import { redisSchema } from './redis-schema.js';
 import { isLoopbackHost, secureUrl } from './url.js';
 
 export { isLoopbackHost } from './url.js';
@@ -90,26 +91,6 @@ const upstreamSchema = z.strictObject({
     ctx.addIssue({ code: 'custom', path: ['pathPrefix'], message: 'set pathPrefix (reverse mode), hosts (forward mode), or both' });
   }
 });
-
-const redisSchema = z
-  .strictObject({
-    url: z
-      .string()
-      .regex(/^rediss?:\/\/\S+$/, 'must be a redis:// or rediss:// (TLS) URL')
-      .describe('redis://host:6379/0, or rediss:// for TLS'),
-    keyPrefix: z.string().default('token-proxy:'),
-    encryptionKey: z.string().min(1).optional().describe('32 random bytes, base64 (openssl rand -base64 32); use ${ENV_VAR}'),
-    encryptionKeyFile: z.string().min(1).optional(),
-    previousEncryptionKeys: z.array(z.string().min(1)).default([]).describe('older keys, still accepted for reading, while rotating'),
-    lockTimeoutMs: z.number().int().positive().default(10_000).describe('refresh lock expiry: how soon a crashed lock holder is replaced'),
-    refreshTokenTtlSeconds: z.number().positive().default(86_400).describe('how long entries with a refresh token live when the server does not say'),
-  })
-  .superRefine((r, ctx) => {
-    if (Number(r.encryptionKey !== undefined) + Number(r.encryptionKeyFile !== undefined) !== 1) {
-      ctx.addIssue({ code: 'custom', path: ['encryptionKey'], message: 'set exactly one of encryptionKey or encryptionKeyFile: tokens are never stored in Redis unencrypted' });
-    }
-  })
-  .describe('share tokens between replicas through Redis (entries encrypted with AES-256-GCM)');
 
 const egressSchema = z.strictObject({
   default: z.enum(['deny', 'allow']).default('deny').describe('what happens to traffic for hosts no upstream serves'),

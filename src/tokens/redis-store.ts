@@ -1,11 +1,11 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { EntryCipher } from './entry-cipher.js';
+import { connectRedis, type RedisClient, type RedisConnection } from './redis-connection.js';
 import type { SharedEntry, SharedLock, SharedTokenStore } from './shared-store.js';
 
 export interface RedisStoreOptions {
-  readonly url: string;
+  readonly connection: RedisConnection;
   readonly keyPrefix: string;
   readonly lockTimeoutMs: number;
   readonly cipher: EntryCipher;
@@ -41,8 +41,8 @@ return 0`;
  */
 export class RedisTokenStore implements SharedTokenStore {
   readonly #o: RedisStoreOptions;
-  readonly #redis: Redis;
-  readonly #subscriber: Redis;
+  readonly #redis: RedisClient;
+  readonly #subscriber: RedisClient;
   readonly #channel: string;
   readonly #waiters = new Map<string, Set<() => void>>();
   #up = false;
@@ -56,10 +56,9 @@ export class RedisTokenStore implements SharedTokenStore {
       connectTimeout: 1_000,
       // Keep trying to come back, at most every 2 s, for as long as the process runs.
       retryStrategy: (attempt: number) => Math.min(100 * 2 ** attempt, 2_000),
-      lazyConnect: false,
     };
-    this.#redis = new Redis(options.url, common);
-    this.#subscriber = new Redis(options.url, { ...common, commandTimeout: undefined });
+    this.#redis = connectRedis(options.connection, common);
+    this.#subscriber = connectRedis(options.connection, { ...common, commandTimeout: undefined });
     this.#channel = `${options.keyPrefix}updates`;
     this.#redis.on('ready', () => this.#health(true));
     this.#redis.on('close', () => this.#health(false));
@@ -89,12 +88,14 @@ export class RedisTokenStore implements SharedTokenStore {
     return createHash('sha256').update(key).digest('base64url');
   }
 
+  // The braces are a Redis Cluster hash tag: an entry and its lock hash to one slot, as the
+  // two-key scripts and MGET below require there (CROSSSLOT otherwise); elsewhere they are inert.
   #entryKey(hashed: string): string {
-    return `${this.#o.keyPrefix}t:${hashed}`;
+    return `${this.#o.keyPrefix}t:{${hashed}}`;
   }
 
   #lockKey(hashed: string): string {
-    return `${this.#o.keyPrefix}l:${hashed}`;
+    return `${this.#o.keyPrefix}l:{${hashed}}`;
   }
 
   async #run<T>(operation: string, command: () => Promise<T>): Promise<T> {

@@ -126,3 +126,45 @@ describe('configuration', () => {
     expect(readFileSync('docs/configuration.md', 'utf8')).toBe(configurationReference());
   });
 });
+
+describe('shared cache settings (tokenCache.redis)', () => {
+  const KEY = Buffer.alloc(32, 7).toString('base64');
+  const withRedis = (redis: Record<string, unknown>) => ({ upstreams: [upstream()], tokenCache: { redis: { encryptionKey: KEY, ...redis } } });
+
+  it('accepts one server, Sentinel or Cluster, and reads the CA file', () => {
+    const pki = testPki();
+    const one = buildConfig(withRedis({ url: 'rediss://:pw@redis.internal:6380/2', ca: pki.caFile }), { env: {} }).tokenCache.redis;
+    expect(one?.connection).toMatchObject({ url: 'rediss://:pw@redis.internal:6380/2', caPem: pki.ca });
+    const sentinel = buildConfig(withRedis({ sentinel: { masterName: 'tokens', sentinels: ['10.0.0.1:26379', '[fd00::2]:26379'], password: 'pw' } }), { env: {} }).tokenCache.redis;
+    expect(sentinel?.connection.sentinel).toEqual({ masterName: 'tokens', sentinels: ['10.0.0.1:26379', '[fd00::2]:26379'], db: 0, password: 'pw', tls: false });
+    const cluster = buildConfig(withRedis({ cluster: { nodes: ['redis-0.redis:6379', 'redis-1.redis:6379'], tls: true } }), { env: {} }).tokenCache.redis;
+    expect(cluster?.connection.cluster).toEqual({ nodes: ['redis-0.redis:6379', 'redis-1.redis:6379'], tls: true });
+    expect(cluster?.keyPrefix).toBe('token-proxy:');
+  });
+
+  it('names each mistake', () => {
+    expect(problems(withRedis({}))).toEqual(['tokenCache.redis.url: set exactly one of url (one server), sentinel or cluster']);
+    expect(problems(withRedis({ url: 'redis://a:6379', cluster: { nodes: ['b:6379'] } }))).toEqual(['tokenCache.redis.url: set exactly one of url (one server), sentinel or cluster']);
+    expect(problems(withRedis({ url: 'http://a:6379' }))).toEqual(['tokenCache.redis.url: must be a redis:// or rediss:// (TLS) URL']);
+    expect(problems(withRedis({ url: 'redis://a:6379', ca: 'ca.pem' }))).toEqual(['tokenCache.redis.ca: a CA only applies to TLS: use a rediss:// url, or tls: true']);
+    expect(problems(withRedis({ url: 'redis://a:6379', keyPrefix: 'tp{x}:' }))).toEqual([
+      'tokenCache.redis.keyPrefix: must not contain { or }: the keys carry a Redis Cluster hash tag of their own',
+    ]);
+    expect(problems(withRedis({ cluster: { nodes: ['redis-0', 'redis-1:99999'] } }))).toEqual([
+      'tokenCache.redis.cluster.nodes[0]: must be host:port, e.g. 10.0.0.1:26379',
+      'tokenCache.redis.cluster.nodes[1]: must be host:port, e.g. 10.0.0.1:26379',
+    ]);
+    expect(problems(withRedis({ sentinel: { sentinels: ['s:26379'] } }))[0]).toMatch(/^tokenCache\.redis\.sentinel\.masterName: /);
+    expect(problems(withRedis({ sentinel: { masterName: 'm', sentinels: [] } }))[0]).toMatch(/^tokenCache\.redis\.sentinel\.sentinels: /);
+    expect(problems(withRedis({ url: 'redis://a:6379', encryptionKey: 'c2hvcnQ=' }))).toEqual([
+      'tokenCache.redis.encryptionKey: must be 32 bytes in base64 (openssl rand -base64 32), got 5 bytes',
+    ]);
+    expect(problems({ upstreams: [upstream()], tokenCache: { redis: { url: 'redis://a:6379' } } })).toEqual([
+      'tokenCache.redis.encryptionKey: set exactly one of encryptionKey or encryptionKeyFile: tokens are never stored in Redis unencrypted',
+    ]);
+    const dir = mkdtempSync(join(tmpdir(), 'tp-redis-ca-'));
+    writeFileSync(join(dir, 'not-a-ca.pem'), 'hello');
+    expect(problems(withRedis({ url: 'rediss://a:6380', ca: join(dir, 'not-a-ca.pem') }))).toEqual([`tokenCache.redis.ca: ${join(dir, 'not-a-ca.pem')} holds no PEM certificate`]);
+    expect(problems(withRedis({ url: 'rediss://a:6380', ca: join(dir, 'missing.pem') }))).toEqual([`tokenCache.redis.ca: cannot read ${join(dir, 'missing.pem')} (ENOENT)`]);
+  });
+});

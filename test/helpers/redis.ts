@@ -1,4 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 
@@ -22,43 +25,52 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+/** Spawns redis-server with `args`, resolving once its log shows `ready`. */
+function spawnRedis(args: readonly string[], ready: RegExp): Promise<ChildProcess> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn('redis-server', [...args, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'notice'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    const timer = setTimeout(() => reject(new Error(`redis-server ${args.join(' ')} did not get ready within 5 s: ${output}`)), 5_000);
+    proc.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      if (ready.test(output)) {
+        clearTimeout(timer);
+        resolve(proc);
+      }
+    });
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`redis-server exited with ${code}: ${output}`));
+    });
+  });
+}
+
+async function killRedis(proc: ChildProcess | undefined): Promise<void> {
+  if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return;
+  proc.kill('SIGKILL');
+  await once(proc, 'exit');
+}
+
 /**
  * A private redis-server (Debian's package) on a free loopback port, keeping nothing on disk, so
- * tests are hermetic and can take it away to test outages.
+ * tests are hermetic and can take it away to test outages. With `tls`, it speaks only TLS.
  */
-export async function startRedis(): Promise<TestRedis> {
+export async function startRedis(options: { tls?: { cert: string; key: string; ca: string } } = {}): Promise<TestRedis> {
   const port = await freePort();
+  const args = options.tls
+    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', options.tls.cert, '--tls-key-file', options.tls.key, '--tls-ca-cert-file', options.tls.ca, '--tls-auth-clients', 'no']
+    : ['--port', String(port)];
   let child: ChildProcess | undefined;
-  const start = () =>
-    new Promise<void>((resolve, reject) => {
-      const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'notice'], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      child = proc;
-      let output = '';
-      const timer = setTimeout(() => reject(new Error(`redis-server did not get ready within 5 s: ${output}`)), 5_000);
-      proc.stdout?.on('data', (chunk: Buffer) => {
-        output += chunk.toString();
-        if (output.includes('Ready to accept connections')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      proc.once('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`redis-server exited with ${code}: ${output}`));
-      });
-    });
-  const kill = async () => {
-    const proc = child;
-    if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return;
-    proc.kill('SIGKILL');
-    await once(proc, 'exit');
+  const start = async () => {
+    child = await spawnRedis(args, /Ready to accept connections/);
   };
+  const kill = () => killRedis(child);
   await start();
   return {
     port,
-    url: `redis://127.0.0.1:${port}`,
+    url: `${options.tls ? 'rediss' : 'redis'}://127.0.0.1:${port}`,
     get running() {
       return child !== undefined && child.exitCode === null && child.signalCode === null;
     },
@@ -66,4 +78,99 @@ export async function startRedis(): Promise<TestRedis> {
     start,
     stop: kill,
   };
+}
+
+export interface TestRedisCluster {
+  /** The nodes' host:port, in slot order (the first holds slots 0-5460). */
+  readonly nodes: readonly string[];
+  stop(): Promise<void>;
+}
+
+/** Three masters forming a Redis Cluster (no replicas), slots split evenly by redis-cli. */
+export async function startRedisCluster(): Promise<TestRedisCluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-cluster-'));
+  const ports = [await freePort(), await freePort(), await freePort()];
+  const procs = await Promise.all(
+    ports.map((port) =>
+      spawnRedis(['--port', String(port), '--dir', dir, '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000'], /Ready to accept connections/),
+    ),
+  );
+  const nodes = ports.map((p) => `127.0.0.1:${p}`);
+  await run('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '0', '--cluster-yes']);
+  // Every node must agree the cluster is whole before clients arrive.
+  for (const port of ports) await until(async () => (await run('redis-cli', ['-p', String(port), 'cluster', 'info'])).includes('cluster_state:ok'));
+  return {
+    nodes,
+    stop: async () => {
+      await Promise.all(procs.map(killRedis));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface TestRedisSentinel {
+  readonly masterName: string;
+  readonly sentinel: string;
+  /** host:port of the server that is master now. */
+  master(): Promise<string>;
+  /** Makes the Sentinel promote the replica; resolves with its address once the Sentinel names it master. */
+  failover(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** A master, its replica and one Sentinel watching them (quorum 1): enough to fail over. */
+export async function startRedisSentinel(): Promise<TestRedisSentinel> {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-sentinel-'));
+  const [masterPort, replicaPort, sentinelPort] = [await freePort(), await freePort(), await freePort()];
+  const masterName = 'tp-master';
+  const master = await spawnRedis(['--port', String(masterPort)], /Ready to accept connections/);
+  const replica = await spawnRedis(['--port', String(replicaPort), '--replicaof', '127.0.0.1', String(masterPort)], /MASTER <-> REPLICA sync: (Finished with success|Master accepted a Partial Resynchronization)/);
+  const conf = join(dir, 'sentinel.conf');
+  writeFileSync(
+    conf,
+    [
+      `port ${sentinelPort}`,
+      'bind 127.0.0.1',
+      `dir ${dir}`,
+      `sentinel monitor ${masterName} 127.0.0.1 ${masterPort} 1`,
+      `sentinel down-after-milliseconds ${masterName} 2000`,
+      `sentinel failover-timeout ${masterName} 10000`,
+      '',
+    ].join('\n'),
+  );
+  const sentinel = await spawnRedis([conf, '--sentinel'], /\+monitor master/);
+  const cli = (...args: string[]) => run('redis-cli', ['-p', String(sentinelPort), ...args]);
+  const current = async () => (await cli('sentinel', 'get-master-addr-by-name', masterName)).trim().split('\n').join(':');
+  // The Sentinel must know the replica before it can promote it.
+  await until(async () => (await cli('sentinel', 'replicas', masterName)).includes(String(replicaPort)));
+  return {
+    masterName,
+    sentinel: `127.0.0.1:${sentinelPort}`,
+    master: current,
+    failover: async () => {
+      const before = await current();
+      await cli('sentinel', 'failover', masterName);
+      await until(async () => (await current()) !== before);
+      return current();
+    },
+    stop: async () => {
+      await Promise.all([sentinel, replica, master].map(killRedis));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function run(command: string, args: readonly string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { timeout: 10_000 }, (err, stdout, stderr) => (err ? reject(new Error(`${command} ${args.join(' ')}: ${stderr || err.message}`)) : resolve(stdout)));
+  });
+}
+
+/** Polls `check` (an external process's state has no event to wait on) for up to 15 s. */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!(await check().catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`condition not met within 15 s: ${check.toString()}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }

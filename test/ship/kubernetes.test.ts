@@ -237,7 +237,7 @@ describe('config/kubernetes', () => {
   it('mounts a ConfigMap whose config passes token-proxy\'s own validation, secrets from the Secret', () => {
     const text = configMap.data['config.yaml'] as string;
     const config = buildConfig(parse(text), { env: TEST_ENV });
-    expect(config.tokenCache.redis?.url).toBe('redis://redis:6379/0');
+    expect(config.tokenCache.redis?.connection.url).toBe('redis://redis:6379/0');
     expect(config.inbound.allowCidrs).toEqual(['10.0.0.0/8']);
     const [upstream] = config.upstreams;
     expect(upstream?.hosts?.length).toBeGreaterThan(0);

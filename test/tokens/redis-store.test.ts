@@ -51,7 +51,7 @@ function replica(lockTimeoutMs: number, cipher: EntryCipher): Replica {
   const health: boolean[] = [];
   const listeners = new Set<(up: boolean) => void>();
   const store = new RedisTokenStore({
-    url: redis.url,
+    connection: { url: redis.url },
     keyPrefix: PREFIX,
     lockTimeoutMs,
     cipher,
