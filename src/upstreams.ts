@@ -1,13 +1,13 @@
-import { rootCertificates, type ConnectionOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import { Agent, Pool, type Dispatcher } from 'undici';
-import type { Config, Mtls, ResolvedAuth, UpstreamConfig } from './config/load.js';
+import type { Config, ResolvedAuth, UpstreamConfig } from './config/load.js';
 import { bindRequestMetrics, bindTokenMetrics, type Metrics } from './metrics.js';
 import { createGrant } from './oauth/grants.js';
 import type { TenantTokens, Upstream } from './proxy/forwarder.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
 import { cacheKey, type TokenCache } from './tokens/token-cache.js';
 import { TokenSource, type Clock, type SharedSettings } from './tokens/token-source.js';
+import { tlsOptions } from './tls-options.js';
 
 export interface UpstreamDeps {
   readonly metrics: Metrics;
@@ -21,17 +21,6 @@ export interface UpstreamDeps {
 export interface BuiltUpstream {
   readonly upstream: Upstream;
   readonly config: UpstreamConfig;
-}
-
-/**
- * TLS options towards a partner: the system roots plus the configured CA (Node's `ca` replaces
- * the roots, so they are added explicitly), and a client certificate where mTLS is required.
- */
-export function tlsOptions(ca: string | undefined, mtls: Mtls | undefined): ConnectionOptions {
-  return {
-    ...(ca === undefined ? {} : { ca: [...rootCertificates, ca] }),
-    ...(mtls === undefined ? {} : { cert: mtls.cert, key: mtls.key, ...(mtls.passphrase === undefined ? {} : { passphrase: mtls.passphrase }) }),
-  };
 }
 
 function trimSlash(path: string): string {

@@ -1,3 +1,4 @@
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { z } from 'zod';
 import { authSchema, type ParsedAuth, type TenantCredentials } from './auth-schema.js';
@@ -53,7 +54,26 @@ export function resolveMtls(m: { cert: string; key: string; passphrase?: string 
   if (m === undefined) return undefined;
   const cert = readText(resolve(baseDir, m.cert), `${at}.cert`, problems) ?? '';
   const key = readText(resolve(baseDir, m.key), `${at}.key`, problems) ?? '';
+  if (cert !== '' && key !== '') {
+    // Checked now: the TLS context is built once at start-up, and a bad pair must be a config error.
+    const problem = mtlsProblem(cert, key, m.passphrase);
+    if (problem !== undefined) problems.push(`${at}: ${problem}`);
+  }
   return { cert, key, passphrase: m.passphrase };
+}
+
+function mtlsProblem(cert: string, key: string, passphrase: string | undefined): string | undefined {
+  let privateKey;
+  try {
+    privateKey = createPrivateKey({ key, ...(passphrase === undefined ? {} : { passphrase }) });
+  } catch {
+    return passphrase === undefined ? 'key is not a PEM private key (or is encrypted: set passphrase)' : 'key cannot be opened with the passphrase given';
+  }
+  try {
+    return new X509Certificate(cert).checkPrivateKey(privateKey) ? undefined : 'cert does not belong to key';
+  } catch {
+    return 'cert is not a PEM certificate';
+  }
 }
 
 export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems: string[]): ResolvedAuth {

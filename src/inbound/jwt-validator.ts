@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import { rootCertificates } from 'node:tls';
 import { createRemoteJWKSet, customFetch, errors, jwtVerify, type CryptoKey, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { Agent, fetch as undiciFetch } from 'undici';
+import { tlsOptions } from '../tls-options.js';
 
 /**
  * Validation of the caller's bearer JWT in gateway (reverse) mode: signature against the IdP's
@@ -243,7 +243,7 @@ export class InboundJwtValidator {
     this.forwardClaims = Object.entries(settings.forwardClaims);
     this.cache = new LRUCache({ max: settings.cacheMaxEntries ?? DEFAULT_CACHE_MAX_ENTRIES });
     // Our own agent: trusts the private CA (plus the system roots) and is closed by close().
-    this.agent = new Agent({ connect: settings.ca === undefined ? {} : { ca: [...rootCertificates, settings.ca] } });
+    this.agent = new Agent({ connect: tlsOptions(settings.ca) });
     const agent = this.agent;
     // Keys are cached by jose; an unknown `kid` triggers one refetch (key rotation), but no more
     // often than the cooldown, so a flood of made-up `kid`s cannot hammer the IdP. Concurrent

@@ -168,3 +168,20 @@ describe('shared cache settings (tokenCache.redis)', () => {
     expect(problems(withRedis({ url: 'rediss://a:6380', ca: join(dir, 'missing.pem') }))).toEqual([`tokenCache.redis.ca: cannot read ${join(dir, 'missing.pem')} (ENOENT)`]);
   });
 });
+
+describe('client certificates (mtls)', () => {
+  it('checks the certificate, the key and the passphrase at load time', async () => {
+    const { generateKeyPairSync } = await import('node:crypto');
+    const pki = testPki();
+    const dir = mkdtempSync(join(tmpdir(), 'tp-mtls-'));
+    const other = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+    writeFileSync(join(dir, 'other.pem'), other.export({ type: 'pkcs8', format: 'pem' }));
+    writeFileSync(join(dir, 'locked.pem'), other.export({ type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'right' }));
+    const withMtls = (mtls: Record<string, unknown>) => ({ upstreams: [upstream({}, { mtls })] });
+    expect(problems(withMtls({ cert: pki.certFile, key: pki.keyFile }))).toEqual([]);
+    expect(problems(withMtls({ cert: pki.certFile, key: join(dir, 'other.pem') }))).toEqual(['upstreams[0].mtls: cert does not belong to key']);
+    expect(problems(withMtls({ cert: pki.certFile, key: join(dir, 'locked.pem'), passphrase: 'wrong' }))).toEqual(['upstreams[0].mtls: key cannot be opened with the passphrase given']);
+    expect(problems(withMtls({ cert: pki.certFile, key: join(dir, 'locked.pem') }))).toEqual(['upstreams[0].mtls: key is not a PEM private key (or is encrypted: set passphrase)']);
+    expect(problems(withMtls({ cert: join(dir, 'other.pem'), key: pki.keyFile }))).toEqual(['upstreams[0].mtls: cert is not a PEM certificate']);
+  });
+});
