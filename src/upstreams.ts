@@ -53,7 +53,7 @@ export class UpstreamFactory {
   #upstream(u: UpstreamConfig): Upstream {
     const { logger, metrics } = this.#deps;
     const target = new URL(u.target);
-    const pool = new Pool(target.origin, { connect: tlsOptions(u.ca, u.mtls), keepAliveTimeout: 30_000 });
+    const pool = new Pool(target.origin, { connect: tlsOptions(u.ca, u.mtls), keepAliveTimeout: 30_000, connections: u.maxConnections });
     const tokenAgent = new Agent({ connect: tlsOptions(u.ca, u.auth.mtls) });
     this.dispatchers.push(pool, tokenAgent);
     let tokens: TokenSource | TenantTokens;

@@ -8,6 +8,11 @@ export const DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS = 300;
 export const DEFAULT_RETRY_BODY_LIMIT_BYTES = 1_048_576;
 /** Response-header timeout towards the target. */
 export const DEFAULT_UPSTREAM_TIMEOUT_SECONDS = 30;
+/**
+ * Connections open to one target at once; more requests wait for a free one. Bounds what a burst
+ * costs the partner (and us: a TLS handshake each) instead of opening a connection per request.
+ */
+export const DEFAULT_UPSTREAM_MAX_CONNECTIONS = 128;
 /** How long a request may wait for a token when none is cached. */
 export const DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS = 10;
 /** One token endpoint call may take this long before it counts as a `timeout`. */

@@ -16,6 +16,7 @@ import {
   DEFAULT_RETRY_BODY_LIMIT_BYTES,
   DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
   DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS,
+  DEFAULT_UPSTREAM_MAX_CONNECTIONS,
   DEFAULT_UPSTREAM_TIMEOUT_SECONDS,
   LOG_LEVELS,
 } from './defaults.js';
@@ -76,6 +77,12 @@ const upstreamSchema = z.strictObject({
   ca: z.string().min(1).optional().describe('PEM file with extra CA certificates for the target and the token endpoint'),
   retryBodyLimitBytes: z.number().int().min(0).default(DEFAULT_RETRY_BODY_LIMIT_BYTES).describe('request bodies up to this size are kept so a 401 can be replayed; larger ones stream'),
   timeoutSeconds: positiveSeconds.default(DEFAULT_UPSTREAM_TIMEOUT_SECONDS).describe('time limit for the target\'s response headers (504 after it)'),
+  maxConnections: z
+    .number()
+    .int()
+    .positive()
+    .default(DEFAULT_UPSTREAM_MAX_CONNECTIONS)
+    .describe('connections kept to the target at most (keep-alive); further requests queue for a free one. Raise it for long-lived responses (streams, long polls)'),
   unauthorizedRenewalIntervalSeconds: z
     .number()
     .min(0)

@@ -17,6 +17,8 @@ export interface SeenRequest {
   readonly bodyBytes: number;
   readonly bodySha256: string;
   readonly status: number;
+  /** The client's port: tells the connections a proxy used apart. */
+  readonly remotePort: number | undefined;
 }
 
 export interface ScriptedAnswer {
@@ -111,6 +113,7 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
       bodyBytes,
       bodySha256: hash.copy().digest('hex'),
       status,
+      remotePort: req.socket.remotePort,
     });
     if (answer === undefined) answer = api.script?.(record(0));
     if (answer === undefined) {

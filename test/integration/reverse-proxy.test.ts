@@ -67,6 +67,15 @@ afterEach(async () => {
 });
 
 describe('reverse mode with a client-credentials token', () => {
+  it('keeps at most maxConnections connections to the target; further requests queue and all succeed', async () => {
+    await proxy.close();
+    proxy = await startProxy({ upstreams: [upstreamDoc({ maxConnections: 3 })] });
+    partner.script = () => ({ status: 200, body: 'slow', delayMs: 30 }); // keeps each connection busy for a while
+    const statuses = await Promise.all(Array.from({ length: 40 }, (_, i) => call(`/partner/q${i}`).then((r) => r.status)));
+    expect(statuses).toEqual(Array(40).fill(200));
+    expect(new Set(partner.seen.map((s) => s.remotePort)).size).toBe(3);
+  });
+
   it('injects a token that the partner verifies against the issuer JWKS', async () => {
     const res = await call('/partner/orders/7?expand=lines', { headers: { authorization: 'Basic Y2xpZW50OnNlY3JldA==', 'x-app': 'legacy' } });
     expect(res.status).toBe(200);
