@@ -26,6 +26,13 @@ export interface ListenerLimits {
   readonly requestTimeoutSeconds: number;
 }
 
+type ClientErrorAnswer = readonly [status: number, text: string, message: string];
+const BAD_REQUEST: ClientErrorAnswer = [400, 'Bad Request', 'malformed request'];
+const CLIENT_ERRORS: Readonly<Record<string, ClientErrorAnswer>> = {
+  HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large', 'request headers too large'],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout', 'request not received in time (limits.headersTimeoutSeconds, limits.requestTimeoutSeconds)'],
+};
+
 /** The proxy listener: reverse mode, forward mode (absolute-form and CONNECT) and upgrades, on one port. */
 export function createProxyServer(routing: Routing, logger: Logger, limits: ListenerLimits): { server: Server; ctx: ProxyContext; inFlight: Drain } {
   const server = createServer({
@@ -94,11 +101,12 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(full, req, socket, head));
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    // Malformed request line or headers: answer 400 (431 for oversized headers) and close.
+    // Malformed request line or headers, or a client too slow to send them (or its body): answer
+    // and close. RFC 9110 §15.5.9 (408), RFC 6585 §5 (431).
     if (!socket.writable) return;
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    const body = JSON.stringify({ error: 'bad_request', message: status === 431 ? 'request headers too large' : 'malformed request' });
-    socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+    const [status, text, message] = CLIENT_ERRORS[err.code ?? ''] ?? BAD_REQUEST;
+    const body = JSON.stringify({ error: status === 408 ? 'request_timeout' : 'bad_request', message });
+    socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
   });
   return { server, ctx, inFlight };
 }
