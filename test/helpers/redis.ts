@@ -30,6 +30,7 @@ function spawnRedis(args: readonly string[], ready: RegExp): Promise<ChildProces
   return new Promise((resolve, reject) => {
     const proc = spawn('redis-server', [...args, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'notice'], {
       stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: tmpdir(), // where a replica's sync writes its dump.rdb, unless --dir says otherwise
     });
     let output = '';
     const timer = setTimeout(() => reject(new Error(`redis-server ${args.join(' ')} did not get ready within 5 s: ${output}`)), 5_000);
@@ -123,8 +124,8 @@ export async function startRedisSentinel(): Promise<TestRedisSentinel> {
   const dir = mkdtempSync(join(tmpdir(), 'tp-sentinel-'));
   const [masterPort, replicaPort, sentinelPort] = [await freePort(), await freePort(), await freePort()];
   const masterName = 'tp-master';
-  const master = await spawnRedis(['--port', String(masterPort)], /Ready to accept connections/);
-  const replica = await spawnRedis(['--port', String(replicaPort), '--replicaof', '127.0.0.1', String(masterPort)], /MASTER <-> REPLICA sync: (Finished with success|Master accepted a Partial Resynchronization)/);
+  const master = await spawnRedis(['--port', String(masterPort), '--dir', dir, '--dbfilename', 'master.rdb', '--repl-diskless-sync-delay', '0'], /Ready to accept connections/);
+  const replica = await spawnRedis(['--port', String(replicaPort), '--dir', dir, '--dbfilename', 'replica.rdb', '--replicaof', '127.0.0.1', String(masterPort)], /MASTER <-> REPLICA sync: (Finished with success|Master accepted a Partial Resynchronization)/);
   const conf = join(dir, 'sentinel.conf');
   writeFileSync(
     conf,
