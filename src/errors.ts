@@ -6,6 +6,7 @@ export type ProxyErrorCode =
   | 'token_unavailable'
   | 'upstream_unreachable'
   | 'upstream_timeout'
+  | 'upstream_bad_response'
   | 'no_route'
   | 'bad_request'
   | 'body_too_large'
@@ -123,6 +124,7 @@ const STATUS: Readonly<Record<ProxyErrorCode, number>> = {
   token_unavailable: 502,
   upstream_unreachable: 502,
   upstream_timeout: 504,
+  upstream_bad_response: 502,
   no_route: 404,
   bad_request: 400,
   body_too_large: 413,
@@ -143,6 +145,7 @@ const PROXY_STATUS: Partial<Record<ProxyErrorCode, string>> = {
   token_unavailable: 'token-proxy; error=http_request_error',
   upstream_unreachable: 'token-proxy; error=destination_unavailable',
   upstream_timeout: 'token-proxy; error=connection_timeout',
+  upstream_bad_response: 'token-proxy; error=http_protocol_error',
   egress_denied: 'token-proxy; error=destination_ip_prohibited',
   client_not_allowed: 'token-proxy; error=http_request_denied',
   proxy_auth_required: 'token-proxy; error=http_request_denied',

@@ -62,6 +62,11 @@ function upstreamFailure(upstream: Upstream, err: Error): ProxyError {
   }
   if (err instanceof ProxyError) return err;
   if ((err as NodeJS.ErrnoException).code === 'ERR_EGRESS_DENIED') return new ProxyError('egress_denied', err.message, { rule: 'egress: resolved address' }, { cause: err });
+  if (err instanceof undiciErrors.HeadersOverflowError || err instanceof undiciErrors.HTTPParserError) {
+    // The target answered, but not with HTTP we can relay (RFC 9209 §2.3.17 http_protocol_error).
+    const what = err instanceof undiciErrors.HeadersOverflowError ? 'response headers over the 16 KiB limit' : 'a malformed response';
+    return new ProxyError('upstream_bad_response', `upstream ${upstream.name} sent ${what}`, { upstream: upstream.name }, { cause: err });
+  }
   return new ProxyError('upstream_unreachable', `upstream ${upstream.name} failed: ${err.message}`, { upstream: upstream.name }, { cause: err });
 }
 

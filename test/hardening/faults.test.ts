@@ -563,10 +563,25 @@ describe('faults: the target', () => {
     const res = await get('/t/huge');
     expect(res.status).toBe(502);
     expect(res.headers['content-type']).toBe('application/json');
-    expect(res.json()).toMatchObject({ error: 'upstream_unreachable', upstream: 't' });
+    expect(res.json()).toMatchObject({ error: 'upstream_bad_response', upstream: 't', message: 'upstream t sent response headers over the 16 KiB limit' });
+    expect(res.headers['proxy-status']).toBe('token-proxy; error=http_protocol_error');
     expect(Object.keys(res.headers).some((h) => h.startsWith('x-big-'))).toBe(false);
     const next = await Promise.all(Array.from({ length: 5 }, (_, i) => get(`/t/after/${i}`)));
     expect(next.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+  });
+
+  it('answers 502 upstream_bad_response to a response that is not HTTP, stays up, and serves the next request', async () => {
+    const target = await startTarget((req, res) => {
+      req.resume();
+      if (req.url !== '/garbled') return echo(req, res);
+      res.socket?.end('HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\nhello');
+    });
+    await proxyWith([upstreamDoc('t', target.url)]);
+    const res = await get('/t/garbled');
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({ error: 'upstream_bad_response', upstream: 't', message: 'upstream t sent a malformed response' });
+    expect(res.headers['proxy-status']).toBe('token-proxy; error=http_protocol_error');
+    expect((await get('/t/after')).status).toBe(200);
   });
 
   /*
