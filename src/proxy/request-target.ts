@@ -30,8 +30,17 @@ export interface AbsoluteTarget extends Authority {
   readonly path: string;
 }
 
+/**
+ * An IPv6 literal in an authority must be in brackets (RFC 3986 §3.2.2): `::1:8080` could be the
+ * address ::1:8080 or ::1 port 8080, and guessing would send the request somewhere unintended.
+ */
+function unbracketedIpv6(authority: string): boolean {
+  return authority.charCodeAt(0) !== 91 /* [ */ && authority.indexOf(':') !== authority.lastIndexOf(':');
+}
+
 /** `host:port` of a CONNECT request (RFC 9110 §9.3.6: the port is required). */
 export function parseConnectAuthority(target: string): Authority | null {
+  if (unbracketedIpv6(target)) return null;
   const parts = splitHostPort(target);
   if (parts === null || parts.port === undefined || !isValidHostname(parts.host)) return null;
   const host = canonicalHost(parts.host);
@@ -49,7 +58,7 @@ export function parseAbsoluteForm(target: string): AbsoluteTarget | null {
   const queryStart = target.indexOf('?', 7);
   const end = slash === -1 ? (queryStart === -1 ? target.length : queryStart) : queryStart === -1 ? slash : Math.min(slash, queryStart);
   const authority = target.slice(7, end);
-  if (authority === '' || authority.includes('@')) return null;
+  if (authority === '' || authority.includes('@') || unbracketedIpv6(authority)) return null;
   const parts = splitHostPort(authority);
   if (parts === null || !isValidHostname(parts.host)) return null;
   const host = canonicalHost(parts.host);

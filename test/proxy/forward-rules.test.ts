@@ -14,7 +14,7 @@ describe('request targets', () => {
     expect(parseAbsoluteForm('http://api.partner.example:8080')).toEqual({ host: 'api.partner.example', port: 8080, path: '/' });
     expect(parseAbsoluteForm('http://api.partner.example?q')).toEqual({ host: 'api.partner.example', port: 80, path: '/?q' });
     expect(parseAbsoluteForm('http://[::1]:9000/x')).toEqual({ host: '::1', port: 9000, path: '/x' });
-    for (const bad of ['http://user:pw@api.partner.example/', 'https://a.example/', 'ftp://a/', 'http:///x', 'http://a b/', 'http://a.example:99999/', 'http://%61.example/']) {
+    for (const bad of ['http://user:pw@api.partner.example/', 'https://a.example/', 'ftp://a/', 'http:///x', 'http://a b/', 'http://a.example:99999/', 'http://%61.example/', 'http://::1/', 'http://::1:8080/x']) {
       expect(parseAbsoluteForm(bad)).toBeNull();
     }
   });
@@ -24,6 +24,8 @@ describe('request targets', () => {
     expect(parseConnectAuthority('[2001:db8::1]:443')).toEqual({ host: '2001:db8::1', port: 443 });
     expect(parseConnectAuthority('api.partner.example')).toBeNull();
     expect(parseConnectAuthority('a.example:0')).toBeNull();
+    expect(parseConnectAuthority('2001:db8::1:443')).toBeNull(); // which part is the port? brackets required
+
   });
 });
 
