@@ -8,6 +8,7 @@ import { startDemo } from './demo/demo.js';
 import { createCaFiles } from './mitm/certificate-authority.js';
 import { runTokenCommand } from './token-command.js';
 import { ConfigError } from './errors.js';
+import { flushLogs } from './logger.js';
 import { summary } from './config/summary.js';
 
 interface CommonArgs {
@@ -62,13 +63,20 @@ function onShutdown(close: () => Promise<void>): void {
     if (stopping) process.exit(1);
     stopping = true;
     console.error(`token-proxy: ${signal} received, draining`);
-    close().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        console.error(`token-proxy: shutdown failed: ${(err as Error).message}`);
-        process.exit(1);
-      },
-    );
+    close()
+      .then(
+        () => 0,
+        (err: unknown) => {
+          console.error(`token-proxy: shutdown failed: ${(err as Error).message}`);
+          return 1;
+        },
+      )
+      // Logs go to stdout through a buffer: write out the last lines (the drained requests' access
+      // lines among them) before exiting.
+      .then(async (code) => {
+        await flushLogs();
+        process.exit(code);
+      });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

@@ -1,6 +1,7 @@
 import { Agent, type Dispatcher } from 'undici';
 import { DEFAULT_UPSTREAM_TIMEOUT_SECONDS } from './config/defaults.js';
 import type { Config } from './config/load.js';
+import { accessLogFor } from './logger.js';
 import { bindRequestMetrics } from './metrics.js';
 import { InboundJwtValidator } from './inbound/jwt-validator.js';
 import { CertificateAuthority } from './mitm/certificate-authority.js';
@@ -45,7 +46,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
   // link-local addresses (SSRF) is refused unless explicitly allowed.
   const egressAgent = new Agent({ connect: { lookup: egress.lookup } });
   const dispatchers: Dispatcher[] = [...factory.dispatchers, egressAgent];
-  const accessLog = config.accessLog && logger.isLevelEnabled('info');
+  const accessLog = config.accessLog && logger.isLevelEnabled('info') ? accessLogFor(logger) : undefined;
   const validator = config.inbound.jwt === undefined ? undefined : new InboundJwtValidator(config.inbound.jwt);
   const routing: Routing = {
     reverse: new ReverseRouter(built.flatMap(({ upstream, config: u }) => (u.pathPrefix === undefined ? [] : [{ prefix: u.pathPrefix, upstream }]))),

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { Agent, Pool, type Dispatcher } from 'undici';
 import type { Config, ResolvedAuth, UpstreamConfig } from './config/load.js';
+import { accessLogFor } from './logger.js';
 import { bindRequestMetrics, bindTokenMetrics, type Metrics } from './metrics.js';
 import { createGrant } from './oauth/grants.js';
 import type { TenantTokens, Upstream } from './proxy/forwarder.js';
@@ -80,7 +81,7 @@ export class UpstreamFactory {
       retryBodyLimitBytes: u.retryBodyLimitBytes,
       timeoutMs: u.timeoutSeconds * 1000,
       logger,
-      accessLog: this.#config.accessLog && logger.isLevelEnabled('info'),
+      accessLog: this.#config.accessLog && logger.isLevelEnabled('info') ? accessLogFor(logger) : undefined,
     };
   }
 

@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPartnerApi, type PartnerApi } from '../src/demo/partner-api.js';
 import { testPki } from './helpers/certs.js';
@@ -31,18 +32,20 @@ async function cli(args: string[], env: Record<string, string> = {}) {
 async function start(args: string[], env: Record<string, string>, ready: RegExp) {
   const child = spawn('node', [CLI, ...args], { env: { PATH: process.env['PATH'] ?? '', ...env } });
   let output = '';
+  let stdout = '';
   const matched = new Promise<RegExpExecArray>((resolveMatch, reject) => {
     const onData = (chunk: Buffer) => {
       output += chunk.toString();
       const m = ready.exec(output);
       if (m) resolveMatch(m);
     };
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
     child.stdout.on('data', onData);
     child.stderr.on('data', onData);
     child.once('exit', (code) => reject(new Error(`exited ${code}: ${output}`)));
   });
   const match = await matched;
-  return { child, match, output: () => output };
+  return { child, match, output: () => output, stdout: () => stdout };
 }
 
 function curl(args: string[]) {
@@ -130,6 +133,44 @@ describe('token-proxy command line', () => {
     partner.script = undefined;
     await expect(curl([`http://127.0.0.1:${port}/partner/hello`])).rejects.toThrow(); // no longer listening
     expect(proxy.output()).not.toContain(SECRET);
+  });
+
+  it('writes every access-log line to stdout before exiting on SIGTERM, the drained request too, and no secret', async () => {
+    const proxy = await start(['serve'], { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), TOKEN_PROXY_LISTEN: '127.0.0.1:0', TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0', TOKEN_PROXY_LOG_LEVEL: 'info', CLI_SECRET: SECRET }, /"proxy":"127\.0\.0\.1:(\d+)"/);
+    const origin = `http://127.0.0.1:${proxy.match[1]}`;
+    // Stdout is buffered up to 4 KiB (about 15 access lines) or a second: a burst leaves its last
+    // lines in the buffer when the signal comes, for the flush on shutdown to write.
+    const burst = 40;
+    for (let i = 0; i < burst; i += 1) {
+      const res = await request(`${origin}/partner/hello`, { headers: { 'x-request-id': `burst-${i}` } });
+      await res.body.dump();
+      expect(res.statusCode).toBe(200);
+    }
+    let arrived!: () => void;
+    const slowArrived = new Promise<void>((resolveArrived) => (arrived = resolveArrived));
+    partner.script = (req) => {
+      if (req.path !== '/slow') return undefined;
+      arrived();
+      return { status: 200, body: 'finished', delayMs: 300 };
+    };
+    const slow = request(`${origin}/partner/slow`, { headers: { 'x-request-id': 'drained' } });
+    await slowArrived;
+    proxy.child.kill('SIGTERM');
+    expect(await (await slow).body.text()).toBe('finished');
+    expect(await exitCode(proxy.child)).toBe(0);
+    partner.script = undefined;
+
+    const lines = proxy.stdout().split('\n').filter((l) => l !== '');
+    const parsed = lines.map((l) => JSON.parse(l) as Record<string, unknown>); // every line whole
+    const access = parsed.filter((l) => l['event'] === 'request');
+    expect(access.map((l) => l['requestId'])).toEqual([...Array.from({ length: burst }, (_, i) => `burst-${i}`), 'drained']);
+    for (const line of access) {
+      expect(Object.keys(line)).toEqual(['level', 'time', 'service', 'event', 'requestId', 'method', 'upstream', 'status', 'durationMs', 'retried', 'token', 'msg']);
+      expect(line).toMatchObject({ method: 'GET', upstream: 'partner', status: 200, retried: false, token: expect.stringMatching(/^[A-Za-z0-9_-]{12}$/) });
+      expect(new Date(line['time'] as string).toISOString()).toBe(line['time']);
+    }
+    expect(proxy.stdout()).not.toContain(SECRET);
+    for (const token of tokenServer.issued) expect(proxy.stdout()).not.toContain(token.split('.')[2] as string); // not even a token's signature
   });
 
   it('token describes a token as the proxy would get it, printing the token itself only with --show-token', async () => {

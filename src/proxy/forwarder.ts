@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors as undiciErrors, type Dispatcher } from 'undici';
 import type { Logger } from 'pino';
+import type { AccessLog } from '../logger.js';
 import { ProxyError, TokenError, errorBody, errorHeaders, statusFor } from '../errors.js';
 import type { RequestMetrics } from '../metrics.js';
 import type { Token } from '../tokens/token.js';
@@ -26,8 +27,8 @@ export interface Upstream {
   readonly retryBodyLimitBytes: number;
   readonly timeoutMs: number;
   readonly logger: Logger;
-  /** One info line per request (issue: access logs cost throughput; measured in BENCHMARKS.md). */
-  readonly accessLog: boolean;
+  /** One info line per request, or undefined when off (issue: access logs cost throughput; measured in BENCHMARKS.md). */
+  readonly accessLog: AccessLog | undefined;
 }
 
 /** Token sources by tenant, and where a request's tenant name comes from. */
@@ -61,12 +62,12 @@ function upstreamFailure(upstream: Upstream, err: Error): ProxyError {
     return new ProxyError('upstream_timeout', `upstream ${upstream.name} sent no response headers within ${upstream.timeoutMs} ms`, { upstream: upstream.name }, { cause: err });
   }
   if (err instanceof ProxyError) return err;
-  if ((err as NodeJS.ErrnoException).code === 'ERR_EGRESS_DENIED') return new ProxyError('egress_denied', err.message, { rule: 'egress: resolved address' }, { cause: err });
   if (err instanceof undiciErrors.HeadersOverflowError || err instanceof undiciErrors.HTTPParserError) {
     // The target answered, but not with HTTP we can relay (RFC 9209 §2.3.17 http_protocol_error).
     const what = err instanceof undiciErrors.HeadersOverflowError ? 'response headers over the 16 KiB limit' : 'a malformed response';
     return new ProxyError('upstream_bad_response', `upstream ${upstream.name} sent ${what}`, { upstream: upstream.name }, { cause: err });
   }
+  if ((err as NodeJS.ErrnoException).code === 'ERR_EGRESS_DENIED') return new ProxyError('egress_denied', err.message, { rule: 'egress: resolved address' }, { cause: err });
   return new ProxyError('upstream_unreachable', `upstream ${upstream.name} failed: ${err.message}`, { upstream: upstream.name }, { cause: err });
 }
 
@@ -141,22 +142,16 @@ function finish(ctx: RequestContext, status: number, token: Token | undefined, r
   const seconds = (performance.now() - ctx.started) / 1000;
   u.metrics.response(status);
   u.metrics.requestDuration.observe(seconds);
-  if (u.accessLog) {
-    u.logger.info(
-      {
-        event: 'request',
-        requestId: ctx.requestId,
-        method: ctx.req.method,
-        upstream: u.name,
-        tenant: ctx.tokens?.tenant,
-        status,
-        durationMs: Math.round(seconds * 10_000) / 10,
-        retried,
-        token: token?.fingerprint,
-      },
-      'request',
-    );
-  }
+  u.accessLog?.({
+    requestId: ctx.requestId,
+    method: ctx.req.method,
+    upstream: u.name,
+    tenant: ctx.tokens?.tenant,
+    status,
+    durationMs: Math.round(seconds * 10_000) / 10,
+    retried,
+    token: token?.fingerprint,
+  });
 }
 
 /** One client request and its (at most two) upstream attempts; implements undici's handler API. */

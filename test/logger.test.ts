@@ -1,0 +1,57 @@
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { accessLogFor, cachedIsoTime, createLogger, type AccessLogEntry } from '../src/logger.js';
+
+function sink() {
+  const lines: Record<string, unknown>[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const l of chunk.toString('utf8').split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
+      done();
+    },
+  });
+  return { stream, lines };
+}
+
+const entry: AccessLogEntry = { requestId: 'abc-123', method: 'GET', upstream: 'partner', tenant: 'acme', status: 200, durationMs: 1.5, retried: false, token: 'AbCdEf012345' };
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe('cachedIsoTime', () => {
+  it('writes the same text as pino isoTime, across milliseconds, seconds and years', () => {
+    let now = 0;
+    const time = cachedIsoTime(() => now);
+    vi.useFakeTimers();
+    for (const t of [0, 7, 42, 999, 1_000, 1_001, 59_999, 60_000, 1_767_225_599_999, 1_767_225_600_000, 1_767_225_600_050, 1_767_225_599_998]) {
+      now = t;
+      vi.setSystemTime(t);
+      expect(time()).toBe(pino.stdTimeFunctions.isoTime());
+    }
+  });
+});
+
+describe('access log', () => {
+  it('writes the entry as one line with the fields the redacting logger would write, in the same order', async () => {
+    const { stream, lines } = sink();
+    const logger = createLogger('info', stream);
+    accessLogFor(logger)(entry);
+    logger.info({ event: 'request', ...entry }, 'request');
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(lines).toHaveLength(2);
+    const [fast, redacting] = lines as [Record<string, unknown>, Record<string, unknown>];
+    expect(Object.keys(fast)).toEqual(Object.keys(redacting));
+    expect({ ...fast, time: undefined }).toEqual({ ...redacting, time: undefined });
+    expect(fast).toMatchObject({ level: 30, service: 'token-proxy', event: 'request', msg: 'request', ...entry });
+  });
+
+  it('goes through the logger itself, redaction included, for a logger made elsewhere', async () => {
+    const { stream, lines } = sink();
+    const logger = pino({ redact: ['token'] }, stream);
+    accessLogFor(logger)(entry);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(lines).toEqual([expect.objectContaining({ event: 'request', requestId: 'abc-123', token: '[Redacted]', msg: 'request' })]);
+  });
+});
