@@ -33,7 +33,10 @@ function spawnRedis(args: readonly string[], ready: RegExp): Promise<ChildProces
       cwd: tmpdir(), // where a replica's sync writes its dump.rdb, unless --dir says otherwise
     });
     let output = '';
-    const timer = setTimeout(() => reject(new Error(`redis-server ${args.join(' ')} did not get ready within 5 s: ${output}`)), 5_000);
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL'); // never leave a half-started server behind
+      reject(new Error(`redis-server ${args.join(' ')} did not get ready within 5 s: ${output}`));
+    }, 5_000);
     proc.stdout?.on('data', (chunk: Buffer) => {
       output += chunk.toString();
       if (ready.test(output)) {
@@ -91,22 +94,24 @@ export interface TestRedisCluster {
 export async function startRedisCluster(): Promise<TestRedisCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'tp-cluster-'));
   const ports = [await freePort(), await freePort(), await freePort()];
-  const procs = await Promise.all(
-    ports.map((port) =>
-      spawnRedis(['--port', String(port), '--dir', dir, '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000'], /Ready to accept connections/),
-    ),
-  );
-  const nodes = ports.map((p) => `127.0.0.1:${p}`);
-  await run('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '0', '--cluster-yes']);
-  // Every node must agree the cluster is whole before clients arrive.
-  for (const port of ports) await until(async () => (await run('redis-cli', ['-p', String(port), 'cluster', 'info'])).includes('cluster_state:ok'));
-  return {
-    nodes,
-    stop: async () => {
-      await Promise.all(procs.map(killRedis));
-      rmSync(dir, { recursive: true, force: true });
-    },
+  const procs: ChildProcess[] = [];
+  const stop = async () => {
+    await Promise.all(procs.map(killRedis));
+    rmSync(dir, { recursive: true, force: true });
   };
+  const nodes = ports.map((p) => `127.0.0.1:${p}`);
+  try {
+    for (const port of ports) {
+      procs.push(await spawnRedis(['--port', String(port), '--dir', dir, '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000'], /Ready to accept connections/));
+    }
+    await run('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '0', '--cluster-yes']);
+    // Every node must agree the cluster is whole before clients arrive.
+    for (const port of ports) await until(async () => (await run('redis-cli', ['-p', String(port), 'cluster', 'info'])).includes('cluster_state:ok'));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { nodes, stop };
 }
 
 export interface TestRedisSentinel {
@@ -124,26 +129,41 @@ export async function startRedisSentinel(): Promise<TestRedisSentinel> {
   const dir = mkdtempSync(join(tmpdir(), 'tp-sentinel-'));
   const [masterPort, replicaPort, sentinelPort] = [await freePort(), await freePort(), await freePort()];
   const masterName = 'tp-master';
-  const master = await spawnRedis(['--port', String(masterPort), '--dir', dir, '--dbfilename', 'master.rdb', '--repl-diskless-sync-delay', '0'], /Ready to accept connections/);
-  const replica = await spawnRedis(['--port', String(replicaPort), '--dir', dir, '--dbfilename', 'replica.rdb', '--replicaof', '127.0.0.1', String(masterPort)], /MASTER <-> REPLICA sync: (Finished with success|Master accepted a Partial Resynchronization)/);
-  const conf = join(dir, 'sentinel.conf');
-  writeFileSync(
-    conf,
-    [
-      `port ${sentinelPort}`,
-      'bind 127.0.0.1',
-      `dir ${dir}`,
-      `sentinel monitor ${masterName} 127.0.0.1 ${masterPort} 1`,
-      `sentinel down-after-milliseconds ${masterName} 2000`,
-      `sentinel failover-timeout ${masterName} 10000`,
-      '',
-    ].join('\n'),
-  );
-  const sentinel = await spawnRedis([conf, '--sentinel'], /\+monitor master/);
+  const procs: ChildProcess[] = [];
+  const stop = async () => {
+    await Promise.all(procs.map(killRedis));
+    rmSync(dir, { recursive: true, force: true });
+  };
   const cli = (...args: string[]) => run('redis-cli', ['-p', String(sentinelPort), ...args]);
   const current = async () => (await cli('sentinel', 'get-master-addr-by-name', masterName)).trim().split('\n').join(':');
-  // The Sentinel must know the replica before it can promote it.
-  await until(async () => (await cli('sentinel', 'replicas', masterName)).includes(String(replicaPort)));
+  try {
+    procs.push(await spawnRedis(['--port', String(masterPort), '--dir', dir, '--dbfilename', 'master.rdb', '--repl-diskless-sync-delay', '0'], /Ready to accept connections/));
+    procs.push(
+      await spawnRedis(
+        ['--port', String(replicaPort), '--dir', dir, '--dbfilename', 'replica.rdb', '--replicaof', '127.0.0.1', String(masterPort)],
+        /MASTER <-> REPLICA sync: (Finished with success|Master accepted a Partial Resynchronization)/,
+      ),
+    );
+    const conf = join(dir, 'sentinel.conf');
+    writeFileSync(
+      conf,
+      [
+        `port ${sentinelPort}`,
+        'bind 127.0.0.1',
+        `dir ${dir}`,
+        `sentinel monitor ${masterName} 127.0.0.1 ${masterPort} 1`,
+        `sentinel down-after-milliseconds ${masterName} 2000`,
+        `sentinel failover-timeout ${masterName} 10000`,
+        '',
+      ].join('\n'),
+    );
+    procs.push(await spawnRedis([conf, '--sentinel'], /\+monitor master/));
+    // The Sentinel must know the replica before it can promote it.
+    await until(async () => (await cli('sentinel', 'replicas', masterName)).includes(String(replicaPort)));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
   return {
     masterName,
     sentinel: `127.0.0.1:${sentinelPort}`,
@@ -154,10 +174,7 @@ export async function startRedisSentinel(): Promise<TestRedisSentinel> {
       await until(async () => (await current()) !== before);
       return current();
     },
-    stop: async () => {
-      await Promise.all([sentinel, replica, master].map(killRedis));
-      rmSync(dir, { recursive: true, force: true });
-    },
+    stop,
   };
 }
 
