@@ -489,6 +489,8 @@ ${versions.join('\n')}
 
 ${targetsSection}
 
+${readFileSync(join(ROOT, 'bench', 'what-was-tried.md'), 'utf8').trim()}
+
 ## Setup
 
 Everything on 127.0.0.1. The upstream (bench/upstream.mjs, node:http, and node:https for the TLS scenario) answers a small
