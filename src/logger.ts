@@ -117,12 +117,26 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
     },
     dest,
   );
-  // The access log is a logger of its own on the same destination, without the redaction pass:
-  // its lines hold only AccessLogEntry's fields, none of which is on the redaction list, so
-  // redacting them changed no byte and cost about a tenth of the CPU time of a proxied request.
-  const access = pino({ level, base: { service: 'token-proxy' }, timestamp }, dest).child({ event: 'request' });
-  accessLogs.set(logger, (entry) => access.info(entry, 'request'));
+  // The access line goes straight to the destination, without pino's redaction pass and generic
+  // serialiser: it holds only AccessLogEntry's fields, none of which is on the redaction list, so
+  // redacting changed no byte of it, and the two passes cost a tenth of a proxied request's CPU
+  // time. The line is byte for byte what pino writes for the same entry (test/logger.test.ts).
+  accessLogs.set(logger, (entry) => dest.write(accessLine(timestamp, entry)));
   return logger;
+}
+
+/** A string field as JSON, left out when undefined (as JSON.stringify and pino do). */
+function stringField(name: string, value: string | undefined): string {
+  return value === undefined ? '' : `,"${name}":${JSON.stringify(value)}`;
+}
+
+/** `{"level":30,"time":…,"service":"token-proxy","event":"request",…,"msg":"request"}` and a newline. */
+function accessLine(time: () => string, e: AccessLogEntry): string {
+  return (
+    `{"level":30${time()},"service":"token-proxy","event":"request"${stringField('requestId', e.requestId)}${stringField('method', e.method)}` +
+    `${stringField('upstream', e.upstream)}${stringField('tenant', e.tenant)},"status":${e.status},"durationMs":${e.durationMs},"retried":${e.retried}` +
+    `${stringField('token', e.token)},"msg":"request"}\n`
+  );
 }
 
 /**

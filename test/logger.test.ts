@@ -47,6 +47,33 @@ describe('access log', () => {
     expect(fast).toMatchObject({ level: 30, service: 'token-proxy', event: 'request', msg: 'request', ...entry });
   });
 
+  it('writes the same bytes as pino would, for awkward values and absent fields too', async () => {
+    const raw: string[] = [];
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        raw.push(chunk.toString('utf8'));
+        done();
+      },
+    });
+    const logger = createLogger('info', stream);
+    const cases: AccessLogEntry[] = [
+      entry,
+      { ...entry, tenant: 'quote " backslash \\ newline \n tab \t nul \u0000 é 😀', retried: true, status: 502, durationMs: 12_345.6 },
+      { requestId: 'r', method: undefined, upstream: 'u', tenant: undefined, status: 401, durationMs: 0, retried: false, token: undefined },
+    ];
+    for (const c of cases) {
+      accessLogFor(logger)(c);
+      logger.info({ event: 'request', ...c }, 'request');
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+    const withoutTime = (line: string) => line.replace(/,"time":"[^"]+"/, '');
+    expect(raw).toHaveLength(2 * cases.length);
+    for (let i = 0; i < cases.length; i++) {
+      expect(raw[2 * i]?.endsWith('\n')).toBe(true);
+      expect(withoutTime(raw[2 * i] as string)).toBe(withoutTime(raw[2 * i + 1] as string));
+    }
+  });
+
   it('goes through the logger itself, redaction included, for a logger made elsewhere', async () => {
     const { stream, lines } = sink();
     const logger = pino({ redact: ['token'] }, stream);
