@@ -230,10 +230,12 @@ export class TokenSource extends EventEmitter {
   }
 
   /**
-   * Renews with the refresh token when there is one; a rejected one (invalid_grant) falls back to
-   * the full grant, after one more look at the shared entry: a sibling may have rotated it.
+   * Renews with the refresh token when there is one. A rejected one (invalid_grant) may mean that a
+   * sibling rotated it while this request was out (its refresh lock expired meanwhile): the shared
+   * entry is read once more, and a newer entry there is adopted as it is; refreshing again with
+   * its refresh token would revoke the one the fleet now holds. Otherwise: the full grant.
    */
-  async #callGrant(refreshToken: string | undefined, reread?: () => Promise<string | undefined>): Promise<TokenResponse> {
+  async #callGrant(refreshToken: string | undefined, reread?: () => Promise<SharedEntry | undefined>): Promise<TokenResponse | Token> {
     const grant = this.#o.grant;
     if (refreshToken === undefined || grant.refresh === undefined) return grant.obtain();
     try {
@@ -241,8 +243,12 @@ export class TokenSource extends EventEmitter {
     } catch (err) {
       if (!(err instanceof TokenError && err.reason === 'invalid_grant')) throw err;
       if (this.#refreshToken === refreshToken) this.#refreshToken = undefined;
-      const newer = await reread?.().catch(() => undefined);
-      if (newer !== undefined && newer !== refreshToken) return grant.refresh(newer);
+      const latest = await reread?.().catch(() => undefined);
+      if (latest?.refreshToken !== undefined && latest.refreshToken !== refreshToken) {
+        const theirs = this.#adopt(latest);
+        if (theirs !== undefined) return theirs;
+        return grant.refresh(latest.refreshToken); // rotated, but its access token is spent
+      }
       this.#o.logger.warn(
         { event: 'refresh_token_rejected', upstream: this.upstream, tenant: this.tenant, description: err.description },
         'refresh token rejected (expired or revoked): running the full grant',
@@ -251,15 +257,19 @@ export class TokenSource extends EventEmitter {
     }
   }
 
-  /** One grant call; the response's refresh token replaces ours at once (rotation). */
-  async #grantToken(sharedRefreshToken: string | undefined, reread?: () => Promise<string | undefined>): Promise<Token> {
+  /** One grant call (or a sibling's newer entry); a new refresh token replaces ours at once (rotation). */
+  async #grantToken(sharedRefreshToken: string | undefined, reread?: () => Promise<SharedEntry | undefined>): Promise<{ token: Token; fromShared: boolean }> {
     // After a config reload this source is new, but the cached token (same key) still carries
     // the newest refresh token: use it rather than logging in again.
     const response = await this.#callGrant(sharedRefreshToken ?? this.#refreshToken ?? this.#o.cache.get(this.key)?.refreshToken, reread);
+    if ('header' in response) {
+      this.#refreshToken = response.refreshToken;
+      return { token: response, fromShared: true };
+    }
     // Rotation: the new refresh token replaces the old one at once, even if this answer turns
     // out unusable below, because the partner has already revoked the old one.
     if (response.refreshToken !== undefined) this.#refreshToken = response.refreshToken;
-    return tokenFromResponse(response, this.#clock.now(), this.#o.lifetime);
+    return { token: tokenFromResponse(response, this.#clock.now(), this.#o.lifetime), fromShared: false };
   }
 
   /**
@@ -281,7 +291,9 @@ export class TokenSource extends EventEmitter {
           entry = await guarded(store.read(this.key)); // a sibling may have finished just before
           theirs = adoptable(entry);
           if (theirs !== undefined) return { token: theirs, fromShared: true };
-          const token = await this.#grantToken(entry?.refreshToken, async () => (await store.read(this.key))?.refreshToken);
+          const got = await this.#grantToken(entry?.refreshToken, () => store.read(this.key));
+          if (got.fromShared) return got; // a sibling's newer entry, already in the store
+          const token = got.token;
           const ttl = Math.max(token.expiresAt - this.#clock.now(), token.refreshToken === undefined ? 0 : shared.refreshTokenTtlMs);
           const next: SharedEntry = { version: (entry?.version ?? 0) + 1, accessToken: token.value, refreshToken: this.#refreshToken, obtainedAt: token.obtainedAt, expiresAt: token.expiresAt };
           const written = await store.write(this.key, next, ttl, lock).catch(() => false);
@@ -319,7 +331,7 @@ export class TokenSource extends EventEmitter {
           return undefined;
         });
       }
-      outcome ??= { token: await this.#grantToken(undefined), fromShared: false };
+      outcome ??= await this.#grantToken(undefined);
     } catch (err) {
       m.refreshError.observe((performance.now() - started) / 1000);
       m.refreshes(trigger, 'error');
