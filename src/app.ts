@@ -15,6 +15,7 @@ import { TokenCache } from './tokens/token-cache.js';
 import { systemClock, type Clock, type TokenSource } from './tokens/token-source.js';
 import { EntryCipher, cipherKey } from './tokens/entry-cipher.js';
 import { RedisTokenStore } from './tokens/redis-store.js';
+import { configWarnings } from './config/warnings.js';
 import type { SharedTokenStore } from './tokens/shared-store.js';
 
 export { EGRESS_UPSTREAM } from './generation.js';
@@ -82,6 +83,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       ? undefined
       : { store, lockTimeoutMs: initial.tokenCache.redis.lockTimeoutMs, refreshTokenTtlMs: initial.tokenCache.redis.refreshTokenTtlSeconds * 1000 };
   const deps = { metrics, cache, clock, logger, backoff: options.backoff, shared };
+  for (const warning of configWarnings(initial)) logger.warn({ event: 'config_warning', warning }, warning);
   let generation: Generation = buildGeneration(initial, deps);
   const sources = new Map(generation.sources);
 
@@ -144,7 +146,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       return { proxy: proxyAddress, admin: adminAddress };
     },
     async reload(next) {
-      const warnings = restartOnly(generation.config, next);
+      const warnings = [...restartOnly(generation.config, next), ...configWarnings(next)];
       const previous = generation;
       generation = buildGeneration(next, deps);
       ctx.routing = generation.routing; // new requests route with the new config from here on

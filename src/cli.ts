@@ -10,6 +10,7 @@ import { runTokenCommand } from './token-command.js';
 import { ConfigError } from './errors.js';
 import { flushLogs } from './logger.js';
 import { summary } from './config/summary.js';
+import { configWarnings } from './config/warnings.js';
 
 interface CommonArgs {
   config?: string;
@@ -111,6 +112,7 @@ await yargs(hideBin(process.argv))
     (args) => {
       const config = loadOrExit(args);
       console.log(`${args.config}: OK\n${summary(config)}`);
+      for (const warning of configWarnings(config)) console.log(`warning: ${warning}`);
     },
   )
   .command(
