@@ -9,11 +9,11 @@ const DEFAULT_PORTS: readonly number[] = [80, 443];
  * that lists the host. Exact names are a map lookup; `*.suffix` entries are scanned after, in
  * configuration order. The first upstream to list a name wins.
  */
-export class ForwardRouter {
-  readonly #exact = new Map<string, Upstream>();
-  readonly #wildcards: { pattern: HostPattern; upstream: Upstream }[] = [];
+export class ForwardRouter<U = Upstream> {
+  readonly #exact = new Map<string, U>();
+  readonly #wildcards: { pattern: HostPattern; upstream: U }[] = [];
 
-  constructor(entries: readonly { hosts: readonly string[]; upstream: Upstream }[]) {
+  constructor(entries: readonly { hosts: readonly string[]; upstream: U }[]) {
     for (const { hosts, upstream } of entries) {
       for (const text of hosts) {
         const pattern = parseHostPattern(text);
@@ -35,7 +35,7 @@ export class ForwardRouter {
   }
 
   /** `host` in lower case. */
-  route(host: string, port: number): Upstream | undefined {
+  route(host: string, port: number): U | undefined {
     const exact = this.#exact.get(`${host}:${port}`);
     if (exact !== undefined) return exact;
     for (const { pattern, upstream } of this.#wildcards) {

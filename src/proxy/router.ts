@@ -1,7 +1,7 @@
 import type { Upstream } from './forwarder.js';
 
-export interface ReverseRoute {
-  readonly upstream: Upstream;
+export interface ReverseRoute<U = Upstream> {
+  readonly upstream: U;
   /** Path and query to send to the target. */
   readonly path: string;
 }
@@ -29,15 +29,15 @@ function escapesPrefix(rest: string): boolean {
  * Reverse-mode routing: the longest configured path prefix that the request path starts with,
  * at a segment boundary (`/partner` matches `/partner/x` and `/partner?q`, not `/partnerx`).
  */
-export class ReverseRouter {
-  readonly #routes: readonly { prefix: string; upstream: Upstream }[];
+export class ReverseRouter<U extends { readonly basePath: string } = Upstream> {
+  readonly #routes: readonly { prefix: string; upstream: U }[];
 
-  constructor(entries: readonly { prefix: string; upstream: Upstream }[]) {
+  constructor(entries: readonly { prefix: string; upstream: U }[]) {
     this.#routes = [...entries].sort((a, b) => b.prefix.length - a.prefix.length);
   }
 
   /** undefined: no upstream; null: the path tries to climb out of its prefix. */
-  route(url: string): ReverseRoute | undefined | null {
+  route(url: string): ReverseRoute<U> | undefined | null {
     for (const { prefix, upstream } of this.#routes) {
       if (!url.startsWith(prefix)) continue;
       const next = url.charCodeAt(prefix.length);

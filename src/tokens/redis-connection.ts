@@ -1,7 +1,6 @@
 import { createRequire } from 'node:module';
 import type { ConnectionOptions } from 'node:tls';
 import type * as IoRedis from 'ioredis';
-import type { Cluster, Redis } from 'ioredis';
 import { parseRedisNode } from '../config/redis-schema.js';
 
 /** Access to the data nodes in the Sentinel and Cluster forms. */
@@ -38,7 +37,7 @@ export interface ClientBehaviour {
   readonly retryStrategy: (attempt: number) => number;
 }
 
-export type RedisClient = Redis | Cluster;
+export type RedisClient = IoRedis.Redis | IoRedis.Cluster;
 
 /**
  * ioredis is loaded when a shared tier is configured, not before: it adds about 12 MiB to the

@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -170,8 +171,7 @@ describe('shared cache settings (tokenCache.redis)', () => {
 });
 
 describe('client certificates (mtls)', () => {
-  it('checks the certificate, the key and the passphrase at load time', async () => {
-    const { generateKeyPairSync } = await import('node:crypto');
+  it('checks the certificate, the key and the passphrase at load time', () => {
     const pki = testPki();
     const dir = mkdtempSync(join(tmpdir(), 'tp-mtls-'));
     const other = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;

@@ -3,7 +3,6 @@ import fc from 'fast-check';
 import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
-import type { Upstream } from '../../src/proxy/forwarder.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders, type ForwardedInfo } from '../../src/proxy/headers.js';
 import { parseAbsoluteForm, urlHost } from '../../src/proxy/request-target.js';
 import { ReverseRouter } from '../../src/proxy/router.js';
@@ -29,12 +28,11 @@ function percentDecode(s: string): string {
 const pathOf = (target: string) => (target.includes('?') ? target.slice(0, target.indexOf('?')) : target);
 
 describe('reverse routing never leaves the prefix', () => {
-  const up = (name: string, basePath: string) => ({ name, basePath }) as unknown as Upstream;
-  const upstreams = [up('partner', '/api/v1'), up('nested', ''), up('root', '/base')];
+  const up = (name: string, basePath: string) => ({ name, basePath });
   const router = new ReverseRouter([
-    { prefix: '/partner', upstream: upstreams[0] as Upstream },
-    { prefix: '/partner/v2', upstream: upstreams[1] as Upstream },
-    { prefix: '/r', upstream: upstreams[2] as Upstream },
+    { prefix: '/partner', upstream: up('partner', '/api/v1') },
+    { prefix: '/partner/v2', upstream: up('nested', '') },
+    { prefix: '/r', upstream: up('root', '/base') },
   ]);
   /** Path-ish pieces that matter for escapes, mixed with plain characters. */
   const piece = fc.oneof(

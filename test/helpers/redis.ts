@@ -15,6 +15,8 @@ export interface TestRedis {
   /** Starts it again on the same port (empty: nothing is saved). */
   start(): Promise<void>;
   stop(): Promise<void>;
+  /** Resolves when the server logs a line matching `pattern` from now on; rejects after 5 s. */
+  nextLog(pattern: RegExp): Promise<void>;
 }
 
 async function freePort(): Promise<number> {
@@ -26,9 +28,9 @@ async function freePort(): Promise<number> {
 }
 
 /** Spawns redis-server with `args`, resolving once its log shows `ready`. */
-function spawnRedis(args: readonly string[], ready: RegExp): Promise<ChildProcess> {
+function spawnRedis(args: readonly string[], ready: RegExp, loglevel = 'notice'): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
-    const proc = spawn('redis-server', [...args, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'notice'], {
+    const proc = spawn('redis-server', [...args, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', loglevel], {
       stdio: ['ignore', 'pipe', 'pipe'],
       cwd: tmpdir(), // where a replica's sync writes its dump.rdb, unless --dir says otherwise
     });
@@ -59,7 +61,8 @@ async function killRedis(proc: ChildProcess | undefined): Promise<void> {
 
 /**
  * A private redis-server (Debian's package) on a free loopback port, keeping nothing on disk, so
- * tests are hermetic and can take it away to test outages. With `tls`, it speaks only TLS.
+ * tests are hermetic and can take it away to test outages. With `tls`, it speaks only TLS and
+ * logs verbosely, so a refused handshake shows ("Error accepting a client connection").
  */
 export async function startRedis(options: { tls?: { cert: string; key: string; ca: string } } = {}): Promise<TestRedis> {
   const port = await freePort();
@@ -68,8 +71,24 @@ export async function startRedis(options: { tls?: { cert: string; key: string; c
     : ['--port', String(port)];
   let child: ChildProcess | undefined;
   const start = async () => {
-    child = await spawnRedis(args, /Ready to accept connections/);
+    child = await spawnRedis(args, /Ready to accept connections/, options.tls ? 'verbose' : 'notice');
   };
+  const nextLog = (pattern: RegExp) =>
+    new Promise<void>((resolve, reject) => {
+      const out = child?.stdout;
+      if (out === undefined || out === null) return reject(new Error('redis-server is not running'));
+      const timer = setTimeout(() => {
+        out.off('data', onData);
+        reject(new Error(`redis-server logged nothing matching ${pattern} within 5 s`));
+      }, 5_000);
+      const onData = (chunk: Buffer) => {
+        if (!pattern.test(chunk.toString())) return;
+        clearTimeout(timer);
+        out.off('data', onData);
+        resolve();
+      };
+      out.on('data', onData);
+    });
   const kill = () => killRedis(child);
   await start();
   return {
@@ -81,6 +100,7 @@ export async function startRedis(options: { tls?: { cert: string; key: string; c
     kill,
     start,
     stop: kill,
+    nextLog,
   };
 }
 

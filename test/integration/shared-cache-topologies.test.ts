@@ -192,9 +192,11 @@ describe('Redis over TLS', () => {
   });
 
   it('never trusts a certificate it cannot verify: without the ca the tier stays down and requests still succeed', async () => {
+    const refused = redis.nextLog(/Error accepting a client connection/); // the handshake was tried, and failed
     const [alone] = await fleet(1, { url: redis.url }, { up: false });
     const p = alone as RunningProxy;
     expect(await burst([p], UPSTREAMS, 'untrusted')).toEqual(Array(UPSTREAMS).fill(200));
+    await refused;
     expect(p.app.sharedCacheUp()).toBe(false);
     expect(p.logs.some((l) => l.includes('"event":"shared_cache_up"'))).toBe(false);
     expect(tokenRequests()).toBe(UPSTREAMS); // fetched on its own

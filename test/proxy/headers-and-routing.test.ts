@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import type { Upstream } from '../../src/proxy/forwarder.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from '../../src/proxy/headers.js';
 import { ReverseRouter } from '../../src/proxy/router.js';
 
@@ -29,7 +28,7 @@ describe('response headers towards the client', () => {
 });
 
 describe('reverse routing', () => {
-  const up = (name: string, basePath = '') => ({ name, basePath }) as unknown as Upstream;
+  const up = (name: string, basePath = '') => ({ name, basePath });
   const router = new ReverseRouter([
     { prefix: '/partner', upstream: up('partner') },
     { prefix: '/partner/v2', upstream: up('partner-v2', '/api') },
