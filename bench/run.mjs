@@ -316,9 +316,22 @@ function tokenProxyConfig(name, { port, adminPort, logLevel = 'info', accessLog 
   return { file, text: yaml };
 }
 
-/** token-proxy built from this checkout, pinned to the proxy core. */
+/**
+ * The Node.js flags the image starts token-proxy with (the words between `node` and `dist/cli.js`
+ * in the Dockerfile's ENTRYPOINT): the benchmark runs the product as it is shipped.
+ */
+function shippedNodeFlags() {
+  const entrypoint = /^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'));
+  const words = entrypoint ? JSON.parse(entrypoint[1]) : [];
+  const script = words.indexOf('dist/cli.js');
+  if (words[0] !== 'node' || script === -1) throw new Error('Dockerfile: expected ENTRYPOINT ["node", ...flags, "dist/cli.js"]');
+  return words.slice(1, script);
+}
+const SHIPPED_NODE_FLAGS = shippedNodeFlags();
+
+/** token-proxy built from this checkout, pinned to the proxy core, started as the image starts it. */
 function startTokenProxy(name, cfg, { stdout, nodeArgs = [] } = {}) {
-  return start(name, PROXY_CORE, node, [...nodeArgs, 'dist/cli.js', 'serve', '--config', cfg.file], { stdout });
+  return start(name, PROXY_CORE, node, [...SHIPPED_NODE_FLAGS, ...nodeArgs, 'dist/cli.js', 'serve', '--config', cfg.file], { stdout });
 }
 
 // ---------------------------------------------------------------- wrk
@@ -563,7 +576,7 @@ async function wrkScenarios(env, tools) {
     { name: 'nginx', get: true, post: true, url: `http://${HOST}:${ports.nginx}/hello`, port: ports.nginx, start: () => start('nginx', PROXY_CORE, 'nginx', ['-p', nginx.dir, '-c', nginx.file, '-e', join(nginx.dir, 'error.log')]), command: 'nginx -p <dir> -c <dir>/nginx.conf (config below)' },
     { name: 'node-http-proxy', get: true, post: true, url: `http://${HOST}:${ports.httpProxy}/hello`, port: ports.httpProxy, start: () => start('http-proxy', PROXY_CORE, node, ['bench/proxies/http-proxy.mjs'], { env: staticEnv(ports.httpProxy) }), command: 'node bench/proxies/http-proxy.mjs' },
     { name: 'undici dispatch()', get: true, post: true, url: `http://${HOST}:${ports.undici}/hello`, port: ports.undici, start: () => start('undici', PROXY_CORE, node, ['bench/proxies/undici-dispatch.mjs'], { env: staticEnv(ports.undici) }), command: 'node bench/proxies/undici-dispatch.mjs' },
-    { name: 'token-proxy', get: true, post: true, url: `http://${HOST}:${ports.tp}/bench/hello`, port: ports.tp, start: () => startTokenProxy('token-proxy', tp), command: 'node dist/cli.js serve --config <generated yaml> (reverse mode; logLevel info, accessLog false; replay buffer 1 MiB, the default)', admin: ports.tpAdmin },
+    { name: 'token-proxy', get: true, post: true, url: `http://${HOST}:${ports.tp}/bench/hello`, port: ports.tp, start: () => startTokenProxy('token-proxy', tp), command: `node ${SHIPPED_NODE_FLAGS.join(' ')} dist/cli.js serve --config <generated yaml> (the image's node flags; reverse mode; logLevel info, accessLog false; replay buffer 1 MiB, the default)`, admin: ports.tpAdmin },
     { name: 'token-proxy, forward mode', get: true, url: `http://${HOST}:${ports.tp}/`, script: forwardScript, dispatcher: forwardAgent(ports.tp), sameAs: 'token-proxy', port: ports.tp, command: `the same process: absolute-form \`GET http://${FORWARD_HOST}/hello\` (wrk -s forward.lua), routed by \`hosts\`` },
     { name: 'token-proxy, access log', get: true, url: `http://${HOST}:${ports.tpLog}/bench/hello`, port: ports.tpLog, start: () => startTokenProxy('token-proxy-access-log', tpLog, { stdout: '/dev/null' }), command: 'same config with accessLog: true (one JSON line per request at info; stdout to /dev/null)', admin: ports.tpLogAdmin },
     ...(squid

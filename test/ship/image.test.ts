@@ -55,7 +55,7 @@ describe('Dockerfile', () => {
     expect(runtime.expose).toEqual(['8080', '9464']);
     expect(runtime.healthcheck?.exec).toBe(true);
     expect(runtime.healthcheck?.words.join(' ')).toMatch(/\/healthz/);
-    expect(runtime.entrypoint).toEqual({ exec: true, words: ['node', 'dist/cli.js'] });
+    expect(runtime.entrypoint).toEqual({ exec: true, words: ['node', '--initial-old-space-size=64', 'dist/cli.js'] });
     expect(runtime.cmd).toEqual({ exec: true, words: ['serve'] });
     expect(runtime.env.get('TOKEN_PROXY_CONFIG')).toBe('/etc/token-proxy/config.yaml');
     expect(runtime.env.get('NODE_ENV')).toBe('production');
