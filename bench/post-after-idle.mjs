@@ -4,6 +4,7 @@
 // V8's old-generation limit is small, and the ArrayBuffers of the request bodies set off a
 // mark-compact every few requests.
 // Prints req/s and the proxy's CPU per request for each POST run. About a minute; loopback only.
+// IDLE_SECONDS (default 15) sets the idle spell; RETRY_BODY_LIMIT_BYTES=0 streams the bodies.
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -16,6 +17,7 @@ import { HOST, LOAD_CORE, PROXY_CORE, ROOT, freePort, print, say, start, stop, s
 
 const run = promisify(execFile);
 const ROUNDS = 3;
+const IDLE_SECONDS = Number(process.env.IDLE_SECONDS ?? 15);
 const entrypoint = JSON.parse(/^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'))[1]);
 const shipped = entrypoint.slice(1, entrypoint.indexOf('dist/cli.js'));
 
@@ -53,19 +55,19 @@ async function main() {
     const port = await freePort();
     const adminPort = await freePort();
     const config = join(work, `${v.flags.length}.yaml`);
-    writeFileSync(config, `listen: ${HOST}:${port}\nadmin:\n  listen: ${HOST}:${adminPort}\nlogLevel: warn\nupstreams:\n  - name: bench\n    target: http://${HOST}:${upstreamPort}\n    pathPrefix: /bench\n    auth: { type: client_credentials, tokenUrl: ${tokenUrl}, clientId: bench, clientSecret: bench }\n`);
+    writeFileSync(config, `listen: ${HOST}:${port}\nadmin:\n  listen: ${HOST}:${adminPort}\nlogLevel: warn\nupstreams:\n  - name: bench\n    target: http://${HOST}:${upstreamPort}\n    pathPrefix: /bench\n    retryBodyLimitBytes: ${process.env.RETRY_BODY_LIMIT_BYTES ?? 1048576}\n    auth: { type: client_credentials, tokenUrl: ${tokenUrl}, clientId: bench, clientSecret: bench }\n`);
     v.url = `http://${HOST}:${port}/bench/hello`;
     v.child = start(`token-proxy-${v.flags.length}`, PROXY_CORE, process.execPath, [...v.flags, 'dist/cli.js', 'serve', '--config', config]);
     await waitForPort(port, v.child);
     v.runs = [];
   }
-  say('one request to each (its token is fetched), then 15 s idle: V8 shrinks the heap limit of an idle process');
+  say(`one request to each (its token is fetched), then ${IDLE_SECONDS} s idle: V8 shrinks the heap limit of an idle process`);
   for (const v of variants) {
     const res = await request(v.url);
     const body = await res.body.text();
     if (res.statusCode !== 200) throw new Error(`${v.name}: ${res.statusCode} ${body}`);
   }
-  await delay(15_000);
+  await delay(IDLE_SECONDS * 1000);
   for (let round = 0; round < ROUNDS; round += 1) {
     for (const v of variants) {
       const before = cpuSeconds(v.child.pid);
