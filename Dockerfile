@@ -61,7 +61,8 @@ STOPSIGNAL SIGTERM
 # --initial-old-space-size=64 (MB) keeps V8's old-generation limit from shrinking below 64 MB
 # after an idle spell. V8 counts ArrayBuffers allocated since the last mark-compact against that
 # limit, so with a small limit request bodies (socket chunks, replay buffers) set off a full GC
-# every few requests: 1 MiB POSTs ran at 270-400 req/s instead of 800-1,190 in the same rig
-# (BENCHMARKS.md, "What was tried"). It is a floor for the limit, not memory taken up front.
+# every few requests: 1 MiB POSTs after an idle spell ran at 260-430 req/s without it and at
+# 670-1,250 with it (`npm run bench:post-after-idle`; BENCHMARKS.md, "What was tried"). It is a
+# floor for the limit, not memory taken up front.
 ENTRYPOINT ["node", "--initial-old-space-size=64", "dist/cli.js"]
 CMD ["serve"]
