@@ -27,6 +27,18 @@ export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const work = mkdtempSync(join(tmpdir(), 'token-proxy-bench-'));
 export const children = [];
 
+/**
+ * The Node.js flags the image starts token-proxy with (the words between `node` and `dist/cli.js`
+ * in the Dockerfile's ENTRYPOINT): the benchmarks run the product as it is shipped.
+ */
+export function shippedNodeFlags() {
+  const entrypoint = /^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'));
+  const words = entrypoint ? JSON.parse(entrypoint[1]) : [];
+  const script = words.indexOf('dist/cli.js');
+  if (words[0] !== 'node' || script === -1) throw new Error('Dockerfile: expected ENTRYPOINT ["node", ...flags, "dist/cli.js"]');
+  return words.slice(1, script);
+}
+
 // ---------------------------------------------------------------- processes
 
 /**

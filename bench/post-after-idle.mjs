@@ -13,13 +13,12 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { OAuth2Server } from 'oauth2-mock-server';
 import { request } from 'undici';
-import { HOST, LOAD_CORE, PROXY_CORE, ROOT, freePort, print, say, start, stop, stopAll, waitForPort, work } from './lib.mjs';
+import { HOST, LOAD_CORE, PROXY_CORE, freePort, print, say, shippedNodeFlags, start, stop, stopAll, waitForPort, work } from './lib.mjs';
 
 const run = promisify(execFile);
 const ROUNDS = 3;
 const IDLE_SECONDS = Number(process.env.IDLE_SECONDS ?? 15);
-const entrypoint = JSON.parse(/^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'))[1]);
-const shipped = entrypoint.slice(1, entrypoint.indexOf('dist/cli.js'));
+const shipped = shippedNodeFlags();
 
 const cpuSeconds = (pid) => {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');

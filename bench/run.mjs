@@ -30,7 +30,7 @@ import { randomUUID } from 'node:crypto';
 import { OAuth2Server } from 'oauth2-mock-server';
 import { fetch, ProxyAgent } from 'undici';
 import {
-  DISTURBED, HOST, LOAD_CORE, PROXY_CORE, ROOT, cpuBetween, freePort, hasCommand, logTail, oneLine, pairedRatio, pairedText, pct, print, rounds, rpc, runPinned,
+  DISTURBED, HOST, LOAD_CORE, PROXY_CORE, ROOT, cpuBetween, shippedNodeFlags, freePort, hasCommand, logTail, oneLine, pairedRatio, pairedText, pct, print, rounds, rpc, runPinned,
   sample, say, spare, start, stop, stopAll, table, target, version, waitForPort, waitForQuiet, work,
 } from './lib.mjs';
 import { coldScenario, connectScenario, latencyScenario, memoryScenario, profileScenario, refreshScenario } from './scenarios.mjs';
@@ -316,17 +316,6 @@ function tokenProxyConfig(name, { port, adminPort, logLevel = 'info', accessLog 
   return { file, text: yaml };
 }
 
-/**
- * The Node.js flags the image starts token-proxy with (the words between `node` and `dist/cli.js`
- * in the Dockerfile's ENTRYPOINT): the benchmark runs the product as it is shipped.
- */
-function shippedNodeFlags() {
-  const entrypoint = /^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'));
-  const words = entrypoint ? JSON.parse(entrypoint[1]) : [];
-  const script = words.indexOf('dist/cli.js');
-  if (words[0] !== 'node' || script === -1) throw new Error('Dockerfile: expected ENTRYPOINT ["node", ...flags, "dist/cli.js"]');
-  return words.slice(1, script);
-}
 const SHIPPED_NODE_FLAGS = shippedNodeFlags();
 
 /** token-proxy built from this checkout, pinned to the proxy core, started as the image starts it. */
