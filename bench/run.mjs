@@ -481,7 +481,8 @@ ${disturbedRuns > 0 || noisyTargets > 0 ? `
 Reproduce: \`npm run bench\` (about ${Math.round(estimateSeconds(FULL_PLAN, SCENARIOS, true) / 60)} minutes on an idle machine, writes this file) or
 \`npm run bench -- --quick\` (about ${Math.round(estimateSeconds(QUICK_PLAN, SCENARIOS, false) / 60)} minutes, prints the tables only: a check before committing a hot-path
 change). \`--scenarios ${SCENARIOS.join(',')}\` runs a subset (printed only); \`--profile\` adds the CPU profiles
-to a quick run; \`--rate N\` sets the fixed rate.
+to a quick run; \`--rate N\` sets the fixed rate. \`npm run bench:post-after-idle\` (about a minute) runs 1 MiB POSTs
+after an idle spell with and without the image's Node flags (see "What was tried").
 ${QUICK || !ALL ? `\n> **Not a full run** (${QUICK ? '--quick' : `--scenarios ${chosen.join(',')}`}): short runs, indicative only.\n` : ''}
 ## Machine
 
