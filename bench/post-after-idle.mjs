@@ -6,7 +6,7 @@
 // Prints req/s and the proxy's CPU per request for each POST run. About a minute; loopback only.
 // IDLE_SECONDS (default 15) sets the idle spell; RETRY_BODY_LIMIT_BYTES=0 streams the bodies.
 import { execFile } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import process from 'node:process';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -85,5 +85,6 @@ try {
   await main();
 } finally {
   await stopAll();
+  rmSync(work, { recursive: true, force: true });
 }
 process.exit();
