@@ -4,7 +4,8 @@
 // V8's old-generation limit is small, and the ArrayBuffers of the request bodies set off a
 // mark-compact every few requests.
 // Prints req/s and the proxy's CPU per request for each POST run. About a minute; loopback only.
-// IDLE_SECONDS (default 15) sets the idle spell; RETRY_BODY_LIMIT_BYTES=0 streams the bodies.
+// IDLE_SECONDS (default 15) sets the idle spell; RETRY_BODY_LIMIT_BYTES=0 streams the bodies;
+// KEEP_WORK=1 keeps the work directory (the proxies' logs, e.g. with --trace-gc in the ENTRYPOINT).
 import { execFile } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -85,6 +86,7 @@ try {
   await main();
 } finally {
   await stopAll();
-  rmSync(work, { recursive: true, force: true });
+  if (process.env.KEEP_WORK) say(`work directory kept: ${work}`);
+  else rmSync(work, { recursive: true, force: true });
 }
 process.exit();
