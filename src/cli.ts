@@ -40,6 +40,17 @@ function loadOrExit(args: CommonArgs): Config {
 }
 
 /**
+ * The V8 heap floor the image starts Node with: after an idle spell V8 otherwise shrinks its
+ * old-generation limit so far that request bodies' ArrayBuffers set off a mark-compact every few
+ * requests (BENCHMARKS.md). A running process cannot set it, so `serve` says when it is missing.
+ */
+const HEAP_FLOOR = '--initial-old-space-size=64';
+
+function hasHeapFloor(execArgv: readonly string[]): boolean {
+  return execArgv.some((arg) => arg.replaceAll('_', '-').startsWith('--initial-old-space-size'));
+}
+
+/**
  * SIGHUP: re-read the config file. A bad new config is rejected with every problem logged and the
  * running one stays; a good one is swapped in without dropping requests.
  */
@@ -100,6 +111,12 @@ await yargs(hideBin(process.argv))
     (y) => withServeOptions(y),
     async (args) => {
       const app = createApp(loadOrExit(args));
+      if (!hasHeapFloor(process.execArgv)) {
+        app.logger.info(
+          { event: 'runtime_hint', flag: HEAP_FLOOR },
+          `started without ${HEAP_FLOOR} (the image's ENTRYPOINT has it): large request bodies after an idle spell can set off a full garbage collection every few requests`,
+        );
+      }
       onShutdown(() => app.close());
       onReload(app, args);
       await app.listen();

@@ -29,8 +29,8 @@ async function cli(args: string[], env: Record<string, string> = {}) {
 }
 
 /** Starts a long-running CLI command and resolves once its output matches `ready`. */
-async function start(args: string[], env: Record<string, string>, ready: RegExp) {
-  const child = spawn('node', [CLI, ...args], { env: { PATH: process.env['PATH'] ?? '', ...env } });
+async function start(args: string[], env: Record<string, string>, ready: RegExp, nodeArgs: string[] = []) {
+  const child = spawn('node', [...nodeArgs, CLI, ...args], { env: { PATH: process.env['PATH'] ?? '', ...env } });
   let output = '';
   let stdout = '';
   const matched = new Promise<RegExpExecArray>((resolveMatch, reject) => {
@@ -133,6 +133,19 @@ describe('token-proxy command line', () => {
     partner.script = undefined;
     await expect(curl([`http://127.0.0.1:${port}/partner/hello`])).rejects.toThrow(); // no longer listening
     expect(proxy.output()).not.toContain(SECRET);
+    // Started as plain `node dist/cli.js`: without the image's heap floor, which it names.
+    const hints = proxy.stdout().split('\n').filter((l) => l.includes('"event":"runtime_hint"'));
+    expect(hints.map((l) => (JSON.parse(l) as { flag: string }).flag)).toEqual(['--initial-old-space-size=64']);
+  });
+
+  it('gives no runtime hint when started with the heap floor the image uses', async () => {
+    const env = { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), TOKEN_PROXY_LISTEN: '127.0.0.1:0', TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0', TOKEN_PROXY_LOG_LEVEL: 'info', CLI_SECRET: SECRET };
+    const proxy = await start(['serve'], env, /"proxy":"127\.0\.0\.1:(\d+)"/, ['--initial-old-space-size=64']);
+    expect((await curl([`http://127.0.0.1:${proxy.match[1]}/partner/hello`])).stdout).toContain('cli-client');
+    proxy.child.kill('SIGTERM');
+    expect(await exitCode(proxy.child)).toBe(0);
+    expect(proxy.stdout()).toContain('"event":"listening"');
+    expect(proxy.stdout()).not.toContain('runtime_hint');
   });
 
   it('writes every access-log line to stdout before exiting on SIGTERM, the drained request too, and no secret', async () => {
