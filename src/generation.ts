@@ -46,7 +46,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
   // link-local addresses (SSRF) is refused unless explicitly allowed.
   const egressAgent = new Agent({ connect: { lookup: egress.lookup } });
   const dispatchers: Dispatcher[] = [...factory.dispatchers, egressAgent];
-  const accessLog = config.accessLog && logger.isLevelEnabled('info') ? accessLogFor(logger) : undefined;
+  const accessLog = accessLogFor(logger, config.accessLog);
   const validator = config.inbound.jwt === undefined ? undefined : new InboundJwtValidator(config.inbound.jwt);
   const routing: Routing = {
     reverse: new ReverseRouter(built.flatMap(({ upstream, config: u }) => (u.pathPrefix === undefined ? [] : [{ prefix: u.pathPrefix, upstream }]))),

@@ -141,9 +141,11 @@ function accessLine(time: () => string, e: AccessLogEntry): string {
 
 /**
  * The access log that goes with `logger`: the fast one for a logger from createLogger, else one
- * line through `logger` itself (with whatever redaction it has).
+ * line through `logger` itself (with whatever redaction it has). Undefined when access logs are
+ * off (`enabled` false, the config's `accessLog`) or the logger's level leaves out info lines.
  */
-export function accessLogFor(logger: Logger): AccessLog {
+export function accessLogFor(logger: Logger, enabled = true): AccessLog | undefined {
+  if (!enabled || !logger.isLevelEnabled('info')) return undefined;
   const known = accessLogs.get(logger);
   if (known !== undefined) return known;
   const child = logger.child({ event: 'request' });

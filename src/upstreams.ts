@@ -81,7 +81,7 @@ export class UpstreamFactory {
       retryBodyLimitBytes: u.retryBodyLimitBytes,
       timeoutMs: u.timeoutSeconds * 1000,
       logger,
-      accessLog: this.#config.accessLog && logger.isLevelEnabled('info') ? accessLogFor(logger) : undefined,
+      accessLog: accessLogFor(logger, this.#config.accessLog),
     };
   }
 

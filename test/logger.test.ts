@@ -37,7 +37,7 @@ describe('access log', () => {
   it('writes the entry as one line with the fields the redacting logger would write, in the same order', async () => {
     const { stream, lines } = sink();
     const logger = createLogger('info', stream);
-    accessLogFor(logger)(entry);
+    accessLogFor(logger)?.(entry);
     logger.info({ event: 'request', ...entry }, 'request');
     await new Promise((resolve) => setImmediate(resolve));
     expect(lines).toHaveLength(2);
@@ -62,7 +62,7 @@ describe('access log', () => {
       { requestId: 'r', method: undefined, upstream: 'u', tenant: undefined, status: 401, durationMs: 0, retried: false, token: undefined },
     ];
     for (const c of cases) {
-      accessLogFor(logger)(c);
+      accessLogFor(logger)?.(c);
       logger.info({ event: 'request', ...c }, 'request');
     }
     await new Promise((resolve) => setImmediate(resolve));
@@ -77,7 +77,7 @@ describe('access log', () => {
   it('goes through the logger itself, redaction included, for a logger made elsewhere', async () => {
     const { stream, lines } = sink();
     const logger = pino({ redact: ['token'] }, stream);
-    accessLogFor(logger)(entry);
+    accessLogFor(logger)?.(entry);
     await new Promise((resolve) => setImmediate(resolve));
     expect(lines).toEqual([expect.objectContaining({ event: 'request', requestId: 'abc-123', token: '[Redacted]', msg: 'request' })]);
   });
