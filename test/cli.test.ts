@@ -48,6 +48,11 @@ async function start(args: string[], env: Record<string, string>, ready: RegExp,
   return { child, match, output: () => output, stdout: () => stdout };
 }
 
+/** `serve` from the environment alone: the test config, ephemeral ports, info logs. */
+function serveEnv(): Record<string, string> {
+  return { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), TOKEN_PROXY_LISTEN: '127.0.0.1:0', TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0', TOKEN_PROXY_LOG_LEVEL: 'info', CLI_SECRET: SECRET };
+}
+
 function curl(args: string[]) {
   return run('curl', ['-sS', '--max-time', '10', ...args]);
 }
@@ -112,7 +117,7 @@ describe('token-proxy command line', () => {
   });
 
   it('serves with settings from the environment, answers curl, and drains an in-flight request on SIGTERM', async () => {
-    const proxy = await start(['serve'], { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), TOKEN_PROXY_LISTEN: '127.0.0.1:0', TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0', TOKEN_PROXY_LOG_LEVEL: 'info', CLI_SECRET: SECRET }, /"proxy":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/);
+    const proxy = await start(['serve'], serveEnv(), /"proxy":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/);
     const [, port, adminPort] = proxy.match;
     const ok = await curl([`http://127.0.0.1:${port}/partner/hello`]);
     expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, client: 'cli-client' });
@@ -139,8 +144,7 @@ describe('token-proxy command line', () => {
   });
 
   it('gives no runtime hint when started with the heap floor the image uses', async () => {
-    const env = { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), TOKEN_PROXY_LISTEN: '127.0.0.1:0', TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0', TOKEN_PROXY_LOG_LEVEL: 'info', CLI_SECRET: SECRET };
-    const proxy = await start(['serve'], env, /"proxy":"127\.0\.0\.1:(\d+)"/, ['--initial-old-space-size=64']);
+    const proxy = await start(['serve'], serveEnv(), /"proxy":"127\.0\.0\.1:(\d+)"/, ['--initial-old-space-size=64']);
     expect((await curl([`http://127.0.0.1:${proxy.match[1]}/partner/hello`])).stdout).toContain('cli-client');
     proxy.child.kill('SIGTERM');
     expect(await exitCode(proxy.child)).toBe(0);
@@ -149,7 +153,7 @@ describe('token-proxy command line', () => {
   });
 
   it('writes every access-log line to stdout before exiting on SIGTERM, the drained request too, and no secret', async () => {
-    const proxy = await start(['serve'], { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), TOKEN_PROXY_LISTEN: '127.0.0.1:0', TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0', TOKEN_PROXY_LOG_LEVEL: 'info', CLI_SECRET: SECRET }, /"proxy":"127\.0\.0\.1:(\d+)"/);
+    const proxy = await start(['serve'], serveEnv(), /"proxy":"127\.0\.0\.1:(\d+)"/);
     const origin = `http://127.0.0.1:${proxy.match[1]}`;
     // Stdout is buffered up to 4 KiB (about 15 access lines) or a second: a burst leaves its last
     // lines in the buffer when the signal comes, for the flush on shutdown to write.

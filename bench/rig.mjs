@@ -1,0 +1,61 @@
+// The small rig the side benchmarks share (ab.mjs, post-after-idle.mjs): the token server and the
+// upstream on the load core, token-proxy processes on the proxy core, wrk runs and the CPU time of
+// one process. run.mjs has its own, fuller set-up (comparison points, TLS, IPC statistics).
+import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import process from 'node:process';
+import { promisify } from 'node:util';
+import { OAuth2Server } from 'oauth2-mock-server';
+import { request } from 'undici';
+import { HOST, LOAD_CORE, PROXY_CORE, ROOT, freePort, start, waitForPort, work } from './lib.mjs';
+
+export const run = promisify(execFile);
+
+/** The token server (oauth2-mock-server) and the bench upstream that checks its tokens. */
+export async function startPartner() {
+  const tokens = new OAuth2Server();
+  await tokens.issuer.keys.generate('RS256');
+  await tokens.start(await freePort(), HOST);
+  const upstreamPort = await freePort();
+  const upstream = start('upstream', LOAD_CORE, process.execPath, ['bench/upstream.mjs'], {
+    env: { PORT: String(upstreamPort), BENCH_JWK: JSON.stringify(tokens.issuer.keys.toJSON()[0]) },
+    ipc: true,
+  });
+  await waitForPort(upstreamPort, upstream);
+  return { tokenUrl: `http://${HOST}:${tokens.address().port}/token`, upstreamPort, stop: () => tokens.stop() };
+}
+
+/**
+ * A token-proxy (from `root`, this checkout by default) on the proxy core, with one reverse-mode
+ * upstream; resolves once it has answered one request with 200 (its token is then cached).
+ */
+export async function startProxy(name, partner, { root = ROOT, nodeFlags = [], retryBodyLimitBytes = 1024 * 1024 } = {}) {
+  const port = await freePort();
+  const adminPort = await freePort();
+  const config = join(work, `${name}.yaml`);
+  writeFileSync(
+    config,
+    `listen: ${HOST}:${port}\nadmin:\n  listen: ${HOST}:${adminPort}\nlogLevel: warn\naccessLog: false\nupstreams:\n  - name: bench\n    target: http://${HOST}:${partner.upstreamPort}\n    pathPrefix: /bench\n    retryBodyLimitBytes: ${retryBodyLimitBytes}\n    auth: { type: client_credentials, tokenUrl: ${partner.tokenUrl}, clientId: bench, clientSecret: bench }\n`,
+  );
+  const child = start(name, PROXY_CORE, process.execPath, [...nodeFlags, join(root, 'dist', 'cli.js'), 'serve', '--config', config]);
+  await waitForPort(port, child);
+  const url = `http://${HOST}:${port}/bench/hello`;
+  const res = await request(url);
+  const body = await res.body.text();
+  if (res.statusCode !== 200) throw new Error(`${name}: ${res.statusCode} ${body}`);
+  return { url, child };
+}
+
+/** One wrk run on the load core: requests per second and requests completed. */
+export async function wrk(url, seconds, connections, script) {
+  const { stdout } = await run('taskset', ['-c', LOAD_CORE, 'wrk', '-t1', `-c${connections}`, `-d${seconds}s`, ...(script ? ['-s', script] : []), url]);
+  return { rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1] ?? 0), requests: Number(/(\d+) requests in/.exec(stdout)?.[1] ?? 0) };
+}
+
+/** CPU seconds (user and system) one process has used so far. */
+export function cpuSecondsOf(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime: ticks of 10 ms (CLK_TCK 100)
+}
