@@ -48,6 +48,17 @@ async function start(args: string[], env: Record<string, string>, ready: RegExp,
   return { child, match, output: () => output, stdout: () => stdout };
 }
 
+/** The partner answers /slow with 'finished' after `delayMs`; resolves when such a request has arrived. */
+function slowPartnerPath(delayMs: number): Promise<void> {
+  return new Promise<void>((arrived) => {
+    partner.script = (req) => {
+      if (req.path !== '/slow') return undefined;
+      arrived();
+      return { status: 200, body: 'finished', delayMs };
+    };
+  });
+}
+
 /** `serve` from the environment alone: the test config, ephemeral ports, info logs. */
 function serveEnv(): Record<string, string> {
   return { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), TOKEN_PROXY_LISTEN: '127.0.0.1:0', TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0', TOKEN_PROXY_LOG_LEVEL: 'info', CLI_SECRET: SECRET };
@@ -123,13 +134,7 @@ describe('token-proxy command line', () => {
     expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, client: 'cli-client' });
     expect(JSON.parse((await curl([`http://127.0.0.1:${adminPort}/readyz`])).stdout)).toMatchObject({ status: 'ready', tokens: [{ upstream: 'partner', state: 'valid' }] });
 
-    let arrived!: () => void;
-    const slowArrived = new Promise<void>((resolveArrived) => (arrived = resolveArrived));
-    partner.script = (req) => {
-      if (req.path !== '/slow') return undefined;
-      arrived();
-      return { status: 200, body: 'finished', delayMs: 700 };
-    };
+    const slowArrived = slowPartnerPath(700);
     const slow = curl([`http://127.0.0.1:${port}/partner/slow`]);
     await slowArrived; // the request is in flight at the partner when the signal comes
     proxy.child.kill('SIGTERM');
@@ -163,13 +168,7 @@ describe('token-proxy command line', () => {
       await res.body.dump();
       expect(res.statusCode).toBe(200);
     }
-    let arrived!: () => void;
-    const slowArrived = new Promise<void>((resolveArrived) => (arrived = resolveArrived));
-    partner.script = (req) => {
-      if (req.path !== '/slow') return undefined;
-      arrived();
-      return { status: 200, body: 'finished', delayMs: 300 };
-    };
+    const slowArrived = slowPartnerPath(300);
     const slow = request(`${origin}/partner/slow`, { headers: { 'x-request-id': 'drained' } });
     await slowArrived;
     proxy.child.kill('SIGTERM');
