@@ -1,5 +1,8 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { collectWellNamedDefaultMetrics } from './metrics-defaults.js';
+import { counterSeries, histogramSeries, type CounterSeries } from './metric-series.js';
+
+const REQUEST_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 /**
  * Every metric name lives here. Labels are bounded: upstream names come from the config,
@@ -82,7 +85,7 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
       name: 'token_proxy_request_duration_seconds',
       help: 'Time from request received to response headers sent.',
       labelNames: ['upstream'] as const,
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      buckets: REQUEST_DURATION_BUCKETS,
       registers,
     }),
     unauthorizedRetries: new Counter({
@@ -96,18 +99,18 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
-/** Request metrics, bound once per upstream so the hot path does no label hashing. */
+/** Request metrics, bound once per upstream (and status code) so the hot path does no label hashing. */
 export function bindRequestMetrics(metrics: Metrics, upstream: string) {
-  const byCode = new Map<number, Counter.Internal>();
+  const byCode = new Map<number, CounterSeries>();
   return {
-    requestDuration: metrics.requestDuration.labels(upstream),
+    requestDuration: histogramSeries(metrics.requestDuration, { upstream }, REQUEST_DURATION_BUCKETS),
     response(code: number): void {
-      let child = byCode.get(code);
-      if (child === undefined) {
-        child = metrics.requests.labels(upstream, String(code));
-        byCode.set(code, child);
+      let series = byCode.get(code);
+      if (series === undefined) {
+        series = counterSeries(metrics.requests, { upstream, code: String(code) });
+        byCode.set(code, series);
       }
-      child.inc();
+      series.inc();
     },
   };
 }
@@ -117,7 +120,8 @@ export function bindTokenMetrics(metrics: Metrics, upstream: string, tenant: str
   // With the tenant label on, every token series names its tenant; "" would read as "no label".
   const base: string[] = metrics.tenantLabel ? [upstream, tenant ?? '-'] : [upstream];
   return {
-    cacheHit: metrics.cacheHits.labels(...base, 'memory'),
+    // Counted on every request: a bound series (see metric-series.ts).
+    cacheHit: counterSeries(metrics.cacheHits, { ...(metrics.tenantLabel ? { upstream, tenant: tenant ?? '-' } : { upstream }), tier: 'memory' }),
     sharedCacheHit: metrics.cacheHits.labels(...base, 'redis'),
     cacheMiss: metrics.cacheMisses.labels(...base),
     refreshOk: metrics.refreshDuration.labels(...base, 'success'),
