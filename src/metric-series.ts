@@ -26,7 +26,7 @@ interface HistogramRecord {
   labels: LabelSet;
   sum: number;
   count: number;
-  bucketValues: Record<number, number>;
+  bucketValues: Record<string, number>;
 }
 
 /** prom-client keeps each series' record in `hashMap`, keyed by the label hash. */
@@ -80,6 +80,8 @@ export function counterSeries(counter: Counter<string>, labels: LabelSet): Count
 export function histogramSeries(histogram: Histogram<string>, labels: LabelSet, buckets: readonly number[]): HistogramSeries {
   let record: HistogramRecord | undefined;
   let bound = false;
+  // prom-client keys bucket counts by the bound's string form: converted once, not per call.
+  const keys = buckets.map(String);
   return {
     observe(value: number): void {
       if (record === undefined) {
@@ -94,9 +96,10 @@ export function histogramSeries(histogram: Histogram<string>, labels: LabelSet, 
       if (!Number.isFinite(value)) return; // prom-client would throw; a duration never is
       record.sum += value;
       record.count += 1;
-      for (const upper of buckets) {
-        if (value <= upper) {
-          record.bucketValues[upper] = (record.bucketValues[upper] ?? 0) + 1;
+      for (let i = 0; i < buckets.length; i++) {
+        if (value <= (buckets[i] as number)) {
+          const key = keys[i] as string;
+          record.bucketValues[key] = (record.bucketValues[key] ?? 0) + 1;
           return;
         }
       }

@@ -88,33 +88,51 @@ export interface Target {
  * fastest of its interfaces, with raw headers so repeated fields survive), stream the answer
  * back. A 401 on a replayable request renews the token and replays once; any other answer,
  * 403 included, goes to the client exactly as received.
+ *
+ * Returns a promise only when it has to wait (for a token or a request body): the usual request,
+ * with a cached token and no body, is on its way when this returns, at no promise or tick.
  */
-export async function forward(
+export function forward(
   req: IncomingMessage,
   res: ServerResponse,
   upstream: Upstream,
   target: Target,
   tokens: TokenSource | undefined,
   maxRequestBodyBytes: number,
-): Promise<void> {
+): Promise<void> | undefined {
   const ctx: RequestContext = { req, res, upstream, target, tokens, started: performance.now(), requestId: requestIdOf(req) };
-  let body: RequestBody;
-  let token: Token | undefined;
+  const token = tokens?.current();
+  if (tokens !== undefined && token === undefined) return forwardOnceObtained(ctx, tokens, maxRequestBodyBytes);
+  return sendWith(ctx, token, maxRequestBodyBytes);
+}
+
+async function forwardOnceObtained(ctx: RequestContext, tokens: TokenSource, maxRequestBodyBytes: number): Promise<void> {
+  let token: Token;
   try {
-    token = tokens === undefined ? undefined : (tokens.current() ?? (await tokens.obtain()));
+    token = await tokens.obtain();
   } catch (err) {
-    req.resume();
-    finish(ctx, sendError(res, tokenUnavailable(upstream, err)), undefined, false);
+    ctx.req.resume();
+    finish(ctx, sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false);
     return;
   }
+  await sendWith(ctx, token, maxRequestBodyBytes);
+}
+
+/** Reads the body as the upstream's replay rule says (nothing to wait for without one), then sends. */
+function sendWith(ctx: RequestContext, token: Token | undefined, maxRequestBodyBytes: number): Promise<void> | undefined {
+  const refuse = (err: unknown): void => {
+    finish(ctx, sendError(ctx.res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')), token, false);
+  };
+  let read: RequestBody | Promise<RequestBody>;
   try {
-    const read = readRequestBody(req, upstream.retryBodyLimitBytes, maxRequestBodyBytes);
-    body = read instanceof Promise ? await read : read;
+    read = readRequestBody(ctx.req, ctx.upstream.retryBodyLimitBytes, maxRequestBodyBytes);
   } catch (err) {
-    finish(ctx, sendError(res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')), token, false);
-    return;
+    refuse(err);
+    return undefined;
   }
-  new Exchange(ctx, body).send(token, 1);
+  if (read instanceof Promise) return read.then((body) => new Exchange(ctx, body).send(token, 1), refuse);
+  new Exchange(ctx, read).send(token, 1);
+  return undefined;
 }
 
 /** One client request, as the access log and metrics see it. */
@@ -179,7 +197,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#tokens = ctx.tokens;
     this.#body = body;
     const res = ctx.res;
-    res.once('close', () => {
+    res.on('close', () => {
       // The client went away before the answer was complete: free the upstream socket.
       if (!res.writableFinished) this.#abort?.(new Error('client closed the connection'));
     });

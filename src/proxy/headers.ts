@@ -20,14 +20,23 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
  */
 const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', 'expect']);
 
+/**
+ * Adds the field names a Connection value lists to `named`, and returns it. Names dropped anyway
+ * as hop-by-hop (the usual `keep-alive`) need no entry: most messages then allocate no set.
+ */
+function addConnectionTokens(value: string, named: Set<string> | undefined): Set<string> | undefined {
+  for (const part of value.includes(',') ? value.split(',') : [value]) {
+    const name = part.trim().toLowerCase();
+    if (name !== '' && !HOP_BY_HOP.has(name)) (named ??= new Set()).add(name);
+  }
+  return named;
+}
+
 function connectionTokens(raw: readonly string[]): Set<string> | undefined {
   let named: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).toLowerCase() !== 'connection') continue;
-    for (const part of (raw[i + 1] as string).split(',')) {
-      const name = part.trim().toLowerCase();
-      if (name !== '') (named ??= new Set()).add(name);
-    }
+    const name = raw[i] as string;
+    if (name.length === 10 && name.toLowerCase() === 'connection') named = addConnectionTokens(raw[i + 1] as string, named);
   }
   return named;
 }
@@ -77,16 +86,12 @@ export function upstreamRequestHeaders(raw: readonly string[], forwarded: Forwar
 
 /** Response fields from the target, minus hop-by-hop ones; repeated fields (Set-Cookie) stay separate. */
 export function downstreamResponseHeaders(raw: readonly Buffer[]): string[] {
-  const out: string[] = [];
   let named: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as Buffer).length === 10 && (raw[i] as Buffer).toString('latin1').toLowerCase() === 'connection') {
-      for (const part of (raw[i + 1] as Buffer).toString('latin1').split(',')) {
-        const name = part.trim().toLowerCase();
-        if (name !== '') (named ??= new Set()).add(name);
-      }
-    }
+    const name = raw[i] as Buffer;
+    if (name.length === 10 && name.toString('latin1').toLowerCase() === 'connection') named = addConnectionTokens((raw[i + 1] as Buffer).toString('latin1'), named);
   }
+  const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as Buffer).toString('latin1');
     const lower = name.toLowerCase();

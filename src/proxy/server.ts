@@ -70,7 +70,8 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
     const routing = full.routing;
     routing.drain.enter();
     inFlight.enter();
-    res.once('close', () => {
+    // 'close' comes once per response: a plain listener spares once()'s wrapper and removal.
+    res.on('close', () => {
       routing.drain.leave();
       inFlight.leave();
     });
@@ -81,7 +82,11 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
       return;
     }
     if (where.verifyCaller === undefined || routing.callerAuth === undefined) {
-      forward(req, res, where.upstream, where.target, where.tokens, routing.maxRequestBodyBytes).catch(failed(res));
+      try {
+        forward(req, res, where.upstream, where.target, where.tokens, routing.maxRequestBodyBytes)?.catch(failed(res));
+      } catch (err) {
+        failed(res)(err);
+      }
       return;
     }
     admitCaller(routing.callerAuth, req, where)

@@ -25,6 +25,11 @@ describe('response headers towards the client', () => {
     const raw = ['Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Connection', 'close, X-Hop', 'X-Hop', 'y', 'Transfer-Encoding', 'chunked', 'Content-Type', 'text/plain'].map((s) => Buffer.from(s));
     expect(downstreamResponseHeaders(raw)).toEqual(['Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Content-Type', 'text/plain']);
   });
+
+  it('drops a field named by a Connection value of one name, wherever the two stand', () => {
+    const raw = ['X-Late', 'z', 'Keep-Alive', 'timeout=5', 'CONNECTION', ' X-Late ', 'Connection', 'keep-alive', 'Content-Length', '2'].map((s) => Buffer.from(s));
+    expect(downstreamResponseHeaders(raw)).toEqual(['Content-Length', '2']);
+  });
 });
 
 describe('reverse routing', () => {
