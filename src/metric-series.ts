@@ -89,8 +89,7 @@ export function histogramSeries(histogram: Histogram<string>, labels: LabelSet, 
         if (bound) return;
         bound = true;
         // prom-client stores the labels object it was given in the record it makes for them.
-        const found = Object.values(recordsOf(histogram) ?? {}).find((r) => isHistogramRecord(r, labels));
-        if (found !== undefined && isHistogramRecord(found, labels)) record = found;
+        record = Object.values(recordsOf(histogram) ?? {}).find((r): r is HistogramRecord => isHistogramRecord(r, labels));
         return;
       }
       if (!Number.isFinite(value)) return; // prom-client would throw; a duration never is

@@ -118,10 +118,11 @@ export function bindRequestMetrics(metrics: Metrics, upstream: string) {
 /** Token metrics of one token source: an upstream, or one tenant of it. */
 export function bindTokenMetrics(metrics: Metrics, upstream: string, tenant: string | undefined) {
   // With the tenant label on, every token series names its tenant; "" would read as "no label".
-  const base: string[] = metrics.tenantLabel ? [upstream, tenant ?? '-'] : [upstream];
+  const labels: Record<string, string> = metrics.tenantLabel ? { upstream, tenant: tenant ?? '-' } : { upstream };
+  const base = Object.values(labels);
   return {
     // Counted on every request: a bound series (see metric-series.ts).
-    cacheHit: counterSeries(metrics.cacheHits, { ...(metrics.tenantLabel ? { upstream, tenant: tenant ?? '-' } : { upstream }), tier: 'memory' }),
+    cacheHit: counterSeries(metrics.cacheHits, { ...labels, tier: 'memory' }),
     sharedCacheHit: metrics.cacheHits.labels(...base, 'redis'),
     cacheMiss: metrics.cacheMisses.labels(...base),
     refreshOk: metrics.refreshDuration.labels(...base, 'success'),

@@ -120,19 +120,25 @@ async function forwardOnceObtained(ctx: RequestContext, tokens: TokenSource, max
 
 /** Reads the body as the upstream's replay rule says (nothing to wait for without one), then sends. */
 function sendWith(ctx: RequestContext, token: Token | undefined, maxRequestBodyBytes: number): Promise<void> | undefined {
-  const refuse = (err: unknown): void => {
-    finish(ctx, sendError(ctx.res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')), token, false);
-  };
   let read: RequestBody | Promise<RequestBody>;
   try {
     read = readRequestBody(ctx.req, ctx.upstream.retryBodyLimitBytes, maxRequestBodyBytes);
   } catch (err) {
-    refuse(err);
+    refuseBody(ctx, token, err);
     return undefined;
   }
-  if (read instanceof Promise) return read.then((body) => new Exchange(ctx, body).send(token, 1), refuse);
+  if (read instanceof Promise) {
+    return read.then(
+      (body) => new Exchange(ctx, body).send(token, 1),
+      (err: unknown) => refuseBody(ctx, token, err),
+    );
+  }
   new Exchange(ctx, read).send(token, 1);
   return undefined;
+}
+
+function refuseBody(ctx: RequestContext, token: Token | undefined, err: unknown): void {
+  finish(ctx, sendError(ctx.res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')), token, false);
 }
 
 /** One client request, as the access log and metrics see it. */
