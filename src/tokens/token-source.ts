@@ -350,7 +350,7 @@ export class TokenSource extends EventEmitter {
       // Some servers hand back their own cached token until it expires. Asking again at once
       // would loop: wait until half of the remaining usable time has passed.
       const now = this.#clock.now();
-      token = { ...token, refreshAt: Math.max(token.refreshAt, now + (token.usableUntil - now) / 2) };
+      token = token.refreshNotBefore(now + (token.usableUntil - now) / 2);
     }
     return this.#store(token, trigger, previous, 'token endpoint', performance.now() - started);
   }

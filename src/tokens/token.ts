@@ -2,22 +2,88 @@ import { createHash } from 'node:crypto';
 import { decodeJwt } from 'jose';
 import { TokenError } from '../errors.js';
 import type { TokenResponse } from '../oauth/token-endpoint.js';
+import { flatString } from './flat-string.js';
 
-/** A cached access token and the moments that govern its use. All times are epoch milliseconds. */
-export interface Token {
-  readonly value: string;
+/** RFC 6750 §2.1: what follows `Bearer ` is one word of visible ASCII (RFC 6749 §A.12 VSCHAR, no space). */
+const HEADER_SAFE = /^[\x21-\x7e]+$/;
+const SCHEME = 'Bearer ';
+
+/**
+ * A whole number of milliseconds as an int32 when it fits, which V8 stores untagged (a Smi);
+ * arithmetic on times yields a heap-allocated double even when the result is whole.
+ */
+function int32(ms: number): number {
+  return ms <= 0x7fffffff && ms >= -0x80000000 && Number.isInteger(ms) ? ms | 0 : ms;
+}
+
+/** The epoch milliseconds from which a token's expiry is counted (see Token). */
+const PROCESS_START = Math.floor(performance.timeOrigin);
+
+/**
+ * A cached access token and the moments that govern its use. All times are epoch milliseconds.
+ *
+ * Shaped for a cache of 100,000 tenant tokens (issue 8: they add at most 100 MB; see
+ * BENCHMARKS.md): the token text is held once, inside a flat `Bearer <token>` string (a string
+ * built by concatenation would keep a second, flattened copy once written to a socket); the moments
+ * are whole milliseconds, the expiry counted from the start of the process and the others back from
+ * the expiry (at most a day, MAX_TOKEN_LIFETIME_MS), so V8 keeps them as small integers rather than
+ * a boxed double each (for the first 24 days of a process; later expiries cost 16 bytes more).
+ */
+export class Token {
   /** `Bearer <value>`, built once so the hot path does not concatenate per request. */
   readonly header: string;
-  /** Short, non-reversible name for logs. */
-  readonly fingerprint: string;
   readonly refreshToken: string | undefined;
-  readonly obtainedAt: number;
+  readonly #expiresMs: number;
+  readonly #lifetimeMs: number;
+  readonly #skewMs: number;
+  readonly #leadMs: number;
+  #fingerprint: string | undefined;
+
+  /** Made by tokenWithTimes; `expiresAt` in epoch ms, the rest in ms before it. */
+  constructor(header: string, refreshToken: string | undefined, expiresAt: number, lifetimeMs: number, skewMs: number, leadMs: number) {
+    this.header = header;
+    this.refreshToken = refreshToken;
+    this.#expiresMs = int32(expiresAt - PROCESS_START);
+    this.#lifetimeMs = int32(lifetimeMs);
+    this.#skewMs = int32(skewMs);
+    this.#leadMs = int32(leadMs);
+    this.#fingerprint = undefined;
+  }
+
   /** When the issuer says it expires. */
-  readonly expiresAt: number;
+  get expiresAt(): number {
+    return PROCESS_START + this.#expiresMs;
+  }
+
+  get value(): string {
+    return this.header.slice(SCHEME.length);
+  }
+
+  /** Short, non-reversible name for logs; made on first use (the access log asks on every request). */
+  get fingerprint(): string {
+    this.#fingerprint ??= fingerprint(this.value);
+    return this.#fingerprint;
+  }
+
+  get obtainedAt(): number {
+    return this.expiresAt - this.#lifetimeMs;
+  }
+
   /** Last moment it is injected: expiry less the clock-skew margin. */
-  readonly usableUntil: number;
+  get usableUntil(): number {
+    return this.expiresAt - this.#skewMs;
+  }
+
   /** From here on a request that uses it also starts a background refresh. */
-  readonly refreshAt: number;
+  get refreshAt(): number {
+    return this.expiresAt - this.#leadMs;
+  }
+
+  /** The same token, refreshed no earlier than `at`. */
+  refreshNotBefore(at: number): Token {
+    const leadMs = Math.min(this.#leadMs, Math.floor(this.expiresAt - at));
+    return new Token(this.header, this.refreshToken, this.expiresAt, this.#lifetimeMs, this.#skewMs, leadMs);
+  }
 }
 
 export interface LifetimePolicy {
@@ -68,20 +134,24 @@ export function tokenFromResponse(res: TokenResponse, now: number, policy: Lifet
   const exp = jwtExpiry(res.accessToken);
   if (exp !== undefined) candidates.push(exp);
   let expiresAt = candidates.length > 0 ? Math.min(...candidates) : now + policy.defaultLifetimeMs;
-  expiresAt = Math.min(expiresAt, now + MAX_TOKEN_LIFETIME_MS);
+  // Whole milliseconds (a JWT `exp` may have a fraction, RFC 7519 §2 NumericDate), rounded down.
+  expiresAt = Math.floor(Math.min(expiresAt, now + MAX_TOKEN_LIFETIME_MS));
   if (expiresAt <= now) throw new TokenError('bad_response', 'token response holds a token that has already expired');
   return tokenWithTimes(res.accessToken, res.refreshToken, now, expiresAt, policy);
 }
 
 /** The moments of use of a token that lives from `obtainedAt` to `expiresAt` (also for entries read from the shared cache). */
 export function tokenWithTimes(value: string, refreshToken: string | undefined, obtainedAt: number, expiresAt: number, policy: LifetimePolicy): Token {
+  if (!HEADER_SAFE.test(value)) {
+    throw new TokenError('bad_response', 'access_token holds characters a Bearer header cannot carry (RFC 6750 §2.1: visible ASCII, no spaces)');
+  }
   const lifetime = expiresAt - obtainedAt;
-  const usableUntil = expiresAt - Math.min(policy.clockSkewMs, lifetime / 4);
+  const skew = Math.min(policy.clockSkewMs, lifetime / 4);
   const lead = Math.min(policy.refreshBeforeExpiryMs, lifetime / 2);
   const jitter = policy.refreshJitter === undefined ? 0 : (lead / 10) * policy.refreshJitter();
-  const refreshAt = Math.min(expiresAt - lead - jitter, usableUntil);
-  // One copy of the token text: `value` is a slice of `header` (V8 shares the characters), so a
-  // cache of 100,000 tenant tokens holds each token once, not twice.
-  const header = `Bearer ${value}`;
-  return { value: header.slice(7), header, fingerprint: fingerprint(value), refreshToken, obtainedAt, expiresAt, usableUntil, refreshAt };
+  // Rounded up: the token stops being used, and its refresh starts, a fraction of a millisecond early rather than late.
+  const skewMs = Math.ceil(skew);
+  const leadMs = Math.max(Math.ceil(lead + jitter), skewMs);
+  const header = flatString(`${SCHEME}${value}`);
+  return new Token(header, refreshToken, expiresAt, Math.floor(lifetime), skewMs, leadMs);
 }

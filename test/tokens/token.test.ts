@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { TokenError } from '../../src/errors.js';
 import { backoffDelayMs } from '../../src/tokens/backoff.js';
 import { cacheKey } from '../../src/tokens/token-cache.js';
-import { MAX_TOKEN_LIFETIME_MS, tokenFromResponse } from '../../src/tokens/token.js';
+import { MAX_TOKEN_LIFETIME_MS, tokenFromResponse, tokenWithTimes } from '../../src/tokens/token.js';
 
 const NOW = 1_800_000_000_000;
 const policy = { refreshBeforeExpiryMs: 300_000, clockSkewMs: 30_000, defaultLifetimeMs: 300_000 };
@@ -47,6 +47,49 @@ describe('token lifetime', () => {
     expect(() => tokenFromResponse(res(stale), NOW, policy)).toThrow(/already expired/);
   });
 
+  it('refuses an access token a Bearer header cannot carry, naming the rule but not the token', () => {
+    for (const bad of ['two words', 'line\r\nX-Injected: 1', 'tab\there', 'caf\u00e9', 'nul\u0000']) {
+      let caught: unknown;
+      try {
+        tokenFromResponse(res(bad, 60), NOW, policy);
+      } catch (err) {
+        caught = err;
+      }
+      expect(caught).toBeInstanceOf(TokenError);
+      expect((caught as TokenError).reason).toBe('bad_response');
+      expect((caught as TokenError).message).toMatch(/RFC 6750 §2\.1/);
+      expect((caught as TokenError).message).not.toContain(bad);
+    }
+    // Every visible ASCII character is allowed (RFC 6749 §A.12 VSCHAR without the space).
+    const visible = Array.from({ length: 0x7e - 0x21 + 1 }, (_, i) => String.fromCharCode(0x21 + i)).join('');
+    expect(tokenFromResponse(res(visible, 60), NOW, policy).value).toBe(visible);
+  });
+
+  it('keeps every moment to the millisecond, also beyond what fits a small integer', () => {
+    for (const now of [NOW, Date.now(), 5_000]) {
+      const t = tokenWithTimes('tok', 'refresh-1', now, now + 10_001, policy);
+      expect([t.obtainedAt, t.expiresAt, t.usableUntil, t.refreshAt]).toEqual([now, now + 10_001, now + 7_500, now + 5_000]);
+      expect([t.value, t.header, t.refreshToken]).toEqual(['tok', 'Bearer tok', 'refresh-1']);
+    }
+    // A JWT exp with a fraction of a second: expiry rounded down to the millisecond.
+    const t = tokenFromResponse({ ...res('opaque'), expiresAt: NOW + 60_000.7 }, NOW, policy);
+    expect(t.expiresAt).toBe(NOW + 60_000);
+  });
+
+  it('rounds the skew margin and the refresh lead up: a fraction of a millisecond early, never late', () => {
+    const t = tokenWithTimes('tok', undefined, NOW, NOW + 10_003, { ...policy, refreshJitter: () => 0.5 });
+    expect(t.usableUntil).toBe(NOW + 10_003 - 2_501); // a quarter of 10,003 ms is 2,500.75
+    expect(t.refreshAt).toBe(NOW + 10_003 - 5_252); // half, 5,001.5, plus a twentieth of it as jitter, 250.075
+  });
+
+  it('puts a refresh off, never earlier than it was, with the token unchanged', () => {
+    const t = tokenWithTimes('tok', 'r', NOW, NOW + 300_000, policy);
+    const later = t.refreshNotBefore(NOW + 200_000.4);
+    expect(later.refreshAt).toBe(NOW + 200_001);
+    expect([later.header, later.refreshToken, later.expiresAt, later.usableUntil, later.obtainedAt]).toEqual([t.header, 'r', t.expiresAt, t.usableUntil, t.obtainedAt]);
+    expect(t.refreshNotBefore(NOW + 1_000).refreshAt).toBe(t.refreshAt);
+  });
+
   it('gives every token a short fingerprint that does not contain it', () => {
     const t = tokenFromResponse(res('a-very-secret-token-value', 60), NOW, policy);
     expect(t.fingerprint).toMatch(/^[A-Za-z0-9_-]{12}$/);
@@ -58,7 +101,7 @@ describe('cache key', () => {
   it('changes with anything that shapes the token and never contains the secret', () => {
     const base = { tokenUrl: 'https://a/t', clientId: 'c', clientSecret: 's3cr3t', scope: 'x', audience: undefined, grant: 'client_credentials' };
     const key = cacheKey('partner', base);
-    expect(key).toMatch(/^partner:/);
+    expect(key).toMatch(/^partner:[A-Za-z0-9_-]{16}$/);
     expect(key).not.toContain('s3cr3t');
     expect(cacheKey('partner', { ...base })).toBe(key);
     for (const change of [{ clientSecret: 'other' }, { scope: 'y' }, { audience: 'z' }, { tokenUrl: 'https://b/t' }, { clientId: 'd' }]) {
