@@ -1,18 +1,20 @@
-// `npm run bench:ab -- <git revision> [seconds] [rounds]`: this checkout's build against another
+// `npm run bench:ab -- <git revision> [seconds] [rounds] [--access-log]`: this checkout's build against another
 // revision's, small GETs at 50 connections, alternating runs (default 10 rounds of 5 s), each proxy
 // pinned to the proxy core and started with the image's Node flags. Prints each build's median
 // req/s and CPU per request and their paired ratio: a check that a hot-path change is a gain,
 // finer than the ratio tables of `npm run bench -- --quick`. The other revision is built in a
-// temporary git worktree that borrows this checkout's node_modules. Loopback only.
+// temporary git worktree that borrows this checkout's node_modules. `--access-log`: both with the
+// access log on (one JSON line per request to /dev/null), to weigh a change to that path. Loopback only.
 import { existsSync, rmSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import process from 'node:process';
 import { LOAD_CORE, ROOT, median, print, say, shippedNodeFlags, stopAll, work } from './lib.mjs';
 import { cpuSecondsOf, run, startPartner, startProxy, wrk } from './rig.mjs';
 
-const [revision, seconds = '5', rounds = '10'] = process.argv.slice(2);
+const accessLog = process.argv.includes('--access-log');
+const [revision, seconds = '5', rounds = '10'] = process.argv.slice(2).filter((a) => a !== '--access-log');
 if (revision === undefined) {
-  say('usage: npm run bench:ab -- <git revision> [seconds per run] [rounds]');
+  say('usage: npm run bench:ab -- <git revision> [seconds per run] [rounds] [--access-log]');
   process.exit(2);
 }
 
@@ -37,7 +39,7 @@ async function main() {
     { name: revision, root: other },
   ];
   for (const b of builds) {
-    Object.assign(b, await startProxy(`token-proxy-${builds.indexOf(b)}`, partner, { root: b.root, nodeFlags: shippedNodeFlags() }));
+    Object.assign(b, await startProxy(`token-proxy-${builds.indexOf(b)}`, partner, { root: b.root, nodeFlags: shippedNodeFlags(), accessLog }));
     b.runs = [];
   }
   const measure = async (b, sec) => {

@@ -29,16 +29,17 @@ export async function startPartner() {
 /**
  * A token-proxy (from `root`, this checkout by default) on the proxy core, with one reverse-mode
  * upstream; resolves once it has answered one request with 200 (its token is then cached).
+ * `accessLog`: one line per request at level info, standard output to /dev/null.
  */
-export async function startProxy(name, partner, { root = ROOT, nodeFlags = [], retryBodyLimitBytes = 1024 * 1024 } = {}) {
+export async function startProxy(name, partner, { root = ROOT, nodeFlags = [], retryBodyLimitBytes = 1024 * 1024, accessLog = false } = {}) {
   const port = await freePort();
   const adminPort = await freePort();
   const config = join(work, `${name}.yaml`);
   writeFileSync(
     config,
-    `listen: ${HOST}:${port}\nadmin:\n  listen: ${HOST}:${adminPort}\nlogLevel: warn\naccessLog: false\nupstreams:\n  - name: bench\n    target: http://${HOST}:${partner.upstreamPort}\n    pathPrefix: /bench\n    retryBodyLimitBytes: ${retryBodyLimitBytes}\n    auth: { type: client_credentials, tokenUrl: ${partner.tokenUrl}, clientId: bench, clientSecret: bench }\n`,
+    `listen: ${HOST}:${port}\nadmin:\n  listen: ${HOST}:${adminPort}\nlogLevel: ${accessLog ? 'info' : 'warn'}\naccessLog: ${accessLog}\nupstreams:\n  - name: bench\n    target: http://${HOST}:${partner.upstreamPort}\n    pathPrefix: /bench\n    retryBodyLimitBytes: ${retryBodyLimitBytes}\n    auth: { type: client_credentials, tokenUrl: ${partner.tokenUrl}, clientId: bench, clientSecret: bench }\n`,
   );
-  const child = start(name, PROXY_CORE, process.execPath, [...nodeFlags, join(root, 'dist', 'cli.js'), 'serve', '--config', config]);
+  const child = start(name, PROXY_CORE, process.execPath, [...nodeFlags, join(root, 'dist', 'cli.js'), 'serve', '--config', config], accessLog ? { stdout: '/dev/null' } : {});
   await waitForPort(port, child);
   const url = `http://${HOST}:${port}/bench/hello`;
   const res = await request(url);
