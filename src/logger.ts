@@ -125,9 +125,17 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
   return logger;
 }
 
+/**
+ * Characters JSON.stringify writes as they are (RFC 8259 §7 escapes only `"`, `\` and controls):
+ * the usual values (request ids, methods, upstream and tenant names, fingerprints) are made of them
+ * and need no escaping pass.
+ */
+const NEEDS_NO_ESCAPE = /^[\w.:-]*$/;
+
 /** A string field as JSON, left out when undefined (as JSON.stringify and pino do). */
 function stringField(name: string, value: string | undefined): string {
-  return value === undefined ? '' : `,"${name}":${JSON.stringify(value)}`;
+  if (value === undefined) return '';
+  return NEEDS_NO_ESCAPE.test(value) ? `,"${name}":"${value}"` : `,"${name}":${JSON.stringify(value)}`;
 }
 
 /** `{"level":30,"time":…,"service":"token-proxy","event":"request",…,"msg":"request"}` and a newline. */

@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -72,6 +73,41 @@ describe('access log', () => {
       expect(raw[2 * i]?.endsWith('\n')).toBe(true);
       expect(withoutTime(raw[2 * i] as string)).toBe(withoutTime(raw[2 * i + 1] as string));
     }
+  });
+
+  it('writes the same bytes as pino for any string in any field (500 generated entries)', async () => {
+    const raw: string[] = [];
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        raw.push(chunk.toString('utf8'));
+        done();
+      },
+    });
+    const logger = createLogger('info', stream);
+    // Plain words (the fast path), anything at all (lone surrogates included) and words with one
+    // character JSON must escape, so both paths are taken.
+    const text = fc.oneof(
+      fc.stringMatching(/^[\w.:-]{0,40}$/),
+      fc.string({ unit: 'binary', maxLength: 20 }),
+      fc.tuple(fc.stringMatching(/^[\w-]{0,8}$/), fc.constantFrom('"', '\\', '\n', '\u0000', '\u001f', 'é', '\ud800', ' ')).map(([w, c]) => `${w}${c}${w}`),
+    );
+    const entries = fc.sample(
+      fc.record({ requestId: text, method: fc.option(text, { nil: undefined }), upstream: text, tenant: fc.option(text, { nil: undefined }), token: fc.option(text, { nil: undefined }) }),
+      { numRuns: 500, seed: 8 },
+    );
+    let plain = 0;
+    for (const e of entries) {
+      const c: AccessLogEntry = { requestId: e.requestId, method: e.method, upstream: e.upstream, tenant: e.tenant, status: 200, durationMs: 1.5, retried: false, token: e.token };
+      if (/^[\w.:-]*$/.test(e.requestId)) plain += 1;
+      accessLogFor(logger)?.(c);
+      logger.info({ event: 'request', ...c }, 'request');
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(plain).toBeGreaterThan(100);
+    expect(plain).toBeLessThan(400);
+    const withoutTime = (line: string) => line.replace(/,"time":"[^"]+"/, '');
+    expect(raw).toHaveLength(2 * entries.length);
+    for (let i = 0; i < entries.length; i++) expect(withoutTime(raw[2 * i] as string)).toBe(withoutTime(raw[2 * i + 1] as string));
   });
 
   it('goes through the logger itself, redaction included, for a logger made elsewhere', async () => {
