@@ -126,7 +126,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
 }
 
 /**
- * Characters JSON.stringify writes as they are (RFC 8259 §7 escapes only `"`, `\` and controls):
+ * Characters JSON.stringify writes as they are (it escapes `"`, `\`, controls and lone surrogates):
  * the usual values (request ids, methods, upstream and tenant names, fingerprints) are made of them
  * and need no escaping pass.
  */

@@ -30,12 +30,12 @@ export class TokenCache {
 
 /**
  * One cache entry per set of everything that shapes a token, so a changed secret, scope or
- * endpoint never reuses an old token. The parts are hashed: the key itself holds no secret. 96 bits
- * of SHA-256 (16 base64url characters) keep apart far more shapes than a deployment has (two meet
- * by chance only around 2^48 of them), in a key that is short because 100,000 tenants keep one each.
+ * endpoint never reuses an old token. The parts are hashed: the key itself holds no secret. The key
+ * also names the token's shared-tier entry: its form must not change between releases, or replicas
+ * of a new release could not find the refresh token of a rotating grant that the old ones hold.
  */
 export function cacheKey(upstream: string, shape: Readonly<Record<string, string | undefined>>): string {
   const hash = createHash('sha256');
   for (const name of Object.keys(shape).sort()) hash.update(`${name}\u0000${shape[name] ?? ''}\u0000`);
-  return flatString(`${upstream}:${hash.digest('base64url').slice(0, 16)}`);
+  return flatString(`${upstream}:${hash.digest('base64url').slice(0, 22)}`);
 }

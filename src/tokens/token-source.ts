@@ -162,7 +162,7 @@ export class TokenSource extends EventEmitter {
    */
   invalidate(used: Token): void {
     const cached = this.#o.cache.get(this.key);
-    if (cached !== undefined && cached.value === used.value) {
+    if (cached !== undefined && cached.header === used.header) {
       this.#o.cache.delete(this.key);
       this.#lastUnauthorizedRenewal = this.#clock.now();
     }
@@ -176,7 +176,7 @@ export class TokenSource extends EventEmitter {
    */
   mayRenewAfterUnauthorized(used: Token): boolean {
     const cached = this.#o.cache.get(this.key);
-    if (cached !== undefined && cached.value !== used.value) return true;
+    if (cached !== undefined && cached.header !== used.header) return true;
     if (this.#inflight !== undefined) return true;
     return this.#clock.now() - this.#lastUnauthorizedRenewal >= (this.#o.unauthorizedRenewalIntervalMs ?? 5_000);
   }
@@ -219,6 +219,7 @@ export class TokenSource extends EventEmitter {
             reason: error.reason,
             status: error.status,
             description: error.description,
+            detail: error.message,
             failures: this.#failures,
             retryInMs: giveUp ? undefined : Math.round(backoff),
           },
@@ -311,9 +312,18 @@ export class TokenSource extends EventEmitter {
     }
   }
 
-  /** A shared entry as a Token of this replica (its own jittered refresh moment); undefined if not usable now. */
+  /**
+   * A shared entry as a Token of this replica (its own jittered refresh moment); undefined if not
+   * usable now, or not usable at all (then the replica holding the lock replaces it).
+   */
   #adopt(entry: SharedEntry): Token | undefined {
-    const token = tokenWithTimes(entry.accessToken, entry.refreshToken, entry.obtainedAt, entry.expiresAt, this.#o.lifetime);
+    let token: Token;
+    try {
+      token = tokenWithTimes(entry.accessToken, entry.refreshToken, entry.obtainedAt, entry.expiresAt, this.#o.lifetime);
+    } catch (err) {
+      if (err instanceof TokenError) return undefined;
+      throw err;
+    }
     return this.#clock.now() < token.usableUntil ? token : undefined;
   }
 
@@ -346,7 +356,7 @@ export class TokenSource extends EventEmitter {
     }
     m.refreshOk.observe((performance.now() - started) / 1000);
     m.refreshes(trigger, 'success');
-    if (previous !== undefined && previous.value === token.value) {
+    if (previous !== undefined && previous.header === token.header) {
       // Some servers hand back their own cached token until it expires. Asking again at once
       // would loop: wait until half of the remaining usable time has passed.
       const now = this.#clock.now();
@@ -373,7 +383,7 @@ export class TokenSource extends EventEmitter {
         from,
         lifetimeSeconds: Math.round((token.expiresAt - token.obtainedAt) / 1000),
         durationMs: Math.round(ms),
-        sameAsCached: previous?.value === token.value,
+        sameAsCached: previous?.header === token.header,
       },
       'token obtained',
     );

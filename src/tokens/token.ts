@@ -4,46 +4,52 @@ import { TokenError } from '../errors.js';
 import type { TokenResponse } from '../oauth/token-endpoint.js';
 import { flatString } from './flat-string.js';
 
-/** RFC 6750 §2.1: what follows `Bearer ` is one word of visible ASCII (RFC 6749 §A.12 VSCHAR, no space). */
+/**
+ * What may follow `Bearer `: visible ASCII (an access token is 1*VSCHAR, RFC 6749 §A.12) without
+ * the space, which would split the credentials (RFC 6750 §2.1 allows one word, the narrower
+ * b64token). Anything else cannot be sent as a valid header value.
+ */
 const HEADER_SAFE = /^[\x21-\x7e]+$/;
 const SCHEME = 'Bearer ';
 
 /**
- * A whole number of milliseconds as an int32 when it fits, which V8 stores untagged (a Smi);
- * arithmetic on times yields a heap-allocated double even when the result is whole.
+ * A whole number as an int32 when it fits, which V8 keeps inside the field as a small integer
+ * (a Smi) instead of pointing to a heap number: arithmetic on times yields a heap number even when
+ * the result is whole. Every value given here fits (see Token), so the fields keep that form.
  */
-function int32(ms: number): number {
-  return ms <= 0x7fffffff && ms >= -0x80000000 && Number.isInteger(ms) ? ms | 0 : ms;
+function int32(n: number): number {
+  return n <= 0x3fffffff && n >= -0x40000000 && Number.isInteger(n) ? n | 0 : n;
 }
 
-/** The epoch milliseconds from which a token's expiry is counted (see Token). */
-const PROCESS_START = Math.floor(performance.timeOrigin);
+/** The whole epoch second from which a token's expiry is counted, in seconds (see Token). */
+const ORIGIN_MS = Math.floor(performance.timeOrigin / 1000) * 1000;
 
 /**
  * A cached access token and the moments that govern its use. All times are epoch milliseconds.
  *
  * Shaped for a cache of 100,000 tenant tokens (issue 8: they add at most 100 MB; see
  * BENCHMARKS.md): the token text is held once, inside a flat `Bearer <token>` string (a string
- * built by concatenation would keep a second, flattened copy once written to a socket); the moments
- * are whole milliseconds, the expiry counted from the start of the process and the others back from
- * the expiry (at most a day, MAX_TOKEN_LIFETIME_MS), so V8 keeps them as small integers rather than
- * a boxed double each (for the first 24 days of a process; later expiries cost 16 bytes more).
+ * built by concatenation would keep a second, flattened copy once written to a socket); the expiry
+ * is a whole second, counted in seconds from about when the process started (30-bit integers last
+ * 34 years), and the other moments whole milliseconds back from it (at most a day,
+ * MAX_TOKEN_LIFETIME_MS), so that all four stay small integers inside the object instead of a heap
+ * number of 16 bytes each.
  */
 export class Token {
   /** `Bearer <value>`, built once so the hot path does not concatenate per request. */
   readonly header: string;
   readonly refreshToken: string | undefined;
-  readonly #expiresMs: number;
+  readonly #expiresSeconds: number;
   readonly #lifetimeMs: number;
   readonly #skewMs: number;
   readonly #leadMs: number;
   #fingerprint: string | undefined;
 
-  /** Made by tokenWithTimes; `expiresAt` in epoch ms, the rest in ms before it. */
+  /** Made by tokenWithTimes; `expiresAt` in epoch ms on a whole second, the rest in ms before it. */
   constructor(header: string, refreshToken: string | undefined, expiresAt: number, lifetimeMs: number, skewMs: number, leadMs: number) {
     this.header = header;
     this.refreshToken = refreshToken;
-    this.#expiresMs = int32(expiresAt - PROCESS_START);
+    this.#expiresSeconds = int32((expiresAt - ORIGIN_MS) / 1000);
     this.#lifetimeMs = int32(lifetimeMs);
     this.#skewMs = int32(skewMs);
     this.#leadMs = int32(leadMs);
@@ -52,7 +58,7 @@ export class Token {
 
   /** When the issuer says it expires. */
   get expiresAt(): number {
-    return PROCESS_START + this.#expiresMs;
+    return ORIGIN_MS + this.#expiresSeconds * 1000;
   }
 
   get value(): string {
@@ -134,8 +140,7 @@ export function tokenFromResponse(res: TokenResponse, now: number, policy: Lifet
   const exp = jwtExpiry(res.accessToken);
   if (exp !== undefined) candidates.push(exp);
   let expiresAt = candidates.length > 0 ? Math.min(...candidates) : now + policy.defaultLifetimeMs;
-  // Whole milliseconds (a JWT `exp` may have a fraction, RFC 7519 §2 NumericDate), rounded down.
-  expiresAt = Math.floor(Math.min(expiresAt, now + MAX_TOKEN_LIFETIME_MS));
+  expiresAt = Math.min(expiresAt, now + MAX_TOKEN_LIFETIME_MS);
   if (expiresAt <= now) throw new TokenError('bad_response', 'token response holds a token that has already expired');
   return tokenWithTimes(res.accessToken, res.refreshToken, now, expiresAt, policy);
 }
@@ -143,9 +148,12 @@ export function tokenFromResponse(res: TokenResponse, now: number, policy: Lifet
 /** The moments of use of a token that lives from `obtainedAt` to `expiresAt` (also for entries read from the shared cache). */
 export function tokenWithTimes(value: string, refreshToken: string | undefined, obtainedAt: number, expiresAt: number, policy: LifetimePolicy): Token {
   if (!HEADER_SAFE.test(value)) {
-    throw new TokenError('bad_response', 'access_token holds characters a Bearer header cannot carry (RFC 6750 §2.1: visible ASCII, no spaces)');
+    throw new TokenError('bad_response', 'access_token holds characters a Bearer header cannot carry (visible ASCII without spaces: RFC 6749 §A.12, RFC 6750 §2.1)');
   }
+  // Expiry on the whole second, rounded down (the token is given up to a second early; see Token).
+  expiresAt = Math.floor(expiresAt / 1000) * 1000;
   const lifetime = expiresAt - obtainedAt;
+  if (lifetime <= 0) throw new TokenError('bad_response', 'token response holds a token that expires within the second');
   const skew = Math.min(policy.clockSkewMs, lifetime / 4);
   const lead = Math.min(policy.refreshBeforeExpiryMs, lifetime / 2);
   const jitter = policy.refreshJitter === undefined ? 0 : (lead / 10) * policy.refreshJitter();

@@ -65,21 +65,30 @@ describe('token lifetime', () => {
     expect(tokenFromResponse(res(visible, 60), NOW, policy).value).toBe(visible);
   });
 
-  it('keeps every moment to the millisecond, also beyond what fits a small integer', () => {
-    for (const now of [NOW, Date.now(), 5_000]) {
-      const t = tokenWithTimes('tok', 'refresh-1', now, now + 10_001, policy);
-      expect([t.obtainedAt, t.expiresAt, t.usableUntil, t.refreshAt]).toEqual([now, now + 10_001, now + 7_500, now + 5_000]);
-      expect([t.value, t.header, t.refreshToken]).toEqual(['tok', 'Bearer tok', 'refresh-1']);
+  it('keeps the expiry on the whole second, rounded down, and every other moment to the millisecond', () => {
+    // NOW + 123 ms: the expiry NOW + 10,124 is given up 124 ms early; the lifetime is 9,877 ms,
+    // a quarter of it 2,469.25 (skew, rounded up to 2,470) and half 4,938.5 (lead, 4,939).
+    const t = tokenWithTimes('tok', 'refresh-1', NOW + 123, NOW + 10_124, policy);
+    expect([t.obtainedAt, t.expiresAt, t.usableUntil, t.refreshAt]).toEqual([NOW + 123, NOW + 10_000, NOW + 7_530, NOW + 5_061]);
+    expect([t.value, t.header, t.refreshToken]).toEqual(['tok', 'Bearer tok', 'refresh-1']);
+    // Far from when the process started (past and future), the moments are just as exact.
+    for (const at of [5_000, 3_000_000_000_000]) {
+      const far = tokenWithTimes('tok', undefined, at, at + 300_000, policy);
+      expect([far.obtainedAt, far.expiresAt, far.usableUntil, far.refreshAt]).toEqual([at, at + 300_000, at + 270_000, at + 150_000]);
     }
-    // A JWT exp with a fraction of a second: expiry rounded down to the millisecond.
-    const t = tokenFromResponse({ ...res('opaque'), expiresAt: NOW + 60_000.7 }, NOW, policy);
-    expect(t.expiresAt).toBe(NOW + 60_000);
+    // A JWT exp with a fraction of a second (RFC 7519 §2 NumericDate).
+    expect(tokenFromResponse({ ...res('opaque'), expiresAt: NOW + 60_000.7 }, NOW, policy).expiresAt).toBe(NOW + 60_000);
+  });
+
+  it('refuses a token whose expiry, on the whole second, is not after the moment it was obtained', () => {
+    expect(() => tokenWithTimes('tok', undefined, NOW + 500, NOW + 900, policy)).toThrow(/expires within the second/);
   });
 
   it('rounds the skew margin and the refresh lead up: a fraction of a millisecond early, never late', () => {
-    const t = tokenWithTimes('tok', undefined, NOW, NOW + 10_003, { ...policy, refreshJitter: () => 0.5 });
-    expect(t.usableUntil).toBe(NOW + 10_003 - 2_501); // a quarter of 10,003 ms is 2,500.75
-    expect(t.refreshAt).toBe(NOW + 10_003 - 5_252); // half, 5,001.5, plus a twentieth of it as jitter, 250.075
+    // Lifetime 9,997 ms: a quarter 2,499.25; half 4,998.5 plus a twentieth of it as jitter, 249.925.
+    const t = tokenWithTimes('tok', undefined, NOW + 3, NOW + 10_000, { ...policy, refreshJitter: () => 0.5 });
+    expect(t.usableUntil).toBe(NOW + 10_000 - 2_500);
+    expect(t.refreshAt).toBe(NOW + 10_000 - 5_249);
   });
 
   it('puts a refresh off, never earlier than it was, with the token unchanged', () => {
@@ -101,7 +110,7 @@ describe('cache key', () => {
   it('changes with anything that shapes the token and never contains the secret', () => {
     const base = { tokenUrl: 'https://a/t', clientId: 'c', clientSecret: 's3cr3t', scope: 'x', audience: undefined, grant: 'client_credentials' };
     const key = cacheKey('partner', base);
-    expect(key).toMatch(/^partner:[A-Za-z0-9_-]{16}$/);
+    expect(key).toMatch(/^partner:[A-Za-z0-9_-]{22}$/);
     expect(key).not.toContain('s3cr3t');
     expect(cacheKey('partner', { ...base })).toBe(key);
     for (const change of [{ clientSecret: 'other' }, { scope: 'y' }, { audience: 'z' }, { tokenUrl: 'https://b/t' }, { clientId: 'd' }]) {
