@@ -7,7 +7,11 @@ import { join, resolve } from 'node:path';
 import { Redis } from 'ioredis';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import { EntryCipher, cipherKey } from '../../src/tokens/entry-cipher.js';
+import { RedisTokenStore } from '../../src/tokens/redis-store.js';
+import type { SharedLock } from '../../src/tokens/shared-store.js';
 import { testPki } from '../helpers/certs.js';
 import { startOidcServer, type OidcServer } from '../helpers/oidc-server.js';
 import { sharedCacheState, startProxy, type RunningProxy } from '../helpers/proxy.js';
@@ -106,6 +110,38 @@ describe('shared token cache in Redis', () => {
     expect(await get(restarted as RunningProxy)).toBe(200);
     expect(tokenEndpointCalls()).toEqual(['client_credentials:200']);
     expect(partner.seen.map((s) => s.token)).toEqual([partner.seen[0]?.token, partner.seen[0]?.token]);
+  });
+
+  it('passes over a shared entry whose token no Bearer header can carry, and replaces it', async () => {
+    const [first] = await fleet(1, ccAuth);
+    const key = (first as RunningProxy).app.tokens.get('partner')?.key as string;
+    let connected: () => void = () => undefined;
+    const up = new Promise<void>((resolve) => (connected = resolve));
+    const store = new RedisTokenStore({
+      connection: { url: redis.url },
+      keyPrefix: 'token-proxy:',
+      lockTimeoutMs: 1_000,
+      cipher: new EntryCipher(cipherKey(KEY)),
+      logger: pino({ level: 'silent' }),
+      onHealth: (isUp) => isUp && connected(),
+    });
+    try {
+      if (!store.up) await up;
+      const lock = await store.tryLock(key);
+      expect(lock).toBeDefined();
+      const now = Date.now();
+      const poisoned = { version: 1, accessToken: 'split token\r\nX-Injected: 1', refreshToken: undefined, obtainedAt: now, expiresAt: now + 300_000 };
+      expect(await store.write(key, poisoned, 60_000, lock as SharedLock)).toBe(true);
+      await store.unlock(lock as SharedLock);
+      expect(await get(first as RunningProxy)).toBe(200);
+      expect(tokenEndpointCalls()).toEqual(['client_credentials:200']);
+      const replaced = await store.read(key);
+      expect(replaced?.version).toBe(2);
+      expect(replaced?.accessToken).toBe(partner.seen[0]?.token);
+      expect(partner.seen.map((s) => s.token)).not.toContain(poisoned.accessToken);
+    } finally {
+      await store.close();
+    }
   });
 
   it('keeps rotating refresh tokens consistent across 3 replicas: zero invalid_grant, zero failed requests', async () => {
