@@ -21,7 +21,7 @@ function int32(n: number): number {
   return n <= 0x3fffffff && n >= -0x40000000 && Number.isInteger(n) ? n | 0 : n;
 }
 
-/** The whole epoch second from which a token's expiry is counted, in seconds (see Token). */
+/** Epoch milliseconds on a whole second: a token's expiry is kept as the seconds after it (see Token). */
 const ORIGIN_MS = Math.floor(performance.timeOrigin / 1000) * 1000;
 
 /**
