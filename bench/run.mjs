@@ -16,13 +16,13 @@
 //   --profile             the CPU profiles in a quick or partial run too
 //   --rate N              the fixed rate of the latency scenario (default 5000; quick 2000)
 //   --write FILE          write the document from any run (relative to the repo root)
-//   --keep                keep the work directory (logs, configs, CPU profiles)
+//   --keep                keep the work directory (logs, configs, CPU profiles, flame graphs)
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { cpus, release, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import process from 'node:process';
 import { setTimeout } from 'node:timers';
@@ -58,7 +58,7 @@ const PROFILE = process.argv.includes('--profile') || (!QUICK && ALL);
 // Where the report goes as a document: BENCHMARKS.md after a full run of everything; --write <file>
 // writes it from any run (to check the document without replacing the real one).
 const WRITE = argValue('write') ?? (!QUICK && ALL ? 'BENCHMARKS.md' : undefined);
-const KEEP = process.argv.includes('--keep'); // keep the work directory (logs, configs, CPU profiles)
+const KEEP = process.argv.includes('--keep'); // keep the work directory (logs, configs, CPU profiles, flame graphs)
 
 const QUICK_PLAN = {
   warmupSeconds: 1, get: { rounds: 3, seconds: 2 }, post: { rounds: 1, seconds: 2 },
@@ -440,7 +440,13 @@ async function main() {
     commands.push(...(r.commands ?? []));
   }
   let profile;
-  if (PROFILE) profile = await profileScenario(env, { missed: targets.filter((t) => t.met === false) });
+  if (PROFILE) {
+    // The flame graphs of BENCHMARKS.md go into the repository beside it; any other run's into the work directory.
+    const dir = WRITE === 'BENCHMARKS.md' ? join(ROOT, 'bench', 'flame-graphs') : join(work, 'flame-graphs');
+    const from = WRITE === undefined ? undefined : dirname(resolve(ROOT, WRITE));
+    const flameGraphs = { dir, link: (file) => (from === undefined ? file : relative(from, file)) };
+    profile = await profileScenario(env, { missed: targets.filter((t) => t.met === false), flameGraphs });
+  }
 
   checks.push(`- token endpoint answered ${ts.requests} requests in all (token calibration and the static token included)`);
   checks.push(`- this run took ${(process.uptime() / 60).toFixed(1)} min (estimate for an idle machine: ${(seconds / 60).toFixed(1)} min)`);

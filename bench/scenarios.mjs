@@ -2,12 +2,13 @@
 // environment (`env`: plan, token server, upstream, load client, config helpers). Each returns
 // { sections, targets, checks, details, commands } for the report.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import process from 'node:process';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fetch } from 'undici';
 import { diffMarkdown, profileDiff, profileMarkdown, summarizeProfile } from './cpu-profile.mjs';
+import { flameGraphSvg } from './flame-graph.mjs';
 import {
   DISTURBED, HOST, LOAD_CORE, PROXY_CORE, ROOT, cpuBetween, freePort, int, logTail, oneLine, median, ms, pairedRatio, pairedText, pct, percentile, ratio, rounds, runPinned, sample,
   say, start, stop, table, target, waitForPort, work,
@@ -457,16 +458,18 @@ async function profiled(env, name, upstreams, extra, drive, startOptions = {}) {
   const file = existsSync(dir) ? readdirSync(dir).find((f) => f.endsWith('.cpuprofile')) : undefined;
   if (file === undefined) return undefined;
   const profile = JSON.parse(readFileSync(join(dir, file), 'utf8'));
-  return { rps, requests, foreign, summary: summarizeProfile(profile, 20, window), before: summarizeProfile(profile, 3, { toUs: window.fromUs }) };
+  return { rps, requests, foreign, profile, window, summary: summarizeProfile(profile, 20, window), before: summarizeProfile(profile, 3, { toUs: window.fromUs }) };
 }
 
 /**
  * Where the time goes: token-proxy under the small GET (reverse mode, wrk), the same in forward
  * mode and with the access log on (when the small GET ran), and CONNECT + TLS interception (when
  * that ran), each with --cpu-prof: self time by area and by function in the steady state, and
- * what forward mode and the access log cost per request beyond reverse mode.
+ * what forward mode and the access log cost per request beyond reverse mode. Each profile's
+ * steady state is also drawn as a flame graph: `flameGraphs.dir` is where the SVG files go,
+ * `flameGraphs.link(file)` how the document refers to one.
  */
-export async function profileScenario(env, { missed }) {
+export async function profileScenario(env, { missed, flameGraphs }) {
   const { PLAN, ts, upstreamUrl, GET_CONNECTIONS, FORWARD_HOST } = env;
   const seconds = PLAN.profileSeconds;
   const warmup = PLAN.latency.warmupSeconds * 2; // as long as the latency scenario's: the JIT tiers up meanwhile
@@ -513,6 +516,12 @@ export async function profileScenario(env, { missed }) {
   const diffAgainstReverse = (key, name) =>
     by.reverse && by[key] ? `\n\n${diffMarkdown(profileDiff(by.reverse.summary, by.reverse.requests, by[key].summary, by[key].requests), 'reverse mode', name)}` : '';
   const extra = { forward: diffAgainstReverse('forward', 'forward mode'), log: diffAgainstReverse('log', 'the access log on') };
+  mkdirSync(flameGraphs.dir, { recursive: true });
+  for (const r of done) {
+    const file = join(flameGraphs.dir, `${r.key}.svg`);
+    writeFileSync(file, flameGraphSvg(r.result.profile, { title: `token-proxy: ${r.title}, ${seconds} s of steady load`, window: r.result.window }));
+    r.flameGraph = flameGraphs.link(file);
+  }
   const top = (p) => p.summary.areas.slice(0, 4).map((a) => `${a.name} ${pct(a.share)}`).join(', ');
   const under = done.map((r) => `under ${r.what}, ${int(r.result.rps)} req/s with the profiler on: ${top(r.result)}`).join('; ');
   const why = missed.length === 0
@@ -526,8 +535,10 @@ ${why}
 \`node --cpu-prof dist/cli.js serve\`, a ${warmup} s warm-up (its first connections, TLS set-up included), then ${seconds} s of load:
 only the samples of those ${seconds} s count (the steady state). Self time, so a function's callees are not in its
 share; idle time is left out. \`node bench/cpu-profile.mjs <file.cpuprofile>\` prints a whole profile the same way.
+Each profile is also drawn as a flame graph of the same seconds (SVG: a box per call path, as wide as its time with
+its callees, coloured by area; hover a box for its time; \`node bench/flame-graph.mjs <file.cpuprofile>\` draws one).
 
-${done.map((r) => `### ${r.title}${r.result.foreign > DISTURBED ? ' ⚠ noisy' : ''}\n\n${r.result.foreign > DISTURBED ? `Other processes took ${pct(r.result.foreign)} of a core during this profile.\n\n` : ''}${profileMarkdown(r.result.summary)}${extra[r.key] ?? ''}\n\n${beforeLine(r.result)}`).join('\n\n')}
+${done.map((r) => `### ${r.title}${r.result.foreign > DISTURBED ? ' ⚠ noisy' : ''}\n\n${r.result.foreign > DISTURBED ? `Other processes took ${pct(r.result.foreign)} of a core during this profile.\n\n` : ''}Flame graph: [${r.flameGraph}](${r.flameGraph})\n\n${profileMarkdown(r.result.summary)}${extra[r.key] ?? ''}\n\n${beforeLine(r.result)}`).join('\n\n')}
 `,
   };
 }
