@@ -164,6 +164,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       await inFlight.idle(generation.config.shutdownTimeoutSeconds * 1000);
       if (inFlight.active > 0) logger.warn({ event: 'shutdown_timeout', inFlight: inFlight.active }, 'closing connections of requests still in flight');
       proxy.closeAllConnections();
+      for (const socket of ctx.detached) socket.destroy(); // tunnels and WebSockets: no request of theirs is in flight
       await closed;
       await new Promise<void>((resolve) => admin.close(() => resolve()));
       admin.closeAllConnections();

@@ -9,6 +9,7 @@ export type ProxyErrorCode =
   | 'upstream_bad_response'
   | 'no_route'
   | 'bad_request'
+  | 'method_not_allowed'
   | 'body_too_large'
   | 'egress_denied'
   | 'client_not_allowed'
@@ -127,6 +128,7 @@ const STATUS: Readonly<Record<ProxyErrorCode, number>> = {
   upstream_bad_response: 502,
   no_route: 404,
   bad_request: 400,
+  method_not_allowed: 405,
   body_too_large: 413,
   egress_denied: 403,
   client_not_allowed: 403,
@@ -148,6 +150,7 @@ const PROXY_STATUS: Partial<Record<ProxyErrorCode, string>> = {
   upstream_bad_response: 'token-proxy; error=http_protocol_error',
   egress_denied: 'token-proxy; error=destination_ip_prohibited',
   client_not_allowed: 'token-proxy; error=http_request_denied',
+  method_not_allowed: 'token-proxy; error=http_request_denied',
   proxy_auth_required: 'token-proxy; error=http_request_denied',
   interception_not_configured: 'token-proxy; error=http_request_denied',
   unknown_tenant: 'token-proxy; error=http_request_denied',
@@ -172,6 +175,8 @@ export function errorHeaders(err: ProxyError, body: string): Record<string, stri
   const proxyStatus = proxyStatusFor(err);
   if (proxyStatus !== undefined) headers['proxy-status'] = proxyStatus;
   if (err.code === 'proxy_auth_required') headers['proxy-authenticate'] = 'Basic realm="token-proxy", charset="UTF-8"';
+  // RFC 9110 §15.5.6: a 405 lists what may be sent instead (every standard method but TRACE, and CONNECT for tunnels).
+  if (err.code === 'method_not_allowed') headers['allow'] = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
   // The rest of an oversized body is never read: the connection cannot carry another request.
   if (err.code === 'body_too_large') headers['connection'] = 'close';
   return headers;
@@ -189,6 +194,7 @@ const STATUS_TEXT: Record<number, string> = {
   401: 'Unauthorized',
   403: 'Forbidden',
   404: 'Not Found',
+  405: 'Method Not Allowed',
   407: 'Proxy Authentication Required',
   413: 'Content Too Large',
   502: 'Bad Gateway',

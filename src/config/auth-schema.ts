@@ -3,10 +3,12 @@ import {
   DEFAULT_CLOCK_SKEW_SECONDS,
   DEFAULT_TOKEN_LIFETIME_SECONDS,
   DEFAULT_TOKEN_REQUEST_TIMEOUT_SECONDS,
+  MAX_TIMER_SECONDS,
+  TIMER_LIMIT_MESSAGE,
 } from './defaults.js';
 import { secureUrl } from './url.js';
 
-const positiveSeconds = z.number().positive();
+const positiveSeconds = z.number().positive().max(MAX_TIMER_SECONDS, TIMER_LIMIT_MESSAGE);
 
 /** A secret given inline (`${ENV}` preferred) or as a file path (mounted secrets); exactly one. */
 function exactlyOne(ctx: z.RefinementCtx, value: unknown, file: unknown, name: string, required: boolean): void {

@@ -24,3 +24,10 @@ export const DEFAULT_CLOCK_SKEW_SECONDS = 30;
 /** In-flight requests get this long to finish after SIGTERM. */
 export const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 25;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+/**
+ * The longest delay a Node timer takes (2^31 - 1 ms, about 24.8 days): a longer one fires after
+ * 1 ms instead, so every duration that becomes a timer is bounded by it.
+ */
+export const MAX_TIMER_SECONDS = 2_147_483;
+export const TIMER_LIMIT_MESSAGE = 'at most 2147483 seconds (about 24.8 days): the longest delay a timer takes';

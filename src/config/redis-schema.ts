@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { isValidHostname, splitHostPort } from '../proxy/host-pattern.js';
+import { MAX_TIMER_SECONDS, TIMER_LIMIT_MESSAGE } from './defaults.js';
 
 /** A Redis node or Sentinel: `host:port` or `[v6]:port`, the port required. */
 export function parseRedisNode(text: string): { host: string; port: number } | undefined {
@@ -52,7 +53,7 @@ export const redisSchema = z
     encryptionKey: z.string().min(1).optional().describe('32 random bytes, base64 (openssl rand -base64 32); use ${ENV_VAR}'),
     encryptionKeyFile: z.string().min(1).optional(),
     previousEncryptionKeys: z.array(z.string().min(1)).default([]).describe('older keys, still accepted for reading, while rotating'),
-    lockTimeoutMs: z.number().int().positive().default(10_000).describe('refresh lock expiry: how soon a crashed lock holder is replaced'),
+    lockTimeoutMs: z.number().int().positive().max(MAX_TIMER_SECONDS * 1000, TIMER_LIMIT_MESSAGE).default(10_000).describe('refresh lock expiry: how soon a crashed lock holder is replaced'),
     refreshTokenTtlSeconds: z.number().positive().default(86_400).describe('how long entries with a refresh token live when the server does not say'),
   })
   .superRefine((r, ctx) => {

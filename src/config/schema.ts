@@ -19,6 +19,8 @@ import {
   DEFAULT_UPSTREAM_MAX_CONNECTIONS,
   DEFAULT_UPSTREAM_TIMEOUT_SECONDS,
   LOG_LEVELS,
+  MAX_TIMER_SECONDS,
+  TIMER_LIMIT_MESSAGE,
 } from './defaults.js';
 
 /** `host:port`, `[v6]:port`; the host must be an IP literal or `localhost`. */
@@ -36,7 +38,7 @@ const listenAddress = z
   .string()
   .refine((v) => parseListen(v) !== undefined, 'must be host:port with an IP address or localhost, e.g. 127.0.0.1:8080');
 
-const positiveSeconds = z.number().positive();
+const positiveSeconds = z.number().positive().max(MAX_TIMER_SECONDS, TIMER_LIMIT_MESSAGE);
 
 
 const hostPattern = z.string().superRefine((value, ctx) => {
@@ -159,8 +161,11 @@ export const configSchema = z
         maxRequestBodyBytes: z.number().int().min(0).default(104_857_600).describe('larger request bodies are answered 413'),
         headersTimeoutSeconds: positiveSeconds.default(10).describe('a client must send its request headers within this time (slowloris)'),
         requestTimeoutSeconds: positiveSeconds.default(300).describe('a client must send its whole request within this time'),
+        tunnelIdleTimeoutSeconds: positiveSeconds
+          .default(600)
+          .describe('a CONNECT tunnel or WebSocket connection with no traffic either way for this long is closed'),
       })
-      .default({ maxRequestHeaderBytes: 16_384, maxRequestBodyBytes: 104_857_600, headersTimeoutSeconds: 10, requestTimeoutSeconds: 300 }),
+      .default({ maxRequestHeaderBytes: 16_384, maxRequestBodyBytes: 104_857_600, headersTimeoutSeconds: 10, requestTimeoutSeconds: 300, tunnelIdleTimeoutSeconds: 600 }),
     tokenCache: z
       .strictObject({
         maxEntries: z.number().int().positive().default(DEFAULT_CACHE_MAX_ENTRIES).describe('tokens kept in memory (one per upstream, tenant and credential set)'),
@@ -192,7 +197,7 @@ export function crossFieldProblems(doc: unknown): string[] {
   const problems: string[] = [];
   const cfg = (doc ?? {}) as { listen?: unknown; admin?: { listen?: unknown }; upstreams?: unknown };
   const upstreams = Array.isArray(cfg.upstreams) ? (cfg.upstreams as { name?: unknown; pathPrefix?: unknown }[]) : [];
-  const inbound = (cfg as { inbound?: { allowCidrs?: unknown; proxyAuth?: unknown; allowAnyone?: unknown } }).inbound;
+  const inbound = (cfg as { inbound?: { allowCidrs?: unknown; proxyAuth?: unknown; allowAnyone?: unknown; jwt?: unknown } }).inbound;
   for (const field of ['name', 'pathPrefix'] as const) {
     const seen = new Map<unknown, number>();
     upstreams.forEach((u, i) => {
@@ -209,8 +214,15 @@ export function crossFieldProblems(doc: unknown): string[] {
     problems.push('admin.listen: must differ from listen');
   }
   const host = typeof listen === 'string' ? parseListen(listen)?.host : undefined;
-  if (host !== undefined && !isLoopbackHost(host) && inbound?.allowCidrs === undefined && inbound?.proxyAuth === undefined && inbound?.allowAnyone !== true) {
-    problems.push(`inbound: listen ${listen} is reachable from other machines: set inbound.allowCidrs or inbound.proxyAuth (or write inbound.allowAnyone: true)`);
+  if (host !== undefined && !isLoopbackHost(host) && inbound?.allowCidrs === undefined && inbound?.allowAnyone !== true) {
+    if (inbound?.proxyAuth === undefined) {
+      problems.push(`inbound: listen ${listen} is reachable from other machines: set inbound.allowCidrs or inbound.proxyAuth (or write inbound.allowAnyone: true)`);
+    } else if (inbound.jwt === undefined && upstreams.some((u) => typeof u?.pathPrefix === 'string')) {
+      // Reverse mode asks for no proxy credentials: its tokens would be open to anyone.
+      problems.push(
+        `inbound: listen ${listen} is reachable from other machines, and inbound.proxyAuth guards forward mode only: the upstreams with a pathPrefix (reverse mode) would inject their tokens for anyone; set inbound.allowCidrs or inbound.jwt (or write inbound.allowAnyone: true)`,
+      );
+    }
   }
   return problems;
 }

@@ -49,6 +49,8 @@ function secretsOf(auth: ResolvedAuth): string[] {
     auth.type === 'login' || auth.type === 'password' ? auth.password : undefined,
     auth.type === 'login' ? undefined : auth.clientSecret,
     auth.type === 'refresh_token' ? auth.refreshToken : undefined,
+    // A login API's extra headers carry its API key (the documented use): treated as secrets.
+    ...(auth.type === 'login' ? Object.values(auth.headers) : []),
   ].filter((s): s is string => s !== undefined && s !== '');
   const forms = plain.flatMap((s) => [s, formEncode(s), encodeURIComponent(s), JSON.stringify(s).slice(1, -1)]);
   if (auth.type !== 'login' && auth.clientSecret !== undefined) forms.push(basicCredentials(auth.clientId, auth.clientSecret));

@@ -6,6 +6,7 @@ import { ProxyError, errorResponseBytes } from '../errors.js';
 import type { CertificateAuthority } from '../mitm/certificate-authority.js';
 import type { Upstream } from './forwarder.js';
 import { parseConnectAuthority } from './request-target.js';
+import { closeWhenIdle, detach } from './detached.js';
 import type { ProxyContext } from './server.js';
 
 /** What the proxy knows about a socket carrying requests from inside a CONNECT tunnel. */
@@ -37,6 +38,7 @@ function refuse(socket: Duplex, err: ProxyError): void {
  */
 export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, head: Buffer): void {
   socket.on('error', () => undefined); // a client that vanishes mid-tunnel is not our error
+  detach(ctx, socket);
   const r = ctx.routing;
   const user = r.guard.authenticate(req.headers['proxy-authorization']);
   if (user === undefined) {
@@ -65,6 +67,8 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     }
     socket.write(ESTABLISHED);
     if (head.length > 0) socket.unshift(head);
+    // Until the first byte, no HTTP server timeout watches the tunnel: a client has as long as it has for its headers.
+    closeWhenIdle(socket, ctx.limits.headersTimeoutSeconds);
     openInnerConnection(ctx, r.interception, socket, { upstream, host, port, clientAddress, user });
     return;
   }
@@ -73,6 +77,7 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     refuse(socket, new ProxyError('egress_denied', `CONNECT to ${host}:${port} is not allowed`, { host, port: String(port), rule: decision.rule }));
     return;
   }
+  closeWhenIdle(socket, ctx.limits.tunnelIdleTimeoutSeconds);
   blindTunnel(ctx, socket, head, host, port, r.egress.lookup);
 }
 
@@ -88,6 +93,7 @@ function openInnerConnection(ctx: ProxyContext, interception: CertificateAuthori
       return;
     }
     socket.unshift(first);
+    closeWhenIdle(socket, 0); // from here the HTTP server's own timeouts apply to what the tunnel carries
     if (first[0] !== TLS_HANDSHAKE) {
       ctx.tunnels.set(socket, { ...t, proto: 'http' });
       ctx.adopt(socket);

@@ -160,6 +160,12 @@ function requestIdOf(req: IncomingMessage): string {
   return typeof given === 'string' && SANE_REQUEST_ID.test(given) ? given : randomUUID();
 }
 
+/**
+ * The status counted and logged for a request whose client left before its answer began: nginx's
+ * 499 ("client closed request"), so that such requests are still seen, and told from answers.
+ */
+const CLIENT_LEFT = 499;
+
 /** Counts the answer and writes the access-log line (never a header value, only a token fingerprint). */
 function finish(ctx: RequestContext, status: number, token: Token | undefined, retried: boolean): void {
   const u = ctx.upstream;
@@ -176,6 +182,22 @@ function finish(ctx: RequestContext, status: number, token: Token | undefined, r
     retried,
     token: token?.fingerprint,
   });
+}
+
+/**
+ * A Bearer challenge whose error says the token itself is fine (RFC 6750 §3.1): `insufficient_scope`
+ * (the token lacks a scope; a new one from the same grant would too) or `invalid_request` (the
+ * request is malformed). Dropping a good token for these would also cost every other request of
+ * the upstream or tenant a wait for its next one: the 401 goes to the client as it came.
+ */
+const NOT_THE_TOKEN = /(?:^|,)\s*Bearer\b[^]*?\berror\s*=\s*"?(?:insufficient_scope|invalid_request)\b/i;
+
+function tokenNotAtFault(rawHeaders: readonly Buffer[]): boolean {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as Buffer;
+    if (name.length === 16 && name.toString('latin1').toLowerCase() === 'www-authenticate' && NOT_THE_TOKEN.test((rawHeaders[i + 1] as Buffer).toString('latin1'))) return true;
+  }
+  return false;
 }
 
 /** One client request and its (at most two) upstream attempts; implements undici's handler API. */
@@ -247,7 +269,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return true; // 1xx: informational, nothing to relay
     this.#status = statusCode;
     const tokens = this.#tokens;
-    if (statusCode === 401 && tokens !== undefined && this.#token !== undefined && this.#attempt === 1) {
+    if (statusCode === 401 && tokens !== undefined && this.#token !== undefined && this.#attempt === 1 && !tokenNotAtFault(rawHeaders)) {
       // A partner rejecting every token must not turn each request into a token request: past
       // the renewal budget the 401 goes to the client as it came.
       if (tokens.mayRenewAfterUnauthorized(this.#token)) {
@@ -294,7 +316,10 @@ class Exchange implements Dispatcher.DispatchHandler {
       finish(this.#ctx, this.#status, this.#token, this.#attempt === 2);
       return;
     }
-    if (this.#res.destroyed) return; // the client left first; nothing to answer
+    if (this.#res.destroyed) {
+      finish(this.#ctx, CLIENT_LEFT, this.#token, this.#attempt === 2); // nothing to answer
+      return;
+    }
     const failure = upstreamFailure(u, err);
     u.logger.warn({ event: 'upstream_failed', upstream: u.name, error: failure.code, err: err.message }, failure.message);
     finish(this.#ctx, sendError(this.#res, failure), this.#token, this.#attempt === 2);
@@ -307,7 +332,10 @@ class Exchange implements Dispatcher.DispatchHandler {
     u.logger.info({ event: 'unauthorized_retry', upstream: u.name, tenant: tokens.tenant, token: used.fingerprint }, 'target answered 401: renewing the token and replaying once');
     tokens.renewAfterUnauthorized(used).then(
       (fresh) => {
-        if (this.#res.destroyed) return;
+        if (this.#res.destroyed) {
+          finish(this.#ctx, CLIENT_LEFT, used, true);
+          return;
+        }
         this.send(fresh, 2);
       },
       (err: unknown) => {

@@ -61,7 +61,13 @@ export function tokensFor(upstream: Upstream, req: IncomingMessage, user: string
   });
 }
 
-function routed(upstream: Upstream, target: Target, req: IncomingMessage, user: string | undefined): Resolution {
+/**
+ * A request for an upstream. In gateway mode (`inbound.jwt`) the caller's JWT decides first
+ * (admitCaller), whichever way the request came: a forward-mode request or one inside a tunnel
+ * spends the partner's token just as a reverse-mode one does.
+ */
+function routed(r: Routing, upstream: Upstream, target: Target, req: IncomingMessage, user: string | undefined): Resolution {
+  if (r.callerAuth !== undefined) return { upstream, target: { ...target, stripHeaders: r.callerAuth.claimHeaders }, tokens: undefined, verifyCaller: { user } };
   const tokens = tokensFor(upstream, req, user);
   return tokens instanceof ProxyError ? tokens : { upstream, target, tokens };
 }
@@ -89,13 +95,17 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
   const url = req.url ?? '/';
   const r = ctx.routing;
   if (hostCount(req.rawHeaders) > 1) return new ProxyError('bad_request', 'more than one Host header'); // RFC 9112 §3.2
+  // TRACE makes the target echo the request it received, and the proxy adds credentials to it
+  // (the partner's token, addHeaders): a client MUST NOT send sensitive fields in a TRACE
+  // (RFC 9110 §9.3.8), and here the proxy is that client. Refused for every destination.
+  if (req.method === 'TRACE') return new ProxyError('method_not_allowed', 'TRACE is not forwarded: the target would echo the credentials the proxy adds');
   const tunnel = ctx.tunnels.get(req.socket);
   if (tunnel !== undefined) {
     if (url.includes('#')) return noFragment();
     // Requests inside a tunnel may use either form; the tunnel alone decides where they go.
     const path = url.charCodeAt(0) === 47 ? url : (parseAbsoluteForm(url)?.path ?? null);
     if (path === null) return new ProxyError('bad_request', 'malformed request target inside the tunnel');
-    return routed(tunnel.upstream, { origin: tunnel.upstream.origin, path, clientProto: tunnel.proto }, req, tunnel.user);
+    return routed(r, tunnel.upstream, { origin: tunnel.upstream.origin, path, clientProto: tunnel.proto }, req, tunnel.user);
   }
   if (url.charCodeAt(0) === 47) {
     const route = r.reverse.route(url);
@@ -105,10 +115,7 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
     // Reverse mode needs no proxy credentials; when sent anyway they can name the tenant.
     const header = req.headers['proxy-authorization'];
     const user = header === undefined ? undefined : r.guard.authenticate(header);
-    if (r.callerAuth !== undefined) {
-      return { upstream: route.upstream, target: { origin: route.upstream.origin, path: route.path, clientProto: 'http', stripHeaders: r.callerAuth.claimHeaders }, tokens: undefined, verifyCaller: { user } };
-    }
-    return routed(route.upstream, { origin: route.upstream.origin, path: route.path, clientProto: 'http' }, req, user);
+    return routed(r, route.upstream, { origin: route.upstream.origin, path: route.path, clientProto: 'http' }, req, user);
   }
   const absolute = parseAbsoluteForm(url);
   if (absolute === null) return new ProxyError('bad_request', 'request target must be a path or an absolute http:// URL without userinfo');
@@ -117,7 +124,7 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
   const upstream = r.forward.route(absolute.host, absolute.port);
   if (upstream !== undefined) {
     // TLS origination: the app spoke plain http to us; the target URL decides the scheme onwards.
-    return routed(upstream, { origin: upstream.origin, path: absolute.path, clientProto: 'http' }, req, user);
+    return routed(r, upstream, { origin: upstream.origin, path: absolute.path, clientProto: 'http' }, req, user);
   }
   const decision = r.egress.decide(absolute.host, absolute.port, 'http');
   if (!decision.allowed) {

@@ -18,13 +18,21 @@ export interface ProxyContext {
   readonly tunnels: WeakMap<Duplex, Tunnel>;
   /** Hands a socket to the HTTP server as a new connection (tunnel contents). */
   adopt(socket: Duplex): void;
+  readonly limits: ListenerLimits;
+  /**
+   * Client sockets the HTTP server let go of (CONNECT tunnels, upgraded connections): its own
+   * timeouts and closeAllConnections() no longer reach them, so shutdown closes these itself.
+   */
+  readonly detached: Set<Duplex>;
 }
 
 export interface ListenerLimits {
   readonly maxRequestHeaderBytes: number;
   readonly headersTimeoutSeconds: number;
   readonly requestTimeoutSeconds: number;
+  readonly tunnelIdleTimeoutSeconds: number;
 }
+
 
 type ClientErrorAnswer = readonly [status: number, text: string, message: string];
 const BAD_REQUEST: ClientErrorAnswer = [400, 'Bad Request', 'malformed request'];
@@ -49,13 +57,22 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
     logger,
     tunnels: new WeakMap(),
     adopt: (socket) => server.emit('connection', socket),
+    limits,
+    detached: new Set(),
   };
   const ctx = full;
 
+  // A refused client's connection is answered 403 and closed. Node's own connection listener has
+  // already attached the HTTP parser, so a request the client sent along (or pipelined before
+  // the close) would still be parsed and emitted: every handler below drops requests from
+  // these sockets.
+  const refused = new WeakSet<Duplex>();
   server.on('connection', (socket: Duplex & { remoteAddress?: string }) => {
     if (full.routing.guard.clientAllowed(socket.remoteAddress ?? full.tunnels.get(socket)?.clientAddress)) return;
+    refused.add(socket);
     socket.on('error', () => undefined);
-    socket.end(errorResponseBytes(new ProxyError('client_not_allowed', 'this client address may not use the proxy')));
+    // Closed both ways once the answer is out: the server keeps reading half-closed sockets.
+    socket.end(errorResponseBytes(new ProxyError('client_not_allowed', 'this client address may not use the proxy')), () => socket.destroy());
   });
 
   const failed = (res: ServerResponse) => (err: unknown) => {
@@ -67,6 +84,10 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
 
   const inFlight = new Drain(); // every request, across reloads: what SIGTERM waits for
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    if (refused.has(req.socket)) {
+      req.socket.destroy();
+      return;
+    }
     const routing = full.routing;
     routing.drain.enter();
     inFlight.enter();
@@ -102,8 +123,8 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
       .catch(failed(res));
   });
 
-  server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleConnect(full, req, socket, head));
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => handleUpgrade(full, req, socket, head));
+  server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => (refused.has(socket) ? socket.destroy() : handleConnect(full, req, socket, head)));
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => (refused.has(socket) ? socket.destroy() : handleUpgrade(full, req, socket, head)));
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     // Malformed request line or headers, or a client too slow to send them (or its body): answer

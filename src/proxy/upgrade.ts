@@ -6,6 +6,7 @@ import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { admitCaller, resolve } from './resolve.js';
 import type { Target, Upstream } from './forwarder.js';
 import type { TokenSource } from '../tokens/token-source.js';
+import { closeWhenIdle, detach } from './detached.js';
 import type { ProxyContext } from './server.js';
 
 /** A response head from raw headers. A 101 keeps Connection and Upgrade: they are the switch itself. */
@@ -17,15 +18,26 @@ function head(status: number, statusText: string, raw: readonly Buffer[]): strin
 }
 
 /**
- * WebSocket and other `Upgrade` requests (RFC 9110 §7.8): routed like any request, the token is
- * injected on the handshake, and after a 101 the two sockets are joined. A handshake the target
- * refuses (401, 403, ...) goes back to the client as an ordinary response.
+ * WebSocket upgrades (RFC 6455 §4, RFC 9110 §7.8): routed like any request, the token is injected
+ * on the handshake, and after a 101 the two sockets are joined. A handshake the target refuses
+ * (401, 403, ...) goes back to the client as an ordinary response.
+ *
+ * Other protocols are refused: after their 101 the client would speak through the proxy's
+ * connection (and its mTLS identity) with requests that no route, token or policy sees, e.g. an
+ * HTTP/2 connection by `Upgrade: h2c` (which RFC 9113 §3.1 deprecates).
  *
  * This uses undici's upgrade support rather than node-http-proxy's `ws()`: the same pool, CA and
  * timeouts as every other request to the upstream, and no unmaintained dependency on this path.
  */
 export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, early: Buffer): void {
   socket.on('error', () => undefined);
+  detach(ctx, socket);
+  closeWhenIdle(socket, ctx.limits.tunnelIdleTimeoutSeconds);
+  const protocol = req.headers.upgrade ?? '';
+  if (protocol.trim().toLowerCase() !== 'websocket') {
+    socket.end(errorResponseBytes(new ProxyError('bad_request', `only WebSocket upgrades are relayed, not "${protocol.slice(0, 40)}"`)));
+    return;
+  }
   const callerAuth = ctx.routing.callerAuth;
   const where = resolve(ctx, req);
   if (where instanceof ProxyError) {
@@ -51,7 +63,6 @@ function relay(req: IncomingMessage, socket: Duplex, early: Buffer, upstream: Up
   const tokenReady = tokens === undefined ? Promise.resolve(undefined) : Promise.resolve(tokens.current() ?? tokens.obtain());
   tokenReady.then(
     (token) => {
-      const upgradeTo = req.headers.upgrade ?? 'websocket';
       // Upgrade and Connection are hop-by-hop: undici writes its own from `upgrade`.
       const headers = upstreamRequestHeaders(
         req.rawHeaders,
@@ -83,7 +94,7 @@ function relay(req: IncomingMessage, socket: Duplex, early: Buffer, upstream: Up
           if (socket.writable) socket.end(errorResponseBytes(new ProxyError('upstream_unreachable', `upgrade to ${upstream.name} failed: ${err.message}`, { upstream: upstream.name })));
         },
       };
-      upstream.dispatcher.dispatch({ origin: target.origin, path: target.path, method: req.method ?? 'GET', headers, upgrade: upgradeTo }, handler);
+      upstream.dispatcher.dispatch({ origin: target.origin, path: target.path, method: req.method ?? 'GET', headers, upgrade: 'websocket' }, handler);
     },
     (err: unknown) => {
       const reason = err instanceof TokenError ? err.reason : 'bad_response';

@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import type { ConnectionOptions } from 'node:tls';
+import { VERIFIED } from '../tls-options.js';
 import type * as IoRedis from 'ioredis';
 import { parseRedisNode } from '../config/redis-schema.js';
 
@@ -62,7 +63,7 @@ function nodes(list: readonly string[]): { host: string; port: number }[] {
  * Cluster form it follows MOVED/ASK redirections and refreshes the slot map itself.
  */
 export function connectRedis(connection: RedisConnection, behaviour: ClientBehaviour): RedisClient {
-  const tls: ConnectionOptions | undefined = connection.caPem === undefined ? {} : { ca: connection.caPem };
+  const tls: ConnectionOptions = connection.caPem === undefined ? VERIFIED : { ...VERIFIED, ca: connection.caPem };
   const { Redis, Cluster } = ioredis();
   if (connection.sentinel !== undefined) {
     const s = connection.sentinel;

@@ -10,7 +10,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Agent, type Dispatcher } from 'undici';
+import { Agent, request, type Dispatcher } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { buildConfig } from '../../src/config/load.js';
 import type { Token } from '../../src/tokens/token.js';
@@ -661,6 +661,11 @@ describe('faults: the target', () => {
     expect(received).toBeLessThanOrEqual(64 * 1024);
     expect(await within(socketClosed, 2_000)).toBe('settled');
     expect(await pollUntil(() => target.connections(), (n) => n <= 1, 2_000)).toBeLessThanOrEqual(1);
+    // Counted and logged as 499 (client closed request), like nginx, not left out.
+    const left = () => logEvents(proxy as RunningProxy, 'request').filter((l) => l['status'] === 499);
+    expect(await pollUntil(() => left().length, (n) => n === 1, 2_000)).toBe(1);
+    const metrics = await (await request(`${(proxy as RunningProxy).adminUrl}/metrics`)).body.text();
+    expect(metrics).toContain('token_proxy_requests_total{upstream="t",code="499"} 1');
     const more = await Promise.all(Array.from({ length: 20 }, (_, i) => call((proxy as RunningProxy).url, `/t/more/${i}`, { method: 'POST', body: `b${i}` })));
     expect(more.map((r) => r.status)).toEqual(Array(20).fill(200));
   });

@@ -47,6 +47,8 @@ export interface LoginApiServer {
   refreshTtlSeconds: number;
   /** When true, every /auth call answers 403 with an IP allow-list message. */
   forbidIp: boolean;
+  /** When set, an /auth call without this X-Api-Key answers 401 quoting the key it got, as careless APIs do. */
+  apiKey: string | undefined;
   shape: LoginApiShape;
   /** Names of the credential fields the login endpoint reads from its JSON body. */
   loginFields: { username: string; password: string };
@@ -113,6 +115,7 @@ export async function startLoginApiServer(options: LoginApiServerOptions): Promi
     statedTtlSeconds: undefined,
     refreshTtlSeconds: DEFAULTS.refreshTtlSeconds,
     forbidIp: false,
+    apiKey: undefined,
     shape: 'default',
     loginFields: { username: 'username', password: 'password' },
     revokeAll: () => refreshTokens.clear(),
@@ -124,6 +127,7 @@ export async function startLoginApiServer(options: LoginApiServerOptions): Promi
       api.statedTtlSeconds = undefined;
       api.refreshTtlSeconds = DEFAULTS.refreshTtlSeconds;
       api.forbidIp = false;
+      api.apiKey = undefined;
       api.shape = 'default';
       api.loginFields = { username: 'username', password: 'password' };
       refreshTokens.clear();
@@ -172,6 +176,11 @@ export async function startLoginApiServer(options: LoginApiServerOptions): Promi
     }
     if (api.forbidIp) {
       record(403, { message: 'IP 127.0.0.1 is not in the allow-list' });
+      return;
+    }
+    const givenKey = req.headers['x-api-key'];
+    if (api.apiKey !== undefined && givenKey !== api.apiKey) {
+      record(401, { message: `invalid API key ${String(givenKey)}` });
       return;
     }
     if (path === '/auth/login') {

@@ -2,6 +2,7 @@ import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { testPki } from '../helpers/certs.js';
+import { curl } from '../helpers/clients.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
@@ -122,6 +123,21 @@ describe('gateway mode: callers must present a valid JWT', () => {
     }
     await proxy.close();
     proxy = await startProxy(proxyConfig());
+  });
+
+  it('asks forward-mode callers for the same JWT: an upstream host reached through HTTP_PROXY spends the same token', async () => {
+    await proxy.close();
+    proxy = await startProxy(proxyConfig({ hosts: ['api.partner.example'] }));
+    const missing = await curl(['-i', '--proxy', proxy.url, 'http://api.partner.example/x']);
+    expect(missing.status).toBe(401);
+    expect(missing.body).toContain('"error":"caller_unauthorized"');
+    expect(partner.seen).toHaveLength(0);
+    const token = await callerToken();
+    const valid = await curl(['--proxy', proxy.url, '-H', `Authorization: Bearer ${token}`, 'http://api.partner.example/x']);
+    expect(valid.status).toBe(200);
+    expect(partner.seen).toHaveLength(1);
+    expect(partner.seen[0]?.claims?.['client_id']).toBe('proxy-client');
+    expect(partner.seen[0]?.headers['x-caller-sub']).toBe('caller-42');
   });
 
   it('selects the tenant from a caller claim', async () => {

@@ -2,7 +2,9 @@ import { once } from 'node:events';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingHttpHeaders } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+import { connect as tlsConnect } from 'node:tls';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProxyAgent, request } from 'undici';
@@ -217,14 +219,95 @@ describe('who may use the proxy', () => {
     expect(partner.seen).toHaveLength(0);
   });
 
+  it('never forwards a request sent along with the connection by a refused client', async () => {
+    await proxy.close();
+    await proxyWith({ inbound: { allowCidrs: ['10.0.0.0/8'] }, shutdownTimeoutSeconds: 1 });
+    const tokenRequests = tokenServer.requests.length;
+    const { port } = new URL(proxy.url);
+    // The request goes out with the connection, and the client keeps its side open (half-close):
+    // only the proxy can end the exchange.
+    const socket = connect({ host: '127.0.0.1', port: Number(port), allowHalfOpen: true });
+    socket.write(`POST /partner/payments HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}`);
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    await once(socket, 'end'); // the proxy has said all it will say
+    expect(answer).toMatch(/^HTTP\/1\.1 403 /);
+    expect(answer).toContain('"error":"client_not_allowed"');
+    // Closing drains every request the proxy took on (the client is still there to answer): had
+    // it taken this one on, the partner would have it now.
+    await proxy.close();
+    socket.destroy();
+    expect(partner.seen).toHaveLength(0);
+    expect(tokenServer.requests.length).toBe(tokenRequests);
+    await proxyWith(); // for afterEach
+  });
+
+  it('closes a tunnel to an upstream host whose client sends nothing within limits.headersTimeoutSeconds', async () => {
+    await proxy.close();
+    await proxyWith({ limits: { headersTimeoutSeconds: 0.3 } });
+    const { socket, head } = await openTunnel(proxy.url, `${PARTNER_HOST}:443`);
+    expect(head).toMatch(/^HTTP\/1\.1 200 /);
+    await once(socket, 'close'); // the proxy's doing: the client stays silent and open
+    expect(partner.seen).toHaveLength(0);
+  });
+
+  it('closes a blind tunnel idle for limits.tunnelIdleTimeoutSeconds, and one that is busy only when idle', async () => {
+    await proxy.close();
+    await proxyWith({ limits: { tunnelIdleTimeoutSeconds: 0.4 } });
+    const { socket, head } = await openTunnel(proxy.url, `127.0.0.1:${otherTls.port}`);
+    expect(head).toMatch(/^HTTP\/1\.1 200 /);
+    // TLS through the tunnel, then a request every 100 ms for 1 s: traffic keeps it open.
+    const tls = tlsConnect({ socket, servername: 'localhost', ca: pki.ca });
+    await once(tls, 'secureConnect');
+    const closed = once(socket, 'close');
+    let answers = 0;
+    tls.on('data', (chunk: Buffer) => (answers += (chunk.toString().match(/other tls host/g) ?? []).length));
+    for (let i = 0; i < 10; i++) {
+      tls.write('GET / HTTP/1.1\r\nHost: localhost\r\n\r\n');
+      await new Promise((resolve) => tls.once('data', resolve));
+      await delay(100); // wall-clock gaps, each shorter than the idle limit: what is under test is real time
+    }
+    expect(answers).toBe(10);
+    expect(socket.destroyed).toBe(false);
+    await closed; // then silence: closed by the proxy
+    expect(otherTls.seen).toHaveLength(10);
+  });
+
+  it('closes open tunnels on shutdown instead of waiting for them', async () => {
+    const { socket, head } = await openTunnel(proxy.url, `127.0.0.1:${otherTls.port}`);
+    expect(head).toMatch(/^HTTP\/1\.1 200 /);
+    const closed = once(socket, 'close');
+    await proxy.close(); // would wait for the tunnel (600 s idle limit) without closing it
+    await closed;
+    await proxyWith(); // for afterEach
+  });
+
   it('refuses to start on a non-loopback address without inbound control', () => {
     const doc = { listen: '0.0.0.0:8080', upstreams: [upstream()] };
     expect(() => buildConfig(doc, { env: {} })).toThrow(ConfigError);
     expect(() => buildConfig(doc, { env: {} })).toThrow(/inbound: listen 0\.0\.0\.0:8080 is reachable from other machines/);
     expect(buildConfig({ ...doc, inbound: { allowAnyone: true } }, { env: {} }).inbound.allowAnyone).toBe(true);
     expect(buildConfig({ ...doc, inbound: { allowCidrs: ['10.0.0.0/8'] } }, { env: {} }).listen).toBe('0.0.0.0:8080');
+    // Proxy credentials guard forward mode only; reverse mode (a pathPrefix) asks for none.
+    const proxyAuth = { users: [{ name: 'app-a', password: 'pa55-word' }] };
+    expect(() => buildConfig({ ...doc, inbound: { proxyAuth } }, { env: {} })).toThrow(/inbound\.proxyAuth guards forward mode only: the upstreams with a pathPrefix \(reverse mode\) would inject their tokens for anyone/);
+    const { pathPrefix: _reverse, ...forwardOnly } = upstream();
+    expect(buildConfig({ ...doc, upstreams: [forwardOnly], inbound: { proxyAuth } }, { env: {} }).listen).toBe('0.0.0.0:8080');
   });
 });
+
+/** Opens a CONNECT tunnel; resolves with the socket once the proxy's answer head is in. */
+async function openTunnel(proxyUrl: string, authority: string): Promise<{ socket: Socket; head: string }> {
+  const { port } = new URL(proxyUrl);
+  const socket = connect(Number(port), '127.0.0.1');
+  socket.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`);
+  let head = '';
+  while (!head.includes('\r\n\r\n')) {
+    const [chunk] = (await once(socket, 'data')) as [Buffer];
+    head += chunk.toString('latin1');
+  }
+  return { socket, head };
+}
 
 /** Sends a bare CONNECT and returns the proxy's answer as text. */
 async function rawConnect(proxyUrl: string, authority: string): Promise<string> {

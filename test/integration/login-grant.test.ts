@@ -167,6 +167,18 @@ describe('login grant failures answer 502 token_unavailable', () => {
     expect(partner.seen).toHaveLength(0);
   });
 
+  it('keeps the configured API key header out of the 502 body and the logs when the login API quotes it back', async () => {
+    login.apiKey = 'the-current-key';
+    await startWith({ headers: { 'x-api-key': 'partner-key-1-retired' } });
+    const res = await get();
+    expect(res.status).toBe(502);
+    expect(res.json()).toMatchObject({ error: 'token_unavailable', reason: 'invalid_client', description: 'invalid API key [redacted]' });
+    expect(summary(login.calls)).toEqual(['/auth/login 401']);
+    expect(login.calls[0]?.response).toEqual({ message: 'invalid API key partner-key-1-retired' }); // what the API did say
+    expect((proxy as RunningProxy).logs.join('\n')).not.toContain('partner-key-1-retired');
+    expect((proxy as RunningProxy).logs.join('\n')).toContain('invalid API key [redacted]');
+  });
+
   it('reports a 403 (IP allow-list) as forbidden with the message, and does not call again within the backoff', async () => {
     login.forbidIp = true;
     await startWith();

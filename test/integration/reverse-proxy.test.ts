@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Agent, request } from 'undici';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { testPki } from '../helpers/certs.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
@@ -129,16 +129,32 @@ describe('reverse mode with a client-credentials token', () => {
   });
 
   it('passes a second 401 to the client as it came, after exactly one refresh', async () => {
-    partner.script = () => ({ status: 401, headers: { 'www-authenticate': 'Bearer error="insufficient_scope"', 'x-partner': 'no' }, body: '{"error":"nope"}' });
+    partner.script = () => ({ status: 401, headers: { 'www-authenticate': 'Bearer error="invalid_token"', 'x-partner': 'no' }, body: '{"error":"nope"}' });
     const res = await call('/partner/secret');
     expect(res.status).toBe(401);
-    expect(res.headers['www-authenticate']).toBe('Bearer error="insufficient_scope"');
+    expect(res.headers['www-authenticate']).toBe('Bearer error="invalid_token"');
     expect(res.headers['x-partner']).toBe('no');
     expect(res.body.toString()).toBe('{"error":"nope"}');
     expect(partner.seen).toHaveLength(2);
     expect(tokenServer.requests).toHaveLength(2);
     const metrics = await (await request(`${proxy.adminUrl}/metrics`)).body.text();
     expect(metrics).toContain('token_proxy_unauthorized_retries_total{upstream="partner",outcome="still_unauthorized"} 1');
+  });
+
+  it('passes a 401 whose Bearer challenge blames the scope or the request through untouched, keeping the token (RFC 6750 §3.1)', async () => {
+    expect((await call('/partner/warm')).status).toBe(200);
+    const challenges = ['Bearer realm="p", error="insufficient_scope", scope="orders.admin"', 'Basic realm="x", Bearer error=invalid_request'];
+    for (const challenge of challenges) {
+      partner.script = (req) => (req.path === '/admin' ? { status: 401, headers: { 'www-authenticate': challenge }, body: '{"error":"scope"}' } : undefined);
+      const res = await call('/partner/admin');
+      expect(res.status).toBe(401);
+      expect(res.headers['www-authenticate']).toBe(challenge);
+      expect(res.body.toString()).toBe('{"error":"scope"}');
+    }
+    expect((await call('/partner/orders')).status).toBe(200);
+    expect(partner.seen.map((s) => s.path)).toEqual(['/warm', '/admin', '/admin', '/orders']); // no replay
+    expect(tokenServer.requests).toHaveLength(1); // and the token was kept
+    expect(new Set(partner.seen.map((s) => s.token)).size).toBe(1);
   });
 
   it('refreshes once when 100 simultaneous requests all meet a 401 for the same token', async () => {
@@ -207,6 +223,19 @@ describe('reverse mode with a client-credentials token', () => {
     expect(partner.seen).toHaveLength(0);
   });
 
+  it('refuses TRACE with 405 and forwards nothing: the partner would echo the injected token to the client', async () => {
+    const tokenRequests = tokenServer.requests.length;
+    const trace = await call('/partner/v1/orders', { method: 'TRACE' });
+    expect(trace.status).toBe(405);
+    expect(trace.json()).toMatchObject({ error: 'method_not_allowed' });
+    expect(trace.headers['allow']).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+    expect(trace.headers['proxy-status']).toBe('token-proxy; error=http_request_denied');
+    expect(trace.body.toString()).not.toMatch(/bearer/i);
+    expect(partner.seen).toHaveLength(0);
+    expect(tokenServer.requests.length).toBe(tokenRequests);
+    expect((await call('/partner/v1/orders')).status).toBe(200);
+  });
+
   it('answers 504 upstream_timeout when the target sends no headers within timeoutSeconds, and keeps serving', async () => {
     await proxy.close();
     proxy = await startProxy({ upstreams: [upstreamDoc({ timeoutSeconds: 0.3 })] });
@@ -223,5 +252,22 @@ describe('reverse mode with a client-credentials token', () => {
     const res = await call('/partner/x');
     expect(res.status).toBe(502);
     expect(res.json()).toMatchObject({ error: 'upstream_unreachable', upstream: 'partner' });
+  });
+
+  it('verifies the target certificate even with NODE_TLS_REJECT_UNAUTHORIZED=0 in the environment', async () => {
+    await proxy.close();
+    // Without `ca`, neither the token endpoint's certificate nor the target's chains to a trusted root.
+    const { ca: _trusted, ...withoutCa } = upstreamDoc({ tokenWaitTimeoutSeconds: 0.5 });
+    vi.stubEnv('NODE_TLS_REJECT_UNAUTHORIZED', '0');
+    try {
+      proxy = await startProxy({ upstreams: [withoutCa] });
+      const res = await call('/partner/x');
+      expect(res.status).toBe(502);
+      expect(res.json()).toMatchObject({ error: 'token_unavailable', upstream: 'partner', reason: 'network' });
+      expect(tokenServer.requests).toHaveLength(0); // refused in the handshake: no request was sent
+      expect(partner.seen).toHaveLength(0);
+    } finally {
+      vi.unstubAllEnvs();
+    }
   });
 });

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Cluster, Redis } from 'ioredis';
 import { Agent } from 'undici';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFinished, vi } from 'vitest';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { testPki } from '../helpers/certs.js';
 import { startOidcServer, type OidcServer } from '../helpers/oidc-server.js';
@@ -193,6 +193,11 @@ describe('Redis over TLS', () => {
 
   it('never trusts a certificate it cannot verify: without the ca the tier stays down and requests still succeed', async () => {
     const refused = redis.nextLog(/Error accepting a client connection/); // the handshake was tried, and failed
+    // Not even when the environment asks Node to skip verification.
+    vi.stubEnv('NODE_TLS_REJECT_UNAUTHORIZED', '0');
+    onTestFinished(() => {
+      vi.unstubAllEnvs();
+    });
     const [alone] = await fleet(1, { url: redis.url }, { up: false });
     const p = alone as RunningProxy;
     expect(await burst([p], UPSTREAMS, 'untrusted')).toEqual(Array(UPSTREAMS).fill(200));

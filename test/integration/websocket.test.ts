@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import { createServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { createRemoteJWKSet, customFetch, jwtVerify } from 'jose';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +15,8 @@ let proxy: RunningProxy;
 let wsUrl: string;
 const handshakes: { token: string | undefined; clientId: unknown }[] = [];
 let close: () => void;
+/** Upgrade requests the partner received (any protocol). */
+let partnerUpgrades = 0;
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
@@ -23,6 +25,7 @@ beforeAll(async () => {
     [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: jwksAgent }) as unknown as Promise<Response>,
   });
   const server = createServer({ key: pki.key, cert: pki.cert });
+  server.on('upgrade', () => (partnerUpgrades += 1));
   // A partner WebSocket endpoint that verifies the bearer token on the handshake.
   const wss = new WebSocketServer({
     server,
@@ -97,6 +100,19 @@ describe('WebSocket through the proxy', () => {
     const ws = new WebSocket(wsUrl.replace(/\/echo$/, '/forbidden'));
     const [, res] = (await once(ws, 'unexpected-response')) as [unknown, { statusCode: number }];
     expect(res.statusCode).toBe(403);
+  });
+
+  it('refuses an upgrade to any protocol but WebSocket, without asking the partner', async () => {
+    const seenBefore = partnerUpgrades;
+    const { port } = new URL(proxy.url);
+    const socket = connect({ host: '127.0.0.1', port: Number(port) });
+    socket.write('GET /realtime/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n');
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    await once(socket, 'close');
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(answer).toContain('only WebSocket upgrades are relayed, not \\"h2c\\"');
+    expect(partnerUpgrades).toBe(seenBefore);
   });
 
   it('refuses an upgrade for a path no upstream serves', async () => {
