@@ -11,6 +11,7 @@ import { createMetrics, type Metrics } from './metrics.js';
 import { createProxyServer } from './proxy/server.js';
 import { buildGeneration, type Generation } from './generation.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
+import { KeyStates } from './tokens/key-state.js';
 import { TokenCache } from './tokens/token-cache.js';
 import { systemClock, type Clock, type TokenSource } from './tokens/token-source.js';
 import { EntryCipher, cipherKey } from './tokens/entry-cipher.js';
@@ -82,7 +83,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     store === undefined || initial.tokenCache.redis === undefined
       ? undefined
       : { store, lockTimeoutMs: initial.tokenCache.redis.lockTimeoutMs, refreshTokenTtlMs: initial.tokenCache.redis.refreshTokenTtlSeconds * 1000 };
-  const deps = { metrics, cache, clock, logger, backoff: options.backoff, shared };
+  const deps = { metrics, cache, clock, logger, backoff: options.backoff, shared, keyStates: new KeyStates() };
   for (const warning of configWarnings(initial)) logger.warn({ event: 'config_warning', warning }, warning);
   let generation: Generation = buildGeneration(initial, deps);
   const sources = new Map(generation.sources);
@@ -149,6 +150,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       const warnings = [...restartOnly(generation.config, next), ...configWarnings(next)];
       const previous = generation;
       generation = buildGeneration(next, deps);
+      deps.keyStates.keepOnly([...generation.sources.values()].map((source) => source.key));
       ctx.routing = generation.routing; // new requests route with the new config from here on
       sources.clear();
       for (const [k, v] of generation.sources) sources.set(k, v);

@@ -7,6 +7,7 @@ import { TokenError } from './errors.js';
 import { createMetrics } from './metrics.js';
 import { TokenCache } from './tokens/token-cache.js';
 import { systemClock } from './tokens/token-source.js';
+import { KeyStates } from './tokens/key-state.js';
 import { UpstreamFactory } from './upstreams.js';
 
 export interface TokenCommandOptions {
@@ -49,6 +50,7 @@ export async function runTokenCommand(config: Config, o: TokenCommandOptions): P
       logger: pino({ level: 'silent' }),
       backoff: { baseMs: 250, maxMs: 1_000, maxRetryAfterMs: 1_000, permanentMinMs: 0, random: Math.random },
       shared: undefined, // a debugging fetch never touches the fleet's shared entries
+      keyStates: new KeyStates(),
     },
   );
   factory.build();

@@ -6,6 +6,7 @@ import { bindRequestMetrics, bindTokenMetrics, type Metrics } from './metrics.js
 import { createGrant } from './oauth/grants.js';
 import type { TenantTokens, Upstream } from './proxy/forwarder.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
+import type { KeyStates } from './tokens/key-state.js';
 import { cacheKey, type TokenCache } from './tokens/token-cache.js';
 import { TokenSource, type Clock, type SharedSettings } from './tokens/token-source.js';
 import { tlsOptions } from './tls-options.js';
@@ -17,6 +18,8 @@ export interface UpstreamDeps {
   readonly logger: Logger;
   readonly backoff: BackoffPolicy | undefined;
   readonly shared: SharedSettings | undefined;
+  /** Per-key fetch and refresh-token state, kept across reloads. */
+  readonly keyStates: KeyStates;
 }
 
 export interface BuiltUpstream {
@@ -86,9 +89,11 @@ export class UpstreamFactory {
   }
 
   #source(u: UpstreamConfig, auth: ResolvedAuth, tenant: string | undefined, tokenAgent: Dispatcher): TokenSource {
-    const { clock, logger, metrics, cache, backoff, shared } = this.#deps;
+    const { clock, logger, metrics, cache, backoff, shared, keyStates } = this.#deps;
+    const key = cacheKey(u.name, tokenShape(auth, tenant));
     const source = new TokenSource({
-      key: cacheKey(u.name, tokenShape(auth, tenant)),
+      key,
+      state: keyStates.of(key),
       upstream: u.name,
       tenant,
       grant: createGrant(auth, tokenAgent, () => clock.now()),

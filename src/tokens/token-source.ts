@@ -6,6 +6,7 @@ import type { Grant } from '../oauth/grants.js';
 import type { TokenResponse } from '../oauth/token-endpoint.js';
 import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffPolicy } from './backoff.js';
 import type { SharedEntry, SharedTokenStore } from './shared-store.js';
+import { KeyState } from './key-state.js';
 import type { TokenCache } from './token-cache.js';
 import { tokenFromResponse, tokenWithTimes, type LifetimePolicy, type Token } from './token.js';
 
@@ -44,6 +45,8 @@ export interface TokenSourceOptions {
   readonly backoff?: BackoffPolicy;
   /** The shared tier (Redis), when replicas share tokens. */
   readonly shared?: SharedSettings | undefined;
+  /** What this source shares with the other sources of its key, across reloads (a fresh one by default). */
+  readonly state?: KeyState;
 }
 
 export interface SharedSettings {
@@ -80,19 +83,8 @@ export class TokenSource extends EventEmitter {
   readonly #o: TokenSourceOptions;
   readonly #clock: Clock;
   readonly #backoff: BackoffPolicy;
-  #inflight: Promise<Token> | undefined;
-  #failures = 0;
-  #nextAttemptAt = 0;
-  #lastError: TokenError | undefined;
-  /**
-   * The newest refresh token. Kept apart from the cached access token: a 401 or an eviction drops
-   * the access token, but a rotated refresh token is the only valid one left (the partner revoked
-   * its predecessor), so it must survive.
-   */
-  #refreshToken: string | undefined;
-  /** The value last dropped after a 401: a shared entry still holding it must not be adopted. */
-  #rejected: string | undefined;
-  #lastUnauthorizedRenewal = Number.NEGATIVE_INFINITY;
+  /** In-flight fetch, refresh token, failures: per key, outliving this source (see KeyState). */
+  readonly #s: KeyState;
 
   constructor(options: TokenSourceOptions) {
     super();
@@ -103,6 +95,7 @@ export class TokenSource extends EventEmitter {
     this.metrics = options.metrics;
     this.#clock = options.clock ?? systemClock;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
+    this.#s = options.state ?? new KeyState();
   }
 
   /**
@@ -115,7 +108,7 @@ export class TokenSource extends EventEmitter {
     const now = this.#clock.now();
     if (now >= token.usableUntil) return undefined; // never inject an expired token
     this.#o.metrics.cacheHit.inc();
-    if (now >= token.refreshAt && this.#inflight === undefined && now >= this.#nextAttemptAt) {
+    if (now >= token.refreshAt && this.#s.inflight === undefined && now >= this.#s.nextAttemptAt) {
       this.#refresh('ahead', token.usableUntil).catch(() => {
         /* logged and counted in #refresh; the cached token keeps serving */
       });
@@ -131,9 +124,9 @@ export class TokenSource extends EventEmitter {
     return {
       upstream: this.upstream,
       ...(this.tenant === undefined ? {} : { tenant: this.tenant }),
-      state: valid ? 'valid' : this.#lastError !== undefined ? 'failing' : 'none',
+      state: valid ? 'valid' : this.#s.lastError !== undefined ? 'failing' : 'none',
       ...(valid ? { expiresInSeconds: Math.round((token.expiresAt - now) / 1000) } : {}),
-      ...(this.#lastError === undefined ? {} : { lastError: this.#lastError.reason }),
+      ...(this.#s.lastError === undefined ? {} : { lastError: this.#s.lastError.reason }),
     };
   }
 
@@ -147,13 +140,13 @@ export class TokenSource extends EventEmitter {
     if (trigger === 'miss') this.#o.metrics.cacheMiss.inc();
     const now = this.#clock.now();
     const deadline = now + this.#o.waitTimeoutMs;
-    if (this.#inflight === undefined && this.#lastError !== undefined && now < this.#nextAttemptAt) {
+    if (this.#s.inflight === undefined && this.#s.lastError !== undefined && now < this.#s.nextAttemptAt) {
       // Backing off after a failure: a permanent error, or a wait longer than the request may
       // spend, answers at once instead of queueing requests or calling the endpoint again.
-      if (this.#lastError.permanent || this.#nextAttemptAt > deadline) return Promise.reject(this.#lastError);
+      if (this.#s.lastError.permanent || this.#s.nextAttemptAt > deadline) return Promise.reject(this.#s.lastError);
     }
-    const pending = this.#inflight ?? this.#refresh(trigger, deadline);
-    return withDeadline(pending, this.#o.waitTimeoutMs, () => this.#lastError);
+    const pending = this.#s.inflight ?? this.#refresh(trigger, deadline);
+    return withDeadline(pending, this.#o.waitTimeoutMs, () => this.#s.lastError);
   }
 
   /**
@@ -164,9 +157,9 @@ export class TokenSource extends EventEmitter {
     const cached = this.#o.cache.get(this.key);
     if (cached !== undefined && cached.header === used.header) {
       this.#o.cache.delete(this.key);
-      this.#lastUnauthorizedRenewal = this.#clock.now();
+      this.#s.lastUnauthorizedRenewal = this.#clock.now();
     }
-    this.#rejected = used.value;
+    this.#s.rejected = used.value;
   }
 
   /**
@@ -177,8 +170,8 @@ export class TokenSource extends EventEmitter {
   mayRenewAfterUnauthorized(used: Token): boolean {
     const cached = this.#o.cache.get(this.key);
     if (cached !== undefined && cached.header !== used.header) return true;
-    if (this.#inflight !== undefined) return true;
-    return this.#clock.now() - this.#lastUnauthorizedRenewal >= (this.#o.unauthorizedRenewalIntervalMs ?? 5_000);
+    if (this.#s.inflight !== undefined) return true;
+    return this.#clock.now() - this.#s.lastUnauthorizedRenewal >= (this.#o.unauthorizedRenewalIntervalMs ?? 5_000);
   }
 
   /** After a 401: drop the rejected token and get the next one (shared by all who saw the 401). */
@@ -189,27 +182,27 @@ export class TokenSource extends EventEmitter {
 
   /** One fetch in flight per key; retries transient failures with backoff until `deadline`. */
   #refresh(trigger: RefreshTrigger, deadline: number): Promise<Token> {
-    const run = this.#fetchWithRetry(trigger, deadline).finally(() => {
-      this.#inflight = undefined;
+    const run: Promise<Token> = this.#fetchWithRetry(trigger, deadline).finally(() => {
+      if (this.#s.inflight === run) this.#s.inflight = undefined;
     });
-    this.#inflight = run;
+    this.#s.inflight = run;
     return run;
   }
 
   async #fetchWithRetry(trigger: RefreshTrigger, deadline: number): Promise<Token> {
     for (;;) {
-      const wait = this.#nextAttemptAt - this.#clock.now();
+      const wait = this.#s.nextAttemptAt - this.#clock.now();
       if (wait > 0) await delay(wait);
       try {
         return await this.#fetchOnce(trigger);
       } catch (err) {
         const error = err instanceof TokenError ? err : new TokenError('bad_response', 'token response could not be used', { cause: err });
-        this.#failures += 1;
-        this.#lastError = error;
-        const backoff = backoffDelayMs(this.#backoff, this.#failures, error.retryAfterSeconds, error.permanent);
-        this.#nextAttemptAt = this.#clock.now() + backoff;
+        this.#s.failures += 1;
+        this.#s.lastError = error;
+        const backoff = backoffDelayMs(this.#backoff, this.#s.failures, error.retryAfterSeconds, error.permanent);
+        this.#s.nextAttemptAt = this.#clock.now() + backoff;
         this.emit('refreshError', error);
-        const giveUp = error.permanent || this.#nextAttemptAt >= deadline;
+        const giveUp = error.permanent || this.#s.nextAttemptAt >= deadline;
         this.#o.logger.warn(
           {
             event: 'token_refresh_failed',
@@ -220,7 +213,7 @@ export class TokenSource extends EventEmitter {
             status: error.status,
             description: error.description,
             detail: error.message,
-            failures: this.#failures,
+            failures: this.#s.failures,
             retryInMs: giveUp ? undefined : Math.round(backoff),
           },
           `token refresh failed: ${error.reason}`,
@@ -234,21 +227,34 @@ export class TokenSource extends EventEmitter {
    * Renews with the refresh token when there is one. A rejected one (invalid_grant) may mean that a
    * sibling rotated it while this request was out (its refresh lock expired meanwhile): the shared
    * entry is read once more, and a newer entry there is adopted as it is; refreshing again with
-   * its refresh token would revoke the one the fleet now holds. Otherwise: the full grant.
+   * its refresh token would revoke the one the fleet now holds. Then this replica's own refresh
+   * token, if it holds a different one. Otherwise: the full grant.
    */
   async #callGrant(refreshToken: string | undefined, reread?: () => Promise<SharedEntry | undefined>): Promise<TokenResponse | Token> {
     const grant = this.#o.grant;
     if (refreshToken === undefined || grant.refresh === undefined) return grant.obtain();
     try {
-      return await grant.refresh(refreshToken);
+      return keepingRefreshToken(await grant.refresh(refreshToken), refreshToken);
     } catch (err) {
       if (!(err instanceof TokenError && err.reason === 'invalid_grant')) throw err;
-      if (this.#refreshToken === refreshToken) this.#refreshToken = undefined;
+      if (this.#s.refreshToken === refreshToken) this.#s.refreshToken = undefined;
       const latest = await reread?.().catch(() => undefined);
-      if (latest?.refreshToken !== undefined && latest.refreshToken !== refreshToken) {
+      if (latest?.refreshToken !== undefined && latest.refreshToken !== refreshToken && !this.#predatesOurs(latest)) {
         const theirs = this.#adopt(latest);
         if (theirs !== undefined) return theirs;
-        return grant.refresh(latest.refreshToken); // rotated, but its access token is spent
+        const rotated = latest.refreshToken;
+        return keepingRefreshToken(await grant.refresh(rotated), rotated); // rotated, but its access token is spent
+      }
+      // The shared entry's refresh token was spent, but this replica holds another one (from a
+      // renewal while the shared tier was away): it may still be good.
+      const mine = this.#s.refreshToken;
+      if (mine !== undefined && mine !== refreshToken) {
+        try {
+          return keepingRefreshToken(await grant.refresh(mine), mine);
+        } catch (again) {
+          if (!(again instanceof TokenError && again.reason === 'invalid_grant')) throw again;
+          this.#s.refreshToken = undefined;
+        }
       }
       this.#o.logger.warn(
         { event: 'refresh_token_rejected', upstream: this.upstream, tenant: this.tenant, description: err.description },
@@ -260,16 +266,16 @@ export class TokenSource extends EventEmitter {
 
   /** One grant call (or a sibling's newer entry); a new refresh token replaces ours at once (rotation). */
   async #grantToken(sharedRefreshToken: string | undefined, reread?: () => Promise<SharedEntry | undefined>): Promise<{ token: Token; fromShared: boolean }> {
-    // After a config reload this source is new, but the cached token (same key) still carries
-    // the newest refresh token: use it rather than logging in again.
-    const response = await this.#callGrant(sharedRefreshToken ?? this.#refreshToken ?? this.#o.cache.get(this.key)?.refreshToken, reread);
+    // The key's newest refresh token (KeyState, kept across reloads), else the one the cached
+    // token carries: use it rather than logging in again.
+    const response = await this.#callGrant(sharedRefreshToken ?? this.#s.refreshToken ?? this.#o.cache.get(this.key)?.refreshToken, reread);
     if ('header' in response) {
-      this.#refreshToken = response.refreshToken;
+      this.#s.refreshToken = response.refreshToken;
       return { token: response, fromShared: true };
     }
     // Rotation: the new refresh token replaces the old one at once, even if this answer turns
     // out unusable below, because the partner has already revoked the old one.
-    if (response.refreshToken !== undefined) this.#refreshToken = response.refreshToken;
+    if (response.refreshToken !== undefined) this.#s.refreshToken = response.refreshToken;
     return { token: tokenFromResponse(response, this.#clock.now(), this.#o.lifetime), fromShared: false };
   }
 
@@ -279,8 +285,8 @@ export class TokenSource extends EventEmitter {
    */
   async #viaShared(shared: SharedSettings, rejected: string | undefined): Promise<{ token: Token; fromShared: boolean }> {
     const { store, lockTimeoutMs } = shared;
-    // A sibling's token, still usable, and not the one being replaced.
-    const adoptable = (e: SharedEntry | undefined): Token | undefined => (e === undefined || e.accessToken === rejected ? undefined : this.#adopt(e));
+    // A sibling's token, still usable, not the one being replaced, and not older than our own.
+    const adoptable = (e: SharedEntry | undefined): Token | undefined => (e === undefined || e.accessToken === rejected || this.#predatesOurs(e) ? undefined : this.#adopt(e));
     const giveUpAt = this.#clock.now() + 2 * lockTimeoutMs;
     for (;;) {
       let entry = await guarded(store.read(this.key));
@@ -292,13 +298,20 @@ export class TokenSource extends EventEmitter {
           entry = await guarded(store.read(this.key)); // a sibling may have finished just before
           theirs = adoptable(entry);
           if (theirs !== undefined) return { token: theirs, fromShared: true };
-          const got = await this.#grantToken(entry?.refreshToken, () => store.read(this.key));
+          // An entry from before our own renewal holds a spent refresh token: ours goes first.
+          const got = await this.#grantToken(entry === undefined || this.#predatesOurs(entry) ? undefined : entry.refreshToken, () => store.read(this.key));
           if (got.fromShared) return got; // a sibling's newer entry, already in the store
           const token = got.token;
           const ttl = Math.max(token.expiresAt - this.#clock.now(), token.refreshToken === undefined ? 0 : shared.refreshTokenTtlMs);
-          const next: SharedEntry = { version: (entry?.version ?? 0) + 1, accessToken: token.value, refreshToken: this.#refreshToken, obtainedAt: token.obtainedAt, expiresAt: token.expiresAt };
+          const next: SharedEntry = { version: (entry?.version ?? 0) + 1, accessToken: token.value, refreshToken: this.#s.refreshToken, obtainedAt: token.obtainedAt, expiresAt: token.expiresAt };
           const written = await store.write(this.key, next, ttl, lock).catch(() => false);
-          if (!written) this.#o.logger.warn({ event: 'shared_cache_write_refused', upstream: this.upstream, tenant: this.tenant }, 'shared token entry not written (lock lost or store away)');
+          if (written) {
+            this.#s.sharedVersion = next.version;
+            this.#s.renewedAlone = false;
+          } else {
+            this.#s.renewedAlone = true;
+            this.#o.logger.warn({ event: 'shared_cache_write_refused', upstream: this.upstream, tenant: this.tenant }, 'shared token entry not written (lock lost or store away)');
+          }
           return { token, fromShared: false };
         } finally {
           store.unlock(lock).catch(() => undefined);
@@ -324,7 +337,15 @@ export class TokenSource extends EventEmitter {
       if (err instanceof TokenError) return undefined;
       throw err;
     }
-    return this.#clock.now() < token.usableUntil ? token : undefined;
+    if (this.#clock.now() >= token.usableUntil) return undefined;
+    this.#s.sharedVersion = entry.version;
+    this.#s.renewedAlone = false;
+    return token;
+  }
+
+  /** Whether `entry` was the shared state before this replica renewed on its own (see KeyState.renewedAlone). */
+  #predatesOurs(entry: SharedEntry): boolean {
+    return this.#s.renewedAlone && entry.version <= this.#s.sharedVersion;
   }
 
   async #fetchOnce(trigger: RefreshTrigger): Promise<Token> {
@@ -335,13 +356,17 @@ export class TokenSource extends EventEmitter {
     let outcome: { token: Token; fromShared: boolean } | undefined;
     try {
       if (shared !== undefined && shared.store.up) {
-        outcome = await this.#viaShared(shared, previous?.value ?? this.#rejected).catch((err: unknown) => {
+        outcome = await this.#viaShared(shared, previous?.value ?? this.#s.rejected).catch((err: unknown) => {
           if (!(err instanceof SharedUnavailable)) throw err;
           this.#o.logger.warn({ event: 'shared_cache_bypassed', upstream: this.upstream, tenant: this.tenant, err: err.message }, 'shared token cache unavailable: fetching alone');
           return undefined;
         });
       }
-      outcome ??= await this.#grantToken(undefined);
+      if (outcome === undefined) {
+        outcome = await this.#grantToken(undefined);
+        // With a shared tier configured, this renewal is one the shared entry does not know of.
+        if (shared !== undefined && !outcome.fromShared) this.#s.renewedAlone = true;
+      }
     } catch (err) {
       m.refreshError.observe((performance.now() - started) / 1000);
       m.refreshes(trigger, 'error');
@@ -351,7 +376,7 @@ export class TokenSource extends EventEmitter {
     let token = outcome.token;
     if (outcome.fromShared) {
       m.sharedCacheHit.inc();
-      if (token.refreshToken !== undefined) this.#refreshToken = token.refreshToken;
+      if (token.refreshToken !== undefined) this.#s.refreshToken = token.refreshToken;
       return this.#store(token, trigger, previous, 'shared', performance.now() - started);
     }
     m.refreshOk.observe((performance.now() - started) / 1000);
@@ -368,9 +393,9 @@ export class TokenSource extends EventEmitter {
   /** Puts a new token in the memory tier, resets the failure state, and tells logs, metrics and listeners. */
   #store(token: Token, trigger: RefreshTrigger, previous: Token | undefined, from: 'shared' | 'token endpoint', ms: number): Token {
     const m = this.#o.metrics;
-    this.#failures = 0;
-    this.#lastError = undefined;
-    this.#nextAttemptAt = 0;
+    this.#s.failures = 0;
+    this.#s.lastError = undefined;
+    this.#s.nextAttemptAt = 0;
     this.#o.cache.set(this.key, token);
     m.tokenExpiry.set(token.expiresAt / 1000);
     this.#o.logger.info(
@@ -390,6 +415,14 @@ export class TokenSource extends EventEmitter {
     this.emit('token', token);
     return token;
   }
+}
+
+/**
+ * A refresh answer without a refresh token leaves the one just used valid (RFC 6749 §6: the
+ * server MAY issue a new one): it stays with the token, in memory and in the shared entry.
+ */
+function keepingRefreshToken(res: TokenResponse, used: string): TokenResponse {
+  return res.refreshToken === undefined ? { ...res, refreshToken: used } : res;
 }
 
 function delay(ms: number): Promise<void> {

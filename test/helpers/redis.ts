@@ -15,6 +15,12 @@ export interface TestRedis {
   /** Starts it again on the same port (empty: nothing is saved). */
   start(): Promise<void>;
   stop(): Promise<void>;
+  /**
+   * SIGSTOP: the server stops answering but keeps its data and its connections, as behind a
+   * network partition; `resume()` (SIGCONT) brings it back as it was.
+   */
+  pause(): void;
+  resume(): void;
   /** Resolves when the server logs a line matching `pattern` from now on; rejects after 5 s. */
   nextLog(pattern: RegExp): Promise<void>;
 }
@@ -100,6 +106,8 @@ export async function startRedis(options: { tls?: { cert: string; key: string; c
     kill,
     start,
     stop: kill,
+    pause: () => child?.kill('SIGSTOP'),
+    resume: () => child?.kill('SIGCONT'),
     nextLog,
   };
 }

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import { buildConfig } from '../../src/config/load.js';
 import { testPki } from '../helpers/certs.js';
 import { generateClientKey, issueClientCertificate, startOidcServer, type OidcServer } from '../helpers/oidc-server.js';
 import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
@@ -105,6 +106,22 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
     expect(oidc.usedRefreshTokens).toEqual(oidc.issuedRefreshTokens.slice(0, -1));
     expect(new Set(oidc.usedRefreshTokens).size).toBe(9);
     expect(partner.seen.every((s) => s.claims?.['client_id'] === 'pw-client')).toBe(true);
+  });
+
+  it('keeps the newest refresh token across a reload, also after a 401 dropped the cached token', async () => {
+    const upstream = { name: 'partner', target: partner.url, pathPrefix: '/partner', ca: pki.caFile, tokenWaitTimeoutSeconds: 2, unauthorizedRenewalIntervalSeconds: 0, auth: passwordAuth() };
+    await start(upstream);
+    expect((await get()).status).toBe(200);
+    partner.revoked.add(partner.seen[0]?.token as string);
+    expect((await get('/partner/renewed')).status).toBe(200); // refreshed: RT1 spent, RT2 issued
+    const p = proxy as RunningProxy;
+    expect(await p.app.reload(buildConfig({ listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, upstreams: [upstream] }, { env: {} }))).toEqual([]);
+    // The new configuration's source meets a 401: the cached token is dropped before it renews.
+    partner.revoked.add(partner.seen.filter((s) => s.status === 200).at(-1)?.token as string);
+    expect((await get('/partner/after-reload')).status).toBe(200);
+    // It renewed with RT2, which only the old source had been given: no second login.
+    expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual(['password:200', 'refresh_token:200', 'refresh_token:200']);
+    expect(oidc.usedRefreshTokens).toEqual(oidc.issuedRefreshTokens.slice(0, 2));
   });
 
   it('renews with the refresh token after a 401 and replays once', async () => {

@@ -16,6 +16,7 @@ import { testPki } from '../helpers/certs.js';
 import { startOidcServer, type OidcServer } from '../helpers/oidc-server.js';
 import { sharedCacheState, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { startScriptedServer } from '../helpers/scripted-server.js';
 
 const pki = testPki();
 const KEY = randomBytes(32).toString('base64');
@@ -47,6 +48,22 @@ async function get(p: RunningProxy, path = '/partner/x') {
   const res = await client.request({ origin: p.url, path, method: 'GET' });
   await res.body.dump();
   return res.statusCode;
+}
+
+/** A store of the proxy's own kind on the test's Redis, as a replica opens it (same prefix and key), once connected. */
+async function openStore(): Promise<RedisTokenStore> {
+  let connected: () => void = () => undefined;
+  const up = new Promise<void>((resolve) => (connected = resolve));
+  const store = new RedisTokenStore({
+    connection: { url: redis.url },
+    keyPrefix: 'token-proxy:',
+    lockTimeoutMs: 1_000,
+    cipher: new EntryCipher(cipherKey(KEY)),
+    logger: pino({ level: 'silent' }),
+    onHealth: (isUp) => isUp && connected(),
+  });
+  if (!store.up) await up;
+  return store;
 }
 
 function tokenEndpointCalls(): string[] {
@@ -115,18 +132,8 @@ describe('shared token cache in Redis', () => {
   it('passes over a shared entry whose token no Bearer header can carry, and replaces it', async () => {
     const [first] = await fleet(1, ccAuth);
     const key = (first as RunningProxy).app.tokens.get('partner')?.key as string;
-    let connected: () => void = () => undefined;
-    const up = new Promise<void>((resolve) => (connected = resolve));
-    const store = new RedisTokenStore({
-      connection: { url: redis.url },
-      keyPrefix: 'token-proxy:',
-      lockTimeoutMs: 1_000,
-      cipher: new EntryCipher(cipherKey(KEY)),
-      logger: pino({ level: 'silent' }),
-      onHealth: (isUp) => isUp && connected(),
-    });
+    const store = await openStore();
     try {
-      if (!store.up) await up;
       const lock = await store.tryLock(key);
       expect(lock).toBeDefined();
       const now = Date.now();
@@ -189,6 +196,81 @@ describe('shared token cache in Redis', () => {
     partner.revoked.add(bToken as string);
     expect(await Promise.all([get(a, '/partner/next-a'), get(b, '/partner/next-b')])).toEqual([200, 200]);
     expect(tokenEndpointCalls()).toEqual(['password:200', 'refresh_token:200', 'refresh_token:400', 'refresh_token:400', 'password:200']);
+  });
+
+  it('after renewing alone while Redis was unreachable, a replica neither adopts the older shared entry nor spends its refresh token', async () => {
+    const [a] = (await fleet(1, pwAuth)) as [RunningProxy];
+    expect(await get(a)).toBe(200); // logged in: the shared entry holds T1 and RT1
+    redis.pause(); // unreachable, but it keeps that entry
+    try {
+      partner.revoked.add(partner.seen.at(-1)?.token as string);
+      expect(await get(a, '/partner/alone')).toBe(200); // renewed with RT1 without Redis: T2 and RT2 live only in this replica
+    } finally {
+      redis.resume();
+    }
+    // The partner rejects T2: the shared entry still offers T1 (not expired, but older than T2)
+    // and RT1 (spent). The replica renews with RT2 and writes the result for the fleet.
+    partner.revoked.add(partner.seen.at(-1)?.token as string);
+    expect(await get(a, '/partner/back')).toBe(200);
+    expect(tokenEndpointCalls()).toEqual(['password:200', 'refresh_token:200', 'refresh_token:200']);
+    expect(oidc.usedRefreshTokens).toEqual(oidc.issuedRefreshTokens.slice(0, 2));
+    // A new replica finds the newest token in Redis: no token request of its own.
+    const [b] = (await fleet(1, pwAuth)) as [RunningProxy];
+    expect(await get(b, '/partner/newcomer')).toBe(200);
+    expect(tokenEndpointCalls()).toHaveLength(3);
+    expect(partner.seen.at(-1)?.token).toBe(partner.seen.find((s) => s.path === '/back' && s.status === 200)?.token);
+  });
+
+  it('keeps a refresh token the server did not rotate (RFC 6749 §6) in the shared entry, for the refresh token\'s lifetime', async () => {
+    // oidc-provider answers every refresh with a refresh token (the same one when it does not
+    // rotate); a server may also leave it out, which only a scripted endpoint shows.
+    const grants: string[] = [];
+    const endpoint = await startScriptedServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        const form = new URLSearchParams(body);
+        grants.push(`${form.get('grant_type')}:${form.get('refresh_token') ?? ''}`);
+        const answer =
+          form.get('grant_type') === 'password'
+            ? { access_token: 'login-token', refresh_token: 'the-refresh-token', expires_in: 300, token_type: 'Bearer' }
+            : { access_token: `refreshed-${grants.length}`, expires_in: 300, token_type: 'Bearer' }; // no refresh_token
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(answer));
+      });
+    });
+    const revoked = new Set<string>();
+    const target = await startScriptedServer((req, res) => {
+      req.resume();
+      const token = req.headers.authorization?.slice('Bearer '.length) ?? '';
+      res.writeHead(revoked.has(token) ? 401 : 200).end(token);
+    });
+    try {
+      const doc = config({ ...pwAuth, tokenUrl: `${endpoint.url}/token` });
+      const one = await startProxy({ ...doc, upstreams: [{ ...doc.upstreams[0], target: target.url, ca: undefined }] });
+      replicas.push(one);
+      await sharedCacheState(one);
+      expect(await get(one)).toBe(200);
+      revoked.add('login-token');
+      expect(await get(one, '/partner/renewed')).toBe(200);
+      expect(grants).toEqual(['password:', 'refresh_token:the-refresh-token']);
+      // The entry keeps the refresh token, and lives as long as it may (a day), not the 300 s of the access token.
+      const admin = new Redis(redis.url);
+      const [key] = (await admin.keys('*')).filter((k) => k.includes(':t:'));
+      const ttl = await admin.pttl(key as string);
+      admin.disconnect();
+      expect(ttl).toBeGreaterThan(86_000_000);
+      const store = await openStore();
+      try {
+        const entry = await store.read(one.app.tokens.get('partner')?.key as string);
+        expect(entry).toMatchObject({ accessToken: 'refreshed-2', refreshToken: 'the-refresh-token' });
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await endpoint.close();
+      await target.close();
+    }
   });
 
   it('stores nothing readable in Redis: no token, client id, upstream or tenant name', async () => {
