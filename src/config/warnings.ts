@@ -1,19 +1,28 @@
 import type { Config } from './load.js';
 
+/** Token requests one refresh may make under the shared lock: a refresh, another with this replica's own refresh token after invalid_grant, then the full grant. */
+const TOKEN_CALLS_PER_REFRESH = 3;
+/** Redis commands under the lock (read, read again after invalid_grant, write), each cut off at 500 ms. */
+const REDIS_SECONDS_PER_REFRESH = 1.5;
+
 /**
  * Settings that are valid but risky together; logged at start-up and by `check`, never fatal.
- * A refresh lock must outlive the token request made under it: otherwise a slow token endpoint
- * lets a second replica take the lock and rotate the refresh token while the first request is
- * still out, and a server with refresh-token reuse detection (RFC 9700 §4.14.2) then revokes
- * the whole chain.
+ * The replica holding the shared refresh lock renews it while it works (a lease), but its
+ * siblings wait for its result for at most twice the lock timeout, then fetch on their own: if
+ * the holder's refresh can take longer than that, two replicas may spend the same rotating
+ * refresh token, and a server with reuse detection (RFC 9700 §4.14.2) then revokes the chain.
  */
 export function configWarnings(config: Config): string[] {
   const redis = config.tokenCache.redis;
   if (redis === undefined) return [];
+  const patienceSeconds = (2 * redis.lockTimeoutMs) / 1000;
   return config.upstreams.flatMap((u) => {
     const seconds = u.auth.requestTimeoutSeconds; // tenants share their upstream's timing
-    return seconds * 1000 >= redis.lockTimeoutMs
-      ? [`upstream ${u.name}: its token requests may take ${seconds} s (requestTimeoutSeconds), not less than tokenCache.redis.lockTimeoutMs (${redis.lockTimeoutMs} ms): a slow refresh can outlive its lock`]
+    const worst = TOKEN_CALLS_PER_REFRESH * seconds + REDIS_SECONDS_PER_REFRESH;
+    return worst >= patienceSeconds
+      ? [
+          `upstream ${u.name}: a refresh under the shared lock may take ${worst} s (${TOKEN_CALLS_PER_REFRESH} token requests of requestTimeoutSeconds ${seconds}, and Redis commands), not less than the ${patienceSeconds} s its siblings wait for it (twice tokenCache.redis.lockTimeoutMs): they would then fetch on their own`,
+        ]
       : [];
   });
 }

@@ -129,12 +129,28 @@ function sendWith(ctx: RequestContext, token: Token | undefined, maxRequestBodyB
   }
   if (read instanceof Promise) {
     return read.then(
-      (body) => new Exchange(ctx, body).send(token, 1),
+      (body) => sendWithUsableToken(ctx, body, token),
       (err: unknown) => refuseBody(ctx, token, err),
     );
   }
   new Exchange(ctx, read).send(token, 1);
   return undefined;
+}
+
+/**
+ * After a body was read into the replay buffer: a slow client may have taken long enough for the
+ * token picked at the start to pass its use-by moment, which is never sent; the current one is.
+ */
+function sendWithUsableToken(ctx: RequestContext, body: RequestBody, token: Token | undefined): Promise<void> | undefined {
+  const tokens = ctx.tokens;
+  if (tokens === undefined || token === undefined || tokens.usable(token)) {
+    new Exchange(ctx, body).send(token, 1);
+    return undefined;
+  }
+  return tokens.obtain().then(
+    (current) => new Exchange(ctx, body).send(current, 1),
+    (err: unknown) => finish(ctx, sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false),
+  );
 }
 
 function refuseBody(ctx: RequestContext, token: Token | undefined, err: unknown): void {

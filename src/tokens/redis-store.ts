@@ -28,6 +28,11 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1`;
 
+// Extend only what we own: the holder's lease, renewed while it works (compare-and-pexpire).
+const EXTEND_IF_OWNER = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0`;
+
 // Release only what we own (the classic compare-and-delete).
 const UNLOCK_IF_OWNER = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -135,6 +140,11 @@ export class RedisTokenStore implements SharedTokenStore {
       this.#redis.eval(WRITE_IF_OWNER, 2, this.#entryKey(hashed), this.#lockKey(hashed), lock.owner, sealed, Math.max(1, Math.ceil(ttlMs)), this.#channel, `${hashed} ${entry.version}`),
     );
     return written === 1;
+  }
+
+  async extend(lock: SharedLock): Promise<boolean> {
+    const hashed = this.#hash(lock.key);
+    return (await this.#run('lock', () => this.#redis.eval(EXTEND_IF_OWNER, 1, this.#lockKey(hashed), lock.owner, this.#o.lockTimeoutMs))) === 1;
   }
 
   async unlock(lock: SharedLock): Promise<void> {

@@ -27,6 +27,12 @@ export interface SharedTokenStore {
    * overwrite what the new owner wrote. Resolves false when the write was refused.
    */
   write(key: string, entry: SharedEntry, ttlMs: number, lock: SharedLock): Promise<boolean>;
+  /**
+   * Renews the lock's expiry while its owner still holds it (a lease): a refresh that outlasts
+   * the lock timeout keeps it, while a crashed owner's lock still expires on time. Resolves false
+   * when the lock is no longer this owner's.
+   */
+  extend(lock: SharedLock): Promise<boolean>;
   unlock(lock: SharedLock): Promise<void>;
   /**
    * Resolves when an entry newer than `seenVersion` is written, when the lock disappears (its

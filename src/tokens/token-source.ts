@@ -116,6 +116,11 @@ export class TokenSource extends EventEmitter {
     return token;
   }
 
+  /** Whether `token` may still be injected now (before its use-by moment). */
+  usable(token: Token): boolean {
+    return this.#clock.now() < token.usableUntil;
+  }
+
   /** The state of this source for /readyz: no token values, no metrics counted. */
   status(): TokenSourceStatus {
     const token = this.#o.cache.get(this.key);
@@ -294,6 +299,10 @@ export class TokenSource extends EventEmitter {
       if (theirs !== undefined) return { token: theirs, fromShared: true };
       const lock = await guarded(store.tryLock(this.key));
       if (lock !== undefined) {
+        // A lease: renewed while this replica works, so a slow token endpoint (or the retries of
+        // #callGrant) never lets a sibling take the lock and spend the same refresh token.
+        const lease = setInterval(() => store.extend(lock).catch(() => false), lockTimeoutMs / 3);
+        lease.unref();
         try {
           entry = await guarded(store.read(this.key)); // a sibling may have finished just before
           theirs = adoptable(entry);
@@ -314,6 +323,7 @@ export class TokenSource extends EventEmitter {
           }
           return { token, fromShared: false };
         } finally {
+          clearInterval(lease);
           store.unlock(lock).catch(() => undefined);
         }
       }

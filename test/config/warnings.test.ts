@@ -11,21 +11,22 @@ const upstream = (name: string, requestTimeoutSeconds: number | undefined) => ({
 });
 
 describe('config warnings', () => {
-  it('warns when a token request may outlive the refresh lock, naming the upstream', () => {
+  it('warns when a refresh under the lock may outlast the siblings\' wait for it, naming the upstream', () => {
+    // Siblings wait 6 s (twice the lock timeout); a refresh may make 3 token requests plus 1.5 s of Redis commands.
     const config = buildConfig(
       {
         tokenCache: { redis: { url: 'redis://127.0.0.1:6379', encryptionKey: KEY, lockTimeoutMs: 3_000 } },
         upstreams: [
-          upstream('fine', 2),
-          upstream('slow', 3),
+          upstream('fine', 1.4),
+          upstream('slow', 1.5),
           upstream('slower', 4),
         ],
       },
       { env: {} },
     );
     expect(configWarnings(config)).toEqual([
-      'upstream slow: its token requests may take 3 s (requestTimeoutSeconds), not less than tokenCache.redis.lockTimeoutMs (3000 ms): a slow refresh can outlive its lock',
-      'upstream slower: its token requests may take 4 s (requestTimeoutSeconds), not less than tokenCache.redis.lockTimeoutMs (3000 ms): a slow refresh can outlive its lock',
+      'upstream slow: a refresh under the shared lock may take 6 s (3 token requests of requestTimeoutSeconds 1.5, and Redis commands), not less than the 6 s its siblings wait for it (twice tokenCache.redis.lockTimeoutMs): they would then fetch on their own',
+      'upstream slower: a refresh under the shared lock may take 13.5 s (3 token requests of requestTimeoutSeconds 4, and Redis commands), not less than the 6 s its siblings wait for it (twice tokenCache.redis.lockTimeoutMs): they would then fetch on their own',
     ]);
   });
 

@@ -626,6 +626,32 @@ describe('faults: the target', () => {
     expect(logEvents(proxy as RunningProxy, 'upstream_response_broken')).toHaveLength(10);
   });
 
+  it('a slow upload that outlasts its token: once the body is read for replay, it goes out with a usable token, not the expired one picked at the start', async () => {
+    const target = await startTarget();
+    await proxyWith([upstreamDoc('t', target.url)]);
+    const p = proxy as RunningProxy;
+    const first = (await p.app.tokens.get('t')?.obtain())?.value;
+    const { port } = new URL(p.url);
+    const socket = connect(Number(port), '127.0.0.1');
+    cleanups.push(() => void socket.destroy());
+    await once(socket, 'connect');
+    socket.write(`POST /t/upload HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 10\r\n\r\nhalf-`);
+    // The request has its token once the cache was asked (the counter moves as it is).
+    const hits = async () => (await (await request(`${p.adminUrl}/metrics`)).body.text()).includes('token_proxy_token_cache_hits_total{upstream="t",tier="memory"} 1');
+    expect(await pollUntil(hits, (seen) => seen, 2_000)).toBe(true);
+    // 280 s pass while the client types: past the token's use-by moment (300 s less 30 s of skew
+    // margin), not past the expiry of the token server's next token (made on real time).
+    clock.offsetMs = 280_000;
+    socket.write('sent!');
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    await pollUntil(() => answer, (text) => text.includes('"ok":true'), 5_000);
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(target.tokens).toHaveLength(1);
+    expect(target.tokens[0]).not.toBe(first); // a new token, fetched for this request
+    expect(tokenServer.requests).toHaveLength(2);
+  });
+
   it('a client leaving while uploading a streamed body: the target sees the request aborted, its socket closes, and 20 more requests succeed', async () => {
     let firstBytes!: () => void;
     const bodyArrived = new Promise<void>((ok) => (firstBytes = ok));
