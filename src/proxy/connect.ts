@@ -4,14 +4,13 @@ import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import { ProxyError, errorResponseBytes } from '../errors.js';
 import type { CertificateAuthority } from '../mitm/certificate-authority.js';
-import type { Upstream } from './forwarder.js';
 import { parseConnectAuthority } from './request-target.js';
 import { closeWhenIdle, detach } from './detached.js';
 import type { ProxyContext } from './server.js';
 
 /** What the proxy knows about a socket carrying requests from inside a CONNECT tunnel. */
 export interface Tunnel {
-  readonly upstream: Upstream;
+  /** The CONNECT target: each request inside is routed by it (see resolve). */
   readonly host: string;
   readonly port: number;
   /** 'https' when the proxy terminated TLS (interception), 'http' for a plain-HTTP tunnel. */
@@ -69,7 +68,7 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     if (head.length > 0) socket.unshift(head);
     // Until the first byte, no HTTP server timeout watches the tunnel: a client has as long as it has for its headers.
     closeWhenIdle(socket, ctx.limits.headersTimeoutSeconds);
-    openInnerConnection(ctx, r.interception, socket, { upstream, host, port, clientAddress, user });
+    openInnerConnection(ctx, r.interception, socket, { host, port, clientAddress, user });
     return;
   }
   const decision = r.egress.decide(host, port, 'connect');

@@ -102,10 +102,14 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
   const tunnel = ctx.tunnels.get(req.socket);
   if (tunnel !== undefined) {
     if (url.includes('#')) return noFragment();
-    // Requests inside a tunnel may use either form; the tunnel alone decides where they go.
+    // Requests inside a tunnel may use either form; the tunnel's host alone decides where they
+    // go, routed with the configuration in force: after a reload, a long-lived tunnel uses the
+    // new configuration's upstream (the old one's pool closes once its own requests are done).
     const path = url.charCodeAt(0) === 47 ? url : (parseAbsoluteForm(url)?.path ?? null);
     if (path === null) return new ProxyError('bad_request', 'malformed request target inside the tunnel');
-    return routed(r, tunnel.upstream, { origin: tunnel.upstream.origin, path, clientProto: tunnel.proto }, req, tunnel.user);
+    const upstream = r.forward.route(tunnel.host, tunnel.port);
+    if (upstream === undefined) return new ProxyError('no_route', `${tunnel.host}:${tunnel.port} is no longer served by an upstream`);
+    return routed(r, upstream, { origin: upstream.origin, path, clientProto: tunnel.proto }, req, tunnel.user);
   }
   if (url.charCodeAt(0) === 47) {
     const route = r.reverse.route(url);

@@ -41,13 +41,18 @@ function upstream(extra: Record<string, unknown> = {}) {
   };
 }
 
-async function proxyWith(doc: Record<string, unknown> = {}) {
-  proxy = await startProxy({
+/** The proxy's config document (as startProxy completes it, for app.reload). */
+function proxyDoc(doc: Record<string, unknown> = {}) {
+  return {
     upstreams: [upstream()],
     mitm: { caCert: mitmCaFile, caKey: join(dir, 'ca-key.pem') },
     egress: { default: 'deny', allow: ['127.0.0.1'], connectPorts: [443, otherTls.port] },
     ...doc,
-  });
+  };
+}
+
+async function proxyWith(doc: Record<string, unknown> = {}) {
+  proxy = await startProxy(proxyDoc(doc));
 }
 
 beforeAll(async () => {
@@ -271,6 +276,25 @@ describe('who may use the proxy', () => {
     expect(socket.destroyed).toBe(false);
     await closed; // then silence: closed by the proxy
     expect(otherTls.seen).toHaveLength(10);
+  });
+
+  it('serves a long-lived intercepted tunnel with the configuration in force after a reload', async () => {
+    const { socket, head } = await openTunnel(proxy.url, `${PARTNER_HOST}:443`);
+    expect(head).toMatch(/^HTTP\/1\.1 200 /);
+    const tls = tlsConnect({ socket, servername: PARTNER_HOST, ca: readFileSync(mitmCaFile, 'utf8') });
+    await once(tls, 'secureConnect');
+    const ask = async (path: string) => {
+      tls.write(`GET ${path} HTTP/1.1\r\nHost: ${PARTNER_HOST}\r\n\r\n`);
+      const [chunk] = (await once(tls, 'data')) as [Buffer];
+      return chunk.toString('latin1').split('\r\n')[0];
+    };
+    expect(await ask('/before')).toBe('HTTP/1.1 200 OK');
+    // The reload resolves once the old configuration's requests are done and its pools closed.
+    const doc = { listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, ...proxyDoc() };
+    expect(await proxy.app.reload(buildConfig(doc, { env: {} }))).toEqual([]);
+    expect(await ask('/after')).toBe('HTTP/1.1 200 OK'); // the same tunnel, the new pool
+    expect(partner.seen.map((s) => [s.path, s.status])).toEqual([['/before', 200], ['/after', 200]]);
+    tls.destroy();
   });
 
   it('closes open tunnels on shutdown instead of waiting for them', async () => {
