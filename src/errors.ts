@@ -175,7 +175,7 @@ export function errorHeaders(err: ProxyError, body: string): Record<string, stri
   const proxyStatus = proxyStatusFor(err);
   if (proxyStatus !== undefined) headers['proxy-status'] = proxyStatus;
   if (err.code === 'proxy_auth_required') headers['proxy-authenticate'] = 'Basic realm="token-proxy", charset="UTF-8"';
-  // RFC 9110 §15.5.6: a 405 lists what may be sent instead (every standard method but TRACE, and CONNECT for tunnels).
+  // RFC 9110 §15.5.6: a 405 lists what may be sent instead (the standard methods but TRACE and CONNECT).
   if (err.code === 'method_not_allowed') headers['allow'] = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
   // The rest of an oversized body is never read: the connection cannot carry another request.
   if (err.code === 'body_too_large') headers['connection'] = 'close';

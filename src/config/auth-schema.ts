@@ -20,7 +20,7 @@ function exactlyOne(ctx: z.RefinementCtx, value: unknown, file: unknown, name: s
 
 /** Lifetime and timing settings every grant shares. */
 const timing = {
-  defaultTokenLifetimeSeconds: positiveSeconds.default(DEFAULT_TOKEN_LIFETIME_SECONDS).describe('lifetime assumed when the response has neither an expiry nor a JWT exp'),
+  defaultTokenLifetimeSeconds: z.number().positive().default(DEFAULT_TOKEN_LIFETIME_SECONDS).describe('lifetime assumed when the response has neither an expiry nor a JWT exp'),
   clockSkewSeconds: z.number().min(0).default(DEFAULT_CLOCK_SKEW_SECONDS).describe('stop using a token this long before it expires (capped at a quarter of its lifetime)'),
   requestTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_REQUEST_TIMEOUT_SECONDS).describe('time limit for one token endpoint call'),
 };

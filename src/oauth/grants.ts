@@ -40,6 +40,9 @@ export function createGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () 
   return withoutSecrets(grantFor(auth, dispatcher, now), secretsOf(auth));
 }
 
+/** Header names that carry credentials: API keys, tokens, secrets, signatures, passwords, authorization. */
+const CREDENTIAL_HEADER = /key|token|secret|auth|pass|sig|credential|session|cookie/i;
+
 /**
  * Every secret an auth block holds, in every form it is sent in (plain, form-encoded, inside the
  * Basic credentials): none may come back in a partner's error text.
@@ -49,8 +52,9 @@ function secretsOf(auth: ResolvedAuth): string[] {
     auth.type === 'login' || auth.type === 'password' ? auth.password : undefined,
     auth.type === 'login' ? undefined : auth.clientSecret,
     auth.type === 'refresh_token' ? auth.refreshToken : undefined,
-    // A login API's extra headers carry its API key (the documented use): treated as secrets.
-    ...(auth.type === 'login' ? Object.values(auth.headers) : []),
+    // A login API's extra headers carry its API key (the documented use): those named like a
+    // credential are secrets (not, say, Accept, whose value would be blanked in every message).
+    ...(auth.type === 'login' ? Object.entries(auth.headers).filter(([name]) => CREDENTIAL_HEADER.test(name)).map(([, value]) => value) : []),
   ].filter((s): s is string => s !== undefined && s !== '');
   const forms = plain.flatMap((s) => [s, formEncode(s), encodeURIComponent(s), JSON.stringify(s).slice(1, -1)]);
   if (auth.type !== 'login' && auth.clientSecret !== undefined) forms.push(basicCredentials(auth.clientId, auth.clientSecret));

@@ -5,7 +5,7 @@ import { TLSSocket } from 'node:tls';
 import { ProxyError, errorResponseBytes } from '../errors.js';
 import type { CertificateAuthority } from '../mitm/certificate-authority.js';
 import { parseConnectAuthority } from './request-target.js';
-import { closeWhenIdle, detach } from './detached.js';
+import { answerAndClose, closeWhenIdle, detach } from './detached.js';
 import type { ProxyContext } from './server.js';
 
 /** What the proxy knows about a socket carrying requests from inside a CONNECT tunnel. */
@@ -26,7 +26,7 @@ const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
 const TLS_HANDSHAKE = 0x16;
 
 function refuse(socket: Duplex, err: ProxyError): void {
-  socket.end(errorResponseBytes(err));
+  answerAndClose(socket, errorResponseBytes(err));
 }
 
 /**

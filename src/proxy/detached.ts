@@ -16,3 +16,11 @@ export function closeWhenIdle(socket: Duplex, seconds: number): void {
   if (seconds === 0) s.setTimeout?.(0);
   else s.setTimeout?.(seconds * 1000, () => socket.destroy());
 }
+
+/**
+ * Sends a whole answer on a socket the HTTP server let go of, then closes it both ways: the
+ * server keeps reading half-closed sockets, and no timeout of its own watches this one any more.
+ */
+export function answerAndClose(socket: Duplex, answer: string): void {
+  socket.end(answer, () => socket.destroy());
+}

@@ -112,7 +112,7 @@ async function forwardOnceObtained(ctx: RequestContext, tokens: TokenSource, max
     token = await tokens.obtain();
   } catch (err) {
     ctx.req.resume();
-    finish(ctx, sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false);
+    finish(ctx, ctx.res.destroyed ? CLIENT_LEFT : sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false);
     return;
   }
   await sendWith(ctx, token, maxRequestBodyBytes);
@@ -149,11 +149,15 @@ function sendWithUsableToken(ctx: RequestContext, body: RequestBody, token: Toke
   }
   return tokens.obtain().then(
     (current) => new Exchange(ctx, body).send(current, 1),
-    (err: unknown) => finish(ctx, sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false),
+    (err: unknown) => finish(ctx, ctx.res.destroyed ? CLIENT_LEFT : sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false),
   );
 }
 
 function refuseBody(ctx: RequestContext, token: Token | undefined, err: unknown): void {
+  if (ctx.res.destroyed) {
+    finish(ctx, CLIENT_LEFT, token, false); // the body was cut off by the client leaving
+    return;
+  }
   finish(ctx, sendError(ctx.res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')), token, false);
 }
 
@@ -177,8 +181,9 @@ function requestIdOf(req: IncomingMessage): string {
 }
 
 /**
- * The status counted and logged for a request whose client left before its answer began: nginx's
- * 499 ("client closed request"), so that such requests are still seen, and told from answers.
+ * The status counted and logged for a request whose connection closed before its answer began
+ * (the client left, or shutdown cut it off after the drain): nginx's 499 ("client closed
+ * request"), so that such requests are still seen, and told from answers.
  */
 const CLIENT_LEFT = 499;
 
@@ -206,12 +211,32 @@ function finish(ctx: RequestContext, status: number, token: Token | undefined, r
  * request is malformed). Dropping a good token for these would also cost every other request of
  * the upstream or tenant a wait for its next one: the 401 goes to the client as it came.
  */
-const NOT_THE_TOKEN = /(?:^|,)\s*Bearer\b[^]*?\berror\s*=\s*"?(?:insufficient_scope|invalid_request)\b/i;
+const NOT_THE_TOKEN: ReadonlySet<string> = new Set(['insufficient_scope', 'invalid_request']);
+
+/**
+ * The parts of a WWW-Authenticate value (RFC 9110 §11.6.1): an auth-param `name=value` (the value
+ * a token or a whole quoted string, so nothing inside quotes is read as a parameter) or a bare
+ * token, which starts a challenge (its scheme).
+ */
+const CHALLENGE_PART = /([\w!#$%&'*+.^`|~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)|([\w!#$%&'*+.^`|~-]+)/g;
+
+/** The `error` parameter of the Bearer challenge in a WWW-Authenticate value (RFC 6750 §3), unquoted. */
+function bearerError(value: string): string | undefined {
+  let inBearer = false;
+  for (const part of value.matchAll(CHALLENGE_PART)) {
+    const [, name, quotedOrToken, scheme] = part;
+    if (scheme !== undefined) inBearer = scheme.toLowerCase() === 'bearer';
+    else if (inBearer && name?.toLowerCase() === 'error') return quotedOrToken?.replace(/^"|"$/g, '').replace(/\\(.)/g, '$1');
+  }
+  return undefined;
+}
 
 function tokenNotAtFault(rawHeaders: readonly Buffer[]): boolean {
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as Buffer;
-    if (name.length === 16 && name.toString('latin1').toLowerCase() === 'www-authenticate' && NOT_THE_TOKEN.test((rawHeaders[i + 1] as Buffer).toString('latin1'))) return true;
+    if (name.length !== 16 || name.toString('latin1').toLowerCase() !== 'www-authenticate') continue;
+    const error = bearerError((rawHeaders[i + 1] as Buffer).toString('latin1'));
+    if (error !== undefined && NOT_THE_TOKEN.has(error)) return true;
   }
   return false;
 }

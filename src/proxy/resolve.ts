@@ -66,10 +66,11 @@ export function tokensFor(upstream: Upstream, req: IncomingMessage, user: string
  * (admitCaller), whichever way the request came: a forward-mode request or one inside a tunnel
  * spends the partner's token just as a reverse-mode one does.
  */
-function routed(r: Routing, upstream: Upstream, target: Target, req: IncomingMessage, user: string | undefined): Resolution {
-  if (r.callerAuth !== undefined) return { upstream, target: { ...target, stripHeaders: r.callerAuth.claimHeaders }, tokens: undefined, verifyCaller: { user } };
+function routed(r: Routing, upstream: Upstream, path: string, clientProto: Target['clientProto'], req: IncomingMessage, user: string | undefined): Resolution {
+  const origin = upstream.origin;
+  if (r.callerAuth !== undefined) return { upstream, target: { origin, path, clientProto, stripHeaders: r.callerAuth.claimHeaders }, tokens: undefined, verifyCaller: { user } };
   const tokens = tokensFor(upstream, req, user);
-  return tokens instanceof ProxyError ? tokens : { upstream, target, tokens };
+  return tokens instanceof ProxyError ? tokens : { upstream, target: { origin, path, clientProto }, tokens };
 }
 
 /**
@@ -109,7 +110,7 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
     if (path === null) return new ProxyError('bad_request', 'malformed request target inside the tunnel');
     const upstream = r.forward.route(tunnel.host, tunnel.port);
     if (upstream === undefined) return new ProxyError('no_route', `${tunnel.host}:${tunnel.port} is no longer served by an upstream`);
-    return routed(r, upstream, { origin: upstream.origin, path, clientProto: tunnel.proto }, req, tunnel.user);
+    return routed(r, upstream, path, tunnel.proto, req, tunnel.user);
   }
   if (url.charCodeAt(0) === 47) {
     const route = r.reverse.route(url);
@@ -119,7 +120,7 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
     // Reverse mode needs no proxy credentials; when sent anyway they can name the tenant.
     const header = req.headers['proxy-authorization'];
     const user = header === undefined ? undefined : r.guard.authenticate(header);
-    return routed(r, route.upstream, { origin: route.upstream.origin, path: route.path, clientProto: 'http' }, req, user);
+    return routed(r, route.upstream, route.path, 'http', req, user);
   }
   const absolute = parseAbsoluteForm(url);
   if (absolute === null) return new ProxyError('bad_request', 'request target must be a path or an absolute http:// URL without userinfo');
@@ -128,7 +129,7 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
   const upstream = r.forward.route(absolute.host, absolute.port);
   if (upstream !== undefined) {
     // TLS origination: the app spoke plain http to us; the target URL decides the scheme onwards.
-    return routed(r, upstream, { origin: upstream.origin, path: absolute.path, clientProto: 'http' }, req, user);
+    return routed(r, upstream, absolute.path, 'http', req, user);
   }
   const decision = r.egress.decide(absolute.host, absolute.port, 'http');
   if (!decision.allowed) {

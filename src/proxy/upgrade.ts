@@ -6,12 +6,15 @@ import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { admitCaller, resolve } from './resolve.js';
 import type { Target, Upstream } from './forwarder.js';
 import type { TokenSource } from '../tokens/token-source.js';
-import { closeWhenIdle, detach } from './detached.js';
+import { answerAndClose, closeWhenIdle, detach } from './detached.js';
 import type { ProxyContext } from './server.js';
 
-/** A response head from raw headers. A 101 keeps Connection and Upgrade: they are the switch itself. */
+/**
+ * A response head from raw headers. A 101 keeps Connection and Upgrade: they are the switch itself.
+ * Any other answer ends the connection: its body (de-chunked by undici) runs until the close.
+ */
 function head(status: number, statusText: string, raw: readonly Buffer[]): string {
-  const headers = status === 101 ? raw.map((b) => b.toString('latin1')) : downstreamResponseHeaders(raw);
+  const headers = status === 101 ? raw.map((b) => b.toString('latin1')) : [...downstreamResponseHeaders(raw), 'connection', 'close'];
   let text = `HTTP/1.1 ${status} ${statusText}\r\n`;
   for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
   return `${text}\r\n`;
@@ -22,9 +25,12 @@ function head(status: number, statusText: string, raw: readonly Buffer[]): strin
  * on the handshake, and after a 101 the two sockets are joined. A handshake the target refuses
  * (401, 403, ...) goes back to the client as an ordinary response.
  *
- * Other protocols are refused: after their 101 the client would speak through the proxy's
- * connection (and its mTLS identity) with requests that no route, token or policy sees, e.g. an
- * HTTP/2 connection by `Upgrade: h2c` (which RFC 9113 §3.1 deprecates).
+ * Any other protocol is never switched to: after its 101 the client would speak through the
+ * proxy's connection (and its mTLS identity) with requests that no route, token or policy sees,
+ * e.g. an HTTP/2 connection by `Upgrade: h2c` (which RFC 9113 §3.1 deprecates). The offer is
+ * ignored instead, as RFC 9110 §7.8 lets a server do: the request goes to the target as an
+ * ordinary one (Java's HttpClient and `curl --http2` offer h2c on every http:// GET). One with a
+ * body is refused: Node hands such a request over without parsing its body.
  *
  * This uses undici's upgrade support rather than node-http-proxy's `ws()`: the same pool, CA and
  * timeouts as every other request to the upstream, and no unmaintained dependency on this path.
@@ -33,33 +39,34 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
   socket.on('error', () => undefined);
   detach(ctx, socket);
   closeWhenIdle(socket, ctx.limits.tunnelIdleTimeoutSeconds);
-  const protocol = req.headers.upgrade ?? '';
-  if (protocol.trim().toLowerCase() !== 'websocket') {
-    socket.end(errorResponseBytes(new ProxyError('bad_request', `only WebSocket upgrades are relayed, not "${protocol.slice(0, 40)}"`)));
+  const websocket = (req.headers.upgrade ?? '').trim().toLowerCase() === 'websocket';
+  if (!websocket && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) !== 0)) {
+    answerAndClose(socket, errorResponseBytes(new ProxyError('bad_request', 'a request with a body cannot offer a protocol upgrade here: send it without Upgrade (only WebSocket is relayed)')));
     return;
   }
   const callerAuth = ctx.routing.callerAuth;
   const where = resolve(ctx, req);
   if (where instanceof ProxyError) {
-    socket.end(errorResponseBytes(where));
+    answerAndClose(socket, errorResponseBytes(where));
     return;
   }
   if (where.verifyCaller === undefined || callerAuth === undefined) {
-    relay(req, socket, early, where.upstream, where.target, where.tokens);
+    relay(req, socket, early, websocket, where.upstream, where.target, where.tokens);
     return;
   }
   // Gateway mode: the handshake is a request like any other; the caller's JWT is checked first.
   admitCaller(callerAuth, req, where).then(
     (admitted) => {
-      if (admitted instanceof ProxyError) socket.end(errorResponseBytes(admitted));
-      else if ('error' in admitted) socket.end(errorResponseBytes(admitted.error, { 'www-authenticate': admitted.wwwAuthenticate }));
-      else relay(req, socket, early, where.upstream, admitted.target, admitted.tokens);
+      if (admitted instanceof ProxyError) answerAndClose(socket, errorResponseBytes(admitted));
+      else if ('error' in admitted) answerAndClose(socket, errorResponseBytes(admitted.error, { 'www-authenticate': admitted.wwwAuthenticate }));
+      else relay(req, socket, early, websocket, where.upstream, admitted.target, admitted.tokens);
     },
     () => socket.destroy(),
   );
 }
 
-function relay(req: IncomingMessage, socket: Duplex, early: Buffer, upstream: Upstream, target: Target, tokens: TokenSource | undefined): void {
+/** To the target: a WebSocket handshake (then joined on a 101), or else an ordinary request whose answer ends the connection. */
+function relay(req: IncomingMessage, socket: Duplex, early: Buffer, websocket: boolean, upstream: Upstream, target: Target, tokens: TokenSource | undefined): void {
   const tokenReady = tokens === undefined ? Promise.resolve(undefined) : Promise.resolve(tokens.current() ?? tokens.obtain());
   tokenReady.then(
     (token) => {
@@ -88,17 +95,18 @@ function relay(req: IncomingMessage, socket: Duplex, early: Buffer, upstream: Up
         },
         onData: (chunk) => socket.write(chunk),
         onComplete: () => {
-          socket.end();
+          socket.end(() => socket.destroy());
         },
         onError: (err) => {
-          if (socket.writable) socket.end(errorResponseBytes(new ProxyError('upstream_unreachable', `upgrade to ${upstream.name} failed: ${err.message}`, { upstream: upstream.name })));
+          if (socket.writable) answerAndClose(socket, errorResponseBytes(new ProxyError('upstream_unreachable', `upgrade to ${upstream.name} failed: ${err.message}`, { upstream: upstream.name })));
         },
       };
-      upstream.dispatcher.dispatch({ origin: target.origin, path: target.path, method: req.method ?? 'GET', headers, upgrade: 'websocket' }, handler);
+      const request = { origin: target.origin, path: target.path, method: req.method ?? 'GET', headers };
+      upstream.dispatcher.dispatch(websocket ? { ...request, upgrade: 'websocket' } : request, handler);
     },
     (err: unknown) => {
       const reason = err instanceof TokenError ? err.reason : 'bad_response';
-      socket.end(errorResponseBytes(new ProxyError('token_unavailable', `no token for upstream ${upstream.name}: ${reason}`, { upstream: upstream.name, reason })));
+      answerAndClose(socket, errorResponseBytes(new ProxyError('token_unavailable', `no token for upstream ${upstream.name}: ${reason}`, { upstream: upstream.name, reason })));
     },
   );
 }

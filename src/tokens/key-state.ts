@@ -1,5 +1,6 @@
 import type { TokenError } from '../errors.js';
 import type { Token } from './token.js';
+import type { TokenSource } from './token-source.js';
 
 /**
  * What the token sources of one cache key share. A configuration reload builds new sources, and
@@ -10,6 +11,8 @@ import type { Token } from './token.js';
  * whole grant), or start with none after a 401 had dropped the cached access token.
  */
 export class KeyState {
+  /** The key's token source of the configuration in force (the latest made); a fetch's attempts are its. */
+  newest: TokenSource | undefined = undefined;
   /** The fetch under way for this key (single flight, across generations). */
   inflight: Promise<Token> | undefined = undefined;
   /**

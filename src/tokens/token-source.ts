@@ -96,6 +96,7 @@ export class TokenSource extends EventEmitter {
     this.#clock = options.clock ?? systemClock;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
     this.#s = options.state ?? new KeyState();
+    this.#s.newest = this;
   }
 
   /**
@@ -199,7 +200,9 @@ export class TokenSource extends EventEmitter {
       const wait = this.#s.nextAttemptAt - this.#clock.now();
       if (wait > 0) await delay(wait);
       try {
-        return await this.#fetchOnce(trigger);
+        // After a reload, the attempts are the newest source's: its grant and connections are
+        // the configuration in force (the old generation closes its own once drained).
+        return await (this.#s.newest ?? this).#fetchOnce(trigger);
       } catch (err) {
         const error = err instanceof TokenError ? err : new TokenError('bad_response', 'token response could not be used', { cause: err });
         this.#s.failures += 1;
@@ -250,9 +253,10 @@ export class TokenSource extends EventEmitter {
         const rotated = latest.refreshToken;
         return keepingRefreshToken(await grant.refresh(rotated), rotated); // rotated, but its access token is spent
       }
-      // The shared entry's refresh token was spent, but this replica holds another one (from a
-      // renewal while the shared tier was away): it may still be good.
-      const mine = this.#s.refreshToken;
+      // The shared entry's refresh token was spent, but this replica holds a newer one (from a
+      // renewal while the shared tier was away): it may still be good. Any other one it holds
+      // came from an earlier entry, since rotated, and presenting it would be a reuse.
+      const mine = this.#s.renewedAlone ? this.#s.refreshToken : undefined;
       if (mine !== undefined && mine !== refreshToken) {
         try {
           return keepingRefreshToken(await grant.refresh(mine), mine);
@@ -318,6 +322,9 @@ export class TokenSource extends EventEmitter {
             this.#s.sharedVersion = next.version;
             this.#s.renewedAlone = false;
           } else {
+            // The entry read under the lock is now older than our token, and its refresh token
+            // spent: neither is to be taken from it later.
+            this.#s.sharedVersion = Math.max(this.#s.sharedVersion, entry?.version ?? 0);
             this.#s.renewedAlone = true;
             this.#o.logger.warn({ event: 'shared_cache_write_refused', upstream: this.upstream, tenant: this.tenant }, 'shared token entry not written (lock lost or store away)');
           }

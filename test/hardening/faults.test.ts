@@ -16,7 +16,7 @@ import { buildConfig } from '../../src/config/load.js';
 import type { Token } from '../../src/tokens/token.js';
 import { MAX_TOKEN_LIFETIME_MS } from '../../src/tokens/token.js';
 import { testPki } from '../helpers/certs.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startScriptedServer } from '../helpers/scripted-server.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
@@ -887,6 +887,30 @@ describe('faults: config reload', () => {
   function configOf(upstreams: Record<string, unknown>[]) {
     return buildConfig({ listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'debug', upstreams }, { env: {} });
   }
+
+  it('app.reload() while a refresh ahead retries a failing token endpoint: its next attempt is made with the new configuration, and succeeds', async () => {
+    const alpha = await startTarget();
+    const p = await proxyWith([upstreamDoc('alpha', alpha.url)]);
+    expect((await get('/alpha/1')).status).toBe(200);
+    let failing = true;
+    let attempts = 0;
+    tokenServer.respondWith((res) => {
+      attempts += 1;
+      if (!failing) return;
+      res.statusCode = 503;
+      res.body = { error: 'temporarily_unavailable' };
+    });
+    clock.offsetMs = 200_000; // inside the refresh window (the last 150 s), still usable (up to 270 s)
+    expect((await get('/alpha/2')).json()).toMatchObject({ token: alpha.tokens[0] }); // served; a refresh starts behind it
+    expect(await pollUntil(() => attempts, (n) => n >= 2, 2_000)).toBeGreaterThanOrEqual(2); // and is retrying
+    // The old generation closes its token endpoint connections once its requests are done.
+    expect(await p.app.reload(configOf([upstreamDoc('alpha', alpha.url)]))).toEqual([]);
+    const renewed = nextToken(p, 'alpha');
+    failing = false;
+    const token = await renewed;
+    expect(token.value).not.toBe(alpha.tokens[0]);
+    expect((await get('/alpha/3')).json()).toMatchObject({ token: token.value });
+  });
 
   it('app.reload(): an unchanged upstream keeps its token (also across non-auth changes); a changed secret gets a new one', async () => {
     const alpha = await startTarget();

@@ -129,10 +129,12 @@ describe('reverse mode with a client-credentials token', () => {
   });
 
   it('passes a second 401 to the client as it came, after exactly one refresh', async () => {
-    partner.script = () => ({ status: 401, headers: { 'www-authenticate': 'Bearer error="invalid_token"', 'x-partner': 'no' }, body: '{"error":"nope"}' });
+    // The challenge blames the token; its description's words are not parameters.
+    const challenge = 'Bearer error="invalid_token", error_description="expired, not error=insufficient_scope"';
+    partner.script = () => ({ status: 401, headers: { 'www-authenticate': challenge, 'x-partner': 'no' }, body: '{"error":"nope"}' });
     const res = await call('/partner/secret');
     expect(res.status).toBe(401);
-    expect(res.headers['www-authenticate']).toBe('Bearer error="invalid_token"');
+    expect(res.headers['www-authenticate']).toBe(challenge);
     expect(res.headers['x-partner']).toBe('no');
     expect(res.body.toString()).toBe('{"error":"nope"}');
     expect(partner.seen).toHaveLength(2);

@@ -17,6 +17,8 @@ const handshakes: { token: string | undefined; clientId: unknown }[] = [];
 let close: () => void;
 /** Upgrade requests the partner received (any protocol). */
 let partnerUpgrades = 0;
+/** Ordinary requests the partner received, with the token's client. */
+const partnerRequests: { url: string | undefined; upgrade: string | undefined; http2Settings: string | string[] | undefined; clientId: unknown }[] = [];
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
@@ -24,7 +26,17 @@ beforeAll(async () => {
   const jwks = createRemoteJWKSet(new URL(tokenServer.jwksUrl), {
     [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: jwksAgent }) as unknown as Promise<Response>,
   });
-  const server = createServer({ key: pki.key, cert: pki.cert });
+  // Ordinary requests (an ignored upgrade offer ends up here): verified like the handshakes.
+  const server = createServer({ key: pki.key, cert: pki.cert }, (req, res) => {
+    const auth = req.headers.authorization;
+    jwtVerify(auth?.slice('Bearer '.length) ?? '', jwks).then(
+      ({ payload }) => {
+        partnerRequests.push({ url: req.url, upgrade: req.headers.upgrade, http2Settings: req.headers['http2-settings'], clientId: payload['client_id'] });
+        res.end(`plain answer for ${String(payload['client_id'])}`);
+      },
+      () => res.writeHead(401).end(),
+    );
+  });
   server.on('upgrade', () => (partnerUpgrades += 1));
   // A partner WebSocket endpoint that verifies the bearer token on the handshake.
   const wss = new WebSocketServer({
@@ -102,17 +114,30 @@ describe('WebSocket through the proxy', () => {
     expect(res.statusCode).toBe(403);
   });
 
-  it('refuses an upgrade to any protocol but WebSocket, without asking the partner', async () => {
-    const seenBefore = partnerUpgrades;
+  it('never switches to another protocol: an h2c offer is ignored and the request answered over HTTP/1.1, one with a body refused', async () => {
     const { port } = new URL(proxy.url);
-    const socket = connect({ host: '127.0.0.1', port: Number(port) });
-    socket.write('GET /realtime/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n');
-    let answer = '';
-    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
-    await once(socket, 'close');
-    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
-    expect(answer).toContain('only WebSocket upgrades are relayed, not \\"h2c\\"');
-    expect(partnerUpgrades).toBe(seenBefore);
+    const ask = async (request: string) => {
+      const socket = connect({ host: '127.0.0.1', port: Number(port) });
+      socket.write(request);
+      let answer = '';
+      socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+      await once(socket, 'close'); // the proxy ends the connection after the answer
+      return answer;
+    };
+    const upgradesBefore = partnerUpgrades;
+    // What Java's HttpClient and curl --http2 send for an http:// GET (RFC 9113 §3.1 deprecates it).
+    const offer = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n';
+    const plain = await ask(`GET /realtime/plain HTTP/1.1\r\nHost: 127.0.0.1\r\n${offer}\r\n`);
+    expect(plain).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(plain).toMatch(/\r\nconnection: close\r\n/i);
+    expect(plain).not.toMatch(/\r\nupgrade:/i);
+    expect(plain.split('\r\n\r\n')[1]).toBe('plain answer for ws-client');
+    expect(partnerUpgrades).toBe(upgradesBefore); // the partner saw an ordinary request
+    expect(partnerRequests.at(-1)).toMatchObject({ url: '/plain', upgrade: undefined, http2Settings: undefined, clientId: 'ws-client' });
+    const withBody = await ask(`POST /realtime/plain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n${offer}\r\n{}`);
+    expect(withBody).toMatch(/^HTTP\/1\.1 400 /);
+    expect(withBody).toContain('a request with a body cannot offer a protocol upgrade here');
+    expect(partnerRequests).toHaveLength(1);
   });
 
   it('refuses an upgrade for a path no upstream serves', async () => {
