@@ -6,6 +6,7 @@ import { ProxyError, errorResponseBytes } from '../errors.js';
 import type { CertificateAuthority } from '../mitm/certificate-authority.js';
 import { parseConnectAuthority } from './request-target.js';
 import { answerAndClose, closeWhenIdle, detach } from './detached.js';
+import type { Routing } from './resolve.js';
 import type { ProxyContext } from './server.js';
 
 /** What the proxy knows about a socket carrying requests from inside a CONNECT tunnel. */
@@ -17,7 +18,11 @@ export interface Tunnel {
   readonly proto: 'http' | 'https';
   readonly clientAddress: string | undefined;
   /** The proxy user who opened the tunnel ('' without proxyAuth): it can name the tenant. */
-  readonly user: string;
+  user: string;
+  /** The Proxy-Authorization the tunnel was opened with, to check again after a reload. */
+  readonly credentials: string | undefined;
+  /** The configuration whose inbound checks the tunnel last passed (see resolve). */
+  admittedBy: Routing;
 }
 
 /** RFC 9110 §9.3.6: any 2xx means the tunnel is open. */
@@ -68,7 +73,7 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     if (head.length > 0) socket.unshift(head);
     // Until the first byte, no HTTP server timeout watches the tunnel: a client has as long as it has for its headers.
     closeWhenIdle(socket, ctx.limits.headersTimeoutSeconds);
-    openInnerConnection(ctx, r.interception, socket, { host, port, clientAddress, user });
+    openInnerConnection(ctx, r.interception, socket, { host, port, clientAddress, user, credentials: req.headers['proxy-authorization'], admittedBy: r });
     return;
   }
   const decision = r.egress.decide(host, port, 'connect');

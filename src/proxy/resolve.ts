@@ -102,6 +102,14 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
   if (req.method === 'TRACE') return new ProxyError('method_not_allowed', 'TRACE is not forwarded: the target would echo the credentials the proxy adds');
   const tunnel = ctx.tunnels.get(req.socket);
   if (tunnel !== undefined) {
+    if (tunnel.admittedBy !== r) {
+      // Opened under an earlier configuration: it passes this one's inbound checks too, or
+      // carries nothing more (a removed user or address keeps no access through an open tunnel).
+      const user = r.guard.clientAllowed(tunnel.clientAddress) ? r.guard.authenticate(tunnel.credentials) : undefined;
+      if (user === undefined) return new ProxyError('proxy_auth_required', 'this tunnel was opened with credentials or from an address the configuration no longer accepts: open a new one');
+      tunnel.user = user;
+      tunnel.admittedBy = r;
+    }
     if (url.includes('#')) return noFragment();
     // Requests inside a tunnel may use either form; the tunnel's host alone decides where they
     // go, routed with the configuration in force: after a reload, a long-lived tunnel uses the

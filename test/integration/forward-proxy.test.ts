@@ -92,6 +92,7 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
+  for (const tunnel of tunnelsToClose.splice(0)) tunnel.destroy();
   await proxy.close();
 });
 
@@ -279,22 +280,25 @@ describe('who may use the proxy', () => {
   });
 
   it('serves a long-lived intercepted tunnel with the configuration in force after a reload', async () => {
-    const { socket, head } = await openTunnel(proxy.url, `${PARTNER_HOST}:443`);
-    expect(head).toMatch(/^HTTP\/1\.1 200 /);
-    const tls = tlsConnect({ socket, servername: PARTNER_HOST, ca: readFileSync(mitmCaFile, 'utf8') });
-    await once(tls, 'secureConnect');
-    const ask = async (path: string) => {
-      tls.write(`GET ${path} HTTP/1.1\r\nHost: ${PARTNER_HOST}\r\n\r\n`);
-      const [chunk] = (await once(tls, 'data')) as [Buffer];
-      return chunk.toString('latin1').split('\r\n')[0];
-    };
+    const ask = await interceptedTunnel();
     expect(await ask('/before')).toBe('HTTP/1.1 200 OK');
     // The reload resolves once the old configuration's requests are done and its pools closed.
     const doc = { listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, ...proxyDoc() };
     expect(await proxy.app.reload(buildConfig(doc, { env: {} }))).toEqual([]);
     expect(await ask('/after')).toBe('HTTP/1.1 200 OK'); // the same tunnel, the new pool
     expect(partner.seen.map((s) => [s.path, s.status])).toEqual([['/before', 200], ['/after', 200]]);
-    tls.destroy();
+  });
+
+  it('checks an open tunnel again after a reload: a user removed from proxyAuth gets nothing more through it', async () => {
+    await proxy.close();
+    const allowing = (...names: string[]) => ({ inbound: { proxyAuth: { users: names.map((name) => ({ name, password: 'pa55-word' })) } } });
+    await proxyWith(allowing('app-a', 'app-b'));
+    const ask = await interceptedTunnel(`Proxy-Authorization: Basic ${Buffer.from('app-a:pa55-word').toString('base64')}\r\n`);
+    expect(await ask('/before')).toBe('HTTP/1.1 200 OK');
+    const doc = { listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, ...proxyDoc(allowing('app-b')) };
+    expect(await proxy.app.reload(buildConfig(doc, { env: {} }))).toEqual([]);
+    expect(await ask('/after')).toBe('HTTP/1.1 407 Proxy Authentication Required');
+    expect(partner.seen.map((s) => s.path)).toEqual(['/before']);
   });
 
   it('closes open tunnels on shutdown instead of waiting for them', async () => {
@@ -320,11 +324,26 @@ describe('who may use the proxy', () => {
   });
 });
 
+/** A TLS-intercepted tunnel to the partner host; `ask(path)` sends a GET through it and gives the status line. */
+async function interceptedTunnel(extraHeaders = ''): Promise<(path: string) => Promise<string | undefined>> {
+  const { socket, head } = await openTunnel(proxy.url, `${PARTNER_HOST}:443`, extraHeaders);
+  expect(head).toMatch(/^HTTP\/1\.1 200 /);
+  const tls = tlsConnect({ socket, servername: PARTNER_HOST, ca: readFileSync(mitmCaFile, 'utf8') });
+  await once(tls, 'secureConnect');
+  tunnelsToClose.push(tls);
+  return async (path: string) => {
+    tls.write(`GET ${path} HTTP/1.1\r\nHost: ${PARTNER_HOST}\r\n\r\n`);
+    const [chunk] = (await once(tls, 'data')) as [Buffer];
+    return chunk.toString('latin1').split('\r\n')[0];
+  };
+}
+const tunnelsToClose: Socket[] = [];
+
 /** Opens a CONNECT tunnel; resolves with the socket once the proxy's answer head is in. */
-async function openTunnel(proxyUrl: string, authority: string): Promise<{ socket: Socket; head: string }> {
+async function openTunnel(proxyUrl: string, authority: string, extraHeaders = ''): Promise<{ socket: Socket; head: string }> {
   const { port } = new URL(proxyUrl);
   const socket = connect(Number(port), '127.0.0.1');
-  socket.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`);
+  socket.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${extraHeaders}\r\n`);
   let head = '';
   while (!head.includes('\r\n\r\n')) {
     const [chunk] = (await once(socket, 'data')) as [Buffer];
