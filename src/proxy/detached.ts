@@ -1,3 +1,4 @@
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ProxyContext } from './server.js';
 
@@ -12,14 +13,14 @@ export function detach(ctx: ProxyContext, socket: Duplex): void {
  * reads and writes); 0 turns it off.
  */
 export function closeWhenIdle(socket: Duplex, seconds: number): void {
-  const s = socket as Duplex & { setTimeout?: (ms: number, onIdle?: () => void) => unknown };
-  if (seconds === 0) s.setTimeout?.(0);
-  else s.setTimeout?.(seconds * 1000, () => socket.destroy());
+  if (!(socket instanceof Socket)) return; // every client socket is one (TLSSocket included)
+  if (seconds === 0) socket.setTimeout(0);
+  else socket.setTimeout(seconds * 1000, () => socket.destroy());
 }
 
 /**
- * Sends a whole answer on a socket the HTTP server let go of, then closes it both ways: the
- * server keeps reading half-closed sockets, and no timeout of its own watches this one any more.
+ * Sends a whole answer, then closes the socket both ways: the HTTP server keeps reading
+ * half-closed sockets, and on one it let go of, no timeout of its own is left to close it.
  */
 export function answerAndClose(socket: Duplex, answer: string): void {
   socket.end(answer, () => socket.destroy());

@@ -112,7 +112,7 @@ async function forwardOnceObtained(ctx: RequestContext, tokens: TokenSource, max
     token = await tokens.obtain();
   } catch (err) {
     ctx.req.resume();
-    finish(ctx, ctx.res.destroyed ? CLIENT_LEFT : sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false);
+    answerTokenFailure(ctx, err);
     return;
   }
   await sendWith(ctx, token, maxRequestBodyBytes);
@@ -149,8 +149,13 @@ function sendWithUsableToken(ctx: RequestContext, body: RequestBody, token: Toke
   }
   return tokens.obtain().then(
     (current) => new Exchange(ctx, body).send(current, 1),
-    (err: unknown) => finish(ctx, ctx.res.destroyed ? CLIENT_LEFT : sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false),
+    (err: unknown) => answerTokenFailure(ctx, err),
   );
+}
+
+/** No token could be had for the request: 502 token_unavailable, or 499 when its client has left. */
+function answerTokenFailure(ctx: RequestContext, err: unknown): void {
+  finish(ctx, ctx.res.destroyed ? CLIENT_LEFT : sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false);
 }
 
 function refuseBody(ctx: RequestContext, token: Token | undefined, err: unknown): void {

@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { ProxyError, errorResponseBytes } from '../errors.js';
 import { handleConnect, type Tunnel } from './connect.js';
+import { answerAndClose } from './detached.js';
 import { Drain } from './drain.js';
 import { forward, sendError } from './forwarder.js';
 import { admitCaller, resolve, type Routing } from './resolve.js';
@@ -32,7 +33,6 @@ export interface ListenerLimits {
   readonly requestTimeoutSeconds: number;
   readonly tunnelIdleTimeoutSeconds: number;
 }
-
 
 type ClientErrorAnswer = readonly [status: number, text: string, message: string];
 const BAD_REQUEST: ClientErrorAnswer = [400, 'Bad Request', 'malformed request'];
@@ -71,8 +71,7 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
     if (full.routing.guard.clientAllowed(socket.remoteAddress ?? full.tunnels.get(socket)?.clientAddress)) return;
     refused.add(socket);
     socket.on('error', () => undefined);
-    // Closed both ways once the answer is out: the server keeps reading half-closed sockets.
-    socket.end(errorResponseBytes(new ProxyError('client_not_allowed', 'this client address may not use the proxy')), () => socket.destroy());
+    answerAndClose(socket, errorResponseBytes(new ProxyError('client_not_allowed', 'this client address may not use the proxy')));
   });
 
   const failed = (res: ServerResponse) => (err: unknown) => {

@@ -55,8 +55,4 @@ export class KeyStates {
     const keep = new Set(keys);
     for (const key of this.#byKey.keys()) if (!keep.has(key)) this.#byKey.delete(key);
   }
-
-  get size(): number {
-    return this.#byKey.size;
-  }
 }

@@ -240,18 +240,18 @@ export class TokenSource extends EventEmitter {
    */
   async #callGrant(refreshToken: string | undefined, reread?: () => Promise<SharedEntry | undefined>): Promise<TokenResponse | Token> {
     const grant = this.#o.grant;
-    if (refreshToken === undefined || grant.refresh === undefined) return grant.obtain();
+    const refresh = grant.refresh;
+    if (refreshToken === undefined || refresh === undefined) return grant.obtain();
     try {
-      return keepingRefreshToken(await grant.refresh(refreshToken), refreshToken);
+      return await refreshKeeping(refresh, refreshToken);
     } catch (err) {
-      if (!(err instanceof TokenError && err.reason === 'invalid_grant')) throw err;
+      if (!isInvalidGrant(err)) throw err;
       if (this.#s.refreshToken === refreshToken) this.#s.refreshToken = undefined;
       const latest = await reread?.().catch(() => undefined);
       if (latest?.refreshToken !== undefined && latest.refreshToken !== refreshToken && !this.#predatesOurs(latest)) {
         const theirs = this.#adopt(latest);
         if (theirs !== undefined) return theirs;
-        const rotated = latest.refreshToken;
-        return keepingRefreshToken(await grant.refresh(rotated), rotated); // rotated, but its access token is spent
+        return refreshKeeping(refresh, latest.refreshToken); // rotated, but its access token is spent
       }
       // The shared entry's refresh token was spent, but this replica holds a newer one (from a
       // renewal while the shared tier was away): it may still be good. Any other one it holds
@@ -259,9 +259,9 @@ export class TokenSource extends EventEmitter {
       const mine = this.#s.renewedAlone ? this.#s.refreshToken : undefined;
       if (mine !== undefined && mine !== refreshToken) {
         try {
-          return keepingRefreshToken(await grant.refresh(mine), mine);
+          return await refreshKeeping(refresh, mine);
         } catch (again) {
-          if (!(again instanceof TokenError && again.reason === 'invalid_grant')) throw again;
+          if (!isInvalidGrant(again)) throw again;
           this.#s.refreshToken = undefined;
         }
       }
@@ -435,11 +435,17 @@ export class TokenSource extends EventEmitter {
 }
 
 /**
- * A refresh answer without a refresh token leaves the one just used valid (RFC 6749 §6: the
+ * Renews with `used`. An answer without a refresh token leaves `used` valid (RFC 6749 §6: the
  * server MAY issue a new one): it stays with the token, in memory and in the shared entry.
  */
-function keepingRefreshToken(res: TokenResponse, used: string): TokenResponse {
+async function refreshKeeping(refresh: (refreshToken: string) => Promise<TokenResponse>, used: string): Promise<TokenResponse> {
+  const res = await refresh(used);
   return res.refreshToken === undefined ? { ...res, refreshToken: used } : res;
+}
+
+/** The server refused the refresh token (RFC 6749 §5.2): expired, revoked, or already rotated. */
+function isInvalidGrant(err: unknown): err is TokenError {
+  return err instanceof TokenError && err.reason === 'invalid_grant';
 }
 
 function delay(ms: number): Promise<void> {

@@ -354,7 +354,6 @@ async function openTunnel(proxyUrl: string, authority: string, extraHeaders = ''
 
 /** Sends a bare CONNECT and returns the proxy's answer as text. */
 async function rawConnect(proxyUrl: string, authority: string): Promise<string> {
-  const { connect } = await import('node:net');
   const { port } = new URL(proxyUrl);
   const socket = connect(Number(port), '127.0.0.1');
   socket.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`);
