@@ -23,7 +23,11 @@ async function buildRevision(rev) {
   const tree = join(work, 'other');
   await run('git', ['worktree', 'add', '--detach', tree, rev], { cwd: ROOT });
   symlinkSync(join(ROOT, 'node_modules'), join(tree, 'node_modules'));
-  await run(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(tree, 'tsconfig.build.json')], { cwd: tree });
+  await run(
+    process.execPath,
+    [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(tree, 'tsconfig.build.json')],
+    { cwd: tree },
+  );
   return tree;
 }
 
@@ -39,7 +43,14 @@ async function main() {
     { name: revision, root: other },
   ];
   for (const b of builds) {
-    Object.assign(b, await startProxy(`token-proxy-${builds.indexOf(b)}`, partner, { root: b.root, nodeFlags: shippedNodeFlags(), accessLog }));
+    Object.assign(
+      b,
+      await startProxy(`token-proxy-${builds.indexOf(b)}`, partner, {
+        root: b.root,
+        nodeFlags: shippedNodeFlags(),
+        accessLog,
+      }),
+    );
     b.runs = [];
   }
   const measure = async (b, sec) => {
@@ -56,8 +67,13 @@ async function main() {
   const [a, b] = builds;
   const paired = (key) => median(a.runs.map((x, i) => x[key] / b.runs[i][key]));
   print(`| build | req/s (median) | CPU µs per request (median) |\n|---|--:|--:|`);
-  for (const x of builds) print(`| ${x.name} | ${Math.round(median(x.runs.map((r) => r.rps))).toLocaleString('en-US')} | ${median(x.runs.map((r) => r.cpuMicros)).toFixed(1)} |`);
-  print(`\nthis checkout / ${revision}, paired medians: throughput ${paired('rps').toFixed(3)}×, CPU per request ${paired('cpuMicros').toFixed(3)}×`);
+  for (const x of builds)
+    print(
+      `| ${x.name} | ${Math.round(median(x.runs.map((r) => r.rps))).toLocaleString('en-US')} | ${median(x.runs.map((r) => r.cpuMicros)).toFixed(1)} |`,
+    );
+  print(
+    `\nthis checkout / ${revision}, paired medians: throughput ${paired('rps').toFixed(3)}×, CPU per request ${paired('cpuMicros').toFixed(3)}×`,
+  );
   await partner.stop();
 }
 

@@ -6,7 +6,8 @@
 import { readFileSync } from 'node:fs';
 import process from 'node:process';
 
-const LOGGING = /\/node_modules\/(pino|pino-std-serializers|sonic-boom|fast-redact|@pinojs\/redact|thread-stream|quick-format-unescaped|on-exit-leak-free|atomic-sleep|safe-stable-stringify|fast-safe-stringify)\//;
+const LOGGING =
+  /\/node_modules\/(pino|pino-std-serializers|sonic-boom|fast-redact|@pinojs\/redact|thread-stream|quick-format-unescaped|on-exit-leak-free|atomic-sleep|safe-stable-stringify|fast-safe-stringify)\//;
 const METRICS = /\/node_modules\/(prom-client|tdigest|bintrees)\//;
 
 /** The area a function belongs to, from its script URL. */
@@ -16,7 +17,8 @@ export function area(functionName, url) {
   if (url === '') {
     // Native code called from JS: socket writes (the syscalls that deliver on loopback), file
     // writes (a log to stdout), regular expressions, and the rest.
-    if (/^(writev|writeLatin1String|writeUtf8String|writeAsciiString|writeUcs2String|writeBuffer)$/.test(functionName)) return 'socket writes (native, syscalls)';
+    if (/^(writev|writeLatin1String|writeUtf8String|writeAsciiString|writeUcs2String|writeBuffer)$/.test(functionName))
+      return 'socket writes (native, syscalls)';
     if (/^(writeString|writeSync|fsync)$/.test(functionName)) return 'file writes (native, e.g. logs to stdout)';
     if (functionName.startsWith('RegExp:')) return 'regular expressions';
     return 'other native functions (bindings, builtins)';
@@ -33,7 +35,8 @@ export function area(functionName, url) {
     if (/^(_http_|http|https)/.test(m)) return 'node:http (server side)';
     if (/^(net|stream_base_commons|tcp_wrap|dgram|dns)/.test(m)) return 'node:net (sockets)';
     if (/^(streams\/|stream|webstreams)/.test(m)) return 'node streams';
-    if (/^(timers|process\/task_queues|async_hooks|process\/promises)/.test(m)) return 'timers, microtasks, async hooks';
+    if (/^(timers|process\/task_queues|async_hooks|process\/promises)/.test(m))
+      return 'timers, microtasks, async hooks';
     if (/^(crypto|tls|_tls)/.test(m)) return 'node:crypto / tls';
     return 'other node core';
   }
@@ -70,7 +73,10 @@ export function summarizeProfile(profile, top = 15, window = undefined) {
       idle += msSelf;
       continue;
     }
-    const where = url === '' ? '' : `${url.replace(/^.*\/node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dist/')}:${lineNumber + 1}`;
+    const where =
+      url === ''
+        ? ''
+        : `${url.replace(/^.*\/node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dist/')}:${lineNumber + 1}`;
     const key = `${functionName || '(anonymous)'} ${where}`;
     const fn = fns.get(key) ?? { name: functionName || '(anonymous)', where, area: area(functionName, url), ms: 0 };
     fn.ms += msSelf;
@@ -86,7 +92,9 @@ export function summarizeProfile(profile, top = 15, window = undefined) {
     idleMs: idle,
     all,
     functions: all.slice(0, top),
-    areas: [...areas.entries()].map(([name, msArea]) => ({ name, ms: msArea, share: msArea / busy })).sort((a, b) => b.ms - a.ms),
+    areas: [...areas.entries()]
+      .map(([name, msArea]) => ({ name, ms: msArea, share: msArea / busy }))
+      .sort((a, b) => b.ms - a.ms),
   };
 }
 
@@ -96,7 +104,20 @@ export function profileMarkdown(summary) {
   const shown = summary.areas.filter((a) => a.share >= 0.005);
   const rest = summary.areas.filter((a) => a.share < 0.005);
   const restMs = rest.reduce((t, a) => t + a.ms, 0);
-  const areas = rest.length === 0 ? shown : [...shown, { name: `${rest.length} more (${rest.slice(0, 4).map((a) => a.name.replace(/^dependency /, '')).join(', ')}${rest.length > 4 ? ', …' : ''})`, ms: restMs, share: restMs / summary.busyMs }];
+  const areas =
+    rest.length === 0
+      ? shown
+      : [
+          ...shown,
+          {
+            name: `${rest.length} more (${rest
+              .slice(0, 4)
+              .map((a) => a.name.replace(/^dependency /, ''))
+              .join(', ')}${rest.length > 4 ? ', …' : ''})`,
+            ms: restMs,
+            share: restMs / summary.busyMs,
+          },
+        ];
   return `Busy ${(summary.busyMs / 1000).toFixed(1)} s of ${(summary.totalMs / 1000).toFixed(1)} s (idle left out); shares are of the busy time.
 
 | area | self time | share |
@@ -137,5 +158,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     process.stderr.write('usage: node bench/cpu-profile.mjs <file.cpuprofile> [top]\n');
     process.exit(2);
   }
-  process.stdout.write(`${profileMarkdown(summarizeProfile(JSON.parse(readFileSync(file, 'utf8')), Number(process.argv[3] ?? 20)))}\n`);
+  process.stdout.write(
+    `${profileMarkdown(summarizeProfile(JSON.parse(readFileSync(file, 'utf8')), Number(process.argv[3] ?? 20)))}\n`,
+  );
 }

@@ -6,4 +6,7 @@ export interface CpuProfile {
   samples: number[];
   timeDeltas?: number[];
 }
-export function flameGraphSvg(profile: CpuProfile, options?: { title?: string; window?: { fromUs?: number; toUs?: number } }): string;
+export function flameGraphSvg(
+  profile: CpuProfile,
+  options?: { title?: string; window?: { fromUs?: number; toUs?: number } },
+): string;

@@ -86,13 +86,19 @@ export function flameGraphSvg(profile, { title = 'CPU flame graph', window } = {
   const rects = boxes.map(({ node, x, w, level, us }) => {
     const { functionName, url, lineNumber } = node.callFrame;
     const name = node === root ? 'all' : functionName || '(anonymous)';
-    const where = url === '' ? '' : ` ${url.replace(/^.*\/node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dist/')}:${lineNumber + 1}`;
+    const where =
+      url === ''
+        ? ''
+        : ` ${url.replace(/^.*\/node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dist/')}:${lineNumber + 1}`;
     const kind = node === root ? undefined : area(functionName, url);
     if (kind !== undefined) areasSeen.add(kind);
     const y = height - 8 - (level + 1) * FRAME;
     const label = `${name}${where} (${(us / 1000).toFixed(1)} ms, ${((us / busyUs) * 100).toFixed(2)}%)`;
     const fits = Math.floor((w - 4) / CHAR);
-    const text = fits < 3 ? '' : `<text x="${(x + 2).toFixed(1)}" y="${y + FRAME - 4}">${escape(name.length <= fits ? name : `${name.slice(0, fits - 1)}…`)}</text>`;
+    const text =
+      fits < 3
+        ? ''
+        : `<text x="${(x + 2).toFixed(1)}" y="${y + FRAME - 4}">${escape(name.length <= fits ? name : `${name.slice(0, fits - 1)}…`)}</text>`;
     return `<g><title>${escape(label)}${kind === undefined ? '' : ` · ${escape(kind)}`}</title><rect x="${x.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${FRAME - 1}" fill="${kind === undefined ? '#e0e0e0' : (COLOURS[kind] ?? OTHER)}"/>${text}</g>`;
   });
   // The legend names the coloured areas seen, then "other" for the rest, in rows that fit.

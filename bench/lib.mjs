@@ -35,7 +35,8 @@ export function shippedNodeFlags() {
   const entrypoint = /^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'));
   const words = entrypoint ? JSON.parse(entrypoint[1]) : [];
   const script = words.indexOf('dist/cli.js');
-  if (words[0] !== 'node' || script === -1) throw new Error('Dockerfile: expected ENTRYPOINT ["node", ...flags, "dist/cli.js"]');
+  if (words[0] !== 'node' || script === -1)
+    throw new Error('Dockerfile: expected ENTRYPOINT ["node", ...flags, "dist/cli.js"]');
   return words.slice(1, script);
 }
 
@@ -68,7 +69,10 @@ export function start(name, core, command, args, { env = {}, ipc = false, stdout
 
 /** An error message in one line: its first line and, when there are more, its last (a log's last line says why). */
 export function oneLine(message) {
-  const lines = String(message).split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = String(message)
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   return lines.length > 1 ? `${lines[0]} … ${lines.at(-1)}` : (lines[0] ?? '');
 }
 
@@ -205,7 +209,12 @@ function coreTicks() {
     if (!m) continue;
     const [user, nice, system, idle, iowait, irq, softirq, steal] = m[2].split(' ').map(Number);
     const tasks = user + nice + system;
-    out[m[1]] = { tasks, steal, busy: tasks + irq + softirq + steal, total: tasks + idle + iowait + irq + softirq + steal };
+    out[m[1]] = {
+      tasks,
+      steal,
+      busy: tasks + irq + softirq + steal,
+      total: tasks + idle + iowait + irq + softirq + steal,
+    };
   }
   return out;
 }
@@ -296,7 +305,8 @@ export const median = (xs) => {
 };
 
 /** Nearest-rank percentile of an already sorted array (q in 0..1). */
-export const percentile = (sorted, q) => (sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]);
+export const percentile = (sorted, q) =>
+  sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
 
 export const int = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '–');
 export const ratio = (x, y) => (y > 0 && Number.isFinite(x) ? `${(x / y).toFixed(2)}×` : '–');
@@ -306,7 +316,13 @@ export const pct = (x) => (Number.isFinite(x) ? `${Math.round(x * 100)}%` : '–
 // ---------------------------------------------------------------- targets
 
 /** One line of the targets table: what issue 8 asks, what this run measured, met or missed (undefined: not measured). */
-export const target = (what, measured, met, { noisy = false, note = '' } = {}) => ({ what, measured, met, noisy, note });
+export const target = (what, measured, met, { noisy = false, note = '' } = {}) => ({
+  what,
+  measured,
+  met,
+  noisy,
+  note,
+});
 
 // ---------------------------------------------------------------- rounds and tables
 
@@ -323,14 +339,18 @@ export async function rounds(list, plan, runOne, unit = 'req/s', scale = 1) {
       const entry = results[(i + r) % results.length];
       let run = await runOne(entry.config, plan.seconds);
       while (run.foreign > DISTURBED && spare.seconds >= plan.seconds) {
-        say(`  (${entry.config.name}: other processes used ${Math.round(run.foreign * 100)}% of a core; measuring again)`);
+        say(
+          `  (${entry.config.name}: other processes used ${Math.round(run.foreign * 100)}% of a core; measuring again)`,
+        );
         spare.seconds -= plan.seconds;
         if (!(await waitForQuiet())) break;
         run = await runOne(entry.config, plan.seconds);
       }
       entry.runs.push(run);
       const bad = run.non2xx + run.socketErrors + run.unauthorized > 0 ? ' (errors)' : '';
-      say(`  round ${r + 1}/${plan.rounds} ${entry.config.name}: ${int(run.rps * scale)} ${unit}${bad}${run.foreign > DISTURBED ? ` (other processes: ${pct(run.foreign)} of a core)` : ''}`);
+      say(
+        `  round ${r + 1}/${plan.rounds} ${entry.config.name}: ${int(run.rps * scale)} ${unit}${bad}${run.foreign > DISTURBED ? ` (other processes: ${pct(run.foreign)} of a core)` : ''}`,
+      );
     }
   }
   for (const entry of results) entry.peakRss = entry.config.child ? peakRssMiB(entry.config.child.pid) : NaN;
@@ -377,11 +397,18 @@ export function pairedRatio(results, a, b) {
   const clean = pairs.filter(([x, y]) => x.foreign <= DISTURBED && y.foreign <= DISTURBED);
   const use = clean.length * 2 >= pairs.length && clean.length > 0 ? clean : pairs;
   const ratios = use.map(([x, y]) => x.rps / y.rps);
-  return { ratio: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios), noisy: use !== clean, rounds: ratios.length };
+  return {
+    ratio: median(ratios),
+    min: Math.min(...ratios),
+    max: Math.max(...ratios),
+    noisy: use !== clean,
+    rounds: ratios.length,
+  };
 }
 
 /** "0.52× (rounds 0.49–0.55×)": a paired ratio and its spread. */
-export const pairedText = (p) => (p.rounds > 1 ? `${p.ratio.toFixed(2)}× (rounds ${p.min.toFixed(2)}–${p.max.toFixed(2)}×)` : `${p.ratio.toFixed(2)}×`);
+export const pairedText = (p) =>
+  p.rounds > 1 ? `${p.ratio.toFixed(2)}× (rounds ${p.min.toFixed(2)}–${p.max.toFixed(2)}×)` : `${p.ratio.toFixed(2)}×`;
 
 /** Which core ran out: a ratio against a configuration limited by the load core understates its headroom. */
 function limit(s) {
@@ -398,7 +425,9 @@ function limit(s) {
  * Returns the markdown and the summaries by configuration name.
  */
 export function table(results, { unit, scale = 1, digits = 0, baselines, latency = false }) {
-  const byName = Object.fromEntries(results.map((r) => [r.config.name, { ...summarize(r.runs, scale), peakRss: r.peakRss }]));
+  const byName = Object.fromEntries(
+    results.map((r) => [r.config.name, { ...summarize(r.runs, scale), peakRss: r.peakRss }]),
+  );
   const fmt = (x) => (digits === 0 ? int(x) : x.toFixed(digits));
   const present = baselines.filter((b) => byName[b] !== undefined);
   const lines = [

@@ -31,7 +31,11 @@ const kept = new Map();
 
 function makeDispatcher(target, connections) {
   if (target.proxy !== undefined) {
-    return new ProxyAgent({ uri: target.proxy, connections, requestTls: target.ca === undefined ? undefined : { ca: target.ca } });
+    return new ProxyAgent({
+      uri: target.proxy,
+      connections,
+      requestTls: target.ca === undefined ? undefined : { ca: target.ca },
+    });
   }
   return new Pool(target.origin, {
     connections,
@@ -51,7 +55,12 @@ function dispatcherFor(msg, connections) {
 }
 
 async function send(d, target, path = target.path) {
-  const { statusCode, body } = await d.request({ origin: target.origin, path, method: target.method ?? 'GET', headers: target.headers });
+  const { statusCode, body } = await d.request({
+    origin: target.origin,
+    path,
+    method: target.method ?? 'GET',
+    headers: target.headers,
+  });
   await body.dump();
   return statusCode;
 }
@@ -61,7 +70,14 @@ function percentiles(latencies, n) {
   const at = (q) => (n === 0 ? NaN : s[Math.min(n - 1, Math.ceil(q * n) - 1)]);
   let sum = 0;
   for (let i = 0; i < n; i += 1) sum += s[i];
-  return { p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999), max: n === 0 ? NaN : s[n - 1], mean: n === 0 ? NaN : sum / n };
+  return {
+    p50: at(0.5),
+    p90: at(0.9),
+    p99: at(0.99),
+    p999: at(0.999),
+    max: n === 0 ? NaN : s[n - 1],
+    mean: n === 0 ? NaN : sum / n,
+  };
 }
 
 class Tally {
@@ -91,7 +107,16 @@ class Tally {
   }
 
   summary(seconds) {
-    return { requests: this.n, seconds, rps: this.n / seconds, non2xx: this.non2xx, errors: this.errors, firstError: this.firstError, statuses: this.statuses, latencyMs: percentiles(this.latency, this.n) };
+    return {
+      requests: this.n,
+      seconds,
+      rps: this.n / seconds,
+      non2xx: this.non2xx,
+      errors: this.errors,
+      firstError: this.firstError,
+      statuses: this.statuses,
+      latencyMs: percentiles(this.latency, this.n),
+    };
   }
 }
 
@@ -137,21 +162,23 @@ const ops = {
       const at = t0 + i * interval;
       due[i] = performance.timeOrigin + at;
       if (i >= skip) maxLag = Math.max(maxLag, performance.now() - at);
-      send(d, msg.target).then(
-        (s) => {
-          latency[i] = performance.now() - at;
-          status[i] = s;
-          if (i >= skip) tally.ok(latency[i], s);
-        },
-        (err) => {
-          latency[i] = performance.now() - at;
-          status[i] = 0;
-          if (i >= skip) tally.fail(err);
-        },
-      ).finally(() => {
-        completed += 1;
-        if (completed === total) allDone();
-      });
+      send(d, msg.target)
+        .then(
+          (s) => {
+            latency[i] = performance.now() - at;
+            status[i] = s;
+            if (i >= skip) tally.ok(latency[i], s);
+          },
+          (err) => {
+            latency[i] = performance.now() - at;
+            status[i] = 0;
+            if (i >= skip) tally.fail(err);
+          },
+        )
+        .finally(() => {
+          completed += 1;
+          if (completed === total) allDone();
+        });
     };
     let sent = 0;
     await new Promise((resolve) => {
@@ -173,7 +200,13 @@ const ops = {
     }
     // The measured part starts when its first request is due; warm-up included, for CPU per request.
     const measured = tally.summary((end - (t0 + skip * interval)) / 1000);
-    return { ...measured, scheduled: total - skip, completed: Math.max(0, completed - skip), maxSendLagMs: maxLag, all: { requests: completed, seconds: (end - t0) / 1000 } };
+    return {
+      ...measured,
+      scheduled: total - skip,
+      completed: Math.max(0, completed - skip),
+      maxSendLagMs: maxLag,
+      all: { requests: completed, seconds: (end - t0) / 1000 },
+    };
   },
 
   async burst(msg) {

@@ -21,16 +21,24 @@ async function main() {
   await run('taskset', ['-a', '-cp', LOAD_CORE, String(process.pid)]);
   const partner = await startPartner();
   const post = join(work, 'post-1mib.lua');
-  writeFileSync(post, `wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/octet-stream"\nwrk.body = string.rep("x", ${1024 * 1024})\n`);
+  writeFileSync(
+    post,
+    `wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/octet-stream"\nwrk.body = string.rep("x", ${1024 * 1024})\n`,
+  );
 
   const variants = [
     { name: `image flags (${shipped.join(' ') || 'none'})`, flags: shipped },
     { name: 'no flags', flags: [] },
   ];
-  say(`one request to each (its token is fetched), then ${IDLE_SECONDS} s idle: V8 shrinks the heap limit of an idle process`);
+  say(
+    `one request to each (its token is fetched), then ${IDLE_SECONDS} s idle: V8 shrinks the heap limit of an idle process`,
+  );
   const retryBodyLimitBytes = Number(process.env.RETRY_BODY_LIMIT_BYTES ?? 1024 * 1024);
   for (const v of variants) {
-    Object.assign(v, await startProxy(`token-proxy-${v.flags.length}`, partner, { nodeFlags: v.flags, retryBodyLimitBytes }));
+    Object.assign(
+      v,
+      await startProxy(`token-proxy-${v.flags.length}`, partner, { nodeFlags: v.flags, retryBodyLimitBytes }),
+    );
     v.runs = [];
   }
   await delay(IDLE_SECONDS * 1000);
@@ -43,7 +51,10 @@ async function main() {
   }
   print('| token-proxy started with | 1 MiB POST req/s, each 3 s run | proxy CPU µs per request |');
   print('|---|---|---|');
-  for (const v of variants) print(`| ${v.name} | ${v.runs.map((r) => Math.round(r.rps)).join(', ')} | ${v.runs.map((r) => Math.round(r.cpuMicros)).join(', ')} |`);
+  for (const v of variants)
+    print(
+      `| ${v.name} | ${v.runs.map((r) => Math.round(r.rps)).join(', ')} | ${v.runs.map((r) => Math.round(r.cpuMicros)).join(', ')} |`,
+    );
   for (const v of variants) await stop(v.child);
   await partner.stop();
 }

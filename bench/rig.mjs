@@ -31,7 +31,11 @@ export async function startPartner() {
  * upstream; resolves once it has answered one request with 200 (its token is then cached).
  * `accessLog`: one line per request at level info, standard output to /dev/null.
  */
-export async function startProxy(name, partner, { root = ROOT, nodeFlags = [], retryBodyLimitBytes = 1024 * 1024, accessLog = false } = {}) {
+export async function startProxy(
+  name,
+  partner,
+  { root = ROOT, nodeFlags = [], retryBodyLimitBytes = 1024 * 1024, accessLog = false } = {},
+) {
   const port = await freePort();
   const adminPort = await freePort();
   const config = join(work, `${name}.yaml`);
@@ -39,7 +43,13 @@ export async function startProxy(name, partner, { root = ROOT, nodeFlags = [], r
     config,
     `listen: ${HOST}:${port}\nadmin:\n  listen: ${HOST}:${adminPort}\nlogLevel: ${accessLog ? 'info' : 'warn'}\naccessLog: ${accessLog}\nupstreams:\n  - name: bench\n    target: http://${HOST}:${partner.upstreamPort}\n    pathPrefix: /bench\n    retryBodyLimitBytes: ${retryBodyLimitBytes}\n    auth: { type: client_credentials, tokenUrl: ${partner.tokenUrl}, clientId: bench, clientSecret: bench }\n`,
   );
-  const child = start(name, PROXY_CORE, process.execPath, [...nodeFlags, join(root, 'dist', 'cli.js'), 'serve', '--config', config], accessLog ? { stdout: '/dev/null' } : {});
+  const child = start(
+    name,
+    PROXY_CORE,
+    process.execPath,
+    [...nodeFlags, join(root, 'dist', 'cli.js'), 'serve', '--config', config],
+    accessLog ? { stdout: '/dev/null' } : {},
+  );
   await waitForPort(port, child);
   const url = `http://${HOST}:${port}/bench/hello`;
   const res = await request(url);
@@ -50,8 +60,20 @@ export async function startProxy(name, partner, { root = ROOT, nodeFlags = [], r
 
 /** One wrk run on the load core: requests per second and requests completed. */
 export async function wrk(url, seconds, connections, script) {
-  const { stdout } = await run('taskset', ['-c', LOAD_CORE, 'wrk', '-t1', `-c${connections}`, `-d${seconds}s`, ...(script ? ['-s', script] : []), url]);
-  return { rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1] ?? 0), requests: Number(/(\d+) requests in/.exec(stdout)?.[1] ?? 0) };
+  const { stdout } = await run('taskset', [
+    '-c',
+    LOAD_CORE,
+    'wrk',
+    '-t1',
+    `-c${connections}`,
+    `-d${seconds}s`,
+    ...(script ? ['-s', script] : []),
+    url,
+  ]);
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1] ?? 0),
+    requests: Number(/(\d+) requests in/.exec(stdout)?.[1] ?? 0),
+  };
 }
 
 /** CPU seconds (user and system) one process has used so far. */

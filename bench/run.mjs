@@ -30,10 +30,45 @@ import { randomUUID } from 'node:crypto';
 import { OAuth2Server } from 'oauth2-mock-server';
 import { fetch, ProxyAgent } from 'undici';
 import {
-  DISTURBED, HOST, LOAD_CORE, PROXY_CORE, ROOT, cpuBetween, shippedNodeFlags, freePort, hasCommand, logTail, oneLine, pairedRatio, pairedText, pct, print, rounds, rpc, runPinned,
-  sample, say, spare, start, stop, stopAll, table, target, version, waitForPort, waitForQuiet, work,
+  DISTURBED,
+  HOST,
+  LOAD_CORE,
+  PROXY_CORE,
+  ROOT,
+  cpuBetween,
+  shippedNodeFlags,
+  freePort,
+  hasCommand,
+  logTail,
+  oneLine,
+  pairedRatio,
+  pairedText,
+  pct,
+  print,
+  rounds,
+  rpc,
+  runPinned,
+  sample,
+  say,
+  spare,
+  start,
+  stop,
+  stopAll,
+  table,
+  target,
+  version,
+  waitForPort,
+  waitForQuiet,
+  work,
 } from './lib.mjs';
-import { coldScenario, connectScenario, latencyScenario, memoryScenario, profileScenario, refreshScenario } from './scenarios.mjs';
+import {
+  coldScenario,
+  connectScenario,
+  latencyScenario,
+  memoryScenario,
+  profileScenario,
+  refreshScenario,
+} from './scenarios.mjs';
 
 // ---------------------------------------------------------------- options
 
@@ -44,7 +79,11 @@ const argValue = (name) => {
 };
 const QUICK = process.argv.includes('--quick');
 const SCENARIOS = ['get', 'post', 'connect', 'latency', 'cold', 'refresh', 'memory'];
-const chosen = argValue('scenarios')?.split(',').map((s) => s.trim()).filter(Boolean) ?? SCENARIOS;
+const chosen =
+  argValue('scenarios')
+    ?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean) ?? SCENARIOS;
 for (const s of chosen) {
   if (!SCENARIOS.includes(s)) {
     say(`unknown scenario "${s}": choose from ${SCENARIOS.join(', ')}`);
@@ -61,18 +100,26 @@ const WRITE = argValue('write') ?? (!QUICK && ALL ? 'BENCHMARKS.md' : undefined)
 const KEEP = process.argv.includes('--keep'); // keep the work directory (logs, configs, CPU profiles, flame graphs)
 
 const QUICK_PLAN = {
-  warmupSeconds: 1, get: { rounds: 3, seconds: 2 }, post: { rounds: 1, seconds: 2 },
+  warmupSeconds: 1,
+  get: { rounds: 3, seconds: 2 },
+  post: { rounds: 1, seconds: 2 },
   connect: { rounds: 1, seconds: 2, warmupSeconds: 1 },
   latency: { rate: 2000, rounds: 1, seconds: 2, warmupSeconds: 1, oneConnection: { rounds: 1, seconds: 1 } },
-  cold: { rounds: 1 }, refresh: { seconds: 8, rate: 1000, stormAt: 6 },
-  profileSeconds: 4, spareSeconds: 10,
+  cold: { rounds: 1 },
+  refresh: { seconds: 8, rate: 1000, stormAt: 6 },
+  profileSeconds: 4,
+  spareSeconds: 10,
 };
 const FULL_PLAN = {
-  warmupSeconds: 2, get: { rounds: 5, seconds: 10 }, post: { rounds: 3, seconds: 3 },
+  warmupSeconds: 2,
+  get: { rounds: 5, seconds: 10 },
+  post: { rounds: 3, seconds: 3 },
   connect: { rounds: 3, seconds: 10, warmupSeconds: 2 },
   latency: { rate: 5000, rounds: 3, seconds: 5, warmupSeconds: 2, oneConnection: { rounds: 3, seconds: 3 } },
-  cold: { rounds: 3 }, refresh: { seconds: 60, rate: 2000, stormAt: 50 },
-  profileSeconds: 10, spareSeconds: 60,
+  cold: { rounds: 3 },
+  refresh: { seconds: 60, rate: 2000, stormAt: 50 },
+  profileSeconds: 10,
+  spareSeconds: 60,
 };
 const PLAN = QUICK ? QUICK_PLAN : FULL_PLAN;
 if (argValue('rate') !== undefined) PLAN.latency.rate = Number(argValue('rate'));
@@ -109,7 +156,8 @@ function ensureTools() {
   const required = missing(need);
   if (required.length > 0) {
     const packages = required.map((t) => need[t]);
-    if (process.getuid?.() !== 0) throw new Error(`missing ${required.join(', ')}: run  sudo apt-get install -y ${packages.join(' ')}`);
+    if (process.getuid?.() !== 0)
+      throw new Error(`missing ${required.join(', ')}: run  sudo apt-get install -y ${packages.join(' ')}`);
     say(`installing ${packages.join(' ')} (Debian packages)...`);
     install(packages);
   }
@@ -204,11 +252,64 @@ function makeUpstreamPki() {
   const dir = join(work, 'pki');
   mkdirSync(dir, { recursive: true });
   const openssl = (args) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-  openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca-key.pem', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=bench upstream CA', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
-  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server-key.pem', '-out', 'server.csr', '-subj', `/CN=${FORWARD_HOST}`]);
-  writeFileSync(join(dir, 'server.ext'), `subjectAltName=DNS:${FORWARD_HOST},DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
-  openssl(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'server.ext']);
-  return { caFile: join(dir, 'ca.pem'), ca: readFileSync(join(dir, 'ca.pem'), 'utf8'), certFile: join(dir, 'server.pem'), keyFile: join(dir, 'server-key.pem') };
+  openssl([
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    'ca-key.pem',
+    '-out',
+    'ca.pem',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=bench upstream CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  openssl([
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    'server-key.pem',
+    '-out',
+    'server.csr',
+    '-subj',
+    `/CN=${FORWARD_HOST}`,
+  ]);
+  writeFileSync(
+    join(dir, 'server.ext'),
+    `subjectAltName=DNS:${FORWARD_HOST},DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
+  );
+  openssl([
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca-key.pem',
+    '-CAcreateserial',
+    '-out',
+    'server.pem',
+    '-days',
+    '2',
+    '-extfile',
+    'server.ext',
+  ]);
+  return {
+    caFile: join(dir, 'ca.pem'),
+    ca: readFileSync(join(dir, 'ca.pem'), 'utf8'),
+    certFile: join(dir, 'server.pem'),
+    keyFile: join(dir, 'server-key.pem'),
+  };
 }
 
 // ---------------------------------------------------------------- configurations
@@ -307,7 +408,13 @@ function tokenProxyConfig(name, { port, adminPort, logLevel = 'info', accessLog 
     if (u.hosts) lines.push(`    hosts: [${u.hosts.join(', ')}]`);
     if (u.ca) lines.push(`    ca: ${u.ca}`);
     if (u.retryBodyLimitBytes !== undefined) lines.push(`    retryBodyLimitBytes: ${u.retryBodyLimitBytes}`);
-    lines.push('    auth:', '      type: client_credentials', `      tokenUrl: ${u.tokenUrl}`, '      clientId: bench-client', '      clientSecret: bench-secret');
+    lines.push(
+      '    auth:',
+      '      type: client_credentials',
+      `      tokenUrl: ${u.tokenUrl}`,
+      '      clientId: bench-client',
+      '      clientSecret: bench-secret',
+    );
   }
   if (mitm) lines.push('mitm:', `  caCert: ${mitm.caCert}`, `  caKey: ${mitm.caKey}`);
   const yaml = `${lines.join('\n')}\n`;
@@ -320,7 +427,13 @@ const SHIPPED_NODE_FLAGS = shippedNodeFlags();
 
 /** token-proxy built from this checkout, pinned to the proxy core, started as the image starts it. */
 function startTokenProxy(name, cfg, { stdout, nodeArgs = [] } = {}) {
-  return start(name, PROXY_CORE, node, [...SHIPPED_NODE_FLAGS, ...nodeArgs, 'dist/cli.js', 'serve', '--config', cfg.file], { stdout });
+  return start(
+    name,
+    PROXY_CORE,
+    node,
+    [...SHIPPED_NODE_FLAGS, ...nodeArgs, 'dist/cli.js', 'serve', '--config', cfg.file],
+    { stdout },
+  );
 }
 
 // ---------------------------------------------------------------- wrk
@@ -343,7 +456,12 @@ function parseWrk(out) {
 
 function wrkArgs(config, seconds, connections, script, latency = false) {
   return [
-    '-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '5s', ...(latency ? ['--latency'] : []),
+    '-t1',
+    `-c${connections}`,
+    `-d${seconds}s`,
+    '--timeout',
+    '5s',
+    ...(latency ? ['--latency'] : []),
     ...(config.clientAuthorization ? ['-H', `Authorization: ${config.clientAuthorization}`] : []),
     ...(script ? ['-s', script] : []),
     config.url,
@@ -353,7 +471,8 @@ function wrkArgs(config, seconds, connections, script, latency = false) {
 // ---------------------------------------------------------------- targets
 
 function targetsTable(targets) {
-  const verdict = (t) => (t.met === undefined ? 'not measured' : `${t.met ? '✅ met' : '❌ missed'}${t.noisy ? ' (⚠ noisy)' : ''}`);
+  const verdict = (t) =>
+    t.met === undefined ? 'not measured' : `${t.met ? '✅ met' : '❌ missed'}${t.noisy ? ' (⚠ noisy)' : ''}`;
   return [
     '| target (issue 8) | measured | verdict |',
     '|---|---|---|',
@@ -391,7 +510,11 @@ async function main() {
     ipc: true,
   });
   const upCall = rpc(upChild);
-  const upstream = { stats: () => upCall({ op: 'stats' }, 5000), revoke: () => upCall({ op: 'revoke' }, 5000), child: upChild };
+  const upstream = {
+    stats: () => upCall({ op: 'stats' }, 5000),
+    revoke: () => upCall({ op: 'revoke' }, 5000),
+    child: upChild,
+  };
   await waitForPort(upstreamPort, upChild);
   if (pki) await waitForPort(upstreamHttpsPort, upChild);
 
@@ -402,13 +525,27 @@ async function main() {
   /** One wrk run against one configuration, with the proxy's CPU time and the upstream's counters. */
   async function measureWrk(config, seconds, connections, script, latency = false) {
     const before = sample();
-    const out = await runPinned('wrk', LOAD_CORE, 'wrk', wrkArgs(config, seconds, connections, config.script ?? script, latency));
+    const out = await runPinned(
+      'wrk',
+      LOAD_CORE,
+      'wrk',
+      wrkArgs(config, seconds, connections, config.script ?? script, latency),
+    );
     const cpu = cpuBetween(before, sample(), config.child?.pid);
     if (config.child?.exited) throw new Error(`${config.name} died under load:\n${logTail(config.child)}`);
     const seen = await upstream.stats();
-    if (seen.unauthorized > seen.revoked) say(`  warning: the upstream rejected ${seen.unauthorized} request(s) during ${config.name}: ${JSON.stringify(seen.rejected)}`);
+    if (seen.unauthorized > seen.revoked)
+      say(
+        `  warning: the upstream rejected ${seen.unauthorized} request(s) during ${config.name}: ${JSON.stringify(seen.rejected)}`,
+      );
     const r = parseWrk(out);
-    return { ...r, ...cpu, cpuBusy: cpu.proxyCpu / seconds, cpuMicrosPerRequest: (cpu.proxyCpu / r.requests) * 1e6, unauthorized: seen.unauthorized };
+    return {
+      ...r,
+      ...cpu,
+      cpuBusy: cpu.proxyCpu / seconds,
+      cpuMicrosPerRequest: (cpu.proxyCpu / r.requests) * 1e6,
+      unauthorized: seen.unauthorized,
+    };
   }
 
   const sections = [];
@@ -416,9 +553,37 @@ async function main() {
   const checks = [];
   const details = [];
   const commands = [];
-  const env = { measureWrk, nginxConfig, QUICK, PLAN, ts, token, authorization, upstream, upstreamUrl, upstreamPort, upstreamHttpsPort, pki, load, loadChild, tools, tokenListener, tokenProxyConfig, startTokenProxy, wrkArgs, parseWrk, FORWARD_HOST, GET_CONNECTIONS, COLD_TOKEN_DELAY_MS, SHORT_TOKEN_SECONDS, TOKEN_CHARS };
+  const env = {
+    measureWrk,
+    nginxConfig,
+    QUICK,
+    PLAN,
+    ts,
+    token,
+    authorization,
+    upstream,
+    upstreamUrl,
+    upstreamPort,
+    upstreamHttpsPort,
+    pki,
+    load,
+    loadChild,
+    tools,
+    tokenListener,
+    tokenProxyConfig,
+    startTokenProxy,
+    wrkArgs,
+    parseWrk,
+    FORWARD_HOST,
+    GET_CONNECTIONS,
+    COLD_TOKEN_DELAY_MS,
+    SHORT_TOKEN_SECONDS,
+    TOKEN_CHARS,
+  };
   const seconds = estimateSeconds();
-  say(`${QUICK ? 'quick' : 'full'} run of ${chosen.join(', ')}${PROFILE ? ' and the CPU profile' : ''}: about ${(seconds / 60).toFixed(1)} min on an idle machine, plus at most ${spare.seconds} s if other processes get in the way`);
+  say(
+    `${QUICK ? 'quick' : 'full'} run of ${chosen.join(', ')}${PROFILE ? ' and the CPU profile' : ''}: about ${(seconds / 60).toFixed(1)} min on an idle machine, plus at most ${spare.seconds} s if other processes get in the way`,
+  );
 
   let getResults;
   if (want('get') || want('post')) {
@@ -430,7 +595,13 @@ async function main() {
     details.push(...r.details);
     commands.push(...r.commands);
   }
-  for (const [name, run] of [['connect', connectScenario], ['latency', latencyScenario], ['cold', coldScenario], ['refresh', refreshScenario], ['memory', memoryScenario]]) {
+  for (const [name, run] of [
+    ['connect', connectScenario],
+    ['latency', latencyScenario],
+    ['cold', coldScenario],
+    ['refresh', refreshScenario],
+    ['memory', memoryScenario],
+  ]) {
     if (!want(name)) continue;
     const r = await run(env);
     sections.push(...r.sections);
@@ -448,10 +619,16 @@ async function main() {
     profile = await profileScenario(env, { missed: targets.filter((t) => t.met === false), flameGraphs });
   }
 
-  checks.push(`- token endpoint answered ${ts.requests} requests in all (token calibration and the static token included)`);
-  checks.push(`- this run took ${(process.uptime() / 60).toFixed(1)} min (estimate for an idle machine: ${(seconds / 60).toFixed(1)} min)`);
+  checks.push(
+    `- token endpoint answered ${ts.requests} requests in all (token calibration and the static token included)`,
+  );
+  checks.push(
+    `- this run took ${(process.uptime() / 60).toFixed(1)} min (estimate for an idle machine: ${(seconds / 60).toFixed(1)} min)`,
+  );
   const disturbedRuns = (getResults ?? []).flatMap((r) => r.runs).filter((r) => r.foreign > DISTURBED).length;
-  checks.push(`- other processes on the machine: ${quiet ? 'quiet at the start' : 'busy at the start'}; ${spare.budget - spare.seconds} s of the ${spare.budget} s spare spent waiting or measuring again`);
+  checks.push(
+    `- other processes on the machine: ${quiet ? 'quiet at the start' : 'busy at the start'}; ${spare.budget - spare.seconds} s of the ${spare.budget} s spare spent waiting or measuring again`,
+  );
   const placement = `proxy under test: \`taskset -c ${PROXY_CORE}\`; wrk, the Node load client, upstream, token server and bench/run.mjs: \`taskset -c ${LOAD_CORE}\``;
 
   const targetsSection = `## Targets (issue 8)\n\nThroughput ratios here are paired: the median over rounds of the ratio within a round (a round runs its\nconfigurations back to back, so a drift of the machine cancels out); the tables show ratios of medians.\n\n${targetsTable(targets)}`;
@@ -466,24 +643,33 @@ async function main() {
   }
 
   const cpuModel = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
-  const pkgVersion = (name) => JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version;
+  const pkgVersion = (name) =>
+    JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version;
   const versions = [
     `- node ${process.version}, token-proxy ${JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version} (this checkout, dist/)`,
     `- ${version('nginx', ['-v'])}`,
     `- ${version('wrk', ['-v'])}`,
     ...(tools.squid ? [`- ${version('squid', ['-v'])}`] : ['- squid: not installed (rows skipped)']),
-    ...(tools.mitmproxy ? [`- mitmproxy ${version('mitmdump', ['--version']).replace(/^Mitmproxy:\s*/, '')} (${version('python3', ['--version'])})`] : ['- mitmproxy: not installed (rows skipped)']),
+    ...(tools.mitmproxy
+      ? [
+          `- mitmproxy ${version('mitmdump', ['--version']).replace(/^Mitmproxy:\s*/, '')} (${version('python3', ['--version'])})`,
+        ]
+      : ['- mitmproxy: not installed (rows skipped)']),
     `- undici ${pkgVersion('undici')}, http-proxy ${pkgVersion('http-proxy')}, oauth2-mock-server ${pkgVersion('oauth2-mock-server')}`,
   ];
   const doc = `# Benchmarks
 
 Generated by \`npm run bench\` (bench/run.mjs) on ${new Date().toISOString().slice(0, 10)}: issue 8.
 Compare ratios within one run and one core placement, never absolute numbers across machines.
-${disturbedRuns > 0 || noisyTargets > 0 ? `
+${
+  disturbedRuns > 0 || noisyTargets > 0
+    ? `
 > **Noisy run:** other processes used over ${DISTURBED * 100}% of a core during ${disturbedRuns} of the recorded small-GET/POST runs
 > and ${noisyTargets} target(s) rest on noisy measurements (see "clean runs", "other processes" and ⚠). Such rows are
 > not to be trusted; run \`npm run bench\` again on an idle machine.
-` : ''}
+`
+    : ''
+}
 Reproduce: \`npm run bench\` (about ${Math.round(estimateSeconds(FULL_PLAN, SCENARIOS, true) / 60)} minutes on an idle machine, writes this file) or
 \`npm run bench -- --quick\` (about ${Math.round(estimateSeconds(QUICK_PLAN, SCENARIOS, false) / 60)} minutes, prints the tables only: a check before committing a hot-path
 change). \`--scenarios ${SCENARIOS.join(',')}\` runs a subset (printed only); \`--profile\` adds the CPU profiles
@@ -530,7 +716,10 @@ ${checksSection}
 
 ${details.join('\n\n')}
 `;
-  writeFileSync(resolve(ROOT, WRITE), doc.replaceAll(work, '<tmp>').replace(/\/tmp\/token-proxy-bench-squid-\w+/g, '<squid-tmp>'));
+  writeFileSync(
+    resolve(ROOT, WRITE),
+    doc.replaceAll(work, '<tmp>').replace(/\/tmp\/token-proxy-bench-squid-\w+/g, '<squid-tmp>'),
+  );
   say(`wrote ${WRITE}`);
 }
 
@@ -541,11 +730,20 @@ function estimateSeconds(plan = PLAN, scenarios = chosen, profile = PROFILE) {
   if (has('get')) s += 8 * (plan.warmupSeconds + plan.get.rounds * (plan.get.seconds + 0.2)) + 3;
   if (has('post')) s += 6 * (1 + plan.post.rounds * (plan.post.seconds + 0.2)) + 2;
   if (has('connect')) s += 3 * (plan.connect.warmupSeconds + plan.connect.rounds * plan.connect.seconds) + 4;
-  if (has('latency')) s += 3 * (2 * plan.latency.warmupSeconds + plan.latency.rounds * (plan.latency.warmupSeconds + plan.latency.seconds + 0.3) + plan.latency.oneConnection.rounds * (plan.latency.oneConnection.seconds + 0.2)) + 2;
+  if (has('latency'))
+    s +=
+      3 *
+        (2 * plan.latency.warmupSeconds +
+          plan.latency.rounds * (plan.latency.warmupSeconds + plan.latency.seconds + 0.3) +
+          plan.latency.oneConnection.rounds * (plan.latency.oneConnection.seconds + 0.2)) +
+      2;
   if (has('cold')) s += plan.cold.rounds * 2 * 3;
   if (has('refresh')) s += plan.refresh.seconds + 2 * plan.latency.warmupSeconds + 3;
   if (has('memory')) s += 4;
-  if (profile) s += (1 + (has('get') || has('post') ? 2 : 0) + (has('connect') ? 1 : 0)) * (plan.profileSeconds + 2 * plan.latency.warmupSeconds + 2);
+  if (profile)
+    s +=
+      (1 + (has('get') || has('post') ? 2 : 0) + (has('connect') ? 1 : 0)) *
+      (plan.profileSeconds + 2 * plan.latency.warmupSeconds + 2);
   return s;
 }
 
@@ -554,31 +752,149 @@ function estimateSeconds(plan = PLAN, scenarios = chosen, profile = PROFILE) {
 async function wrkScenarios(env, tools) {
   const { upstream, upstreamUrl, upstreamPort, authorization, ts } = env;
   const ports = {};
-  for (const name of ['nginx', 'squid', 'httpProxy', 'undici', 'tp', 'tpAdmin', 'tpLog', 'tpLogAdmin', 'tpNoBuf', 'tpNoBufAdmin']) ports[name] = await freePort();
+  for (const name of [
+    'nginx',
+    'squid',
+    'httpProxy',
+    'undici',
+    'tp',
+    'tpAdmin',
+    'tpLog',
+    'tpLogAdmin',
+    'tpNoBuf',
+    'tpNoBufAdmin',
+  ])
+    ports[name] = await freePort();
   const staticEnv = (port) => ({ PORT: String(port), TARGET: upstreamUrl, AUTHORIZATION: authorization });
   const nginx = nginxConfig(ports.nginx, upstreamPort, authorization);
   const squid = tools.squid && want('get') ? squidConfig(ports.squid, upstreamPort, authorization) : undefined;
-  const bench = (retryBodyLimitBytes) => [{ name: 'bench', target: upstreamUrl, pathPrefix: '/bench', hosts: [FORWARD_HOST], retryBodyLimitBytes, tokenUrl: ts.tokenUrl }];
-  const tp = tokenProxyConfig('token-proxy', { port: ports.tp, adminPort: ports.tpAdmin, upstreams: bench(POST_BYTES) });
-  const tpLog = tokenProxyConfig('token-proxy-access-log', { port: ports.tpLog, adminPort: ports.tpLogAdmin, accessLog: true, upstreams: bench(POST_BYTES) });
-  const tpNoBuf = tokenProxyConfig('token-proxy-no-buffer', { port: ports.tpNoBuf, adminPort: ports.tpNoBufAdmin, upstreams: bench(0) });
+  const bench = (retryBodyLimitBytes) => [
+    {
+      name: 'bench',
+      target: upstreamUrl,
+      pathPrefix: '/bench',
+      hosts: [FORWARD_HOST],
+      retryBodyLimitBytes,
+      tokenUrl: ts.tokenUrl,
+    },
+  ];
+  const tp = tokenProxyConfig('token-proxy', {
+    port: ports.tp,
+    adminPort: ports.tpAdmin,
+    upstreams: bench(POST_BYTES),
+  });
+  const tpLog = tokenProxyConfig('token-proxy-access-log', {
+    port: ports.tpLog,
+    adminPort: ports.tpLogAdmin,
+    accessLog: true,
+    upstreams: bench(POST_BYTES),
+  });
+  const tpNoBuf = tokenProxyConfig('token-proxy-no-buffer', {
+    port: ports.tpNoBuf,
+    adminPort: ports.tpNoBufAdmin,
+    upstreams: bench(0),
+  });
   const forwardScript = join(work, 'forward.lua');
   env.forwardScript = forwardScript; // the profiles use it too
-  writeFileSync(forwardScript, `-- absolute-form requests: what an HTTP_PROXY client sends\nwrk.path = "http://${FORWARD_HOST}/hello"\nwrk.headers["Host"] = "${FORWARD_HOST}"\n`);
+  writeFileSync(
+    forwardScript,
+    `-- absolute-form requests: what an HTTP_PROXY client sends\nwrk.path = "http://${FORWARD_HOST}/hello"\nwrk.headers["Host"] = "${FORWARD_HOST}"\n`,
+  );
   const forwardAgent = (port) => new ProxyAgent({ uri: `http://${HOST}:${port}`, proxyTunnel: false });
 
   const configs = [
-    { name: 'direct', get: true, post: true, url: `${upstreamUrl}/hello`, clientAuthorization: authorization, port: upstreamPort, command: '(wrk straight to the upstream, sending the token itself)' },
-    { name: 'nginx', get: true, post: true, url: `http://${HOST}:${ports.nginx}/hello`, port: ports.nginx, start: () => start('nginx', PROXY_CORE, 'nginx', ['-p', nginx.dir, '-c', nginx.file, '-e', join(nginx.dir, 'error.log')]), command: 'nginx -p <dir> -c <dir>/nginx.conf (config below)' },
-    { name: 'node-http-proxy', get: true, post: true, url: `http://${HOST}:${ports.httpProxy}/hello`, port: ports.httpProxy, start: () => start('http-proxy', PROXY_CORE, node, ['bench/proxies/http-proxy.mjs'], { env: staticEnv(ports.httpProxy) }), command: 'node bench/proxies/http-proxy.mjs' },
-    { name: 'undici dispatch()', get: true, post: true, url: `http://${HOST}:${ports.undici}/hello`, port: ports.undici, start: () => start('undici', PROXY_CORE, node, ['bench/proxies/undici-dispatch.mjs'], { env: staticEnv(ports.undici) }), command: 'node bench/proxies/undici-dispatch.mjs' },
-    { name: 'token-proxy', get: true, post: true, url: `http://${HOST}:${ports.tp}/bench/hello`, port: ports.tp, start: () => startTokenProxy('token-proxy', tp), command: `node ${SHIPPED_NODE_FLAGS.join(' ')} dist/cli.js serve --config <generated yaml> (the image's node flags; reverse mode; logLevel info, accessLog false; replay buffer 1 MiB, the default)`, admin: ports.tpAdmin },
-    { name: 'token-proxy, forward mode', get: true, url: `http://${HOST}:${ports.tp}/`, script: forwardScript, dispatcher: forwardAgent(ports.tp), sameAs: 'token-proxy', port: ports.tp, command: `the same process: absolute-form \`GET http://${FORWARD_HOST}/hello\` (wrk -s forward.lua), routed by \`hosts\`` },
-    { name: 'token-proxy, access log', get: true, url: `http://${HOST}:${ports.tpLog}/bench/hello`, port: ports.tpLog, start: () => startTokenProxy('token-proxy-access-log', tpLog, { stdout: '/dev/null' }), command: 'same config with accessLog: true (one JSON line per request at info; stdout to /dev/null)', admin: ports.tpLogAdmin },
+    {
+      name: 'direct',
+      get: true,
+      post: true,
+      url: `${upstreamUrl}/hello`,
+      clientAuthorization: authorization,
+      port: upstreamPort,
+      command: '(wrk straight to the upstream, sending the token itself)',
+    },
+    {
+      name: 'nginx',
+      get: true,
+      post: true,
+      url: `http://${HOST}:${ports.nginx}/hello`,
+      port: ports.nginx,
+      start: () =>
+        start('nginx', PROXY_CORE, 'nginx', ['-p', nginx.dir, '-c', nginx.file, '-e', join(nginx.dir, 'error.log')]),
+      command: 'nginx -p <dir> -c <dir>/nginx.conf (config below)',
+    },
+    {
+      name: 'node-http-proxy',
+      get: true,
+      post: true,
+      url: `http://${HOST}:${ports.httpProxy}/hello`,
+      port: ports.httpProxy,
+      start: () =>
+        start('http-proxy', PROXY_CORE, node, ['bench/proxies/http-proxy.mjs'], { env: staticEnv(ports.httpProxy) }),
+      command: 'node bench/proxies/http-proxy.mjs',
+    },
+    {
+      name: 'undici dispatch()',
+      get: true,
+      post: true,
+      url: `http://${HOST}:${ports.undici}/hello`,
+      port: ports.undici,
+      start: () =>
+        start('undici', PROXY_CORE, node, ['bench/proxies/undici-dispatch.mjs'], { env: staticEnv(ports.undici) }),
+      command: 'node bench/proxies/undici-dispatch.mjs',
+    },
+    {
+      name: 'token-proxy',
+      get: true,
+      post: true,
+      url: `http://${HOST}:${ports.tp}/bench/hello`,
+      port: ports.tp,
+      start: () => startTokenProxy('token-proxy', tp),
+      command: `node ${SHIPPED_NODE_FLAGS.join(' ')} dist/cli.js serve --config <generated yaml> (the image's node flags; reverse mode; logLevel info, accessLog false; replay buffer 1 MiB, the default)`,
+      admin: ports.tpAdmin,
+    },
+    {
+      name: 'token-proxy, forward mode',
+      get: true,
+      url: `http://${HOST}:${ports.tp}/`,
+      script: forwardScript,
+      dispatcher: forwardAgent(ports.tp),
+      sameAs: 'token-proxy',
+      port: ports.tp,
+      command: `the same process: absolute-form \`GET http://${FORWARD_HOST}/hello\` (wrk -s forward.lua), routed by \`hosts\``,
+    },
+    {
+      name: 'token-proxy, access log',
+      get: true,
+      url: `http://${HOST}:${ports.tpLog}/bench/hello`,
+      port: ports.tpLog,
+      start: () => startTokenProxy('token-proxy-access-log', tpLog, { stdout: '/dev/null' }),
+      command: 'same config with accessLog: true (one JSON line per request at info; stdout to /dev/null)',
+      admin: ports.tpLogAdmin,
+    },
     ...(squid
-      ? [{ name: 'squid, forward mode', optional: true, get: true, url: `http://${HOST}:${ports.squid}/`, script: forwardScript, dispatcher: forwardAgent(ports.squid), port: ports.squid, start: () => start('squid', PROXY_CORE, 'squid', ['-N', '-f', squid.file]), command: `squid -N -f squid.conf (config below; absolute-form like the forward-mode row, static \`request_header_add Authorization\`)` }]
+      ? [
+          {
+            name: 'squid, forward mode',
+            optional: true,
+            get: true,
+            url: `http://${HOST}:${ports.squid}/`,
+            script: forwardScript,
+            dispatcher: forwardAgent(ports.squid),
+            port: ports.squid,
+            start: () => start('squid', PROXY_CORE, 'squid', ['-N', '-f', squid.file]),
+            command: `squid -N -f squid.conf (config below; absolute-form like the forward-mode row, static \`request_header_add Authorization\`)`,
+          },
+        ]
       : []),
-    { name: 'token-proxy, no replay buffer', post: true, url: `http://${HOST}:${ports.tpNoBuf}/bench/hello`, port: ports.tpNoBuf, start: () => startTokenProxy('token-proxy-no-buffer', tpNoBuf), command: 'same, retryBodyLimitBytes: 0 (1 MiB bodies stream through)', admin: ports.tpNoBufAdmin },
+    {
+      name: 'token-proxy, no replay buffer',
+      post: true,
+      url: `http://${HOST}:${ports.tpNoBuf}/bench/hello`,
+      port: ports.tpNoBuf,
+      start: () => startTokenProxy('token-proxy-no-buffer', tpNoBuf),
+      command: 'same, retryBodyLimitBytes: 0 (1 MiB bodies stream through)',
+      admin: ports.tpNoBufAdmin,
+    },
   ].filter((c) => (want('get') && c.get) || (want('post') && c.post));
   for (const c of configs) c.child = c.start?.();
   for (const c of configs) if (c.sameAs) c.child = configs.find((x) => x.name === c.sameAs)?.child;
@@ -593,7 +909,10 @@ async function wrkScenarios(env, tools) {
       await waitForPort(c.port, c.child);
       let status;
       for (let attempt = 0; attempt < 3 && status !== 200; attempt += 1) {
-        const res = await fetch(c.dispatcher ? `http://${FORWARD_HOST}/hello` : c.url, { headers: c.clientAuthorization ? { authorization: c.clientAuthorization } : {}, dispatcher: c.dispatcher });
+        const res = await fetch(c.dispatcher ? `http://${FORWARD_HOST}/hello` : c.url, {
+          headers: c.clientAuthorization ? { authorization: c.clientAuthorization } : {},
+          dispatcher: c.dispatcher,
+        });
         await res.arrayBuffer();
         status = res.status;
       }
@@ -639,23 +958,53 @@ ${t.markdown}`);
     const forward = pr('token-proxy, forward mode', 'token-proxy');
     const log = pr('token-proxy, access log', 'token-proxy');
     targets.push(
-      target('small GET, reverse mode: ≥ 0.45× direct (stretch 0.55×)', pairedText(vsDirect), vsDirect.ratio >= 0.45, { noisy: vsDirect.noisy, note: vsDirect.ratio >= 0.55 ? 'stretch met' : 'stretch missed' }),
-      target('small GET, reverse mode: ≥ 0.65× nginx', pairedText(vsNginx), vsNginx.ratio >= 0.65, { noisy: vsNginx.noisy }),
-      target('small GET, reverse mode: ≥ 2× node-http-proxy', pairedText(vsHttpProxy), vsHttpProxy.ratio >= 2, { noisy: vsHttpProxy.noisy }),
-      target('forward mode (absolute-form) within 10% of reverse mode', `${pairedText(forward)} reverse`, forward.ratio >= 0.9, { noisy: forward.noisy }),
-      target('access log on costs ≤ 10% of throughput', `${pairedText(log)} of the throughput without: ${pct(1 - log.ratio)} cost`, 1 - log.ratio <= 0.1, { noisy: log.noisy }),
-      target('peak RSS under the small-GET load ≤ 120 MiB', `${tpS.peakRss.toFixed(0)} MiB (reverse and forward rows' process)`, tpS.peakRss <= 120),
+      target('small GET, reverse mode: ≥ 0.45× direct (stretch 0.55×)', pairedText(vsDirect), vsDirect.ratio >= 0.45, {
+        noisy: vsDirect.noisy,
+        note: vsDirect.ratio >= 0.55 ? 'stretch met' : 'stretch missed',
+      }),
+      target('small GET, reverse mode: ≥ 0.65× nginx', pairedText(vsNginx), vsNginx.ratio >= 0.65, {
+        noisy: vsNginx.noisy,
+      }),
+      target('small GET, reverse mode: ≥ 2× node-http-proxy', pairedText(vsHttpProxy), vsHttpProxy.ratio >= 2, {
+        noisy: vsHttpProxy.noisy,
+      }),
+      target(
+        'forward mode (absolute-form) within 10% of reverse mode',
+        `${pairedText(forward)} reverse`,
+        forward.ratio >= 0.9,
+        { noisy: forward.noisy },
+      ),
+      target(
+        'access log on costs ≤ 10% of throughput',
+        `${pairedText(log)} of the throughput without: ${pct(1 - log.ratio)} cost`,
+        1 - log.ratio <= 0.1,
+        { noisy: log.noisy },
+      ),
+      target(
+        'peak RSS under the small-GET load ≤ 120 MiB',
+        `${tpS.peakRss.toFixed(0)} MiB (reverse and forward rows' process)`,
+        tpS.peakRss <= 120,
+      ),
     );
   }
 
   if (want('post')) {
     const postConfigs = configs.filter((c) => c.post);
     const postScript = join(work, 'post-1mib.lua');
-    writeFileSync(postScript, `wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/octet-stream"\nwrk.body = string.rep("x", ${POST_BYTES})\n`);
+    writeFileSync(
+      postScript,
+      `wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/octet-stream"\nwrk.body = string.rep("x", ${POST_BYTES})\n`,
+    );
     say(`1 MiB POST, ${POST_CONNECTIONS} connections, ${PLAN.post.rounds} rounds of ${PLAN.post.seconds}s`);
     // Another warm-up: the body-streaming paths are still cold (and one token-proxy saw no GET load).
     for (const c of postConfigs) await measure(c, 1, POST_CONNECTIONS, postScript);
-    const postResults = await rounds(postConfigs, PLAN.post, (c, sec) => measure(c, sec, POST_CONNECTIONS, postScript), 'MB/s', POST_BYTES / 1e6);
+    const postResults = await rounds(
+      postConfigs,
+      PLAN.post,
+      (c, sec) => measure(c, sec, POST_CONNECTIONS, postScript),
+      'MB/s',
+      POST_BYTES / 1e6,
+    );
     const t = table(postResults, { unit: 'MB/s', scale: POST_BYTES / 1e6, baselines: ['direct', 'nginx'] });
     sections.push(`## 1 MiB POST, ${POST_CONNECTIONS} connections (${PLAN.post.rounds} round${PLAN.post.rounds > 1 ? 's' : ''} × ${PLAN.post.seconds}s)
 
@@ -663,7 +1012,12 @@ MB/s = requests/s × 1 MiB request body, in 10^6 bytes. "peak RSS" is over the p
 
 ${t.markdown}`);
     const post = pairedRatio(postResults, 'token-proxy', 'direct');
-    targets.push(target('1 MiB POST, replay buffer on: ≥ 0.42× direct MB/s (stretch 0.5×)', pairedText(post), post.ratio >= 0.42, { noisy: post.noisy, note: post.ratio >= 0.5 ? 'stretch met' : 'stretch missed' }));
+    targets.push(
+      target('1 MiB POST, replay buffer on: ≥ 0.42× direct MB/s (stretch 0.5×)', pairedText(post), post.ratio >= 0.42, {
+        noisy: post.noisy,
+        note: post.ratio >= 0.5 ? 'stretch met' : 'stretch missed',
+      }),
+    );
   }
 
   // Sanity: token-proxy should have asked for one token per instance, whatever the load.
@@ -684,7 +1038,9 @@ ${t.markdown}`);
   if (squid) rmSync(squid.dir, { recursive: true, force: true });
   const wrkGet = `taskset -c ${LOAD_CORE} wrk ${wrkArgs({ url: '<url>' }, PLAN.get.seconds, GET_CONNECTIONS).join(' ')}`;
   const wrkPost = `taskset -c ${LOAD_CORE} wrk ${wrkArgs({ url: '<url>' }, PLAN.post.seconds, POST_CONNECTIONS, 'post-1mib.lua').join(' ')}`;
-  sections.unshift(`Load for the two tables below: \`${wrkGet}\` (token-proxy URLs are under \`/bench\`, its path prefix; forward rows add \`-s forward.lua\`) and \`${wrkPost}\`; "direct" adds \`-H 'Authorization: Bearer <token>'\`. A warm-up of ${PLAN.warmupSeconds}s per configuration precedes the rounds.`);
+  sections.unshift(
+    `Load for the two tables below: \`${wrkGet}\` (token-proxy URLs are under \`/bench\`, its path prefix; forward rows add \`-s forward.lua\`) and \`${wrkPost}\`; "direct" adds \`-H 'Authorization: Bearer <token>'\`. A warm-up of ${PLAN.warmupSeconds}s per configuration precedes the rounds.`,
+  );
   return { getResults, sections, targets, checks, details, commands };
 }
 
@@ -710,4 +1066,3 @@ try {
   else if (!failed) rmSync(work, { recursive: true, force: true });
   process.exit(); // the token server and keep-alive sockets would otherwise hold the loop open
 }
-

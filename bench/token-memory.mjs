@@ -40,14 +40,21 @@ const policy = { refreshBeforeExpiryMs: 300_000, clockSkewMs: 30_000, defaultLif
 const start = settled();
 // Made at start-up, one per configured tenant, and held by its TokenSource.
 const keys = Array.from({ length: COUNT }, (_, i) =>
-  cacheKey('partner', { tenant: `tenant-${i}`, clientId: `client-${i}`, tokenUrl: 'https://auth.partner.example/oauth/token', scope: 'orders.read' }),
+  cacheKey('partner', {
+    tenant: `tenant-${i}`,
+    clientId: `client-${i}`,
+    tokenUrl: 'https://auth.partner.example/oauth/token',
+    scope: 'orders.read',
+  }),
 );
 const before = settled();
 const cache = new TokenCache(COUNT); // tokenCache.maxEntries must be at least the number of tenants
 const now = Date.now();
 for (const key of keys) {
   // A distinct token of CHARS base64url characters, like a JWT of that size.
-  const value = randomBytes(Math.ceil((CHARS * 3) / 4)).toString('base64url').slice(0, CHARS);
+  const value = randomBytes(Math.ceil((CHARS * 3) / 4))
+    .toString('base64url')
+    .slice(0, CHARS);
   cache.set(key, tokenWithTimes(value, undefined, now, now + 3_600_000, policy));
 }
 const stored = settled();

@@ -20,7 +20,9 @@ const key = await importJWK(JSON.parse(process.env.BENCH_JWK), 'RS256');
 const verified = new Map();
 const revoked = new Set();
 let lastSeen;
-const body = Buffer.from(JSON.stringify({ ok: true, service: 'bench-upstream', message: 'hello from the partner', id: 12345678 }));
+const body = Buffer.from(
+  JSON.stringify({ ok: true, service: 'bench-upstream', message: 'hello from the partner', id: 12345678 }),
+);
 const fresh = () => ({ ok: 0, unauthorized: 0, expired: 0, revoked: 0, bodyBytes: 0, connections: 0, rejected: [] });
 let stats = fresh();
 
@@ -46,7 +48,14 @@ function answer(req, res, verdict) {
     // A few samples of what was rejected, for the benchmark's warnings (never a whole token).
     if (stats.rejected.length < 3) {
       const a = req.headers.authorization;
-      stats.rejected.push({ verdict, method: req.method, url: req.url, authorization: a === undefined ? 'none' : `${a.slice(0, 12)}… (${a.length} chars)`, userAgent: req.headers['user-agent'], via: req.headers.via });
+      stats.rejected.push({
+        verdict,
+        method: req.method,
+        url: req.url,
+        authorization: a === undefined ? 'none' : `${a.slice(0, 12)}… (${a.length} chars)`,
+        userAgent: req.headers['user-agent'],
+        via: req.headers.via,
+      });
     }
   }
   // Read the whole request body (the POST scenario) before answering, as a real API would.
@@ -65,7 +74,10 @@ function handler(req, res) {
   lastSeen = authorization;
   const exp = verified.get(authorization);
   if (exp !== undefined) answer(req, res, judge(authorization, exp));
-  else void verify(authorization).then((v) => answer(req, res, v === undefined ? 'bad' : v === 'expired' ? 'expired' : judge(authorization, v)));
+  else
+    void verify(authorization).then((v) =>
+      answer(req, res, v === undefined ? 'bad' : v === 'expired' ? 'expired' : judge(authorization, v)),
+    );
 }
 
 // Proxies keep their pooled connections open between rounds; never close them under them.
@@ -74,7 +86,10 @@ server.keepAliveTimeout = 120_000;
 server.on('connection', () => (stats.connections += 1)); // new connections (the cold-cache burst opens many)
 server.listen(Number(process.env.PORT), '127.0.0.1');
 if (process.env.HTTPS_PORT && process.env.TLS_CERT && process.env.TLS_KEY) {
-  const tls = createTlsServer({ cert: readFileSync(process.env.TLS_CERT), key: readFileSync(process.env.TLS_KEY) }, handler);
+  const tls = createTlsServer(
+    { cert: readFileSync(process.env.TLS_CERT), key: readFileSync(process.env.TLS_KEY) },
+    handler,
+  );
   tls.keepAliveTimeout = 120_000;
   tls.on('secureConnection', () => (stats.connections += 1));
   tls.listen(Number(process.env.HTTPS_PORT), '127.0.0.1');

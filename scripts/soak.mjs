@@ -68,10 +68,58 @@ function openssl(args) {
 
 /** A CA and a server certificate for 127.0.0.1, so the proxy originates TLS as in production. */
 function makePki() {
-  openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca-key.pem', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=soak CA', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
-  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server-key.pem', '-out', 'server.csr', '-subj', '/CN=127.0.0.1']);
-  writeFileSync(join(work, 'server.ext'), 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
-  openssl(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'server.ext']);
+  openssl([
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    'ca-key.pem',
+    '-out',
+    'ca.pem',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=soak CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  openssl([
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    'server-key.pem',
+    '-out',
+    'server.csr',
+    '-subj',
+    '/CN=127.0.0.1',
+  ]);
+  writeFileSync(
+    join(work, 'server.ext'),
+    'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n',
+  );
+  openssl([
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca-key.pem',
+    '-CAcreateserial',
+    '-out',
+    'server.pem',
+    '-days',
+    '2',
+    '-extfile',
+    'server.ext',
+  ]);
   const read = (f) => readFileSync(join(work, f), 'utf8');
   return { caFile: join(work, 'ca.pem'), ca: read('ca.pem'), key: read('server-key.pem'), cert: read('server.pem') };
 }
@@ -142,7 +190,11 @@ async function main() {
   const { createCaFiles } = await import(join(ROOT, 'dist/mitm/certificate-authority.js'));
   const pki = makePki();
   const ts = await startTokenServer();
-  const partner = await startPartnerApi({ jwksUrl: `${ts.url}/jwks`, issuer: ts.url, tls: { key: pki.key, cert: pki.cert } });
+  const partner = await startPartnerApi({
+    jwksUrl: `${ts.url}/jwks`,
+    issuer: ts.url,
+    tls: { key: pki.key, cert: pki.cert },
+  });
   const mitm = await createCaFiles(join(work, 'mitm'));
   const [port, adminPort] = [await freePort(), await freePort()];
   const configFile = join(work, 'token-proxy.yaml');
@@ -162,7 +214,12 @@ async function main() {
             pathPrefix: '/partner',
             hosts: ['api.partner.example'],
             ca: pki.caFile,
-            auth: { type: 'client_credentials', tokenUrl: `${ts.url}/token`, clientId: 'soak-client', clientSecret: 'soak-secret' },
+            auth: {
+              type: 'client_credentials',
+              tokenUrl: `${ts.url}/token`,
+              clientId: 'soak-client',
+              clientSecret: 'soak-secret',
+            },
           },
         ],
         mitm: { caCert: mitm.certFile, caKey: mitm.keyFile },
@@ -173,11 +230,16 @@ async function main() {
     ),
   );
   const log = openSync(join(work, 'proxy.log'), 'a');
-  proxyChild = spawn(process.execPath, [join(ROOT, 'dist/cli.js'), 'serve', '--config', configFile], { cwd: ROOT, stdio: ['ignore', log, log] });
+  proxyChild = spawn(process.execPath, [join(ROOT, 'dist/cli.js'), 'serve', '--config', configFile], {
+    cwd: ROOT,
+    stdio: ['ignore', log, log],
+  });
   closeSync(log);
   await waitForPort(adminPort);
   const mitmCa = readFileSync(mitm.certFile, 'utf8');
-  say(`soak: ${MINUTES} min, concurrency ${CONCURRENCY}, tokens living ${TOKEN_LIFETIME_SECONDS} s, proxy pid ${proxyChild.pid} (work dir ${work})`);
+  say(
+    `soak: ${MINUTES} min, concurrency ${CONCURRENCY}, tokens living ${TOKEN_LIFETIME_SECONDS} s, proxy pid ${proxyChild.pid} (work dir ${work})`,
+  );
 
   const origin = `http://${HOST}:${port}`;
   const client = new Agent({ connections: CONCURRENCY });
@@ -190,7 +252,17 @@ async function main() {
   };
   const kinds = [
     ['reverse GET', async (n) => client.request({ origin, path: `/partner/items?id=${n}`, method: 'GET' })],
-    ['reverse POST 4 KiB', async () => client.request({ origin, path: '/partner/upload', method: 'POST', body, headers: { 'content-type': 'application/octet-stream' } })],
+    [
+      'reverse POST 4 KiB',
+      async () =>
+        client.request({
+          origin,
+          path: '/partner/upload',
+          method: 'POST',
+          body,
+          headers: { 'content-type': 'application/octet-stream' },
+        }),
+    ],
     ['forward GET', async (n) => request(`http://api.partner.example/fwd/${n}`, { dispatcher: forward })],
   ];
   let stop = false;
@@ -252,17 +324,29 @@ async function main() {
     partner.seen.length = 0; // the partner keeps a record of every request: not ours to grow
     const t = (now - started) / 1000;
     const { heapUsed, handles } = await scrape(adminPort).catch(() => ({ heapUsed: NaN, handles: NaN }));
-    const sample = { t, rss: rssKiB(proxyChild.pid), heapUsed, handles, rps: (stats.ok - lastOk) / ((samples.length === 0 ? t : t - samples.at(-1).t) || 1), errors: stats.errors, tokens: ts.issued };
+    const sample = {
+      t,
+      rss: rssKiB(proxyChild.pid),
+      heapUsed,
+      handles,
+      rps: (stats.ok - lastOk) / ((samples.length === 0 ? t : t - samples.at(-1).t) || 1),
+      errors: stats.errors,
+      tokens: ts.issued,
+    };
     lastOk = stats.ok;
     samples.push(sample);
-    say(`${t.toFixed(0).padStart(8)} ${mib(sample.rss).padStart(9)} ${(heapUsed / 1048576).toFixed(1).padStart(10)} ${sample.rps.toFixed(0).padStart(7)} ${String(sample.errors).padStart(8)} ${String(sample.tokens).padStart(15)}`);
+    say(
+      `${t.toFixed(0).padStart(8)} ${mib(sample.rss).padStart(9)} ${(heapUsed / 1048576).toFixed(1).padStart(10)} ${sample.rps.toFixed(0).padStart(7)} ${String(sample.errors).padStart(8)} ${String(sample.tokens).padStart(15)}`,
+    );
   }
   stop = true;
   await Promise.all(workers);
   const alive = proxyChild.exitCode === null;
   const finalRss = alive ? rssKiB(proxyChild.pid) : NaN;
   proxyChild.kill('SIGTERM');
-  const [code] = alive ? await Promise.race([once(proxyChild, 'exit'), delay(5_000).then(() => ['timeout'])]) : [proxyChild.exitCode];
+  const [code] = alive
+    ? await Promise.race([once(proxyChild, 'exit'), delay(5_000).then(() => ['timeout'])])
+    : [proxyChild.exitCode];
   await Promise.all([client.close(), forward.close(), partner.close(), ts.server.stop()]);
   const logBytes = statSync(join(work, 'proxy.log')).size;
 
@@ -275,17 +359,31 @@ async function main() {
   const growth = lastAvg / firstAvg - 1;
   const requests = stats.ok + stats.errors;
   print('');
-  print(`## token-proxy soak: ${MINUTES} min, ${CONCURRENCY} concurrent clients, tokens living ${TOKEN_LIFETIME_SECONDS} s`);
+  print(
+    `## token-proxy soak: ${MINUTES} min, ${CONCURRENCY} concurrent clients, tokens living ${TOKEN_LIFETIME_SECONDS} s`,
+  );
   print('');
   print('| t (s) | RSS (MiB) | heap used (MiB) | handles | req/s | errors | tokens issued |');
   print('|---:|---:|---:|---:|---:|---:|---:|');
   for (const s of samples) {
-    print(`| ${s.t.toFixed(0)} | ${mib(s.rss)} | ${(s.heapUsed / 1048576).toFixed(1)} | ${s.handles} | ${s.rps.toFixed(0)} | ${s.errors} | ${s.tokens} |`);
+    print(
+      `| ${s.t.toFixed(0)} | ${mib(s.rss)} | ${(s.heapUsed / 1048576).toFixed(1)} | ${s.handles} | ${s.rps.toFixed(0)} | ${s.errors} | ${s.tokens} |`,
+    );
   }
   print('');
-  print(`requests: ${requests} (${(requests / totalSeconds).toFixed(0)}/s), errors: ${stats.errors}; by kind: ${Object.entries(stats.byKind).map(([k, v]) => `${k} ${v}`).join(', ')}`);
-  print(`tokens issued: ${ts.issued} (one every ${(totalSeconds / Math.max(1, ts.issued)).toFixed(1)} s), tokens revoked by the partner: ${revoked}`);
-  print(`RSS: first minute after ${WARMUP_SECONDS} s warm-up ${mib(firstAvg)} MiB (${first.length} samples), last minute ${mib(lastAvg)} MiB (${last.length} samples), growth ${(growth * 100).toFixed(1)}% (limit +${MAX_GROWTH * 100}%); at the end ${mib(finalRss)} MiB`);
+  print(
+    `requests: ${requests} (${(requests / totalSeconds).toFixed(0)}/s), errors: ${stats.errors}; by kind: ${Object.entries(
+      stats.byKind,
+    )
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
+  );
+  print(
+    `tokens issued: ${ts.issued} (one every ${(totalSeconds / Math.max(1, ts.issued)).toFixed(1)} s), tokens revoked by the partner: ${revoked}`,
+  );
+  print(
+    `RSS: first minute after ${WARMUP_SECONDS} s warm-up ${mib(firstAvg)} MiB (${first.length} samples), last minute ${mib(lastAvg)} MiB (${last.length} samples), growth ${(growth * 100).toFixed(1)}% (limit +${MAX_GROWTH * 100}%); at the end ${mib(finalRss)} MiB`,
+  );
   print(`proxy: exit ${code} after SIGTERM; access log ${(logBytes / 1048576).toFixed(0)} MiB`);
   for (const e of stats.firstErrors) print(`  error: ${e}`);
   const problems = [];

@@ -52,7 +52,12 @@ export interface App {
 }
 
 /** The Redis tier, when configured; its health and failures feed the metrics. */
-function createSharedStore(config: Config, metrics: Metrics, logger: Logger, events: EventEmitter): SharedTokenStore | undefined {
+function createSharedStore(
+  config: Config,
+  metrics: Metrics,
+  logger: Logger,
+  events: EventEmitter,
+): SharedTokenStore | undefined {
   const redis = config.tokenCache.redis;
   if (redis === undefined) return undefined;
   metrics.sharedCacheUp.set(0);
@@ -82,7 +87,11 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   const shared =
     store === undefined || initial.tokenCache.redis === undefined
       ? undefined
-      : { store, lockTimeoutMs: initial.tokenCache.redis.lockTimeoutMs, refreshTokenTtlMs: initial.tokenCache.redis.refreshTokenTtlSeconds * 1000 };
+      : {
+          store,
+          lockTimeoutMs: initial.tokenCache.redis.lockTimeoutMs,
+          refreshTokenTtlMs: initial.tokenCache.redis.refreshTokenTtlSeconds * 1000,
+        };
   const deps = { metrics, cache, clock, logger, backoff: options.backoff, shared, keyStates: new KeyStates() };
   for (const warning of configWarnings(initial)) logger.warn({ event: 'config_warning', warning }, warning);
   let generation: Generation = buildGeneration(initial, deps);
@@ -101,7 +110,12 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   /** Fetches a warm-up token, retrying with growing pauses until one is in hand. */
   const warmUp = (source: TokenSource, pauseMs = 1_000): void => {
     source.obtain().catch(() => {
-      if (!closing && generation.sources.get(source.tenant === undefined ? source.upstream : `${source.upstream}/${source.tenant}`) === source) {
+      if (
+        !closing &&
+        generation.sources.get(
+          source.tenant === undefined ? source.upstream : `${source.upstream}/${source.tenant}`,
+        ) === source
+      ) {
         setTimeout(() => warmUp(source, Math.min(pauseMs * 2, 30_000)), pauseMs).unref();
       }
     });
@@ -121,7 +135,8 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     if (prev.admin.listen !== next.admin.listen) notes.push('admin.listen');
     if (JSON.stringify(prev.limits) !== JSON.stringify(next.limits)) notes.push('limits');
     if (JSON.stringify(prev.tokenCache) !== JSON.stringify(next.tokenCache)) notes.push('tokenCache');
-    if (next.upstreams.some((u) => u.tenants !== undefined) !== tenantLabel) notes.push('tenants (the metrics tenant label)');
+    if (next.upstreams.some((u) => u.tenants !== undefined) !== tenantLabel)
+      notes.push('tenants (the metrics tenant label)');
     return notes.map((n) => `${n} changed: takes effect after a restart`);
   }
 
@@ -141,7 +156,12 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       listening = true;
       for (const source of generation.warm) warmUp(source);
       logger.info(
-        { event: 'listening', proxy: `${proxyAddress.address}:${proxyAddress.port}`, admin: `${adminAddress.address}:${adminAddress.port}`, upstreams: initial.upstreams.map((u) => u.name) },
+        {
+          event: 'listening',
+          proxy: `${proxyAddress.address}:${proxyAddress.port}`,
+          admin: `${adminAddress.address}:${adminAddress.port}`,
+          upstreams: initial.upstreams.map((u) => u.name),
+        },
         'token-proxy is listening',
       );
       return { proxy: proxyAddress, admin: adminAddress };
@@ -155,7 +175,10 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       sources.clear();
       for (const [k, v] of generation.sources) sources.set(k, v);
       for (const source of generation.warm) warmUp(source);
-      logger.info({ event: 'config_reloaded', upstreams: next.upstreams.map((u) => u.name), warnings }, 'configuration reloaded');
+      logger.info(
+        { event: 'config_reloaded', upstreams: next.upstreams.map((u) => u.name), warnings },
+        'configuration reloaded',
+      );
       await previous.close(previous.config.shutdownTimeoutSeconds * 1000);
       return warnings;
     },
@@ -164,7 +187,11 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       const closed = new Promise<void>((resolve) => proxy.close(() => resolve()));
       proxy.closeIdleConnections();
       await inFlight.idle(generation.config.shutdownTimeoutSeconds * 1000);
-      if (inFlight.active > 0) logger.warn({ event: 'shutdown_timeout', inFlight: inFlight.active }, 'closing connections of requests still in flight');
+      if (inFlight.active > 0)
+        logger.warn(
+          { event: 'shutdown_timeout', inFlight: inFlight.active },
+          'closing connections of requests still in flight',
+        );
       proxy.closeAllConnections();
       for (const socket of ctx.detached) socket.destroy(); // tunnels and WebSockets: no request of theirs is in flight
       await closed;

@@ -61,10 +61,17 @@ function onReload(app: App, args: CommonArgs): void {
       next = loadConfigFile(args.config ?? '', { overrides: overridesFrom(args) });
     } catch (err) {
       const problems = err instanceof ConfigError ? err.problems : [(err as Error).message];
-      app.logger.error({ event: 'config_reload_rejected', problems }, 'new configuration rejected: the running one stays');
+      app.logger.error(
+        { event: 'config_reload_rejected', problems },
+        'new configuration rejected: the running one stays',
+      );
       return;
     }
-    app.reload(next).catch((err: unknown) => app.logger.error({ event: 'config_reload_failed', err: (err as Error).message }, 'reload failed'));
+    app
+      .reload(next)
+      .catch((err: unknown) =>
+        app.logger.error({ event: 'config_reload_failed', err: (err as Error).message }, 'reload failed'),
+      );
   });
 }
 
@@ -142,7 +149,11 @@ await yargs(hideBin(process.argv))
         .option('show-token', { type: 'boolean', default: false, describe: 'also print the token itself' }),
     async (args) => {
       const config = loadOrExit(args);
-      const { text, code } = await runTokenCommand(config, { upstream: args.upstream, tenant: args.tenant, showToken: args.showToken });
+      const { text, code } = await runTokenCommand(config, {
+        upstream: args.upstream,
+        tenant: args.tenant,
+        showToken: args.showToken,
+      });
       (code === 0 ? console.log : console.error)(text);
       process.exit(code);
     },

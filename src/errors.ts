@@ -171,7 +171,11 @@ export function errorBody(err: ProxyError): string {
 
 /** Response headers of a proxy-generated error answer. */
 export function errorHeaders(err: ProxyError, body: string): Record<string, string | number> {
-  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' };
+  const headers: Record<string, string | number> = {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+  };
   const proxyStatus = proxyStatusFor(err);
   if (proxyStatus !== undefined) headers['proxy-status'] = proxyStatus;
   if (err.code === 'proxy_auth_required') headers['proxy-authenticate'] = 'Basic realm="token-proxy", charset="UTF-8"';
@@ -185,7 +189,9 @@ export function errorHeaders(err: ProxyError, body: string): Record<string, stri
 /** The same answer as raw HTTP/1.1 bytes, for sockets that have no ServerResponse (CONNECT, upgrades). */
 export function errorResponseBytes(err: ProxyError, extra: Record<string, string> = {}): string {
   const body = errorBody(err);
-  const headers = Object.entries({ ...errorHeaders(err, body), ...extra }).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  const headers = Object.entries({ ...errorHeaders(err, body), ...extra })
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('');
   return `HTTP/1.1 ${statusFor(err)} ${STATUS_TEXT[statusFor(err)] ?? 'Error'}\r\n${headers}connection: close\r\n\r\n${body}`;
 }
 

@@ -49,8 +49,14 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
   const accessLog = accessLogFor(logger, config.accessLog);
   const validator = config.inbound.jwt === undefined ? undefined : new InboundJwtValidator(config.inbound.jwt);
   const routing: Routing = {
-    reverse: new ReverseRouter(built.flatMap(({ upstream, config: u }) => (u.pathPrefix === undefined ? [] : [{ prefix: u.pathPrefix, upstream }]))),
-    forward: new ForwardRouter(built.flatMap(({ upstream, config: u }) => (u.hosts === undefined ? [] : [{ hosts: u.hosts, upstream }]))),
+    reverse: new ReverseRouter(
+      built.flatMap(({ upstream, config: u }) =>
+        u.pathPrefix === undefined ? [] : [{ prefix: u.pathPrefix, upstream }],
+      ),
+    ),
+    forward: new ForwardRouter(
+      built.flatMap(({ upstream, config: u }) => (u.hosts === undefined ? [] : [{ hosts: u.hosts, upstream }])),
+    ),
     egress,
     guard: new InboundGuard(config.inbound),
     passthrough: {
@@ -65,14 +71,18 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
       logger,
       accessLog,
     },
-    interception: config.mitm === undefined ? undefined : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem),
+    interception:
+      config.mitm === undefined ? undefined : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem),
     maxRequestBodyBytes: config.limits.maxRequestBodyBytes,
     drain: new Drain(),
-    callerAuth: validator === undefined ? undefined : {
-      validator,
-      claimHeaders: new Set(Object.values(config.inbound.jwt?.forwardClaims ?? {}).map((h) => h.toLowerCase())),
-      count: (result) => metrics.inboundAuth.labels(result).inc(),
-    },
+    callerAuth:
+      validator === undefined
+        ? undefined
+        : {
+            validator,
+            claimHeaders: new Set(Object.values(config.inbound.jwt?.forwardClaims ?? {}).map((h) => h.toLowerCase())),
+            count: (result) => metrics.inboundAuth.labels(result).inc(),
+          },
   };
   const warmNames = new Set(config.upstreams.filter((u) => u.warmup).map((u) => u.name));
   return {

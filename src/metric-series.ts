@@ -41,7 +41,14 @@ function isCounterRecord(x: unknown): x is CounterRecord {
 
 function isHistogramRecord(x: unknown, labels: LabelSet): x is HistogramRecord {
   const r = x as HistogramRecord;
-  return typeof x === 'object' && x !== null && r.labels === labels && typeof r.sum === 'number' && typeof r.count === 'number' && typeof r.bucketValues === 'object';
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    r.labels === labels &&
+    typeof r.sum === 'number' &&
+    typeof r.count === 'number' &&
+    typeof r.bucketValues === 'object'
+  );
 }
 
 export interface CounterSeries {
@@ -77,7 +84,11 @@ export function counterSeries(counter: Counter<string>, labels: LabelSet): Count
  * observation falls in is found here, as prom-client does (the first upper bound ≥ the value;
  * above the last one only the sum and count grow, and the `+Inf` bucket is the count).
  */
-export function histogramSeries(histogram: Histogram<string>, labels: LabelSet, buckets: readonly number[]): HistogramSeries {
+export function histogramSeries(
+  histogram: Histogram<string>,
+  labels: LabelSet,
+  buckets: readonly number[],
+): HistogramSeries {
   let record: HistogramRecord | undefined;
   let bound = false;
   // prom-client keys bucket counts by the bound's string form: converted once, not per call.
@@ -89,7 +100,9 @@ export function histogramSeries(histogram: Histogram<string>, labels: LabelSet, 
         if (bound) return;
         bound = true;
         // prom-client stores the labels object it was given in the record it makes for them.
-        record = Object.values(recordsOf(histogram) ?? {}).find((r): r is HistogramRecord => isHistogramRecord(r, labels));
+        record = Object.values(recordsOf(histogram) ?? {}).find((r): r is HistogramRecord =>
+          isHistogramRecord(r, labels),
+        );
         return;
       }
       if (!Number.isFinite(value)) return; // prom-client would throw; a duration never is

@@ -7,7 +7,11 @@ import { collectDefaultMetrics, type Registry } from 'prom-client';
  * `nodejs_active_handles_total` is `sum(nodejs_active_handles)`, and so on. Renaming them is not
  * possible (those names are taken), so they are dropped and nothing is lost.
  */
-export const MISNAMED_DEFAULT_METRICS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'] as const;
+export const MISNAMED_DEFAULT_METRICS = [
+  'nodejs_active_handles_total',
+  'nodejs_active_requests_total',
+  'nodejs_active_resources_total',
+] as const;
 
 /**
  * The default Node.js process metrics (CPU, memory, event loop lag, GC, handles...) less the

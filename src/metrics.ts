@@ -127,10 +127,12 @@ export function bindTokenMetrics(metrics: Metrics, upstream: string, tenant: str
     cacheMiss: metrics.cacheMisses.labels(...base),
     refreshOk: metrics.refreshDuration.labels(...base, 'success'),
     refreshError: metrics.refreshDuration.labels(...base, 'error'),
-    refreshes: (trigger: RefreshTrigger, outcome: 'success' | 'error') => metrics.refreshes.labels(...base, trigger, outcome).inc(),
+    refreshes: (trigger: RefreshTrigger, outcome: 'success' | 'error') =>
+      metrics.refreshes.labels(...base, trigger, outcome).inc(),
     refreshFailure: (reason: string) => metrics.refreshFailures.labels(...base, reason).inc(),
     tokenExpiry: metrics.tokenExpiry.labels(...base),
-    unauthorizedRetry: (outcome: 'recovered' | 'still_unauthorized') => metrics.unauthorizedRetries.labels(...base, outcome).inc(),
+    unauthorizedRetry: (outcome: 'recovered' | 'still_unauthorized') =>
+      metrics.unauthorizedRetries.labels(...base, outcome).inc(),
   };
 }
 

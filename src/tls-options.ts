@@ -14,7 +14,9 @@ export function tlsOptions(ca: string | undefined, mtls?: Mtls): ConnectionOptio
   if (ca === undefined && mtls === undefined) return VERIFIED; // Node's default context, itself shared
   const secureContext = createSecureContext({
     ...(ca === undefined ? {} : { ca: [...rootCertificates, ca] }),
-    ...(mtls === undefined ? {} : { cert: mtls.cert, key: mtls.key, ...(mtls.passphrase === undefined ? {} : { passphrase: mtls.passphrase }) }),
+    ...(mtls === undefined
+      ? {}
+      : { cert: mtls.cert, key: mtls.key, ...(mtls.passphrase === undefined ? {} : { passphrase: mtls.passphrase }) }),
   });
   return { ...VERIFIED, secureContext };
 }

@@ -36,7 +36,11 @@ function iso(ms: number): string {
  */
 export async function runTokenCommand(config: Config, o: TokenCommandOptions): Promise<{ text: string; code: number }> {
   const u = config.upstreams.find((x) => x.name === o.upstream);
-  if (u === undefined) return { text: `no upstream named "${o.upstream}" (configured: ${config.upstreams.map((x) => x.name).join(', ')})`, code: 1 };
+  if (u === undefined)
+    return {
+      text: `no upstream named "${o.upstream}" (configured: ${config.upstreams.map((x) => x.name).join(', ')})`,
+      code: 1,
+    };
   if (u.tenants === undefined && o.tenant !== undefined) return { text: `upstream ${u.name} has no tenants`, code: 1 };
   if (u.tenants !== undefined && (o.tenant === undefined || u.tenants.auth[o.tenant] === undefined)) {
     return { text: `upstream ${u.name} needs --tenant, one of: ${Object.keys(u.tenants.auth).join(', ')}`, code: 1 };
@@ -73,9 +77,13 @@ export async function runTokenCommand(config: Config, o: TokenCommandOptions): P
     if (jwt === undefined) {
       lines.push('token is opaque (not a JWT): no claims to show');
     } else {
-      const scope = (jwt.payload as Record<string, unknown>)['scope'] ?? (jwt.payload as Record<string, unknown>)['scp'];
+      const scope =
+        (jwt.payload as Record<string, unknown>)['scope'] ?? (jwt.payload as Record<string, unknown>)['scp'];
       if (scope !== undefined) lines.push(`scopes       ${Array.isArray(scope) ? scope.join(' ') : String(scope)}`);
-      lines.push(`JWT header   ${JSON.stringify(jwt.header)}`, `JWT payload  ${JSON.stringify(jwt.payload, null, 2).replace(/\n/g, '\n             ')}`);
+      lines.push(
+        `JWT header   ${JSON.stringify(jwt.header)}`,
+        `JWT payload  ${JSON.stringify(jwt.payload, null, 2).replace(/\n/g, '\n             ')}`,
+      );
     }
     lines.push(o.showToken ? `token        ${token.value}` : 'token        (hidden; --show-token prints it)');
     return { text: lines.join('\n'), code: 0 };

@@ -57,7 +57,11 @@ export class UpstreamFactory {
   #upstream(u: UpstreamConfig): Upstream {
     const { logger, metrics } = this.#deps;
     const target = new URL(u.target);
-    const pool = new Pool(target.origin, { connect: tlsOptions(u.ca, u.mtls), keepAliveTimeout: 30_000, connections: u.maxConnections });
+    const pool = new Pool(target.origin, {
+      connect: tlsOptions(u.ca, u.mtls),
+      keepAliveTimeout: 30_000,
+      connections: u.maxConnections,
+    });
     const tokenAgent = new Agent({ connect: tlsOptions(u.ca, u.auth.mtls) });
     this.dispatchers.push(pool, tokenAgent);
     let tokens: TokenSource | TenantTokens;
@@ -71,7 +75,9 @@ export class UpstreamFactory {
           : f.startsWith('jwtClaim:')
             ? { kind: 'jwtClaim', claim: f.slice('jwtClaim:'.length) }
             : { kind: 'header', name: f.slice('header:'.length).toLowerCase() };
-      const byTenant = new Map(Object.entries(u.tenants.auth).map(([tenant, auth]) => [tenant, this.#source(u, auth, tenant, tokenAgent)]));
+      const byTenant = new Map(
+        Object.entries(u.tenants.auth).map(([tenant, auth]) => [tenant, this.#source(u, auth, tenant, tokenAgent)]),
+      );
       tokens = { from, byTenant };
     }
     return {

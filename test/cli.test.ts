@@ -61,7 +61,13 @@ function slowPartnerPath(delayMs: number): Promise<void> {
 
 /** `serve` from the environment alone: the test config, ephemeral ports, info logs. */
 function serveEnv(): Record<string, string> {
-  return { TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'), TOKEN_PROXY_LISTEN: '127.0.0.1:0', TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0', TOKEN_PROXY_LOG_LEVEL: 'info', CLI_SECRET: SECRET };
+  return {
+    TOKEN_PROXY_CONFIG: join(dir, 'proxy.yaml'),
+    TOKEN_PROXY_LISTEN: '127.0.0.1:0',
+    TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0',
+    TOKEN_PROXY_LOG_LEVEL: 'info',
+    CLI_SECRET: SECRET,
+  };
 }
 
 function curl(args: string[]) {
@@ -76,7 +82,12 @@ async function exitCode(child: ChildProcessWithoutNullStreams): Promise<number |
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: tokenServer.jwksUrl,
+    issuer: tokenServer.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
   writeFileSync(
     join(dir, 'proxy.yaml'),
     [
@@ -94,7 +105,21 @@ beforeAll(async () => {
       '',
     ].join('\n'),
   );
-  writeFileSync(join(dir, 'bad.yaml'), ['upstreams:', '  - name: "bad name"', '    target: http://example.com', '    pathPrefix: /p', '    auth:', '      type: client_credentials', '      tokenUrl: https://a/t', '      clientId: c', '      clientSecret: ${NOT_SET_ANYWHERE}', ''].join('\n'));
+  writeFileSync(
+    join(dir, 'bad.yaml'),
+    [
+      'upstreams:',
+      '  - name: "bad name"',
+      '    target: http://example.com',
+      '    pathPrefix: /p',
+      '    auth:',
+      '      type: client_credentials',
+      '      tokenUrl: https://a/t',
+      '      clientId: c',
+      '      clientSecret: ${NOT_SET_ANYWHERE}',
+      '',
+    ].join('\n'),
+  );
 });
 
 afterAll(async () => {
@@ -132,7 +157,10 @@ describe('token-proxy command line', () => {
     const [, port, adminPort] = proxy.match;
     const ok = await curl([`http://127.0.0.1:${port}/partner/hello`]);
     expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, client: 'cli-client' });
-    expect(JSON.parse((await curl([`http://127.0.0.1:${adminPort}/readyz`])).stdout)).toMatchObject({ status: 'ready', tokens: [{ upstream: 'partner', state: 'valid' }] });
+    expect(JSON.parse((await curl([`http://127.0.0.1:${adminPort}/readyz`])).stdout)).toMatchObject({
+      status: 'ready',
+      tokens: [{ upstream: 'partner', state: 'valid' }],
+    });
 
     const slowArrived = slowPartnerPath(700);
     const slow = curl([`http://127.0.0.1:${port}/partner/slow`]);
@@ -144,7 +172,10 @@ describe('token-proxy command line', () => {
     await expect(curl([`http://127.0.0.1:${port}/partner/hello`])).rejects.toThrow(); // no longer listening
     expect(proxy.output()).not.toContain(SECRET);
     // Started as plain `node dist/cli.js`: without the image's heap floor, which it names.
-    const hints = proxy.stdout().split('\n').filter((l) => l.includes('"event":"runtime_hint"'));
+    const hints = proxy
+      .stdout()
+      .split('\n')
+      .filter((l) => l.includes('"event":"runtime_hint"'));
     expect(hints.map((l) => (JSON.parse(l) as { flag: string }).flag)).toEqual(['--initial-old-space-size=64']);
   });
 
@@ -176,13 +207,38 @@ describe('token-proxy command line', () => {
     expect(await exitCode(proxy.child)).toBe(0);
     partner.script = undefined;
 
-    const lines = proxy.stdout().split('\n').filter((l) => l !== '');
+    const lines = proxy
+      .stdout()
+      .split('\n')
+      .filter((l) => l !== '');
     const parsed = lines.map((l) => JSON.parse(l) as Record<string, unknown>); // every line whole
     const access = parsed.filter((l) => l['event'] === 'request');
-    expect(access.map((l) => l['requestId'])).toEqual([...Array.from({ length: burst }, (_, i) => `burst-${i}`), 'drained']);
+    expect(access.map((l) => l['requestId'])).toEqual([
+      ...Array.from({ length: burst }, (_, i) => `burst-${i}`),
+      'drained',
+    ]);
     for (const line of access) {
-      expect(Object.keys(line)).toEqual(['level', 'time', 'service', 'event', 'requestId', 'method', 'upstream', 'status', 'durationMs', 'retried', 'token', 'msg']);
-      expect(line).toMatchObject({ method: 'GET', upstream: 'partner', status: 200, retried: false, token: expect.stringMatching(/^[A-Za-z0-9_-]{12}$/) });
+      expect(Object.keys(line)).toEqual([
+        'level',
+        'time',
+        'service',
+        'event',
+        'requestId',
+        'method',
+        'upstream',
+        'status',
+        'durationMs',
+        'retried',
+        'token',
+        'msg',
+      ]);
+      expect(line).toMatchObject({
+        method: 'GET',
+        upstream: 'partner',
+        status: 200,
+        retried: false,
+        token: expect.stringMatching(/^[A-Za-z0-9_-]{12}$/),
+      });
       expect(new Date(line['time'] as string).toISOString()).toBe(line['time']);
     }
     expect(proxy.stdout()).not.toContain(SECRET);
@@ -213,7 +269,9 @@ describe('token-proxy command line', () => {
     expect(failed.code).toBe(1);
     expect(failed.stderr).toContain('FAILED: invalid_scope (HTTP 400)');
     expect(failed.stderr).toContain('partner says: scope orders.admin is not allowed');
-    expect((await cli(['token', 'nope', '--config', join(dir, 'proxy.yaml')], env)).stderr).toContain('no upstream named "nope"');
+    expect((await cli(['token', 'nope', '--config', join(dir, 'proxy.yaml')], env)).stderr).toContain(
+      'no upstream named "nope"',
+    );
   });
 
   it('ca init writes a CA usable as mitm (mode 0600), and refuses to overwrite it', async () => {
@@ -225,17 +283,27 @@ describe('token-proxy command line', () => {
     const again = await cli(['ca', 'init', '--out', out]);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain(join(out, 'ca.pem'));
-    writeFileSync(join(dir, 'mitm.yaml'), `${readFileSync(join(dir, 'proxy.yaml'), 'utf8')}mitm:\n  caCert: ca/ca.pem\n  caKey: ca/ca-key.pem\n`);
+    writeFileSync(
+      join(dir, 'mitm.yaml'),
+      `${readFileSync(join(dir, 'proxy.yaml'), 'utf8')}mitm:\n  caCert: ca/ca.pem\n  caKey: ca/ca-key.pem\n`,
+    );
     const checked = await cli(['check', '--config', join(dir, 'mitm.yaml')], { CLI_SECRET: SECRET });
     expect(checked.stdout).toContain('TLS interception: on');
-    writeFileSync(join(dir, 'wrong-key.yaml'), `${readFileSync(join(dir, 'proxy.yaml'), 'utf8')}mitm:\n  caCert: ca/ca.pem\n  caKey: ${pki.keyFile}\n`);
+    writeFileSync(
+      join(dir, 'wrong-key.yaml'),
+      `${readFileSync(join(dir, 'proxy.yaml'), 'utf8')}mitm:\n  caCert: ca/ca.pem\n  caKey: ${pki.keyFile}\n`,
+    );
     const mismatched = await cli(['check', '--config', join(dir, 'wrong-key.yaml')], { CLI_SECRET: SECRET });
     expect(mismatched.code).toBe(1);
     expect(mismatched.stderr).toContain(`mitm.caKey: ${pki.keyFile} does not belong to ca/ca.pem`);
   });
 
   it('runs the demo end to end on loopback and stops on SIGTERM', async () => {
-    const demo = await start(['demo', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'], {}, /curl -s (http:\/\/127\.0\.0\.1:\d+)\/partner\/hello/);
+    const demo = await start(
+      ['demo', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'],
+      {},
+      /curl -s (http:\/\/127\.0\.0\.1:\d+)\/partner\/hello/,
+    );
     const proxyUrl = demo.match[1] as string;
     const res = await curl([`${proxyUrl}/partner/hello`]);
     expect(JSON.parse(res.stdout)).toMatchObject({ ok: true, client: 'demo-client', scope: 'demo.read' });

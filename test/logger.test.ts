@@ -8,7 +8,8 @@ function sink() {
   const lines: Record<string, unknown>[] = [];
   const stream = new Writable({
     write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
+      for (const l of chunk.toString('utf8').split('\n'))
+        if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
       done();
     },
   });
@@ -19,7 +20,9 @@ function sink() {
  * Each entry written once by the access log and once by pino itself through the same logger: the
  * two raw lines of each, with the time field left out (the two calls may fall in different ms).
  */
-async function fastAndPinoLines(entries: readonly AccessLogEntry[]): Promise<{ count: number; pairs: [string, string][] }> {
+async function fastAndPinoLines(
+  entries: readonly AccessLogEntry[],
+): Promise<{ count: number; pairs: [string, string][] }> {
   const raw: string[] = [];
   const stream = new Writable({
     write(chunk: Buffer, _enc, done) {
@@ -34,11 +37,23 @@ async function fastAndPinoLines(entries: readonly AccessLogEntry[]): Promise<{ c
   }
   await new Promise((resolve) => setImmediate(resolve));
   const withoutTime = (line: string) => line.replace(/,"time":"[^"]+"/, '');
-  const pairs = entries.map((_, i): [string, string] => [withoutTime(raw[2 * i] as string), withoutTime(raw[2 * i + 1] as string)]);
+  const pairs = entries.map((_, i): [string, string] => [
+    withoutTime(raw[2 * i] as string),
+    withoutTime(raw[2 * i + 1] as string),
+  ]);
   return { count: raw.length, pairs };
 }
 
-const entry: AccessLogEntry = { requestId: 'abc-123', method: 'GET', upstream: 'partner', tenant: 'acme', status: 200, durationMs: 1.5, retried: false, token: 'AbCdEf012345' };
+const entry: AccessLogEntry = {
+  requestId: 'abc-123',
+  method: 'GET',
+  upstream: 'partner',
+  tenant: 'acme',
+  status: 200,
+  durationMs: 1.5,
+  retried: false,
+  token: 'AbCdEf012345',
+};
 
 afterEach(() => {
   vi.useRealTimers();
@@ -49,7 +64,10 @@ describe('cachedIsoTime', () => {
     let now = 0;
     const time = cachedIsoTime(() => now);
     vi.useFakeTimers();
-    for (const t of [0, 7, 42, 999, 1_000, 1_001, 59_999, 60_000, 1_767_225_599_999, 1_767_225_600_000, 1_767_225_600_050, 1_767_225_599_998]) {
+    for (const t of [
+      0, 7, 42, 999, 1_000, 1_001, 59_999, 60_000, 1_767_225_599_999, 1_767_225_600_000, 1_767_225_600_050,
+      1_767_225_599_998,
+    ]) {
       now = t;
       vi.setSystemTime(t);
       expect(time()).toBe(pino.stdTimeFunctions.isoTime());
@@ -74,8 +92,23 @@ describe('access log', () => {
   it('writes the same bytes as pino would, for awkward values and absent fields too', async () => {
     const cases: AccessLogEntry[] = [
       entry,
-      { ...entry, tenant: 'quote " backslash \\ newline \n tab \t nul \u0000 é 😀', retried: true, status: 502, durationMs: 12_345.6 },
-      { requestId: 'r', method: undefined, upstream: 'u', tenant: undefined, status: 401, durationMs: 0, retried: false, token: undefined },
+      {
+        ...entry,
+        tenant: 'quote " backslash \\ newline \n tab \t nul \u0000 é 😀',
+        retried: true,
+        status: 502,
+        durationMs: 12_345.6,
+      },
+      {
+        requestId: 'r',
+        method: undefined,
+        upstream: 'u',
+        tenant: undefined,
+        status: 401,
+        durationMs: 0,
+        retried: false,
+        token: undefined,
+      },
     ];
     const { count, pairs } = await fastAndPinoLines(cases);
     expect(count).toBe(2 * cases.length);
@@ -91,13 +124,33 @@ describe('access log', () => {
     const text = fc.oneof(
       fc.stringMatching(/^[\w.:-]{0,40}$/),
       fc.string({ unit: 'binary', maxLength: 20 }),
-      fc.tuple(fc.stringMatching(/^[\w-]{0,8}$/), fc.constantFrom('"', '\\', '\n', '\u0000', '\u001f', 'é', '\ud800', ' ')).map(([w, c]) => `${w}${c}${w}`),
+      fc
+        .tuple(
+          fc.stringMatching(/^[\w-]{0,8}$/),
+          fc.constantFrom('"', '\\', '\n', '\u0000', '\u001f', 'é', '\ud800', ' '),
+        )
+        .map(([w, c]) => `${w}${c}${w}`),
     );
     const entries = fc.sample(
-      fc.record({ requestId: text, method: fc.option(text, { nil: undefined }), upstream: text, tenant: fc.option(text, { nil: undefined }), token: fc.option(text, { nil: undefined }) }),
+      fc.record({
+        requestId: text,
+        method: fc.option(text, { nil: undefined }),
+        upstream: text,
+        tenant: fc.option(text, { nil: undefined }),
+        token: fc.option(text, { nil: undefined }),
+      }),
       { numRuns: 500, seed: 8 },
     );
-    const cases = entries.map((e): AccessLogEntry => ({ requestId: e.requestId, method: e.method, upstream: e.upstream, tenant: e.tenant, status: 200, durationMs: 1.5, retried: false, token: e.token }));
+    const cases = entries.map((e): AccessLogEntry => ({
+      requestId: e.requestId,
+      method: e.method,
+      upstream: e.upstream,
+      tenant: e.tenant,
+      status: 200,
+      durationMs: 1.5,
+      retried: false,
+      token: e.token,
+    }));
     const plain = entries.filter((e) => /^[\w.:-]*$/.test(e.requestId)).length;
     expect(plain).toBeGreaterThan(100);
     expect(plain).toBeLessThan(400);
@@ -111,6 +164,8 @@ describe('access log', () => {
     const logger = pino({ redact: ['token'] }, stream);
     accessLogFor(logger)?.(entry);
     await new Promise((resolve) => setImmediate(resolve));
-    expect(lines).toEqual([expect.objectContaining({ event: 'request', requestId: 'abc-123', token: '[Redacted]', msg: 'request' })]);
+    expect(lines).toEqual([
+      expect.objectContaining({ event: 'request', requestId: 'abc-123', token: '[Redacted]', msg: 'request' }),
+    ]);
   });
 });

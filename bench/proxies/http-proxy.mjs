@@ -5,7 +5,11 @@ import process from 'node:process';
 import httpProxy from 'http-proxy';
 
 const agent = new Agent({ keepAlive: true }); // without an agent http-proxy sends `Connection: close`
-const proxy = httpProxy.createProxyServer({ target: process.env.TARGET, agent, headers: { authorization: process.env.AUTHORIZATION } });
+const proxy = httpProxy.createProxyServer({
+  target: process.env.TARGET,
+  agent,
+  headers: { authorization: process.env.AUTHORIZATION },
+});
 proxy.on('error', (_err, _req, res) => {
   if (!res.headersSent) res.writeHead(502);
   res.end();

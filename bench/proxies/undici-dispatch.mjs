@@ -10,7 +10,17 @@ const target = new URL(process.env.TARGET);
 const authorization = process.env.AUTHORIZATION;
 const pool = new Pool(target.origin, { keepAliveTimeout: 30_000 });
 // Hop-by-hop fields (undici rejects some of them outright), plus those replaced here.
-const DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host', 'authorization']);
+const DROP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'host',
+  'authorization',
+]);
 
 const server = createServer((req, res) => {
   const headers = [];

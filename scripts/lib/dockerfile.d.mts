@@ -9,14 +9,30 @@ export interface Stage {
   readonly user: string;
   readonly entrypoint: { readonly exec: boolean; readonly words: readonly string[] } | undefined;
   readonly cmd: { readonly exec: boolean; readonly words: readonly string[] } | undefined;
-  readonly healthcheck: { readonly exec: boolean; readonly words: readonly string[]; readonly options: Readonly<Record<string, string>> } | undefined;
+  readonly healthcheck:
+    | { readonly exec: boolean; readonly words: readonly string[]; readonly options: Readonly<Record<string, string>> }
+    | undefined;
   readonly expose: readonly string[];
   readonly inherited: { readonly workdir: string; readonly env: ReadonlyMap<string, string> } | undefined;
   readonly steps: readonly (
     | { readonly kind: 'workdir'; readonly line: number; readonly path: string }
     | { readonly kind: 'env'; readonly line: number; readonly env: ReadonlyMap<string, string> }
-    | { readonly kind: 'copy'; readonly line: number; readonly from: string; readonly chown: string; readonly chmod: string; readonly dest: string; readonly sources: readonly string[] }
-    | { readonly kind: 'run'; readonly line: number; readonly user: string; readonly exec: boolean; readonly words: readonly string[] }
+    | {
+        readonly kind: 'copy';
+        readonly line: number;
+        readonly from: string;
+        readonly chown: string;
+        readonly chmod: string;
+        readonly dest: string;
+        readonly sources: readonly string[];
+      }
+    | {
+        readonly kind: 'run';
+        readonly line: number;
+        readonly user: string;
+        readonly exec: boolean;
+        readonly words: readonly string[];
+      }
   )[];
 }
 export interface IgnorePattern {

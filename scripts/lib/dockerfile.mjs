@@ -11,7 +11,17 @@
 // Only what this repository's Dockerfile needs, and a little more, is understood; anything else
 // (ADD, SHELL, ONBUILD, heredocs, RUN --mount other than a cache) is refused with its line number,
 // so the replay never silently differs from a real build.
-import { chmodSync, chownSync, cpSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  statSync,
+} from 'node:fs';
 import { builtinModules, createRequire } from 'node:module';
 import { basename, dirname, join, posix, relative, sep } from 'node:path';
 import process from 'node:process';
@@ -36,7 +46,12 @@ export function logicalLines(text) {
   let start = 0;
   lines.forEach((raw, i) => {
     const trimmed = raw.trim();
-    if (/^#\s*escape\s*=/i.test(trimmed) && out.length === 0 && current === null && !/^#\s*escape\s*=\s*\\\s*$/i.test(trimmed)) {
+    if (
+      /^#\s*escape\s*=/i.test(trimmed) &&
+      out.length === 0 &&
+      current === null &&
+      !/^#\s*escape\s*=\s*\\\s*$/i.test(trimmed)
+    ) {
       throw new DockerfileError(`line ${i + 1}: only the default escape character "\\" is supported`);
     }
     // Comment lines are removed even inside a continuation; so are empty lines.
@@ -106,13 +121,16 @@ export function shellWords(text) {
 
 /** $VAR, ${VAR}, ${VAR:-default} and ${VAR:+alternative}, from ARG and ENV values; \$ is a literal $. */
 export function substitute(text, vars) {
-  return text.replace(/\\\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g, (whole, name, op, word, bare) => {
-    if (whole === '\\$') return '$';
-    const value = vars.get(name ?? bare);
-    if (op === '-') return value === undefined || value === '' ? word : value;
-    if (op === '+') return value === undefined || value === '' ? '' : word;
-    return value ?? '';
-  });
+  return text.replace(
+    /\\\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g,
+    (whole, name, op, word, bare) => {
+      if (whole === '\\$') return '$';
+      const value = vars.get(name ?? bare);
+      if (op === '-') return value === undefined || value === '' ? word : value;
+      if (op === '+') return value === undefined || value === '' ? '' : word;
+      return value ?? '';
+    },
+  );
 }
 
 function flagsAndRest(args) {
@@ -160,7 +178,8 @@ export function parseDockerfile(text) {
     const keyword = m[1].toUpperCase();
     const args = m[2].trim();
     const at = (message) => new DockerfileError(`line ${line}: ${keyword}: ${message}`);
-    if (/<<-?["']?[A-Za-z_]/.test(args) && (keyword === 'RUN' || keyword === 'COPY')) throw at('heredocs are not supported by the replay');
+    if (/<<-?["']?[A-Za-z_]/.test(args) && (keyword === 'RUN' || keyword === 'COPY'))
+      throw at('heredocs are not supported by the replay');
     if (keyword === 'ARG' && stage === null) {
       for (const word of shellWords(args)) {
         const [name, ...value] = word.split('=');
@@ -171,7 +190,8 @@ export function parseDockerfile(text) {
     if (keyword === 'FROM') {
       const { rest } = flagsAndRest(args);
       const words = shellWords(substitute(rest, globalArgs));
-      if (words.length !== 1 && !(words.length === 3 && words[1].toUpperCase() === 'AS')) throw at(`expected "FROM image [AS name]", got "${args}"`);
+      if (words.length !== 1 && !(words.length === 3 && words[1].toUpperCase() === 'AS'))
+        throw at(`expected "FROM image [AS name]", got "${args}"`);
       const base = words[0];
       const parent = stages.find((s) => s.name === base);
       stage = newStage(stages.length, words[2] ?? String(stages.length), base, parent);
@@ -240,14 +260,16 @@ export function parseDockerfile(text) {
       case 'RUN': {
         const { flags, rest } = flagsAndRest(args);
         for (const [flag, value] of flags) {
-          if (!(flag === 'mount' && /(^|,)type=cache(,|$)/.test(value))) throw at(`--${flag}=${value} is not supported by the replay`);
+          if (!(flag === 'mount' && /(^|,)type=cache(,|$)/.test(value)))
+            throw at(`--${flag}=${value} is not supported by the replay`);
         }
         const exec = execForm(rest);
         const words = exec ?? [rest];
         // A RUN step is replayed on this machine inside the stage's directory: an absolute path
         // would reach this machine's own files instead of the image's.
         const absolute = words.find((w) => /(^|[\s;&|=('"`])\/(?!dev\/null\b)/.test(w));
-        if (absolute !== undefined) throw at(`uses an absolute path ("${absolute}"): the replay runs RUN steps on this machine and refuses that`);
+        if (absolute !== undefined)
+          throw at(`uses an absolute path ("${absolute}"): the replay runs RUN steps on this machine and refuses that`);
         stage.steps.push({ kind: 'run', line, user: stage.user, exec: exec !== undefined, words });
         break;
       }
@@ -309,7 +331,8 @@ export function plan(stages) {
     for (const step of stage.steps) {
       if (step.kind === 'workdir') call('df_workdir', step.line, step.path);
       else if (step.kind === 'env') call('df_env', step.line, ...[...step.env].map(([k, v]) => `${k}=${v}`));
-      else if (step.kind === 'copy') call('df_copy', step.line, step.from, step.chown, step.chmod, step.dest, ...step.sources);
+      else if (step.kind === 'copy')
+        call('df_copy', step.line, step.from, step.chown, step.chmod, step.dest, ...step.sources);
       else if (step.kind === 'run') call('df_run', step.line, step.user, step.exec ? 'exec' : 'shell', ...step.words);
     }
   }
@@ -350,7 +373,10 @@ function patternRegExp(pattern) {
       if (end < 0) {
         re += '\\[';
       } else {
-        re += `[${pattern.slice(i + 1, end).replace(/^\^|^!/, '^').replace(/\\/g, '\\\\')}]`;
+        re += `[${pattern
+          .slice(i + 1, end)
+          .replace(/^\^|^!/, '^')
+          .replace(/\\/g, '\\\\')}]`;
         i = end;
       }
     } else if (c === '\\' && i + 1 < pattern.length) re += `\\${pattern[++i]}`;
@@ -436,7 +462,8 @@ function expandSource(root, source) {
       }
       if (!existsSync(join(root, dir)) || !statSync(join(root, dir)).isDirectory()) continue;
       const re = patternRegExp(part);
-      for (const name of readdirSync(join(root, dir)).sort()) if (re.test(name)) next.push(dir === '.' ? name : `${dir}/${name}`);
+      for (const name of readdirSync(join(root, dir)).sort())
+        if (re.test(name)) next.push(dir === '.' ? name : `${dir}/${name}`);
     }
     matches = next;
   }
@@ -465,7 +492,11 @@ export function copyStep({ sourceRoot, sourceLabel, stageRoot, dest, sources, ch
   if (problems.length > 0) throw new DockerfileError(problems.join('; '));
   const all = expanded.flat();
   const destPath = join(stageRoot, dest);
-  const destIsDir = dest.endsWith('/') || all.length > 1 || sources.some(hasWildcard) || (existsSync(destPath) && statSync(destPath).isDirectory());
+  const destIsDir =
+    dest.endsWith('/') ||
+    all.length > 1 ||
+    sources.some(hasWildcard) ||
+    (existsSync(destPath) && statSync(destPath).isDirectory());
   const written = [];
   for (const rel of all) {
     const from = join(sourceRoot, rel);
@@ -485,12 +516,14 @@ export function copyStep({ sourceRoot, sourceLabel, stageRoot, dest, sources, ch
     if (lstatSync(path).isDirectory()) for (const e of readdirSync(path)) walkAll(join(path, e), fn);
   };
   if (chmod !== '') {
-    if (!/^[0-7]{3,4}$/.test(chmod)) throw new DockerfileError(`--chmod=${chmod}: only octal modes are supported by the replay`);
+    if (!/^[0-7]{3,4}$/.test(chmod))
+      throw new DockerfileError(`--chmod=${chmod}: only octal modes are supported by the replay`);
     for (const w of written) walkAll(w, (p) => chmodSync(p, Number.parseInt(chmod, 8)));
   }
   if (chown !== '' && process.getuid?.() === 0) {
     const [u, g = u] = chown.split(':');
-    if (!/^\d+$/.test(u) || !/^\d+$/.test(g)) throw new DockerfileError(`--chown=${chown}: only numeric ids are supported by the replay`);
+    if (!/^\d+$/.test(u) || !/^\d+$/.test(g))
+      throw new DockerfileError(`--chown=${chown}: only numeric ids are supported by the replay`);
     for (const w of written) walkAll(w, (p) => chownSync(p, Number(u), Number(g)));
   }
 }
@@ -524,7 +557,8 @@ export function unresolvedImports(appDir) {
     const code = readFileSync(file, 'utf8');
     const require = createRequire(file);
     const check = (spec, list) => {
-      if (spec.startsWith('.') || spec.startsWith('/') || spec.startsWith('node:') || builtinModules.includes(spec)) return;
+      if (spec.startsWith('.') || spec.startsWith('/') || spec.startsWith('node:') || builtinModules.includes(spec))
+        return;
       const name = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0];
       try {
         require.resolve(`${name}/package.json`);
@@ -555,7 +589,8 @@ function main(argv) {
         break;
       case 'context': {
         const [src, dst, ignoreFile] = rest;
-        const patterns = ignoreFile !== undefined && existsSync(ignoreFile) ? parseDockerignore(readFileSync(ignoreFile, 'utf8')) : [];
+        const patterns =
+          ignoreFile !== undefined && existsSync(ignoreFile) ? parseDockerignore(readFileSync(ignoreFile, 'utf8')) : [];
         copyContext(src, dst, patterns);
         break;
       }
@@ -568,7 +603,9 @@ function main(argv) {
             if (step.kind !== 'copy' || step.from !== '') continue;
             for (const source of step.sources) {
               if (expandSource(context, source).length === 0) {
-                problems.push(`${basename(dockerfile)}:${step.line}: COPY source "${source}" is not in the build context (missing from the checkout, or excluded by .dockerignore)`);
+                problems.push(
+                  `${basename(dockerfile)}:${step.line}: COPY source "${source}" is not in the build context (missing from the checkout, or excluded by .dockerignore)`,
+                );
               }
             }
           }
@@ -597,7 +634,8 @@ function main(argv) {
         fail(`dockerfile.mjs: unknown command "${command}"`);
     }
   } catch (err) {
-    if (err instanceof DockerfileError) fail(`${command === 'plan' || command === 'preflight' ? basename(rest[0]) : 'Dockerfile'}: ${err.message}`);
+    if (err instanceof DockerfileError)
+      fail(`${command === 'plan' || command === 'preflight' ? basename(rest[0]) : 'Dockerfile'}: ${err.message}`);
     throw err;
   }
 }

@@ -20,9 +20,19 @@ function exactlyOne(ctx: z.RefinementCtx, value: unknown, file: unknown, name: s
 
 /** Lifetime and timing settings every grant shares. */
 const timing = {
-  defaultTokenLifetimeSeconds: z.number().positive().default(DEFAULT_TOKEN_LIFETIME_SECONDS).describe('lifetime assumed when the response has neither an expiry nor a JWT exp'),
-  clockSkewSeconds: z.number().min(0).default(DEFAULT_CLOCK_SKEW_SECONDS).describe('stop using a token this long before it expires (capped at a quarter of its lifetime)'),
-  requestTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_REQUEST_TIMEOUT_SECONDS).describe('time limit for one token endpoint call'),
+  defaultTokenLifetimeSeconds: z
+    .number()
+    .positive()
+    .default(DEFAULT_TOKEN_LIFETIME_SECONDS)
+    .describe('lifetime assumed when the response has neither an expiry nor a JWT exp'),
+  clockSkewSeconds: z
+    .number()
+    .min(0)
+    .default(DEFAULT_CLOCK_SKEW_SECONDS)
+    .describe('stop using a token this long before it expires (capped at a quarter of its lifetime)'),
+  requestTimeoutSeconds: positiveSeconds
+    .default(DEFAULT_TOKEN_REQUEST_TIMEOUT_SECONDS)
+    .describe('time limit for one token endpoint call'),
 };
 
 /** RFC 8705 client certificate, for a token endpoint that wants mTLS (also `upstreams[].mtls`). */
@@ -43,7 +53,9 @@ const oauthClient = {
   clientAuth: z
     .enum(['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth', 'none'])
     .default('client_secret_basic')
-    .describe('client authentication at the token endpoint: RFC 6749 §2.3.1, RFC 7523 (private_key_jwt), RFC 8705 (tls_client_auth), or none (public client)'),
+    .describe(
+      'client authentication at the token endpoint: RFC 6749 §2.3.1, RFC 7523 (private_key_jwt), RFC 8705 (tls_client_auth), or none (public client)',
+    ),
   privateKey: z
     .strictObject({
       file: z.string().min(1).describe('PEM (PKCS#8) private key that signs client assertions'),
@@ -58,17 +70,34 @@ const oauthClient = {
   ...timing,
 };
 
-function checkClient(auth: { clientAuth: string; clientSecret?: string | undefined; clientSecretFile?: string | undefined; privateKey?: unknown; mtls?: unknown }, ctx: z.RefinementCtx): void {
+function checkClient(
+  auth: {
+    clientAuth: string;
+    clientSecret?: string | undefined;
+    clientSecretFile?: string | undefined;
+    privateKey?: unknown;
+    mtls?: unknown;
+  },
+  ctx: z.RefinementCtx,
+): void {
   const secretAuth = auth.clientAuth === 'client_secret_basic' || auth.clientAuth === 'client_secret_post';
   exactlyOne(ctx, auth.clientSecret, auth.clientSecretFile, 'clientSecret', secretAuth);
   if (!secretAuth && (auth.clientSecret !== undefined || auth.clientSecretFile !== undefined)) {
-    ctx.addIssue({ code: 'custom', path: ['clientSecret'], message: `not used with clientAuth ${auth.clientAuth}: remove it` });
+    ctx.addIssue({
+      code: 'custom',
+      path: ['clientSecret'],
+      message: `not used with clientAuth ${auth.clientAuth}: remove it`,
+    });
   }
   if (auth.clientAuth === 'private_key_jwt' && auth.privateKey === undefined) {
     ctx.addIssue({ code: 'custom', path: ['privateKey'], message: 'clientAuth private_key_jwt needs privateKey.file' });
   }
   if (auth.clientAuth === 'tls_client_auth' && auth.mtls === undefined) {
-    ctx.addIssue({ code: 'custom', path: ['mtls'], message: 'clientAuth tls_client_auth needs mtls.cert and mtls.key' });
+    ctx.addIssue({
+      code: 'custom',
+      path: ['mtls'],
+      message: 'clientAuth tls_client_auth needs mtls.cert and mtls.key',
+    });
   }
 }
 
@@ -95,7 +124,11 @@ const refreshToken = z
   .strictObject({
     type: z.literal('refresh_token'),
     ...oauthClient,
-    refreshToken: z.string().min(1).optional().describe('a long-lived refresh token; rotated ones replace it in memory'),
+    refreshToken: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('a long-lived refresh token; rotated ones replace it in memory'),
     refreshTokenFile: z.string().min(1).optional(),
   })
   .superRefine((auth, ctx) => {
@@ -112,9 +145,15 @@ const responseFields = z
     expiresAt: z.string().min(1).optional().describe('ISO-8601 date or epoch seconds'),
     expiresIn: z.string().min(1).optional().describe('seconds from now'),
   })
-  .default({ accessToken: 'data.access_token', refreshToken: 'data.refresh_token', expiresAt: 'data.access_expires_at' });
+  .default({
+    accessToken: 'data.access_token',
+    refreshToken: 'data.refresh_token',
+    expiresAt: 'data.access_expires_at',
+  });
 
-const jsonTemplate = z.record(z.string(), z.unknown()).describe('JSON body; the strings {{username}}, {{password}} and {{refreshToken}} are filled in');
+const jsonTemplate = z
+  .record(z.string(), z.unknown())
+  .describe('JSON body; the strings {{username}}, {{password}} and {{refreshToken}} are filled in');
 
 const login = z
   .strictObject({
@@ -154,9 +193,17 @@ export const tenantsSchema = z
   .strictObject({
     from: z
       .string()
-      .regex(/^(proxyAuthUser|header:[A-Za-z0-9-]+|jwtClaim:[A-Za-z0-9_.:-]+)$/, 'proxyAuthUser, header:<Header-Name> or jwtClaim:<claim>')
-      .describe('where the tenant name comes from: the proxy user (forward mode), a header set by a trusted gateway, or a claim of the validated caller JWT (inbound.jwt)'),
-    credentials: z.record(z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'tenant names: letters, digits, "_", "." and "-"'), tenantCredentialsSchema),
+      .regex(
+        /^(proxyAuthUser|header:[A-Za-z0-9-]+|jwtClaim:[A-Za-z0-9_.:-]+)$/,
+        'proxyAuthUser, header:<Header-Name> or jwtClaim:<claim>',
+      )
+      .describe(
+        'where the tenant name comes from: the proxy user (forward mode), a header set by a trusted gateway, or a claim of the validated caller JWT (inbound.jwt)',
+      ),
+    credentials: z.record(
+      z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'tenant names: letters, digits, "_", "." and "-"'),
+      tenantCredentialsSchema,
+    ),
   })
   .describe('one token (and credentials) per tenant; unknown tenants are refused');
 

@@ -37,7 +37,11 @@ export interface RedisSettings {
 }
 
 export interface Config extends Omit<ParsedConfig, 'upstreams' | 'mitm' | 'inbound' | 'tokenCache'> {
-  readonly tokenCache: { readonly maxEntries: number; readonly refreshBeforeExpirySeconds: number; readonly redis: RedisSettings | undefined };
+  readonly tokenCache: {
+    readonly maxEntries: number;
+    readonly refreshBeforeExpirySeconds: number;
+    readonly redis: RedisSettings | undefined;
+  };
   readonly upstreams: readonly UpstreamConfig[];
   /** PEM text of the interception CA, read at load time. */
   readonly mitm: { readonly caCertPem: string; readonly caKeyPem: string } | undefined;
@@ -100,7 +104,8 @@ function issuesToProblems(issues: readonly z.core.$ZodIssue[]): string[] {
 function readCaBundle(file: string | undefined, baseDir: string, path: string, problems: string[]): string | undefined {
   if (file === undefined) return undefined;
   const pem = readText(resolve(baseDir, file), path, problems);
-  if (pem !== undefined && !pem.includes('-----BEGIN CERTIFICATE-----')) problems.push(`${path}: ${file} holds no PEM certificate`);
+  if (pem !== undefined && !pem.includes('-----BEGIN CERTIFICATE-----'))
+    problems.push(`${path}: ${file} holds no PEM certificate`);
   return pem;
 }
 
@@ -121,13 +126,21 @@ function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems
   return { ...u, ca, mtls, auth, tenants };
 }
 
-function resolveRedis(redis: ParsedConfig['tokenCache']['redis'], baseDir: string, problems: string[]): RedisSettings | undefined {
+function resolveRedis(
+  redis: ParsedConfig['tokenCache']['redis'],
+  baseDir: string,
+  problems: string[],
+): RedisSettings | undefined {
   if (redis === undefined) return undefined;
   const { encryptionKeyFile, encryptionKey, url, sentinel, cluster, ca, ...rest } = redis;
-  const key = encryptionKey ?? readSecretFile(encryptionKeyFile ?? '', baseDir, 'tokenCache.redis.encryptionKeyFile', problems) ?? '';
+  const key =
+    encryptionKey ??
+    readSecretFile(encryptionKeyFile ?? '', baseDir, 'tokenCache.redis.encryptionKeyFile', problems) ??
+    '';
   const check = (value: string, path: string) => {
     const bytes = Buffer.from(value, 'base64').length;
-    if (bytes !== 32) problems.push(`${path}: must be 32 bytes in base64 (openssl rand -base64 32), got ${bytes} bytes`);
+    if (bytes !== 32)
+      problems.push(`${path}: must be 32 bytes in base64 (openssl rand -base64 32), got ${bytes} bytes`);
   };
   if (key !== '') check(key, 'tokenCache.redis.encryptionKey');
   rest.previousEncryptionKeys.forEach((k, i) => check(k, `tokenCache.redis.previousEncryptionKeys[${i}]`));
@@ -143,7 +156,8 @@ function resolveMitm(mitm: ParsedConfig['mitm'], baseDir: string, problems: stri
   try {
     const cert = new X509Certificate(caCertPem);
     if (!cert.ca) problems.push(`mitm.caCert: ${mitm.caCert} is not a CA certificate (basicConstraints CA:TRUE)`);
-    else if (!cert.checkPrivateKey(createPrivateKey(caKeyPem))) problems.push(`mitm.caKey: ${mitm.caKey} does not belong to ${mitm.caCert}`);
+    else if (!cert.checkPrivateKey(createPrivateKey(caKeyPem)))
+      problems.push(`mitm.caKey: ${mitm.caKey} does not belong to ${mitm.caCert}`);
   } catch (err) {
     problems.push(`mitm: cannot read the CA certificate or key (${(err as Error).message})`);
   }
@@ -153,10 +167,27 @@ function resolveMitm(mitm: ParsedConfig['mitm'], baseDir: string, problems: stri
 function resolveInbound(inbound: ParsedConfig['inbound'], baseDir: string, problems: string[]): Config['inbound'] {
   const users = inbound.proxyAuth?.users.map((u, i) => ({
     name: u.name,
-    password: u.password ?? readSecretFile(u.passwordFile ?? '', baseDir, `inbound.proxyAuth.users[${i}].passwordFile`, problems) ?? '',
+    password:
+      u.password ??
+      readSecretFile(u.passwordFile ?? '', baseDir, `inbound.proxyAuth.users[${i}].passwordFile`, problems) ??
+      '',
   }));
-  const jwt = inbound.jwt === undefined ? undefined : { ...inbound.jwt, ca: inbound.jwt.ca === undefined ? undefined : readText(resolve(baseDir, inbound.jwt.ca), 'inbound.jwt.ca', problems) };
-  return { jwt, allowCidrs: inbound.allowCidrs, proxyAuth: users === undefined ? undefined : { users }, allowAnyone: inbound.allowAnyone };
+  const jwt =
+    inbound.jwt === undefined
+      ? undefined
+      : {
+          ...inbound.jwt,
+          ca:
+            inbound.jwt.ca === undefined
+              ? undefined
+              : readText(resolve(baseDir, inbound.jwt.ca), 'inbound.jwt.ca', problems),
+        };
+  return {
+    jwt,
+    allowCidrs: inbound.allowCidrs,
+    proxyAuth: users === undefined ? undefined : { users },
+    allowAnyone: inbound.allowAnyone,
+  };
 }
 
 function deepFreeze<T>(value: T): T {
@@ -171,14 +202,18 @@ function deepFreeze<T>(value: T): T {
  * Validates a parsed document (YAML or JSON, already turned into plain data) into a new, frozen
  * Config. Every problem is collected and reported at once, each with its path.
  */
-export function buildConfig(document: unknown, options: { env?: Env; baseDir?: string; overrides?: ConfigOverrides } = {}): Config {
+export function buildConfig(
+  document: unknown,
+  options: { env?: Env; baseDir?: string; overrides?: ConfigOverrides } = {},
+): Config {
   const envProblems = new Map<string, string>();
   const substituted = substituteEnv(document ?? {}, options.env ?? process.env, [], envProblems);
   const withOverrides = applyOverrides(substituted, options.overrides ?? {});
   const parsed = configSchema.safeParse(withOverrides);
   const problems = [...envProblems.values()];
   // A value left empty by an unset variable is reported once, as the variable.
-  if (!parsed.success) problems.push(...issuesToProblems(parsed.error.issues.filter((i) => !envProblems.has(formatPath(i.path)))));
+  if (!parsed.success)
+    problems.push(...issuesToProblems(parsed.error.issues.filter((i) => !envProblems.has(formatPath(i.path)))));
   problems.push(...crossFieldProblems(withOverrides));
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
   const baseDir = options.baseDir ?? process.cwd();

@@ -21,7 +21,10 @@ const nodeAccess = {
 const sentinelSchema = z
   .strictObject({
     masterName: z.string().min(1).describe('the master group the Sentinels watch (`sentinel monitor <name> ...`)'),
-    sentinels: z.array(redisNode).min(1).describe('Sentinel addresses, host:port; the client asks them for the current master and follows failovers'),
+    sentinels: z
+      .array(redisNode)
+      .min(1)
+      .describe('Sentinel addresses, host:port; the client asks them for the current master and follows failovers'),
     db: z.number().int().min(0).default(0),
     ...nodeAccess,
     sentinelUsername: z.string().min(1).optional(),
@@ -45,28 +48,63 @@ export const redisSchema = z
       .describe('one server: redis://[user:password@]host:6379/0, or rediss:// for TLS'),
     sentinel: sentinelSchema.optional(),
     cluster: clusterSchema.optional(),
-    ca: z.string().min(1).optional().describe('PEM file of the CA that signed the Redis certificates (with rediss:// or tls: true)'),
+    ca: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('PEM file of the CA that signed the Redis certificates (with rediss:// or tls: true)'),
     keyPrefix: z
       .string()
       .regex(/^[^{}]*$/, 'must not contain { or }: the keys carry a Redis Cluster hash tag of their own')
       .default('token-proxy:'),
-    encryptionKey: z.string().min(1).optional().describe('32 random bytes, base64 (openssl rand -base64 32); use ${ENV_VAR}'),
+    encryptionKey: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('32 random bytes, base64 (openssl rand -base64 32); use ${ENV_VAR}'),
     encryptionKeyFile: z.string().min(1).optional(),
-    previousEncryptionKeys: z.array(z.string().min(1)).default([]).describe('older keys, still accepted for reading, while rotating'),
-    lockTimeoutMs: z.number().int().positive().max(MAX_TIMER_SECONDS * 1000, TIMER_LIMIT_MESSAGE).default(10_000).describe('refresh lock expiry: how soon a crashed lock holder is replaced'),
-    refreshTokenTtlSeconds: z.number().positive().default(86_400).describe('how long entries with a refresh token live when the server does not say'),
+    previousEncryptionKeys: z
+      .array(z.string().min(1))
+      .default([])
+      .describe('older keys, still accepted for reading, while rotating'),
+    lockTimeoutMs: z
+      .number()
+      .int()
+      .positive()
+      .max(MAX_TIMER_SECONDS * 1000, TIMER_LIMIT_MESSAGE)
+      .default(10_000)
+      .describe('refresh lock expiry: how soon a crashed lock holder is replaced'),
+    refreshTokenTtlSeconds: z
+      .number()
+      .positive()
+      .default(86_400)
+      .describe('how long entries with a refresh token live when the server does not say'),
   })
   .superRefine((r, ctx) => {
     if (Number(r.encryptionKey !== undefined) + Number(r.encryptionKeyFile !== undefined) !== 1) {
-      ctx.addIssue({ code: 'custom', path: ['encryptionKey'], message: 'set exactly one of encryptionKey or encryptionKeyFile: tokens are never stored in Redis unencrypted' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['encryptionKey'],
+        message: 'set exactly one of encryptionKey or encryptionKeyFile: tokens are never stored in Redis unencrypted',
+      });
     }
     const forms = [r.url, r.sentinel, r.cluster].filter((f) => f !== undefined).length;
     if (forms !== 1) {
-      ctx.addIssue({ code: 'custom', path: ['url'], message: 'set exactly one of url (one server), sentinel or cluster' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['url'],
+        message: 'set exactly one of url (one server), sentinel or cluster',
+      });
     }
     const tls = r.url?.startsWith('rediss://') === true || r.sentinel?.tls === true || r.cluster?.tls === true;
     if (r.ca !== undefined && !tls) {
-      ctx.addIssue({ code: 'custom', path: ['ca'], message: 'a CA only applies to TLS: use a rediss:// url, or tls: true' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['ca'],
+        message: 'a CA only applies to TLS: use a rediss:// url, or tls: true',
+      });
     }
   })
-  .describe('share tokens between replicas through Redis: one server, Sentinel or Cluster (entries encrypted with AES-256-GCM)');
+  .describe(
+    'share tokens between replicas through Redis: one server, Sentinel or Cluster (entries encrypted with AES-256-GCM)',
+  );

@@ -22,7 +22,8 @@ function typeOf(s: Schema): string {
   if (s.const !== undefined) return JSON.stringify(s.const);
   if (s.enum !== undefined) return s.enum.map((e) => JSON.stringify(e)).join(' \\| ');
   if (s.type === 'array') return `list of ${s.items === undefined ? 'values' : typeOf(s.items)}`;
-  if (s.type === 'object' && s.properties === undefined && typeof s.additionalProperties === 'object') return `map of ${typeOf(s.additionalProperties)}`;
+  if (s.type === 'object' && s.properties === undefined && typeof s.additionalProperties === 'object')
+    return `map of ${typeOf(s.additionalProperties)}`;
   if (Array.isArray(s.type)) return s.type.join(' \\| ');
   return s.type ?? 'value';
 }
@@ -55,7 +56,11 @@ function walk(path: string, s: Schema, required: boolean, out: string[]): void {
     for (const [name, child] of Object.entries(s.properties)) {
       walk(path === '' ? name : `${path}.${name}`, child, s.required?.includes(name) ?? false, out);
     }
-  } else if (s.type === 'array' && s.items !== undefined && (s.items.properties !== undefined || s.items.oneOf !== undefined || s.items.anyOf !== undefined)) {
+  } else if (
+    s.type === 'array' &&
+    s.items !== undefined &&
+    (s.items.properties !== undefined || s.items.oneOf !== undefined || s.items.anyOf !== undefined)
+  ) {
     walk(`${path}[]`, s.items, false, out);
   } else if (typeof s.additionalProperties === 'object' && s.additionalProperties.properties !== undefined) {
     walk(`${path}.<name>`, s.additionalProperties, false, out);

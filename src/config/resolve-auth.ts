@@ -17,14 +17,16 @@ interface Timing {
   readonly requestTimeoutSeconds: number;
 }
 
-export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'tls_client_auth' | 'none';
+export type ClientAuthMethod =
+  'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'tls_client_auth' | 'none';
 
 export interface OAuthClientSettings extends Timing {
   readonly tokenUrl: string;
   readonly clientId: string;
   readonly clientAuth: ClientAuthMethod;
   readonly clientSecret: string | undefined;
-  readonly privateKey: { readonly pem: string; readonly alg: 'RS256' | 'ES256' | 'PS256'; readonly kid: string | undefined } | undefined;
+  readonly privateKey:
+    { readonly pem: string; readonly alg: 'RS256' | 'ES256' | 'PS256'; readonly kid: string | undefined } | undefined;
   readonly mtls: Mtls | undefined;
   readonly scope: string | undefined;
   readonly audience: string | undefined;
@@ -39,7 +41,12 @@ export interface LoginSettings extends Timing {
   readonly loginBody: Readonly<Record<string, unknown>>;
   readonly refreshBody: Readonly<Record<string, unknown>>;
   readonly headers: Readonly<Record<string, string>>;
-  readonly responseFields: { readonly accessToken: string; readonly refreshToken: string | undefined; readonly expiresAt: string | undefined; readonly expiresIn: string | undefined };
+  readonly responseFields: {
+    readonly accessToken: string;
+    readonly refreshToken: string | undefined;
+    readonly expiresAt: string | undefined;
+    readonly expiresIn: string | undefined;
+  };
   readonly mtls: Mtls | undefined;
 }
 
@@ -50,7 +57,12 @@ export type ResolvedAuth =
   | (OAuthClientSettings & { readonly type: 'refresh_token'; readonly refreshToken: string })
   | LoginSettings;
 
-export function resolveMtls(m: { cert: string; key: string; passphrase?: string | undefined } | undefined, at: string, baseDir: string, problems: string[]): Mtls | undefined {
+export function resolveMtls(
+  m: { cert: string; key: string; passphrase?: string | undefined } | undefined,
+  at: string,
+  baseDir: string,
+  problems: string[],
+): Mtls | undefined {
   if (m === undefined) return undefined;
   const cert = readText(resolve(baseDir, m.cert), `${at}.cert`, problems) ?? '';
   const key = readText(resolve(baseDir, m.key), `${at}.key`, problems) ?? '';
@@ -67,7 +79,9 @@ function mtlsProblem(cert: string, key: string, passphrase: string | undefined):
   try {
     privateKey = createPrivateKey({ key, ...(passphrase === undefined ? {} : { passphrase }) });
   } catch {
-    return passphrase === undefined ? 'key is not a PEM private key (or is encrypted: set passphrase)' : 'key cannot be opened with the passphrase given';
+    return passphrase === undefined
+      ? 'key is not a PEM private key (or is encrypted: set passphrase)'
+      : 'key cannot be opened with the passphrase given';
   }
   try {
     return new X509Certificate(cert).checkPrivateKey(privateKey) ? undefined : 'cert does not belong to key';
@@ -91,7 +105,12 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
       loginBody: a.loginBody,
       refreshBody: a.refreshBody,
       headers: a.headers,
-      responseFields: { accessToken: f.accessToken, refreshToken: f.refreshToken, expiresAt: f.expiresAt, expiresIn: f.expiresIn },
+      responseFields: {
+        accessToken: f.accessToken,
+        refreshToken: f.refreshToken,
+        expiresAt: f.expiresAt,
+        expiresIn: f.expiresIn,
+      },
       mtls,
       defaultTokenLifetimeSeconds: a.defaultTokenLifetimeSeconds,
       clockSkewSeconds: a.clockSkewSeconds,
@@ -101,7 +120,11 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
   const privateKey =
     a.privateKey === undefined
       ? undefined
-      : { pem: readText(resolve(baseDir, a.privateKey.file), `${at}.privateKey.file`, problems) ?? '', alg: a.privateKey.alg, kid: a.privateKey.kid };
+      : {
+          pem: readText(resolve(baseDir, a.privateKey.file), `${at}.privateKey.file`, problems) ?? '',
+          alg: a.privateKey.alg,
+          kid: a.privateKey.kid,
+        };
   const client: OAuthClientSettings = {
     tokenUrl: a.tokenUrl,
     clientId: a.clientId,
@@ -119,9 +142,18 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
     case 'client_credentials':
       return { ...client, type: a.type };
     case 'password':
-      return { ...client, type: a.type, username: a.username, password: secret(a.password, a.passwordFile, 'password') ?? '' };
+      return {
+        ...client,
+        type: a.type,
+        username: a.username,
+        password: secret(a.password, a.passwordFile, 'password') ?? '',
+      };
     case 'refresh_token':
-      return { ...client, type: a.type, refreshToken: secret(a.refreshToken, a.refreshTokenFile, 'refreshToken') ?? '' };
+      return {
+        ...client,
+        type: a.type,
+        refreshToken: secret(a.refreshToken, a.refreshTokenFile, 'refreshToken') ?? '',
+      };
   }
 }
 
@@ -129,7 +161,13 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
  * A tenant's auth: the upstream's, with the tenant's values in place of the shared ones (a value
  * given inline or as a file replaces both forms), validated as a whole like any auth block.
  */
-export function tenantAuth(base: ParsedAuth, override: TenantCredentials, at: string, baseDir: string, problems: string[]): ResolvedAuth | undefined {
+export function tenantAuth(
+  base: ParsedAuth,
+  override: TenantCredentials,
+  at: string,
+  baseDir: string,
+  problems: string[],
+): ResolvedAuth | undefined {
   const merged: Record<string, unknown> = { ...base };
   for (const [key, value] of Object.entries(override)) {
     if (value === undefined) continue;
@@ -140,7 +178,11 @@ export function tenantAuth(base: ParsedAuth, override: TenantCredentials, at: st
   }
   const parsed = authSchema.safeParse(merged);
   if (!parsed.success) {
-    problems.push(...parsed.error.issues.map((i: z.core.$ZodIssue) => `${at}${i.path.map((p) => `.${String(p)}`).join('')}: ${i.message}`));
+    problems.push(
+      ...parsed.error.issues.map(
+        (i: z.core.$ZodIssue) => `${at}${i.path.map((p) => `.${String(p)}`).join('')}: ${i.message}`,
+      ),
+    );
     return undefined;
   }
   return resolveAuth(parsed.data, at, baseDir, problems);

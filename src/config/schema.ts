@@ -36,10 +36,12 @@ export function parseListen(value: string): { host: string; port: number } | und
 
 const listenAddress = z
   .string()
-  .refine((v) => parseListen(v) !== undefined, 'must be host:port with an IP address or localhost, e.g. 127.0.0.1:8080');
+  .refine(
+    (v) => parseListen(v) !== undefined,
+    'must be host:port with an IP address or localhost, e.g. 127.0.0.1:8080',
+  );
 
 const positiveSeconds = z.number().positive().max(MAX_TIMER_SECONDS, TIMER_LIMIT_MESSAGE);
-
 
 const hostPattern = z.string().superRefine((value, ctx) => {
   const parsed = parseHostPattern(value);
@@ -60,50 +62,77 @@ function listOf(parse: (entries: readonly string[]) => unknown) {
   });
 }
 
-const upstreamSchema = z.strictObject({
-  name: z
-    .string()
-    .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'letters, digits, "_", "." and "-" only (it becomes a metrics label)')
-    .describe('names the upstream in logs and metrics'),
-  target: secureUrl.describe('base URL of the partner API; https:// except on loopback'),
-  pathPrefix: z
-    .string()
-    .regex(/^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*[^/]$/, 'must start with "/" and not end with "/", e.g. /partner')
-    .optional()
-    .describe('reverse mode: http://proxy/<pathPrefix>/x is sent to <target>/x'),
-  hosts: z
-    .array(hostPattern)
-    .min(1)
-    .optional()
-    .describe('forward mode: host names (exact or *.suffix, optional :port; ports 80 and 443 when none) whose requests go to this upstream'),
-  ca: z.string().min(1).optional().describe('PEM file with extra CA certificates for the target and the token endpoint'),
-  retryBodyLimitBytes: z.number().int().min(0).default(DEFAULT_RETRY_BODY_LIMIT_BYTES).describe('request bodies up to this size are kept so a 401 can be replayed; larger ones stream'),
-  timeoutSeconds: positiveSeconds.default(DEFAULT_UPSTREAM_TIMEOUT_SECONDS).describe('time limit for the target\'s response headers (504 after it)'),
-  maxConnections: z
-    .number()
-    .int()
-    .positive()
-    .default(DEFAULT_UPSTREAM_MAX_CONNECTIONS)
-    .describe('connections kept to the target at most (keep-alive); further requests queue for a free one. Raise it for long-lived responses (streams, long polls)'),
-  unauthorizedRenewalIntervalSeconds: z
-    .number()
-    .min(0)
-    .default(5)
-    .describe('least time between two token renewals caused by 401s (a partner rejecting every token must not cause a token request per request)'),
-  warmup: z.boolean().default(false).describe('fetch the token at start; /readyz answers 503 until it is in hand'),
-  tokenWaitTimeoutSeconds: positiveSeconds.default(DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS).describe('how long a request may wait for a token when none is cached (502 after it)'),
-  mtls: mtlsSchema.optional().describe('client certificate towards the target'),
-  auth: authSchema,
-  tenants: tenantsSchema.optional(),
-}).superRefine((u, ctx) => {
-  if (u.pathPrefix === undefined && u.hosts === undefined) {
-    ctx.addIssue({ code: 'custom', path: ['pathPrefix'], message: 'set pathPrefix (reverse mode), hosts (forward mode), or both' });
-  }
-});
+const upstreamSchema = z
+  .strictObject({
+    name: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'letters, digits, "_", "." and "-" only (it becomes a metrics label)')
+      .describe('names the upstream in logs and metrics'),
+    target: secureUrl.describe('base URL of the partner API; https:// except on loopback'),
+    pathPrefix: z
+      .string()
+      .regex(/^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*[^/]$/, 'must start with "/" and not end with "/", e.g. /partner')
+      .optional()
+      .describe('reverse mode: http://proxy/<pathPrefix>/x is sent to <target>/x'),
+    hosts: z
+      .array(hostPattern)
+      .min(1)
+      .optional()
+      .describe(
+        'forward mode: host names (exact or *.suffix, optional :port; ports 80 and 443 when none) whose requests go to this upstream',
+      ),
+    ca: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('PEM file with extra CA certificates for the target and the token endpoint'),
+    retryBodyLimitBytes: z
+      .number()
+      .int()
+      .min(0)
+      .default(DEFAULT_RETRY_BODY_LIMIT_BYTES)
+      .describe('request bodies up to this size are kept so a 401 can be replayed; larger ones stream'),
+    timeoutSeconds: positiveSeconds
+      .default(DEFAULT_UPSTREAM_TIMEOUT_SECONDS)
+      .describe("time limit for the target's response headers (504 after it)"),
+    maxConnections: z
+      .number()
+      .int()
+      .positive()
+      .default(DEFAULT_UPSTREAM_MAX_CONNECTIONS)
+      .describe(
+        'connections kept to the target at most (keep-alive); further requests queue for a free one. Raise it for long-lived responses (streams, long polls)',
+      ),
+    unauthorizedRenewalIntervalSeconds: z
+      .number()
+      .min(0)
+      .default(5)
+      .describe(
+        'least time between two token renewals caused by 401s (a partner rejecting every token must not cause a token request per request)',
+      ),
+    warmup: z.boolean().default(false).describe('fetch the token at start; /readyz answers 503 until it is in hand'),
+    tokenWaitTimeoutSeconds: positiveSeconds
+      .default(DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS)
+      .describe('how long a request may wait for a token when none is cached (502 after it)'),
+    mtls: mtlsSchema.optional().describe('client certificate towards the target'),
+    auth: authSchema,
+    tenants: tenantsSchema.optional(),
+  })
+  .superRefine((u, ctx) => {
+    if (u.pathPrefix === undefined && u.hosts === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['pathPrefix'],
+        message: 'set pathPrefix (reverse mode), hosts (forward mode), or both',
+      });
+    }
+  });
 
 const egressSchema = z.strictObject({
   default: z.enum(['deny', 'allow']).default('deny').describe('what happens to traffic for hosts no upstream serves'),
-  allow: listOf(HostList.parse).default([]).describe('hosts (exact or *.suffix, optional :port), IPs and CIDR ranges reachable without a token'),
+  allow: listOf(HostList.parse)
+    .default([])
+    .describe('hosts (exact or *.suffix, optional :port), IPs and CIDR ranges reachable without a token'),
   connectPorts: z.array(port).default([443]).describe('ports an unmatched host may be tunnelled to with CONNECT'),
 });
 
@@ -130,15 +159,23 @@ const inboundJwtSchema = z
       .default(['RS256', 'ES256'])
       .describe('accepted signature algorithms (asymmetric only: no none, no HS*)'),
     clockSkewSeconds: z.number().min(0).default(30),
-    requiredClaims: z.record(z.string(), z.string()).default({}).describe('claim → value it must equal (or contain, for scope-like lists)'),
-    forwardClaims: z.record(z.string(), z.string().regex(/^[A-Za-z0-9-]+$/, 'a header name')).default({}).describe('claim → request header that carries it to the partner'),
+    requiredClaims: z
+      .record(z.string(), z.string())
+      .default({})
+      .describe('claim → value it must equal (or contain, for scope-like lists)'),
+    forwardClaims: z
+      .record(z.string(), z.string().regex(/^[A-Za-z0-9-]+$/, 'a header name'))
+      .default({})
+      .describe('claim → request header that carries it to the partner'),
     ca: z.string().min(1).optional().describe('PEM file of a private CA for the JWKS endpoint'),
   })
   .describe('gateway mode: validate the caller bearer JWT before spending a partner token on it');
 
 const inboundSchema = z.strictObject({
   jwt: inboundJwtSchema.optional(),
-  allowCidrs: listOf(parseAddressList).optional().describe('client addresses allowed to use the proxy (every request on the listener)'),
+  allowCidrs: listOf(parseAddressList)
+    .optional()
+    .describe('client addresses allowed to use the proxy (every request on the listener)'),
   proxyAuth: z
     .strictObject({ users: z.array(proxyUserSchema).min(1) })
     .optional()
@@ -146,48 +183,91 @@ const inboundSchema = z.strictObject({
   allowAnyone: z.boolean().default(false).describe('allow a non-loopback listener without allowCidrs or proxyAuth'),
 });
 
-export const configSchema = z
-  .strictObject({
-    listen: listenAddress.default(DEFAULT_LISTEN).describe('proxy listener, host:port (flag --listen, env TOKEN_PROXY_LISTEN)'),
-    admin: z
-      .strictObject({ listen: listenAddress.default(DEFAULT_ADMIN_LISTEN).describe('admin listener: /metrics, /healthz, /readyz (--admin-listen)') })
-      .default({ listen: DEFAULT_ADMIN_LISTEN }),
-    logLevel: z.enum(LOG_LEVELS).default(DEFAULT_LOG_LEVEL).describe('JSON logs on stdout (--log-level)'),
-    accessLog: z.boolean().default(true).describe('one JSON line per request at info level (request id, upstream, status, duration, retry, token fingerprint)'),
-    shutdownTimeoutSeconds: positiveSeconds.default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS).describe('on SIGTERM, requests in flight get this long to finish'),
-    limits: z
-      .strictObject({
-        maxRequestHeaderBytes: z.number().int().min(1024).default(16_384).describe('larger request headers are answered 431'),
-        maxRequestBodyBytes: z.number().int().min(0).default(104_857_600).describe('larger request bodies are answered 413'),
-        headersTimeoutSeconds: positiveSeconds.default(10).describe('a client must send its request headers within this time (slowloris)'),
-        requestTimeoutSeconds: positiveSeconds.default(300).describe('a client must send its whole request within this time'),
-        tunnelIdleTimeoutSeconds: positiveSeconds
-          .default(600)
-          .describe('a CONNECT tunnel or WebSocket connection with no traffic either way for this long is closed'),
-      })
-      .default({ maxRequestHeaderBytes: 16_384, maxRequestBodyBytes: 104_857_600, headersTimeoutSeconds: 10, requestTimeoutSeconds: 300, tunnelIdleTimeoutSeconds: 600 }),
-    tokenCache: z
-      .strictObject({
-        maxEntries: z.number().int().positive().default(DEFAULT_CACHE_MAX_ENTRIES).describe('tokens kept in memory (one per upstream, tenant and credential set)'),
-        refreshBeforeExpirySeconds: z
-          .number()
-          .min(0)
-          .default(DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS)
-          .describe('refresh this long before expiry, in the background; never more than half of a token lifetime'),
-        redis: redisSchema.optional(),
-      })
-      .default({ maxEntries: DEFAULT_CACHE_MAX_ENTRIES, refreshBeforeExpirySeconds: DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS }),
-    upstreams: z.array(upstreamSchema).min(1, 'configure at least one upstream'),
-    mitm: z
-      .strictObject({
-        caCert: z.string().min(1).describe('PEM file of the CA that signs interception certificates (token-proxy ca init)'),
-        caKey: z.string().min(1).describe('PEM file of its private key'),
-      })
-      .optional()
-      .describe('TLS interception of CONNECT tunnels to upstream hosts'),
-    egress: egressSchema.default({ default: 'deny', allow: [], connectPorts: [443] }),
-    inbound: inboundSchema.default({ allowAnyone: false }),
-  });
+export const configSchema = z.strictObject({
+  listen: listenAddress
+    .default(DEFAULT_LISTEN)
+    .describe('proxy listener, host:port (flag --listen, env TOKEN_PROXY_LISTEN)'),
+  admin: z
+    .strictObject({
+      listen: listenAddress
+        .default(DEFAULT_ADMIN_LISTEN)
+        .describe('admin listener: /metrics, /healthz, /readyz (--admin-listen)'),
+    })
+    .default({ listen: DEFAULT_ADMIN_LISTEN }),
+  logLevel: z.enum(LOG_LEVELS).default(DEFAULT_LOG_LEVEL).describe('JSON logs on stdout (--log-level)'),
+  accessLog: z
+    .boolean()
+    .default(true)
+    .describe(
+      'one JSON line per request at info level (request id, upstream, status, duration, retry, token fingerprint)',
+    ),
+  shutdownTimeoutSeconds: positiveSeconds
+    .default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS)
+    .describe('on SIGTERM, requests in flight get this long to finish'),
+  limits: z
+    .strictObject({
+      maxRequestHeaderBytes: z
+        .number()
+        .int()
+        .min(1024)
+        .default(16_384)
+        .describe('larger request headers are answered 431'),
+      maxRequestBodyBytes: z
+        .number()
+        .int()
+        .min(0)
+        .default(104_857_600)
+        .describe('larger request bodies are answered 413'),
+      headersTimeoutSeconds: positiveSeconds
+        .default(10)
+        .describe('a client must send its request headers within this time (slowloris)'),
+      requestTimeoutSeconds: positiveSeconds
+        .default(300)
+        .describe('a client must send its whole request within this time'),
+      tunnelIdleTimeoutSeconds: positiveSeconds
+        .default(600)
+        .describe('a CONNECT tunnel or WebSocket connection with no traffic either way for this long is closed'),
+    })
+    .default({
+      maxRequestHeaderBytes: 16_384,
+      maxRequestBodyBytes: 104_857_600,
+      headersTimeoutSeconds: 10,
+      requestTimeoutSeconds: 300,
+      tunnelIdleTimeoutSeconds: 600,
+    }),
+  tokenCache: z
+    .strictObject({
+      maxEntries: z
+        .number()
+        .int()
+        .positive()
+        .default(DEFAULT_CACHE_MAX_ENTRIES)
+        .describe('tokens kept in memory (one per upstream, tenant and credential set)'),
+      refreshBeforeExpirySeconds: z
+        .number()
+        .min(0)
+        .default(DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS)
+        .describe('refresh this long before expiry, in the background; never more than half of a token lifetime'),
+      redis: redisSchema.optional(),
+    })
+    .default({
+      maxEntries: DEFAULT_CACHE_MAX_ENTRIES,
+      refreshBeforeExpirySeconds: DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS,
+    }),
+  upstreams: z.array(upstreamSchema).min(1, 'configure at least one upstream'),
+  mitm: z
+    .strictObject({
+      caCert: z
+        .string()
+        .min(1)
+        .describe('PEM file of the CA that signs interception certificates (token-proxy ca init)'),
+      caKey: z.string().min(1).describe('PEM file of its private key'),
+    })
+    .optional()
+    .describe('TLS interception of CONNECT tunnels to upstream hosts'),
+  egress: egressSchema.default({ default: 'deny', allow: [], connectPorts: [443] }),
+  inbound: inboundSchema.default({ allowAnyone: false }),
+});
 
 /**
  * Checks across fields (unique names and prefixes, distinct listeners). They run on the raw
@@ -197,14 +277,17 @@ export function crossFieldProblems(doc: unknown): string[] {
   const problems: string[] = [];
   const cfg = (doc ?? {}) as { listen?: unknown; admin?: { listen?: unknown }; upstreams?: unknown };
   const upstreams = Array.isArray(cfg.upstreams) ? (cfg.upstreams as { name?: unknown; pathPrefix?: unknown }[]) : [];
-  const inbound = (cfg as { inbound?: { allowCidrs?: unknown; proxyAuth?: unknown; allowAnyone?: unknown; jwt?: unknown } }).inbound;
+  const inbound = (
+    cfg as { inbound?: { allowCidrs?: unknown; proxyAuth?: unknown; allowAnyone?: unknown; jwt?: unknown } }
+  ).inbound;
   for (const field of ['name', 'pathPrefix'] as const) {
     const seen = new Map<unknown, number>();
     upstreams.forEach((u, i) => {
       const value = u?.[field];
       if (typeof value !== 'string') return;
       const before = seen.get(value);
-      if (before !== undefined) problems.push(`upstreams[${i}].${field}: duplicate ${field} "${value}" (also upstreams[${before}])`);
+      if (before !== undefined)
+        problems.push(`upstreams[${i}].${field}: duplicate ${field} "${value}" (also upstreams[${before}])`);
       else seen.set(value, i);
     });
   }
@@ -214,9 +297,16 @@ export function crossFieldProblems(doc: unknown): string[] {
     problems.push('admin.listen: must differ from listen');
   }
   const host = typeof listen === 'string' ? parseListen(listen)?.host : undefined;
-  if (host !== undefined && !isLoopbackHost(host) && inbound?.allowCidrs === undefined && inbound?.allowAnyone !== true) {
+  if (
+    host !== undefined &&
+    !isLoopbackHost(host) &&
+    inbound?.allowCidrs === undefined &&
+    inbound?.allowAnyone !== true
+  ) {
     if (inbound?.proxyAuth === undefined) {
-      problems.push(`inbound: listen ${listen} is reachable from other machines: set inbound.allowCidrs or inbound.proxyAuth (or write inbound.allowAnyone: true)`);
+      problems.push(
+        `inbound: listen ${listen} is reachable from other machines: set inbound.allowCidrs or inbound.proxyAuth (or write inbound.allowAnyone: true)`,
+      );
     } else if (inbound.jwt === undefined && upstreams.some((u) => typeof u?.pathPrefix === 'string')) {
       // Reverse mode asks for no proxy credentials: its tokens would be open to anyone.
       problems.push(

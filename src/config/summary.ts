@@ -19,7 +19,9 @@ export function summary(config: Config): string {
   const lines = [`listen ${config.listen}, admin ${config.admin.listen}, log level ${config.logLevel}`];
   for (const u of config.upstreams) {
     const routes = [u.pathPrefix, ...(u.hosts ?? [])].filter((r) => r !== undefined).join(', ');
-    lines.push(`upstream ${u.name}: ${routes} -> ${u.target}${u.ca === undefined ? '' : ' (extra CA)'}${u.mtls === undefined ? '' : ' (client certificate)'}`);
+    lines.push(
+      `upstream ${u.name}: ${routes} -> ${u.target}${u.ca === undefined ? '' : ' (extra CA)'}${u.mtls === undefined ? '' : ' (client certificate)'}`,
+    );
     lines.push(`  ${describeAuth(u.auth)}`);
     if (u.tenants !== undefined) {
       lines.push(`  tenants from ${u.tenants.from}:`);
@@ -28,7 +30,9 @@ export function summary(config: Config): string {
   }
   lines.push(`TLS interception: ${config.mitm === undefined ? 'off (CONNECT to upstream hosts is refused)' : 'on'}`);
   const e = config.egress;
-  lines.push(`egress: default ${e.default}, allow [${e.allow.join(', ')}], CONNECT ports [${e.connectPorts.join(', ')}]`);
+  lines.push(
+    `egress: default ${e.default}, allow [${e.allow.join(', ')}], CONNECT ports [${e.connectPorts.join(', ')}]`,
+  );
   const i = config.inbound;
   lines.push(
     `inbound: ${i.allowCidrs === undefined ? 'any address' : `from ${i.allowCidrs.join(', ')}`}, ` +

@@ -20,6 +20,8 @@ export const secureUrl = z.string().superRefine((value, ctx) => {
   }
   if (url.protocol === 'https:') return;
   if (url.protocol === 'http:' && isLoopbackHost(url.hostname)) return;
-  ctx.addIssue({ code: 'custom', message: 'must be an https:// URL (plain http:// is accepted only for loopback hosts)' });
+  ctx.addIssue({
+    code: 'custom',
+    message: 'must be an https:// URL (plain http:// is accepted only for loopback hosts)',
+  });
 });
-

@@ -42,7 +42,11 @@ export interface PartnerApi {
 export interface PartnerOptions {
   readonly jwksUrl: string;
   readonly issuer?: string;
-  readonly tls?: { readonly key: string; readonly cert: string; /** Require client certificates signed by this CA (mTLS). */ readonly clientCa?: string };
+  readonly tls?: {
+    readonly key: string;
+    readonly cert: string;
+    /** Require client certificates signed by this CA (mTLS). */ readonly clientCa?: string;
+  };
   /** CA that signed the issuer's certificate, when its JWKS is served over https. */
   readonly issuerCa?: string;
   readonly host?: string;
@@ -63,7 +67,12 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
   const agent = options.issuerCa === undefined ? undefined : new Agent({ connect: { ca: options.issuerCa } });
   const jwks = createRemoteJWKSet(
     new URL(options.jwksUrl),
-    agent === undefined ? {} : { [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: agent }) as unknown as Promise<Response> },
+    agent === undefined
+      ? {}
+      : {
+          [customFetch]: (url, init) =>
+            undiciFetch(url, { ...(init as object), dispatcher: agent }) as unknown as Promise<Response>,
+        },
   );
   const seen: SeenRequest[] = [];
   const revoked = new Set<string>();
@@ -87,7 +96,11 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
     let claims: JWTPayload | undefined;
     let answer: ScriptedAnswer | undefined;
     if (token === undefined) {
-      answer = { status: 401, headers: { 'www-authenticate': 'Bearer realm="partner"', 'content-type': 'application/json' }, body: '{"error":"missing_token"}' };
+      answer = {
+        status: 401,
+        headers: { 'www-authenticate': 'Bearer realm="partner"', 'content-type': 'application/json' },
+        body: '{"error":"missing_token"}',
+      };
     } else {
       try {
         claims = (await jwtVerify(token, jwks, options.issuer === undefined ? {} : { issuer: options.issuer })).payload;
@@ -95,12 +108,19 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
         const description = (err as Error).message.replace(/"/g, "'");
         answer = {
           status: 401,
-          headers: { 'www-authenticate': `Bearer error="invalid_token", error_description="${description}"`, 'content-type': 'application/json' },
+          headers: {
+            'www-authenticate': `Bearer error="invalid_token", error_description="${description}"`,
+            'content-type': 'application/json',
+          },
           body: JSON.stringify({ error: 'invalid_token' }),
         };
       }
       if (answer === undefined && revoked.has(token)) {
-        answer = { status: 401, headers: { 'www-authenticate': 'Bearer error="invalid_token", error_description="revoked"' }, body: '{"error":"invalid_token"}' };
+        answer = {
+          status: 401,
+          headers: { 'www-authenticate': 'Bearer error="invalid_token", error_description="revoked"' },
+          body: '{"error":"invalid_token"}',
+        };
       }
     }
     const path = req.url ?? '/';
@@ -122,14 +142,29 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
         const status = Number(m[1]);
         answer = {
           status,
-          headers: { 'content-type': 'application/json', 'x-partner-reason': 'scripted', 'set-cookie': ['a=1; Path=/', 'b=2; Path=/'] },
-          body: JSON.stringify({ error: status === 403 ? 'forbidden' : 'status', detail: `partner answered ${status}` }),
+          headers: {
+            'content-type': 'application/json',
+            'x-partner-reason': 'scripted',
+            'set-cookie': ['a=1; Path=/', 'b=2; Path=/'],
+          },
+          body: JSON.stringify({
+            error: status === 403 ? 'forbidden' : 'status',
+            detail: `partner answered ${status}`,
+          }),
         };
       } else {
         answer = {
           status: 200,
           headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ ok: true, method: req.method, path, client: claims?.['client_id'] ?? claims?.sub ?? null, scope: claims?.['scope'] ?? null, bodyBytes, bodySha256: record(0).bodySha256 }),
+          body: JSON.stringify({
+            ok: true,
+            method: req.method,
+            path,
+            client: claims?.['client_id'] ?? claims?.sub ?? null,
+            scope: claims?.['scope'] ?? null,
+            bodyBytes,
+            bodySha256: record(0).bodySha256,
+          }),
         };
       }
     }
@@ -146,7 +181,14 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
   };
   const tls = options.tls;
   const server: Server = tls
-    ? createHttpsServer({ key: tls.key, cert: tls.cert, ...(tls.clientCa === undefined ? {} : { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true }) }, onRequest)
+    ? createHttpsServer(
+        {
+          key: tls.key,
+          cert: tls.cert,
+          ...(tls.clientCa === undefined ? {} : { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true }),
+        },
+        onRequest,
+      )
     : createHttpServer(onRequest);
   server.listen(options.port ?? 0, options.host ?? '127.0.0.1');
   await once(server, 'listening');

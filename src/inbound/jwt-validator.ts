@@ -1,5 +1,14 @@
 import { createHash } from 'node:crypto';
-import { createRemoteJWKSet, customFetch, errors, jwtVerify, type CryptoKey, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions } from 'jose';
+import {
+  createRemoteJWKSet,
+  customFetch,
+  errors,
+  jwtVerify,
+  type CryptoKey,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+  type JWTVerifyOptions,
+} from 'jose';
 import { LRUCache } from 'lru-cache';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { tlsOptions } from '../tls-options.js';
@@ -11,7 +20,18 @@ import { tlsOptions } from '../tls-options.js';
  */
 
 /** Asymmetric JWS algorithms only (RFC 8725 §3.1, §3.2): the keys come from a public JWKS. */
-export const INBOUND_JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
+export const INBOUND_JWT_ALGORITHMS = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+] as const;
 export type InboundJwtAlgorithm = (typeof INBOUND_JWT_ALGORITHMS)[number];
 
 export interface InboundJwtSettings {
@@ -99,7 +119,13 @@ function challenge(description?: string): string {
 }
 
 function failure(result: 'expired' | 'bad_signature' | 'bad_claims', description: string): Validation {
-  return { ok: false, result, status: 401, wwwAuthenticate: challenge(description), description: quoteDescription(description) };
+  return {
+    ok: false,
+    result,
+    status: 401,
+    wwwAuthenticate: challenge(description),
+    description: quoteDescription(description),
+  };
 }
 
 const MISSING: Validation = Object.freeze({
@@ -117,7 +143,12 @@ function claimSatisfies(value: unknown, required: string): boolean {
     return value === required || value.split(' ').includes(required);
   }
   if (typeof value === 'number' || typeof value === 'boolean') return String(value) === required;
-  if (Array.isArray(value)) return value.some((member) => (typeof member === 'string' || typeof member === 'number' || typeof member === 'boolean') && String(member) === required);
+  if (Array.isArray(value))
+    return value.some(
+      (member) =>
+        (typeof member === 'string' || typeof member === 'number' || typeof member === 'boolean') &&
+        String(member) === required,
+    );
   return false;
 }
 
@@ -125,7 +156,11 @@ function claimSatisfies(value: unknown, required: string): boolean {
 function headerValue(value: unknown): string | undefined {
   let text: string | undefined;
   if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') text = String(value);
-  else if (Array.isArray(value) && value.every((m) => typeof m === 'string' || typeof m === 'number' || typeof m === 'boolean')) text = value.map(String).join(' ');
+  else if (
+    Array.isArray(value) &&
+    value.every((m) => typeof m === 'string' || typeof m === 'number' || typeof m === 'boolean')
+  )
+    text = value.map(String).join(' ');
   // Objects have no meaningful text form; CR/LF or controls would split or corrupt the request.
   return text !== undefined && SAFE_HEADER_VALUE.test(text) ? text : undefined;
 }
@@ -147,27 +182,39 @@ function assertSettings(s: InboundJwtSettings): void {
     problems.push(`jwksUrl is not a URL: ${s.jwksUrl}`);
   }
   if (url !== undefined) {
-    const loopback = url.hostname === 'localhost' || url.hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(url.hostname);
+    const loopback =
+      url.hostname === 'localhost' || url.hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(url.hostname);
     // Keys fetched over plain http could be swapped by anyone on the path, forging any token.
-    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback)) problems.push('jwksUrl must be https (http only on loopback)');
+    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback))
+      problems.push('jwksUrl must be https (http only on loopback)');
   }
   if (typeof s.issuer !== 'string' || s.issuer === '') problems.push('issuer must be set');
   const audiences = typeof s.audience === 'string' ? [s.audience] : s.audience;
-  if (!Array.isArray(audiences) || audiences.length === 0 || audiences.some((a) => typeof a !== 'string' || a === '')) problems.push('audience must be set');
-  if (!Array.isArray(s.algorithms) || s.algorithms.length === 0) problems.push('algorithms must list at least one algorithm');
+  if (!Array.isArray(audiences) || audiences.length === 0 || audiences.some((a) => typeof a !== 'string' || a === ''))
+    problems.push('audience must be set');
+  if (!Array.isArray(s.algorithms) || s.algorithms.length === 0)
+    problems.push('algorithms must list at least one algorithm');
   for (const alg of s.algorithms ?? []) {
     const name = String(alg);
     // RFC 8725 §3.1/§2.1: `none` is never acceptable; HS* with keys from a public JWKS is the
     // classic RS/HS confusion (the public key used as the HMAC secret), so symmetric algorithms are refused.
     if (name.toLowerCase() === 'none') problems.push('algorithm "none" is never accepted (RFC 8725 §3.1)');
-    else if (/^HS\d+$/i.test(name)) problems.push(`algorithm ${name} is not accepted: symmetric algorithms cannot be verified with a public JWKS (RFC 8725 §2.1, §3.1)`);
-    else if (!(INBOUND_JWT_ALGORITHMS as readonly string[]).includes(name)) problems.push(`algorithm ${name} is not supported (one of ${INBOUND_JWT_ALGORITHMS.join(', ')})`);
+    else if (/^HS\d+$/i.test(name))
+      problems.push(
+        `algorithm ${name} is not accepted: symmetric algorithms cannot be verified with a public JWKS (RFC 8725 §2.1, §3.1)`,
+      );
+    else if (!(INBOUND_JWT_ALGORITHMS as readonly string[]).includes(name))
+      problems.push(`algorithm ${name} is not supported (one of ${INBOUND_JWT_ALGORITHMS.join(', ')})`);
   }
-  if (!Number.isFinite(s.clockSkewSeconds) || s.clockSkewSeconds < 0) problems.push('clockSkewSeconds must be a number >= 0');
-  if (s.cacheMaxEntries !== undefined && (!Number.isInteger(s.cacheMaxEntries) || s.cacheMaxEntries < 1)) problems.push('cacheMaxEntries must be an integer >= 1');
-  if (s.jwksCooldownMs !== undefined && (!Number.isFinite(s.jwksCooldownMs) || s.jwksCooldownMs < 0)) problems.push('jwksCooldownMs must be a number >= 0');
+  if (!Number.isFinite(s.clockSkewSeconds) || s.clockSkewSeconds < 0)
+    problems.push('clockSkewSeconds must be a number >= 0');
+  if (s.cacheMaxEntries !== undefined && (!Number.isInteger(s.cacheMaxEntries) || s.cacheMaxEntries < 1))
+    problems.push('cacheMaxEntries must be an integer >= 1');
+  if (s.jwksCooldownMs !== undefined && (!Number.isFinite(s.jwksCooldownMs) || s.jwksCooldownMs < 0))
+    problems.push('jwksCooldownMs must be a number >= 0');
   for (const [claim, header] of Object.entries(s.forwardClaims)) {
-    if (!HEADER_NAME.test(header)) problems.push(`forwardClaims.${claim}: ${JSON.stringify(header)} is not a valid header name`);
+    if (!HEADER_NAME.test(header))
+      problems.push(`forwardClaims.${claim}: ${JSON.stringify(header)} is not a valid header name`);
   }
   for (const [claim, value] of Object.entries(s.requiredClaims)) {
     if (typeof value !== 'string' || value === '') problems.push(`requiredClaims.${claim} must be a non-empty string`);
@@ -218,7 +265,8 @@ function classify(err: unknown): Validation {
   if (err instanceof errors.JWSSignatureVerificationFailed) return failure('bad_signature', 'invalid signature');
   // Unknown `kid` even after refetching the JWKS (or cooling down): no key can verify it.
   if (err instanceof errors.JWKSNoMatchingKey) return failure('bad_signature', 'no matching signing key');
-  if (err instanceof errors.JWSInvalid || err instanceof errors.JWTInvalid) return failure('bad_signature', 'malformed token');
+  if (err instanceof errors.JWSInvalid || err instanceof errors.JWTInvalid)
+    return failure('bad_signature', 'malformed token');
   // Anything else (a key that cannot be used for this alg, ...) fails closed.
   return failure('bad_signature', 'token could not be verified');
 }
@@ -251,7 +299,8 @@ export class InboundJwtValidator {
     // headers in the token are ignored (RFC 8725 §3.10).
     const remote = createRemoteJWKSet(new URL(settings.jwksUrl), {
       cooldownDuration: settings.jwksCooldownMs ?? DEFAULT_JWKS_COOLDOWN_MS,
-      [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: agent }) as unknown as Promise<Response>,
+      [customFetch]: (url, init) =>
+        undiciFetch(url, { ...(init as object), dispatcher: agent }) as unknown as Promise<Response>,
     });
     this.getKey = async (header, token) => {
       try {
@@ -290,7 +339,8 @@ export class InboundJwtValidator {
       const cached = this.cache.get(key);
       if (cached !== undefined) {
         // Entries never outlive `exp` or 300 s; past that the token is verified again.
-        if (this.now() < cached.validUntil) return { ok: true, claims: cached.claims, forwardHeaders: cached.forwardHeaders.map(([h, v]) => [h, v]) };
+        if (this.now() < cached.validUntil)
+          return { ok: true, claims: cached.claims, forwardHeaders: cached.forwardHeaders.map(([h, v]) => [h, v]) };
         this.cache.delete(key);
       }
       let pending = this.inFlight.get(key);
@@ -314,7 +364,8 @@ export class InboundJwtValidator {
     }
     // RFC 7519 §7.2 step 10: application-specific claims (scope, roles, ...).
     for (const [claim, required] of this.requiredClaims) {
-      if (!claimSatisfies(claims[claim], required)) return failure('bad_claims', `required claim ${claim} not satisfied`);
+      if (!claimSatisfies(claims[claim], required))
+        return failure('bad_claims', `required claim ${claim} not satisfied`);
     }
     const forwardHeaders: [string, string][] = [];
     for (const [claim, header] of this.forwardClaims) {
@@ -324,7 +375,8 @@ export class InboundJwtValidator {
     deepFreeze(claims);
     // exp is required and numeric (checked by jose). Never cache past exp, nor for more than 300 s.
     const validUntil = Math.min((claims.exp ?? 0) * 1000, now + MAX_CACHE_TTL_MS);
-    if (validUntil > now) this.cache.set(key, { claims, forwardHeaders: forwardHeaders.map(([h, v]) => [h, v] as const), validUntil });
+    if (validUntil > now)
+      this.cache.set(key, { claims, forwardHeaders: forwardHeaders.map(([h, v]) => [h, v] as const), validUntil });
     return { ok: true, claims, forwardHeaders };
   }
 

@@ -1,4 +1,11 @@
-import { createPrivateKey, generateKeyPair, generateKeyPairSync, randomBytes, sign, X509Certificate } from 'node:crypto';
+import {
+  createPrivateKey,
+  generateKeyPair,
+  generateKeyPairSync,
+  randomBytes,
+  sign,
+  X509Certificate,
+} from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { access, mkdir, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
@@ -106,7 +113,12 @@ export class CertificateAuthority {
   /** One key for every leaf, made on first use: a new host then costs one signature (as mitmproxy). */
   #leafKey: LeafKey | undefined;
 
-  private constructor(certPem: string, cert: Forge.pki.Certificate, key: KeyObject, options: CertificateAuthorityOptions) {
+  private constructor(
+    certPem: string,
+    cert: Forge.pki.Certificate,
+    key: KeyObject,
+    options: CertificateAuthorityOptions,
+  ) {
     this.certPem = certPem;
     this.#cert = cert;
     this.#key = key;
@@ -126,7 +138,8 @@ export class CertificateAuthority {
       throw new Error(`CA certificate is not a readable PEM X.509 certificate: ${(err as Error).message}`);
     }
     if (!x509.ca) throw new Error(`CA certificate "${x509.subject}" is not a CA: basicConstraints cA is not true`);
-    if (Date.parse(x509.validTo) <= Date.now()) throw new Error(`CA certificate "${x509.subject}" expired on ${x509.validTo}`);
+    if (Date.parse(x509.validTo) <= Date.now())
+      throw new Error(`CA certificate "${x509.subject}" expired on ${x509.validTo}`);
 
     let key: KeyObject;
     try {
@@ -134,12 +147,15 @@ export class CertificateAuthority {
     } catch (err) {
       throw new Error(`CA key is not a readable unencrypted PEM private key: ${(err as Error).message}`);
     }
-    if (key.asymmetricKeyType !== 'rsa') throw new Error(`CA key must be an RSA key, not ${key.asymmetricKeyType ?? 'unknown'}`);
-    if (!x509.checkPrivateKey(key)) throw new Error(`CA key does not match the public key of CA certificate "${x509.subject}"`);
+    if (key.asymmetricKeyType !== 'rsa')
+      throw new Error(`CA key must be an RSA key, not ${key.asymmetricKeyType ?? 'unknown'}`);
+    if (!x509.checkPrivateKey(key))
+      throw new Error(`CA key does not match the public key of CA certificate "${x509.subject}"`);
 
     const cert = forge.pki.certificateFromPem(x509.toString());
     const usage = cert.getExtension('keyUsage') as { keyCertSign?: boolean } | undefined;
-    if (usage && !usage.keyCertSign) throw new Error(`CA certificate "${x509.subject}" keyUsage does not allow keyCertSign`);
+    if (usage && !usage.keyCertSign)
+      throw new Error(`CA certificate "${x509.subject}" keyUsage does not allow keyCertSign`);
     return new CertificateAuthority(x509.toString(), cert, key, options);
   }
 

@@ -58,7 +58,13 @@ const ASSERTION_LIFETIME_SECONDS = 60;
  * RFC 7523 §2.2 / §3 (private_key_jwt, OIDC Core §9): a JWT signed with the client's key, with
  * iss = sub = client_id, aud = the token endpoint, and a fresh jti each time (no replay).
  */
-export function privateKeyJwt(clientId: string, tokenUrl: string, keyPem: string, alg: 'RS256' | 'ES256' | 'PS256', kid: string | undefined): ClientAuth {
+export function privateKeyJwt(
+  clientId: string,
+  tokenUrl: string,
+  keyPem: string,
+  alg: 'RS256' | 'ES256' | 'PS256',
+  kid: string | undefined,
+): ClientAuth {
   let key: Promise<CryptoKey> | undefined;
   return async (parts) => {
     key ??= importPKCS8(keyPem, alg);

@@ -1,6 +1,14 @@
 import type { Dispatcher } from 'undici';
 import type { OAuthClientSettings, ResolvedAuth } from '../config/resolve-auth.js';
-import { basicCredentials, clientIdOnly, clientSecretBasic, clientSecretPost, formEncode, privateKeyJwt, type ClientAuth } from './client-auth.js';
+import {
+  basicCredentials,
+  clientIdOnly,
+  clientSecretBasic,
+  clientSecretPost,
+  formEncode,
+  privateKeyJwt,
+  type ClientAuth,
+} from './client-auth.js';
 import { loginApiGrant } from './login-api.js';
 import { TokenError } from '../errors.js';
 import { requestToken, type TokenEndpoint, type TokenResponse } from './token-endpoint.js';
@@ -30,7 +38,10 @@ export function clientAuthFor(c: OAuthClientSettings): ClientAuth {
   }
 }
 
-function withOptional(params: Record<string, string>, extra: Record<string, string | undefined>): Record<string, string> {
+function withOptional(
+  params: Record<string, string>,
+  extra: Record<string, string | undefined>,
+): Record<string, string> {
   for (const [k, v] of Object.entries(extra)) if (v !== undefined) params[k] = v;
   return params;
 }
@@ -54,10 +65,15 @@ function secretsOf(auth: ResolvedAuth): string[] {
     auth.type === 'refresh_token' ? auth.refreshToken : undefined,
     // A login API's extra headers carry its API key (the documented use): those named like a
     // credential are secrets (not, say, Accept, whose value would be blanked in every message).
-    ...(auth.type === 'login' ? Object.entries(auth.headers).filter(([name]) => CREDENTIAL_HEADER.test(name)).map(([, value]) => value) : []),
+    ...(auth.type === 'login'
+      ? Object.entries(auth.headers)
+          .filter(([name]) => CREDENTIAL_HEADER.test(name))
+          .map(([, value]) => value)
+      : []),
   ].filter((s): s is string => s !== undefined && s !== '');
   const forms = plain.flatMap((s) => [s, formEncode(s), encodeURIComponent(s), JSON.stringify(s).slice(1, -1)]);
-  if (auth.type !== 'login' && auth.clientSecret !== undefined) forms.push(basicCredentials(auth.clientId, auth.clientSecret));
+  if (auth.type !== 'login' && auth.clientSecret !== undefined)
+    forms.push(basicCredentials(auth.clientId, auth.clientSecret));
   return [...new Set(forms)];
 }
 
@@ -69,7 +85,11 @@ function withoutSecrets(grant: Grant, secrets: readonly string[]): Grant {
   return {
     obtain: () => grant.obtain().catch(clean),
     // The refresh token in use is a secret too (it is the one the partner may echo).
-    refresh: refresh === undefined ? undefined : (rt) => refresh(rt).catch((err: unknown) => clean(err instanceof TokenError ? err.withoutSecrets([rt]) : err)),
+    refresh:
+      refresh === undefined
+        ? undefined
+        : (rt) =>
+            refresh(rt).catch((err: unknown) => clean(err instanceof TokenError ? err.withoutSecrets([rt]) : err)),
   };
 }
 
@@ -87,13 +107,32 @@ function grantFor(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number)
   switch (auth.type) {
     case 'client_credentials':
       // RFC 6749 §4.4.3: no refresh token here; renewal is simply the grant again.
-      return { obtain: () => call(withOptional({ grant_type: 'client_credentials' }, { scope: auth.scope, audience: auth.audience })), refresh: undefined };
+      return {
+        obtain: () =>
+          call(withOptional({ grant_type: 'client_credentials' }, { scope: auth.scope, audience: auth.audience })),
+        refresh: undefined,
+      };
     case 'password':
       return {
-        obtain: () => call(withOptional({ grant_type: 'password', username: auth.username, password: auth.password }, { scope: auth.scope, audience: auth.audience })),
+        obtain: () =>
+          call(
+            withOptional(
+              { grant_type: 'password', username: auth.username, password: auth.password },
+              { scope: auth.scope, audience: auth.audience },
+            ),
+          ),
         refresh,
       };
     case 'refresh_token':
-      return { obtain: () => call(withOptional({ grant_type: 'refresh_token', refresh_token: auth.refreshToken }, { scope: auth.scope, audience: auth.audience })), refresh };
+      return {
+        obtain: () =>
+          call(
+            withOptional(
+              { grant_type: 'refresh_token', refresh_token: auth.refreshToken },
+              { scope: auth.scope, audience: auth.audience },
+            ),
+          ),
+        refresh,
+      };
   }
 }

@@ -2,7 +2,14 @@ import type { Dispatcher } from 'undici';
 import type { LoginSettings } from '../config/resolve-auth.js';
 import { TokenError, type TokenFailureReason } from '../errors.js';
 import type { Grant } from './grants.js';
-import { describe, parseExpiresIn, parseJson, parseRetryAfter, postForText, type TokenResponse } from './token-endpoint.js';
+import {
+  describe,
+  parseExpiresIn,
+  parseJson,
+  parseRetryAfter,
+  postForText,
+  type TokenResponse,
+} from './token-endpoint.js';
 
 /** `data.access_token` → obj.data.access_token. */
 export function pick(obj: unknown, path: string): unknown {
@@ -16,7 +23,8 @@ export function pick(obj: unknown, path: string): unknown {
 
 /** Fills `{{username}}`-style placeholders in every string of a JSON template. */
 export function fillTemplate(template: unknown, values: Readonly<Record<string, string>>): unknown {
-  if (typeof template === 'string') return template.replace(/\{\{(\w+)\}\}/g, (whole, name: string) => values[name] ?? whole);
+  if (typeof template === 'string')
+    return template.replace(/\{\{(\w+)\}\}/g, (whole, name: string) => values[name] ?? whole);
   if (Array.isArray(template)) return template.map((t) => fillTemplate(t, values));
   if (template !== null && typeof template === 'object') {
     return Object.fromEntries(Object.entries(template).map(([k, v]) => [k, fillTemplate(v, values)]));
@@ -64,7 +72,14 @@ export function loginApiGrant(auth: LoginSettings, dispatcher: Dispatcher, now: 
   async function post(url: string, body: unknown, refreshing: boolean): Promise<TokenResponse> {
     const what = `${refreshing ? 'refresh' : 'login'} API`;
     const headersOut = { ...auth.headers, 'content-type': 'application/json', accept: 'application/json' };
-    const { status, headers, text } = await postForText(dispatcher, new URL(url), headersOut, JSON.stringify(body), auth.requestTimeoutSeconds * 1000, what);
+    const { status, headers, text } = await postForText(
+      dispatcher,
+      new URL(url),
+      headersOut,
+      JSON.stringify(body),
+      auth.requestTimeoutSeconds * 1000,
+      what,
+    );
     const json = parseJson(text);
     if (status < 200 || status >= 300) {
       const description = partnerMessage(json);
@@ -95,6 +110,9 @@ export function loginApiGrant(auth: LoginSettings, dispatcher: Dispatcher, now: 
   const refreshUrl = auth.refreshUrl;
   return {
     obtain: () => post(auth.loginUrl, fillTemplate(auth.loginBody, secrets), false),
-    refresh: refreshUrl === undefined ? undefined : (refreshToken) => post(refreshUrl, fillTemplate(auth.refreshBody, { refreshToken }), true),
+    refresh:
+      refreshUrl === undefined
+        ? undefined
+        : (refreshToken) => post(refreshUrl, fillTemplate(auth.refreshBody, { refreshToken }), true),
   };
 }

@@ -77,23 +77,36 @@ export function parseExpiresIn(value: unknown): number | undefined {
 }
 
 /** Interprets a token endpoint answer (RFC 6749 §5.1 success, §5.2 error). */
-export function parseTokenResponse(status: number, headers: Record<string, string | string[] | undefined>, text: string, nowMs: number): TokenResponse {
+export function parseTokenResponse(
+  status: number,
+  headers: Record<string, string | string[] | undefined>,
+  text: string,
+  nowMs: number,
+): TokenResponse {
   const json = parseJson(text);
-  const obj = json !== null && typeof json === 'object' && !Array.isArray(json) ? (json as Record<string, unknown>) : undefined;
+  const obj =
+    json !== null && typeof json === 'object' && !Array.isArray(json) ? (json as Record<string, unknown>) : undefined;
   const retryAfterSeconds = parseRetryAfter(headers['retry-after'], nowMs);
   if (status < 200 || status >= 300) {
     const code = obj?.['error'];
     let reason = reasonForStatus(status);
     if (typeof code === 'string' && KNOWN_ERRORS.has(code) && status < 500) reason = code as TokenFailureReason;
-    const description = describe(obj?.['error_description']) ?? (obj === undefined ? 'response was not JSON' : undefined);
-    throw new TokenError(reason, `token endpoint answered ${status}${typeof code === 'string' ? ` ${describe(code)}` : ''}`, {
-      status,
-      ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }),
-      ...(description === undefined ? {} : { description }),
-    });
+    const description =
+      describe(obj?.['error_description']) ?? (obj === undefined ? 'response was not JSON' : undefined);
+    throw new TokenError(
+      reason,
+      `token endpoint answered ${status}${typeof code === 'string' ? ` ${describe(code)}` : ''}`,
+      {
+        status,
+        ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }),
+        ...(description === undefined ? {} : { description }),
+      },
+    );
   }
   if (obj === undefined) {
-    throw new TokenError('bad_response', `token endpoint answered ${status} with a body that is not a JSON object`, { status });
+    throw new TokenError('bad_response', `token endpoint answered ${status} with a body that is not a JSON object`, {
+      status,
+    });
   }
   const accessToken = obj['access_token'];
   if (typeof accessToken !== 'string' || accessToken === '') {
@@ -121,13 +134,27 @@ export function transportReason(err: unknown): TokenFailureReason {
 }
 
 /** One POST to the token endpoint (RFC 6749 §4.4.2 and friends). Throws TokenError. */
-export async function requestToken(endpoint: TokenEndpoint, params: Record<string, string>, nowMs: () => number): Promise<TokenResponse> {
+export async function requestToken(
+  endpoint: TokenEndpoint,
+  params: Record<string, string>,
+  nowMs: () => number,
+): Promise<TokenResponse> {
   const parts = {
-    headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' } as Record<string, string>,
+    headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' } as Record<
+      string,
+      string
+    >,
     body: new URLSearchParams(params),
   };
   await endpoint.clientAuth(parts);
-  const res = await postForText(endpoint.dispatcher, endpoint.url, parts.headers, parts.body.toString(), endpoint.timeoutMs, 'token endpoint');
+  const res = await postForText(
+    endpoint.dispatcher,
+    endpoint.url,
+    parts.headers,
+    parts.body.toString(),
+    endpoint.timeoutMs,
+    'token endpoint',
+  );
   return parseTokenResponse(res.status, res.headers, res.text, nowMs());
 }
 
@@ -157,7 +184,13 @@ export async function postForText(
   } catch (err) {
     if (err instanceof TokenError) throw err;
     const reason = transportReason(err);
-    throw new TokenError(reason, reason === 'timeout' ? `${what} did not answer within ${timeoutMs} ms` : `${what} unreachable: ${(err as Error).message}`, { cause: err });
+    throw new TokenError(
+      reason,
+      reason === 'timeout'
+        ? `${what} did not answer within ${timeoutMs} ms`
+        : `${what} unreachable: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
 }
 

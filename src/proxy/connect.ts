@@ -73,12 +73,26 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     if (head.length > 0) socket.unshift(head);
     // Until the first byte, no HTTP server timeout watches the tunnel: a client has as long as it has for its headers.
     closeWhenIdle(socket, ctx.limits.headersTimeoutSeconds);
-    openInnerConnection(ctx, r.interception, socket, { host, port, clientAddress, user, credentials: req.headers['proxy-authorization'], admittedBy: r });
+    openInnerConnection(ctx, r.interception, socket, {
+      host,
+      port,
+      clientAddress,
+      user,
+      credentials: req.headers['proxy-authorization'],
+      admittedBy: r,
+    });
     return;
   }
   const decision = r.egress.decide(host, port, 'connect');
   if (!decision.allowed) {
-    refuse(socket, new ProxyError('egress_denied', `CONNECT to ${host}:${port} is not allowed`, { host, port: String(port), rule: decision.rule }));
+    refuse(
+      socket,
+      new ProxyError('egress_denied', `CONNECT to ${host}:${port} is not allowed`, {
+        host,
+        port: String(port),
+        rule: decision.rule,
+      }),
+    );
     return;
   }
   closeWhenIdle(socket, ctx.limits.tunnelIdleTimeoutSeconds);
@@ -89,7 +103,12 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
  * Looks at the first byte the client sends inside the tunnel: a TLS handshake is terminated with
  * an interception certificate for the CONNECT host; anything else is read as plain HTTP.
  */
-function openInnerConnection(ctx: ProxyContext, interception: CertificateAuthority | undefined, socket: Duplex, t: Omit<Tunnel, 'proto'>): void {
+function openInnerConnection(
+  ctx: ProxyContext,
+  interception: CertificateAuthority | undefined,
+  socket: Duplex,
+  t: Omit<Tunnel, 'proto'>,
+): void {
   socket.once('readable', () => {
     const first = socket.read(1) as Buffer | null;
     if (first === null) {
@@ -111,7 +130,10 @@ function openInnerConnection(ctx: ProxyContext, interception: CertificateAuthori
     try {
       secureContext = interception.secureContextFor(t.host);
     } catch (err) {
-      ctx.logger.warn({ event: 'interception_failed', host: t.host, err: (err as Error).message }, 'cannot issue an interception certificate');
+      ctx.logger.warn(
+        { event: 'interception_failed', host: t.host, err: (err as Error).message },
+        'cannot issue an interception certificate',
+      );
       socket.destroy();
       return;
     }
@@ -122,7 +144,14 @@ function openInnerConnection(ctx: ProxyContext, interception: CertificateAuthori
   });
 }
 
-function blindTunnel(ctx: ProxyContext, socket: Duplex, head: Buffer, host: string, port: number, lookup: LookupFunction): void {
+function blindTunnel(
+  ctx: ProxyContext,
+  socket: Duplex,
+  head: Buffer,
+  host: string,
+  port: number,
+  lookup: LookupFunction,
+): void {
   const remote = tcpConnect({ host, port, lookup });
   let established = false;
   remote.once('connect', () => {
@@ -135,7 +164,14 @@ function blindTunnel(ctx: ProxyContext, socket: Duplex, head: Buffer, host: stri
   remote.once('error', (err) => {
     if (!established) {
       const denied = (err as NodeJS.ErrnoException).code === 'ERR_EGRESS_DENIED';
-      refuse(socket, new ProxyError(denied ? 'egress_denied' : 'upstream_unreachable', denied ? err.message : `cannot reach ${host}:${port}: ${err.message}`, { host, port: String(port) }));
+      refuse(
+        socket,
+        new ProxyError(
+          denied ? 'egress_denied' : 'upstream_unreachable',
+          denied ? err.message : `cannot reach ${host}:${port}: ${err.message}`,
+          { host, port: String(port) },
+        ),
+      );
     } else {
       socket.destroy();
     }

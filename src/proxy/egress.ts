@@ -57,9 +57,12 @@ export class EgressPolicy {
     const portOk = kind === 'http' ? () => true : (p: number) => this.#connectPorts.has(p);
     if (this.#allow.allows(host, port, portOk)) return { allowed: true, rule: 'egress.allow' };
     if (isGuardedAddress(host) || host === 'localhost') return { allowed: false, rule: GUARDED_RULE };
-    if (kind === 'connect' && this.#allow.allows(host, port, () => true)) return { allowed: false, rule: 'egress.connectPorts' };
+    if (kind === 'connect' && this.#allow.allows(host, port, () => true))
+      return { allowed: false, rule: 'egress.connectPorts' };
     if (this.#default === 'allow') {
-      return portOk(port) ? { allowed: true, rule: 'egress.default: allow' } : { allowed: false, rule: 'egress.connectPorts' };
+      return portOk(port)
+        ? { allowed: true, rule: 'egress.default: allow' }
+        : { allowed: false, rule: 'egress.connectPorts' };
     }
     return { allowed: false, rule: 'egress.default: deny' };
   }
@@ -76,13 +79,18 @@ export class EgressPolicy {
         return;
       }
       const explicit = this.#allow.listsName(hostname.toLowerCase());
-      const blocked = explicit ? undefined : addresses.find((a) => isGuardedAddress(a.address) && !this.#allow.listsAddress(a.address));
+      const blocked = explicit
+        ? undefined
+        : addresses.find((a) => isGuardedAddress(a.address) && !this.#allow.listsAddress(a.address));
       if (blocked !== undefined) {
-        const denied = Object.assign(new Error(`${hostname} resolves to ${blocked.address}: ${GUARDED_RULE}`), { code: 'ERR_EGRESS_DENIED' });
+        const denied = Object.assign(new Error(`${hostname} resolves to ${blocked.address}: ${GUARDED_RULE}`), {
+          code: 'ERR_EGRESS_DENIED',
+        });
         callback(denied, '', 0);
         return;
       }
-      if ((options as { all?: boolean }).all === true) (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, addresses);
+      if ((options as { all?: boolean }).all === true)
+        (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, addresses);
       else callback(null, addresses[0]?.address ?? '', addresses[0]?.family ?? 4);
     });
   };

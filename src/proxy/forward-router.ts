@@ -39,7 +39,11 @@ export class ForwardRouter<U = Upstream> {
     const exact = this.#exact.get(`${host}:${port}`);
     if (exact !== undefined) return exact;
     for (const { pattern, upstream } of this.#wildcards) {
-      if (nameMatches(pattern, host) && (pattern.port === undefined ? DEFAULT_PORTS.includes(port) : pattern.port === port)) return upstream;
+      if (
+        nameMatches(pattern, host) &&
+        (pattern.port === undefined ? DEFAULT_PORTS.includes(port) : pattern.port === port)
+      )
+        return upstream;
     }
     return undefined;
   }

@@ -33,7 +33,10 @@ export interface Upstream {
 
 /** Token sources by tenant, and where a request's tenant name comes from. */
 export interface TenantTokens {
-  readonly from: { readonly kind: 'proxyAuthUser' } | { readonly kind: 'header'; readonly name: string } | { readonly kind: 'jwtClaim'; readonly claim: string };
+  readonly from:
+    | { readonly kind: 'proxyAuthUser' }
+    | { readonly kind: 'header'; readonly name: string }
+    | { readonly kind: 'jwtClaim'; readonly claim: string };
   readonly byTenant: ReadonlyMap<string, TokenSource>;
 }
 
@@ -54,21 +57,42 @@ function tokenUnavailable(upstream: Upstream, err: unknown): ProxyError {
   const reason = err instanceof TokenError ? err.reason : 'bad_response';
   const details: Record<string, string> = { upstream: upstream.name, reason };
   if (err instanceof TokenError && err.description !== undefined) details['description'] = err.description;
-  return new ProxyError('token_unavailable', `no token for upstream ${upstream.name}: ${reason}`, details, { cause: err });
+  return new ProxyError('token_unavailable', `no token for upstream ${upstream.name}: ${reason}`, details, {
+    cause: err,
+  });
 }
 
 function upstreamFailure(upstream: Upstream, err: Error): ProxyError {
   if (err instanceof undiciErrors.HeadersTimeoutError) {
-    return new ProxyError('upstream_timeout', `upstream ${upstream.name} sent no response headers within ${upstream.timeoutMs} ms`, { upstream: upstream.name }, { cause: err });
+    return new ProxyError(
+      'upstream_timeout',
+      `upstream ${upstream.name} sent no response headers within ${upstream.timeoutMs} ms`,
+      { upstream: upstream.name },
+      { cause: err },
+    );
   }
   if (err instanceof ProxyError) return err;
   if (err instanceof undiciErrors.HeadersOverflowError || err instanceof undiciErrors.HTTPParserError) {
     // The target answered, but not with HTTP we can relay (RFC 9209 §2.3.17 http_protocol_error).
-    const what = err instanceof undiciErrors.HeadersOverflowError ? 'response headers over the 16 KiB limit' : 'a malformed response';
-    return new ProxyError('upstream_bad_response', `upstream ${upstream.name} sent ${what}`, { upstream: upstream.name }, { cause: err });
+    const what =
+      err instanceof undiciErrors.HeadersOverflowError
+        ? 'response headers over the 16 KiB limit'
+        : 'a malformed response';
+    return new ProxyError(
+      'upstream_bad_response',
+      `upstream ${upstream.name} sent ${what}`,
+      { upstream: upstream.name },
+      { cause: err },
+    );
   }
-  if ((err as NodeJS.ErrnoException).code === 'ERR_EGRESS_DENIED') return new ProxyError('egress_denied', err.message, { rule: 'egress: resolved address' }, { cause: err });
-  return new ProxyError('upstream_unreachable', `upstream ${upstream.name} failed: ${err.message}`, { upstream: upstream.name }, { cause: err });
+  if ((err as NodeJS.ErrnoException).code === 'ERR_EGRESS_DENIED')
+    return new ProxyError('egress_denied', err.message, { rule: 'egress: resolved address' }, { cause: err });
+  return new ProxyError(
+    'upstream_unreachable',
+    `upstream ${upstream.name} failed: ${err.message}`,
+    { upstream: upstream.name },
+    { cause: err },
+  );
 }
 
 /** Where one request goes: the origin (scheme, host, port) and the path with query. */
@@ -100,13 +124,25 @@ export function forward(
   tokens: TokenSource | undefined,
   maxRequestBodyBytes: number,
 ): Promise<void> | undefined {
-  const ctx: RequestContext = { req, res, upstream, target, tokens, started: performance.now(), requestId: requestIdOf(req) };
+  const ctx: RequestContext = {
+    req,
+    res,
+    upstream,
+    target,
+    tokens,
+    started: performance.now(),
+    requestId: requestIdOf(req),
+  };
   const token = tokens?.current();
   if (tokens !== undefined && token === undefined) return forwardOnceObtained(ctx, tokens, maxRequestBodyBytes);
   return sendWith(ctx, token, maxRequestBodyBytes);
 }
 
-async function forwardOnceObtained(ctx: RequestContext, tokens: TokenSource, maxRequestBodyBytes: number): Promise<void> {
+async function forwardOnceObtained(
+  ctx: RequestContext,
+  tokens: TokenSource,
+  maxRequestBodyBytes: number,
+): Promise<void> {
   let token: Token;
   try {
     token = await tokens.obtain();
@@ -119,7 +155,11 @@ async function forwardOnceObtained(ctx: RequestContext, tokens: TokenSource, max
 }
 
 /** Reads the body as the upstream's replay rule says (nothing to wait for without one), then sends. */
-function sendWith(ctx: RequestContext, token: Token | undefined, maxRequestBodyBytes: number): Promise<void> | undefined {
+function sendWith(
+  ctx: RequestContext,
+  token: Token | undefined,
+  maxRequestBodyBytes: number,
+): Promise<void> | undefined {
   let read: RequestBody | Promise<RequestBody>;
   try {
     read = readRequestBody(ctx.req, ctx.upstream.retryBodyLimitBytes, maxRequestBodyBytes);
@@ -141,7 +181,11 @@ function sendWith(ctx: RequestContext, token: Token | undefined, maxRequestBodyB
  * After a body was read into the replay buffer: a slow client may have taken long enough for the
  * token picked at the start to pass its use-by moment, which is never sent; the current one is.
  */
-function sendWithUsableToken(ctx: RequestContext, body: RequestBody, token: Token | undefined): Promise<void> | undefined {
+function sendWithUsableToken(
+  ctx: RequestContext,
+  body: RequestBody,
+  token: Token | undefined,
+): Promise<void> | undefined {
   const tokens = ctx.tokens;
   if (tokens === undefined || token === undefined || tokens.usable(token)) {
     new Exchange(ctx, body).send(token, 1);
@@ -155,7 +199,12 @@ function sendWithUsableToken(ctx: RequestContext, body: RequestBody, token: Toke
 
 /** No token could be had for the request: 502 token_unavailable, or 499 when its client has left. */
 function answerTokenFailure(ctx: RequestContext, err: unknown): void {
-  finish(ctx, ctx.res.destroyed ? CLIENT_LEFT : sendError(ctx.res, tokenUnavailable(ctx.upstream, err)), undefined, false);
+  finish(
+    ctx,
+    ctx.res.destroyed ? CLIENT_LEFT : sendError(ctx.res, tokenUnavailable(ctx.upstream, err)),
+    undefined,
+    false,
+  );
 }
 
 function refuseBody(ctx: RequestContext, token: Token | undefined, err: unknown): void {
@@ -163,7 +212,12 @@ function refuseBody(ctx: RequestContext, token: Token | undefined, err: unknown)
     finish(ctx, CLIENT_LEFT, token, false); // the body was cut off by the client leaving
     return;
   }
-  finish(ctx, sendError(ctx.res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')), token, false);
+  finish(
+    ctx,
+    sendError(ctx.res, err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body')),
+    token,
+    false,
+  );
 }
 
 /** One client request, as the access log and metrics see it. */
@@ -231,7 +285,8 @@ function bearerError(value: string): string | undefined {
   for (const part of value.matchAll(CHALLENGE_PART)) {
     const [, name, quotedOrToken, scheme] = part;
     if (scheme !== undefined) inBearer = scheme.toLowerCase() === 'bearer';
-    else if (inBearer && name?.toLowerCase() === 'error') return quotedOrToken?.replace(/^"|"$/g, '').replace(/\\(.)/g, '$1');
+    else if (inBearer && name?.toLowerCase() === 'error')
+      return quotedOrToken?.replace(/^"|"$/g, '').replace(/\\(.)/g, '$1');
   }
   return undefined;
 }
@@ -315,7 +370,13 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return true; // 1xx: informational, nothing to relay
     this.#status = statusCode;
     const tokens = this.#tokens;
-    if (statusCode === 401 && tokens !== undefined && this.#token !== undefined && this.#attempt === 1 && !tokenNotAtFault(rawHeaders)) {
+    if (
+      statusCode === 401 &&
+      tokens !== undefined &&
+      this.#token !== undefined &&
+      this.#attempt === 1 &&
+      !tokenNotAtFault(rawHeaders)
+    ) {
       // A partner rejecting every token must not turn each request into a token request: past
       // the renewal budget the 401 goes to the client as it came.
       if (tokens.mayRenewAfterUnauthorized(this.#token)) {
@@ -330,7 +391,14 @@ class Exchange implements Dispatcher.DispatchHandler {
       const outcome = statusCode === 401 ? 'still_unauthorized' : 'recovered';
       tokens.metrics.unauthorizedRetry(outcome);
       this.#upstream.logger.info(
-        { event: 'unauthorized_retry_outcome', upstream: this.#upstream.name, tenant: tokens.tenant, outcome, status: statusCode, token: this.#token?.fingerprint },
+        {
+          event: 'unauthorized_retry_outcome',
+          upstream: this.#upstream.name,
+          tenant: tokens.tenant,
+          outcome,
+          status: statusCode,
+          token: this.#token?.fingerprint,
+        },
         `replay after 401: ${outcome}`,
       );
     }
@@ -357,7 +425,10 @@ class Exchange implements Dispatcher.DispatchHandler {
     const u = this.#upstream;
     if (this.#res.headersSent) {
       // Mid-response failure: break the client connection so a cut answer never looks complete.
-      u.logger.warn({ event: 'upstream_response_broken', upstream: u.name, err: err.message }, 'upstream response broken');
+      u.logger.warn(
+        { event: 'upstream_response_broken', upstream: u.name, err: err.message },
+        'upstream response broken',
+      );
       this.#res.destroy(err);
       finish(this.#ctx, this.#status, this.#token, this.#attempt === 2);
       return;
@@ -367,7 +438,10 @@ class Exchange implements Dispatcher.DispatchHandler {
       return;
     }
     const failure = upstreamFailure(u, err);
-    u.logger.warn({ event: 'upstream_failed', upstream: u.name, error: failure.code, err: err.message }, failure.message);
+    u.logger.warn(
+      { event: 'upstream_failed', upstream: u.name, error: failure.code, err: err.message },
+      failure.message,
+    );
     finish(this.#ctx, sendError(this.#res, failure), this.#token, this.#attempt === 2);
   }
 
@@ -375,7 +449,10 @@ class Exchange implements Dispatcher.DispatchHandler {
     const u = this.#upstream;
     const tokens = this.#tokens as TokenSource; // only token-bearing exchanges replay
     const used = this.#token as Token;
-    u.logger.info({ event: 'unauthorized_retry', upstream: u.name, tenant: tokens.tenant, token: used.fingerprint }, 'target answered 401: renewing the token and replaying once');
+    u.logger.info(
+      { event: 'unauthorized_retry', upstream: u.name, tenant: tokens.tenant, token: used.fingerprint },
+      'target answered 401: renewing the token and replaying once',
+    );
     tokens.renewAfterUnauthorized(used).then(
       (fresh) => {
         if (this.#res.destroyed) {

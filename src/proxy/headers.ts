@@ -18,7 +18,14 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
  * Request fields the proxy sets itself, or has already acted on: `Expect: 100-continue` was
  * answered to the client by this hop (RFC 9110 §10.1.1), and undici refuses to send it anyway.
  */
-const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set(['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', 'expect']);
+const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set([
+  'host',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-request-id',
+  'expect',
+]);
 
 /**
  * Adds the field names a Connection value lists to `named`, and returns it. Names dropped anyway
@@ -36,7 +43,8 @@ function connectionTokens(raw: readonly string[]): Set<string> | undefined {
   let named: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
-    if (name.length === 10 && name.toLowerCase() === 'connection') named = addConnectionTokens(raw[i + 1] as string, named);
+    if (name.length === 10 && name.toLowerCase() === 'connection')
+      named = addConnectionTokens(raw[i + 1] as string, named);
   }
   return named;
 }
@@ -58,7 +66,11 @@ export interface ForwardedInfo {
  * a token, the client's own Authorization never reaches the partner; without one (egress
  * passthrough) the client's header is the client's business and passes unchanged.
  */
-export function upstreamRequestHeaders(raw: readonly string[], forwarded: ForwardedInfo, authorization: string | undefined): string[] {
+export function upstreamRequestHeaders(
+  raw: readonly string[],
+  forwarded: ForwardedInfo,
+  authorization: string | undefined,
+): string[] {
   const named = connectionTokens(raw);
   const out: string[] = [];
   let host: string | undefined;
@@ -76,7 +88,10 @@ export function upstreamRequestHeaders(raw: readonly string[], forwarded: Forwar
   }
   if (forwarded.add !== undefined) for (const [name, value] of forwarded.add) out.push(name, value);
   // RFC 7239 §5.2 semantics, de-facto header: append this hop's client to the chain.
-  out.push('x-forwarded-for', priorFor === undefined ? forwarded.clientAddress : `${priorFor}, ${forwarded.clientAddress}`);
+  out.push(
+    'x-forwarded-for',
+    priorFor === undefined ? forwarded.clientAddress : `${priorFor}, ${forwarded.clientAddress}`,
+  );
   out.push('x-forwarded-proto', forwarded.proto);
   if (host !== undefined) out.push('x-forwarded-host', host);
   if (forwarded.requestId !== undefined) out.push('x-request-id', forwarded.requestId);
@@ -89,7 +104,8 @@ export function downstreamResponseHeaders(raw: readonly Buffer[]): string[] {
   let named: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as Buffer;
-    if (name.length === 10 && name.toString('latin1').toLowerCase() === 'connection') named = addConnectionTokens((raw[i + 1] as Buffer).toString('latin1'), named);
+    if (name.length === 10 && name.toString('latin1').toLowerCase() === 'connection')
+      named = addConnectionTokens((raw[i + 1] as Buffer).toString('latin1'), named);
   }
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {

@@ -50,7 +50,11 @@ export function parseHostPattern(text: string): HostPattern | string {
 /** Does `host` (lower case) fall under the pattern's name part? Ports are checked by the caller. */
 export function nameMatches(pattern: HostPattern, host: string): boolean {
   if (!pattern.wildcard) return host === pattern.host;
-  return host.length > pattern.host.length + 1 && host.endsWith(pattern.host) && host.charCodeAt(host.length - pattern.host.length - 1) === 46;
+  return (
+    host.length > pattern.host.length + 1 &&
+    host.endsWith(pattern.host) &&
+    host.charCodeAt(host.length - pattern.host.length - 1) === 46
+  );
 }
 
 /**
@@ -81,7 +85,8 @@ export class HostList {
       const net = entry.slice(0, slash);
       const prefix = Number(entry.slice(slash + 1));
       const family = isIP(net);
-      if (family === 0 || !Number.isInteger(prefix) || prefix < 0 || prefix > (family === 4 ? 32 : 128)) return `"${entry}" is not a valid CIDR range`;
+      if (family === 0 || !Number.isInteger(prefix) || prefix < 0 || prefix > (family === 4 ? 32 : 128))
+        return `"${entry}" is not a valid CIDR range`;
       this.#ips.addSubnet(net, prefix, family === 4 ? 'ipv4' : 'ipv6');
       this.#hasIps = true;
       return undefined;
@@ -143,7 +148,13 @@ export function parseAddressList(entries: readonly string[]): BlockList | string
     const [net = '', bits] = entry.split('/');
     const family = isIP(net);
     const prefix = bits === undefined ? (family === 4 ? 32 : 128) : Number(bits);
-    if (family === 0 || !Number.isInteger(prefix) || prefix < 0 || prefix > (family === 4 ? 32 : 128) || (bits !== undefined && !/^\d+$/.test(bits))) {
+    if (
+      family === 0 ||
+      !Number.isInteger(prefix) ||
+      prefix < 0 ||
+      prefix > (family === 4 ? 32 : 128) ||
+      (bits !== undefined && !/^\d+$/.test(bits))
+    ) {
       problems.push(`[${i}]: "${entry}" is not an IP address or CIDR range`);
       return;
     }

@@ -13,7 +13,10 @@ export class InboundGuard {
   /** user name → sha256 of "name:password"; digests have equal length, so comparison is constant-time. */
   readonly #users: Map<string, Buffer> | undefined;
 
-  constructor(settings: { allowCidrs: readonly string[] | undefined; proxyAuth: { users: readonly ProxyUser[] } | undefined }) {
+  constructor(settings: {
+    allowCidrs: readonly string[] | undefined;
+    proxyAuth: { users: readonly ProxyUser[] } | undefined;
+  }) {
     if (settings.allowCidrs !== undefined) {
       const list = parseAddressList(settings.allowCidrs);
       if (Array.isArray(list)) throw new Error(list.join('; ')); // validated with the config

@@ -19,7 +19,11 @@ const NONE: RequestBody = { kind: 'none' };
  * if it goes on, streamed with what was read so far in front (undici RetryHandler's rule: a
  * body already partly sent is never replayed).
  */
-export function readRequestBody(req: IncomingMessage, limit: number, maxBytes: number): RequestBody | Promise<RequestBody> {
+export function readRequestBody(
+  req: IncomingMessage,
+  limit: number,
+  maxBytes: number,
+): RequestBody | Promise<RequestBody> {
   const length = req.headers['content-length'];
   const chunked = req.headers['transfer-encoding'] !== undefined;
   // Answered synchronously when no reading is needed: most requests (GETs) take no extra tick.
@@ -44,7 +48,11 @@ async function bufferUpTo(req: IncomingMessage, limit: number, maxBytes: number)
     chunks.push(next.value);
     size += next.value.length;
     if (size > maxBytes) throw tooLarge(maxBytes);
-    if (size > limit) return { kind: 'streamed', stream: Readable.from(continueWith(chunks, iterator, size, maxBytes), { objectMode: false }) };
+    if (size > limit)
+      return {
+        kind: 'streamed',
+        stream: Readable.from(continueWith(chunks, iterator, size, maxBytes), { objectMode: false }),
+      };
   }
   return { kind: 'buffered', data: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size) };
 }
@@ -54,7 +62,12 @@ function tooLarge(maxBytes: number): ProxyError {
 }
 
 /** The rest of a chunked body after what was read, still counted against the limit. */
-async function* continueWith(head: Buffer[], rest: AsyncIterator<Buffer>, read: number, maxBytes: number): AsyncGenerator<Buffer> {
+async function* continueWith(
+  head: Buffer[],
+  rest: AsyncIterator<Buffer>,
+  read: number,
+  maxBytes: number,
+): AsyncGenerator<Buffer> {
   yield* head;
   let size = read;
   for (;;) {

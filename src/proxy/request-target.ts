@@ -56,7 +56,14 @@ export function parseAbsoluteForm(target: string): AbsoluteTarget | null {
   if (target.length < 8 || target.slice(0, 7).toLowerCase() !== 'http://' || target.includes('#')) return null;
   const slash = target.indexOf('/', 7);
   const queryStart = target.indexOf('?', 7);
-  const end = slash === -1 ? (queryStart === -1 ? target.length : queryStart) : queryStart === -1 ? slash : Math.min(slash, queryStart);
+  const end =
+    slash === -1
+      ? queryStart === -1
+        ? target.length
+        : queryStart
+      : queryStart === -1
+        ? slash
+        : Math.min(slash, queryStart);
   const authority = target.slice(7, end);
   if (authority === '' || authority.includes('@') || unbracketedIpv6(authority)) return null;
   const parts = splitHostPort(authority);

@@ -41,24 +41,50 @@ export interface CallerAuth {
  * mode with caller validation, `tokens` is decided only after the caller's JWT (see admitCaller).
  */
 export type Resolution =
-  | { readonly upstream: Upstream; readonly target: Target; readonly tokens: TokenSource | undefined; readonly verifyCaller?: { readonly user: string | undefined } }
+  | {
+      readonly upstream: Upstream;
+      readonly target: Target;
+      readonly tokens: TokenSource | undefined;
+      readonly verifyCaller?: { readonly user: string | undefined };
+    }
   | ProxyError;
 
 /**
  * The token source for this request: the upstream's, or its tenant's. A request whose tenant is
  * missing or unknown is refused; it never falls back to another tenant's credentials.
  */
-export function tokensFor(upstream: Upstream, req: IncomingMessage, user: string | undefined, claims?: JWTPayload): TokenSource | undefined | ProxyError {
+export function tokensFor(
+  upstream: Upstream,
+  req: IncomingMessage,
+  user: string | undefined,
+  claims?: JWTPayload,
+): TokenSource | undefined | ProxyError {
   const t = upstream.tokens;
   if (t === undefined || !('byTenant' in t)) return t;
-  const raw = t.from.kind === 'proxyAuthUser' ? user : t.from.kind === 'header' ? req.headers[t.from.name] : claims?.[t.from.claim];
+  const raw =
+    t.from.kind === 'proxyAuthUser'
+      ? user
+      : t.from.kind === 'header'
+        ? req.headers[t.from.name]
+        : claims?.[t.from.claim];
   const tenant = typeof raw === 'string' && raw !== '' ? raw : undefined;
   const source = tenant === undefined ? undefined : t.byTenant.get(tenant);
   if (source !== undefined) return source;
-  const where = t.from.kind === 'proxyAuthUser' ? 'the proxy user' : t.from.kind === 'header' ? `the ${t.from.name} header` : `the caller's ${t.from.claim} claim`;
-  return new ProxyError('unknown_tenant', tenant === undefined ? `upstream ${upstream.name} needs a tenant (from ${where})` : `unknown tenant for upstream ${upstream.name}`, {
-    upstream: upstream.name,
-  });
+  const where =
+    t.from.kind === 'proxyAuthUser'
+      ? 'the proxy user'
+      : t.from.kind === 'header'
+        ? `the ${t.from.name} header`
+        : `the caller's ${t.from.claim} claim`;
+  return new ProxyError(
+    'unknown_tenant',
+    tenant === undefined
+      ? `upstream ${upstream.name} needs a tenant (from ${where})`
+      : `unknown tenant for upstream ${upstream.name}`,
+    {
+      upstream: upstream.name,
+    },
+  );
 }
 
 /**
@@ -66,9 +92,22 @@ export function tokensFor(upstream: Upstream, req: IncomingMessage, user: string
  * (admitCaller), whichever way the request came: a forward-mode request or one inside a tunnel
  * spends the partner's token just as a reverse-mode one does.
  */
-function routed(r: Routing, upstream: Upstream, path: string, clientProto: Target['clientProto'], req: IncomingMessage, user: string | undefined): Resolution {
+function routed(
+  r: Routing,
+  upstream: Upstream,
+  path: string,
+  clientProto: Target['clientProto'],
+  req: IncomingMessage,
+  user: string | undefined,
+): Resolution {
   const origin = upstream.origin;
-  if (r.callerAuth !== undefined) return { upstream, target: { origin, path, clientProto, stripHeaders: r.callerAuth.claimHeaders }, tokens: undefined, verifyCaller: { user } };
+  if (r.callerAuth !== undefined)
+    return {
+      upstream,
+      target: { origin, path, clientProto, stripHeaders: r.callerAuth.claimHeaders },
+      tokens: undefined,
+      verifyCaller: { user },
+    };
   const tokens = tokensFor(upstream, req, user);
   return tokens instanceof ProxyError ? tokens : { upstream, target: { origin, path, clientProto }, tokens };
 }
@@ -83,7 +122,8 @@ function noFragment(): ProxyError {
 
 function hostCount(raw: readonly string[]): number {
   let n = 0;
-  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).length === 4 && (raw[i] as string).toLowerCase() === 'host') n++;
+  for (let i = 0; i < raw.length; i += 2)
+    if ((raw[i] as string).length === 4 && (raw[i] as string).toLowerCase() === 'host') n++;
   return n;
 }
 
@@ -99,14 +139,22 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
   // TRACE makes the target echo the request it received, and the proxy adds credentials to it
   // (the partner's token, addHeaders): a client MUST NOT send sensitive fields in a TRACE
   // (RFC 9110 §9.3.8), and here the proxy is that client. Refused for every destination.
-  if (req.method === 'TRACE') return new ProxyError('method_not_allowed', 'TRACE is not forwarded: the target would echo the credentials the proxy adds');
+  if (req.method === 'TRACE')
+    return new ProxyError(
+      'method_not_allowed',
+      'TRACE is not forwarded: the target would echo the credentials the proxy adds',
+    );
   const tunnel = ctx.tunnels.get(req.socket);
   if (tunnel !== undefined) {
     if (tunnel.admittedBy !== r) {
       // Opened under an earlier configuration: it passes this one's inbound checks too, or
       // carries nothing more (a removed user or address keeps no access through an open tunnel).
       const user = r.guard.clientAllowed(tunnel.clientAddress) ? r.guard.authenticate(tunnel.credentials) : undefined;
-      if (user === undefined) return new ProxyError('proxy_auth_required', 'this tunnel was opened with credentials or from an address the configuration no longer accepts: open a new one');
+      if (user === undefined)
+        return new ProxyError(
+          'proxy_auth_required',
+          'this tunnel was opened with credentials or from an address the configuration no longer accepts: open a new one',
+        );
       tunnel.user = user;
       tunnel.admittedBy = r;
     }
@@ -117,7 +165,8 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
     const path = url.charCodeAt(0) === 47 ? url : (parseAbsoluteForm(url)?.path ?? null);
     if (path === null) return new ProxyError('bad_request', 'malformed request target inside the tunnel');
     const upstream = r.forward.route(tunnel.host, tunnel.port);
-    if (upstream === undefined) return new ProxyError('no_route', `${tunnel.host}:${tunnel.port} is no longer served by an upstream`);
+    if (upstream === undefined)
+      return new ProxyError('no_route', `${tunnel.host}:${tunnel.port} is no longer served by an upstream`);
     return routed(r, upstream, path, tunnel.proto, req, tunnel.user);
   }
   if (url.charCodeAt(0) === 47) {
@@ -131,7 +180,8 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
     return routed(r, route.upstream, route.path, 'http', req, user);
   }
   const absolute = parseAbsoluteForm(url);
-  if (absolute === null) return new ProxyError('bad_request', 'request target must be a path or an absolute http:// URL without userinfo');
+  if (absolute === null)
+    return new ProxyError('bad_request', 'request target must be a path or an absolute http:// URL without userinfo');
   const user = r.guard.authenticate(req.headers['proxy-authorization']);
   if (user === undefined) return new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong');
   const upstream = r.forward.route(absolute.host, absolute.port);
@@ -141,11 +191,18 @@ export function resolve(ctx: ProxyContext, req: IncomingMessage): Resolution {
   }
   const decision = r.egress.decide(absolute.host, absolute.port, 'http');
   if (!decision.allowed) {
-    return new ProxyError('egress_denied', `egress to ${absolute.host}:${absolute.port} is not allowed`, { host: absolute.host, port: String(absolute.port), rule: decision.rule });
+    return new ProxyError('egress_denied', `egress to ${absolute.host}:${absolute.port} is not allowed`, {
+      host: absolute.host,
+      port: String(absolute.port),
+      rule: decision.rule,
+    });
   }
-  return { upstream: r.passthrough, target: { origin: `http://${urlHost(absolute.host)}:${absolute.port}`, path: absolute.path, clientProto: 'http' }, tokens: undefined };
+  return {
+    upstream: r.passthrough,
+    target: { origin: `http://${urlHost(absolute.host)}:${absolute.port}`, path: absolute.path, clientProto: 'http' },
+    tokens: undefined,
+  };
 }
-
 
 /** A caller refused in gateway mode: the status, WWW-Authenticate (RFC 6750 §3) and the JSON error. */
 export interface CallerRefusal {

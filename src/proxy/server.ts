@@ -38,11 +38,19 @@ type ClientErrorAnswer = readonly [status: number, text: string, message: string
 const BAD_REQUEST: ClientErrorAnswer = [400, 'Bad Request', 'malformed request'];
 const CLIENT_ERRORS: Readonly<Record<string, ClientErrorAnswer>> = {
   HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large', 'request headers too large'],
-  ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout', 'request not received in time (limits.headersTimeoutSeconds, limits.requestTimeoutSeconds)'],
+  ERR_HTTP_REQUEST_TIMEOUT: [
+    408,
+    'Request Timeout',
+    'request not received in time (limits.headersTimeoutSeconds, limits.requestTimeoutSeconds)',
+  ],
 };
 
 /** The proxy listener: reverse mode, forward mode (absolute-form and CONNECT) and upgrades, on one port. */
-export function createProxyServer(routing: Routing, logger: Logger, limits: ListenerLimits): { server: Server; ctx: ProxyContext; inFlight: Drain } {
+export function createProxyServer(
+  routing: Routing,
+  logger: Logger,
+  limits: ListenerLimits,
+): { server: Server; ctx: ProxyContext; inFlight: Drain } {
   const server = createServer({
     keepAliveTimeout: 65_000,
     // Slow clients (slowloris) are cut off: headers within headersTimeout, the whole request
@@ -71,7 +79,10 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
     if (full.routing.guard.clientAllowed(socket.remoteAddress ?? full.tunnels.get(socket)?.clientAddress)) return;
     refused.add(socket);
     socket.on('error', () => undefined);
-    answerAndClose(socket, errorResponseBytes(new ProxyError('client_not_allowed', 'this client address may not use the proxy')));
+    answerAndClose(
+      socket,
+      errorResponseBytes(new ProxyError('client_not_allowed', 'this client address may not use the proxy')),
+    );
   });
 
   const failed = (res: ServerResponse) => (err: unknown) => {
@@ -122,8 +133,12 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
       .catch(failed(res));
   });
 
-  server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => (refused.has(socket) ? socket.destroy() : handleConnect(full, req, socket, head)));
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => (refused.has(socket) ? socket.destroy() : handleUpgrade(full, req, socket, head)));
+  server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+    refused.has(socket) ? socket.destroy() : handleConnect(full, req, socket, head),
+  );
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+    refused.has(socket) ? socket.destroy() : handleUpgrade(full, req, socket, head),
+  );
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     // Malformed request line or headers, or a client too slow to send them (or its body): answer
@@ -131,7 +146,9 @@ export function createProxyServer(routing: Routing, logger: Logger, limits: List
     if (!socket.writable) return;
     const [status, text, message] = CLIENT_ERRORS[err.code ?? ''] ?? BAD_REQUEST;
     const body = JSON.stringify({ error: status === 408 ? 'request_timeout' : 'bad_request', message });
-    socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+    socket.end(
+      `HTTP/1.1 ${status} ${text}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
+    );
   });
   return { server, ctx, inFlight };
 }

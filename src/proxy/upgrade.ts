@@ -14,7 +14,8 @@ import type { ProxyContext } from './server.js';
  * Any other answer ends the connection: its body (de-chunked by undici) runs until the close.
  */
 function head(status: number, statusText: string, raw: readonly Buffer[]): string {
-  const headers = status === 101 ? raw.map((b) => b.toString('latin1')) : [...downstreamResponseHeaders(raw), 'connection', 'close'];
+  const headers =
+    status === 101 ? raw.map((b) => b.toString('latin1')) : [...downstreamResponseHeaders(raw), 'connection', 'close'];
   let text = `HTTP/1.1 ${status} ${statusText}\r\n`;
   for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
   return `${text}\r\n`;
@@ -40,8 +41,19 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
   detach(ctx, socket);
   closeWhenIdle(socket, ctx.limits.tunnelIdleTimeoutSeconds);
   const websocket = (req.headers.upgrade ?? '').trim().toLowerCase() === 'websocket';
-  if (!websocket && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) !== 0)) {
-    answerAndClose(socket, errorResponseBytes(new ProxyError('bad_request', 'a request with a body cannot offer a protocol upgrade here: send it without Upgrade (only WebSocket is relayed)')));
+  if (
+    !websocket &&
+    (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) !== 0)
+  ) {
+    answerAndClose(
+      socket,
+      errorResponseBytes(
+        new ProxyError(
+          'bad_request',
+          'a request with a body cannot offer a protocol upgrade here: send it without Upgrade (only WebSocket is relayed)',
+        ),
+      ),
+    );
     return;
   }
   const callerAuth = ctx.routing.callerAuth;
@@ -58,7 +70,8 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
   admitCaller(callerAuth, req, where).then(
     (admitted) => {
       if (admitted instanceof ProxyError) answerAndClose(socket, errorResponseBytes(admitted));
-      else if ('error' in admitted) answerAndClose(socket, errorResponseBytes(admitted.error, { 'www-authenticate': admitted.wwwAuthenticate }));
+      else if ('error' in admitted)
+        answerAndClose(socket, errorResponseBytes(admitted.error, { 'www-authenticate': admitted.wwwAuthenticate }));
       else relay(req, socket, early, websocket, where.upstream, admitted.target, admitted.tokens);
     },
     () => socket.destroy(),
@@ -66,14 +79,28 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
 }
 
 /** To the target: a WebSocket handshake (then joined on a 101), or else an ordinary request whose answer ends the connection. */
-function relay(req: IncomingMessage, socket: Duplex, early: Buffer, websocket: boolean, upstream: Upstream, target: Target, tokens: TokenSource | undefined): void {
-  const tokenReady = tokens === undefined ? Promise.resolve(undefined) : Promise.resolve(tokens.current() ?? tokens.obtain());
+function relay(
+  req: IncomingMessage,
+  socket: Duplex,
+  early: Buffer,
+  websocket: boolean,
+  upstream: Upstream,
+  target: Target,
+  tokens: TokenSource | undefined,
+): void {
+  const tokenReady =
+    tokens === undefined ? Promise.resolve(undefined) : Promise.resolve(tokens.current() ?? tokens.obtain());
   tokenReady.then(
     (token) => {
       // Upgrade and Connection are hop-by-hop: undici writes its own from `upgrade`.
       const headers = upstreamRequestHeaders(
         req.rawHeaders,
-        { clientAddress: req.socket.remoteAddress ?? '', proto: target.clientProto, strip: target.stripHeaders, add: target.addHeaders },
+        {
+          clientAddress: req.socket.remoteAddress ?? '',
+          proto: target.clientProto,
+          strip: target.stripHeaders,
+          add: target.addHeaders,
+        },
         token?.header,
       );
       const handler: Dispatcher.DispatchHandler = {
@@ -98,7 +125,15 @@ function relay(req: IncomingMessage, socket: Duplex, early: Buffer, websocket: b
           socket.end(() => socket.destroy());
         },
         onError: (err) => {
-          if (socket.writable) answerAndClose(socket, errorResponseBytes(new ProxyError('upstream_unreachable', `upgrade to ${upstream.name} failed: ${err.message}`, { upstream: upstream.name })));
+          if (socket.writable)
+            answerAndClose(
+              socket,
+              errorResponseBytes(
+                new ProxyError('upstream_unreachable', `upgrade to ${upstream.name} failed: ${err.message}`, {
+                  upstream: upstream.name,
+                }),
+              ),
+            );
         },
       };
       const request = { origin: target.origin, path: target.path, method: req.method ?? 'GET', headers };
@@ -106,7 +141,15 @@ function relay(req: IncomingMessage, socket: Duplex, early: Buffer, websocket: b
     },
     (err: unknown) => {
       const reason = err instanceof TokenError ? err.reason : 'bad_response';
-      answerAndClose(socket, errorResponseBytes(new ProxyError('token_unavailable', `no token for upstream ${upstream.name}: ${reason}`, { upstream: upstream.name, reason })));
+      answerAndClose(
+        socket,
+        errorResponseBytes(
+          new ProxyError('token_unavailable', `no token for upstream ${upstream.name}: ${reason}`, {
+            upstream: upstream.name,
+            reason,
+          }),
+        ),
+      );
     },
   );
 }

@@ -47,9 +47,20 @@ export class EntryCipher {
     // The AAD binds the value to its Redis key (no swapping entries between keys) and to its clear
     // version (no rewinding or inflating what waiters compare).
     cipher.setAAD(Buffer.from(`${aad}|${entry.version}`));
-    const plain = JSON.stringify({ a: entry.accessToken, r: entry.refreshToken, o: entry.obtainedAt, e: entry.expiresAt });
+    const plain = JSON.stringify({
+      a: entry.accessToken,
+      r: entry.refreshToken,
+      o: entry.obtainedAt,
+      e: entry.expiresAt,
+    });
     const ct = Buffer.concat([cipher.update(plain, 'utf8'), cipher.final()]);
-    return [String(entry.version), this.#primary.id, iv.toString('base64url'), cipher.getAuthTag().toString('base64url'), ct.toString('base64url')].join('.');
+    return [
+      String(entry.version),
+      this.#primary.id,
+      iv.toString('base64url'),
+      cipher.getAuthTag().toString('base64url'),
+      ct.toString('base64url'),
+    ].join('.');
   }
 
   /** Throws when the value is malformed, sealed by an unknown key, or tampered with. */
@@ -57,11 +68,14 @@ export class EntryCipher {
     const [version, id, iv, tag, ct] = value.split('.');
     const key = id === undefined ? undefined : this.#byId.get(id);
     if (version === undefined || iv === undefined || tag === undefined || ct === undefined || key === undefined) {
-      throw new Error(key === undefined && id !== undefined ? `entry sealed with unknown key ${id}` : 'malformed entry');
+      throw new Error(
+        key === undefined && id !== undefined ? `entry sealed with unknown key ${id}` : 'malformed entry',
+      );
     }
     const ivBytes = Buffer.from(iv, 'base64url');
     const tagBytes = Buffer.from(tag, 'base64url');
-    if (ivBytes.length !== IV_BYTES || tagBytes.length !== TAG_BYTES || !/^\d+$/.test(version)) throw new Error('malformed entry');
+    if (ivBytes.length !== IV_BYTES || tagBytes.length !== TAG_BYTES || !/^\d+$/.test(version))
+      throw new Error('malformed entry');
     const decipher = createDecipheriv(ALGORITHM, key.key, ivBytes, { authTagLength: TAG_BYTES });
     decipher.setAAD(Buffer.from(`${aad}|${version}`));
     decipher.setAuthTag(tagBytes);

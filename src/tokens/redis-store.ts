@@ -85,7 +85,10 @@ export class RedisTokenStore implements SharedTokenStore {
   #health(up: boolean): void {
     if (up === this.#up) return;
     this.#up = up;
-    this.#o.logger[up ? 'info' : 'warn']({ event: up ? 'shared_cache_up' : 'shared_cache_down' }, up ? 'shared token cache connected' : 'shared token cache unavailable: working from memory');
+    this.#o.logger[up ? 'info' : 'warn'](
+      { event: up ? 'shared_cache_up' : 'shared_cache_down' },
+      up ? 'shared token cache connected' : 'shared token cache unavailable: working from memory',
+    );
     this.#o.onHealth?.(up);
   }
 
@@ -121,7 +124,10 @@ export class RedisTokenStore implements SharedTokenStore {
     } catch (err) {
       // Unreadable (another key, tampering): treat as absent; the next write replaces it.
       this.#o.onError?.('decrypt');
-      this.#o.logger.warn({ event: 'shared_cache_unreadable', err: (err as Error).message }, 'shared token entry could not be opened');
+      this.#o.logger.warn(
+        { event: 'shared_cache_unreadable', err: (err as Error).message },
+        'shared token entry could not be opened',
+      );
       return undefined;
     }
   }
@@ -129,7 +135,9 @@ export class RedisTokenStore implements SharedTokenStore {
   async tryLock(key: string): Promise<SharedLock | undefined> {
     const hashed = this.#hash(key);
     const owner = randomUUID();
-    const ok = await this.#run('lock', () => this.#redis.set(this.#lockKey(hashed), owner, 'PX', this.#o.lockTimeoutMs, 'NX'));
+    const ok = await this.#run('lock', () =>
+      this.#redis.set(this.#lockKey(hashed), owner, 'PX', this.#o.lockTimeoutMs, 'NX'),
+    );
     return ok === 'OK' ? { key, owner } : undefined;
   }
 
@@ -137,14 +145,28 @@ export class RedisTokenStore implements SharedTokenStore {
     const hashed = this.#hash(key);
     const sealed = this.#o.cipher.seal(entry, hashed);
     const written = await this.#run('write', () =>
-      this.#redis.eval(WRITE_IF_OWNER, 2, this.#entryKey(hashed), this.#lockKey(hashed), lock.owner, sealed, Math.max(1, Math.ceil(ttlMs)), this.#channel, `${hashed} ${entry.version}`),
+      this.#redis.eval(
+        WRITE_IF_OWNER,
+        2,
+        this.#entryKey(hashed),
+        this.#lockKey(hashed),
+        lock.owner,
+        sealed,
+        Math.max(1, Math.ceil(ttlMs)),
+        this.#channel,
+        `${hashed} ${entry.version}`,
+      ),
     );
     return written === 1;
   }
 
   async extend(lock: SharedLock): Promise<boolean> {
     const hashed = this.#hash(lock.key);
-    return (await this.#run('lock', () => this.#redis.eval(EXTEND_IF_OWNER, 1, this.#lockKey(hashed), lock.owner, this.#o.lockTimeoutMs))) === 1;
+    return (
+      (await this.#run('lock', () =>
+        this.#redis.eval(EXTEND_IF_OWNER, 1, this.#lockKey(hashed), lock.owner, this.#o.lockTimeoutMs),
+      )) === 1
+    );
   }
 
   async unlock(lock: SharedLock): Promise<void> {
@@ -170,7 +192,8 @@ export class RedisTokenStore implements SharedTokenStore {
         this.#redis
           .mget(this.#entryKey(hashed), this.#lockKey(hashed))
           .then(([value, lock]) => {
-            if (lock === null || (value !== null && value !== undefined && EntryCipher.versionOf(value) > seenVersion)) finish();
+            if (lock === null || (value !== null && value !== undefined && EntryCipher.versionOf(value) > seenVersion))
+              finish();
           })
           .catch(finish); // Redis went away: stop waiting, the caller works on its own
       }, POLL_MS);

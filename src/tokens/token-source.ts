@@ -204,7 +204,10 @@ export class TokenSource extends EventEmitter {
         // the configuration in force (the old generation closes its own once drained).
         return await (this.#s.newest ?? this).#fetchOnce(trigger);
       } catch (err) {
-        const error = err instanceof TokenError ? err : new TokenError('bad_response', 'token response could not be used', { cause: err });
+        const error =
+          err instanceof TokenError
+            ? err
+            : new TokenError('bad_response', 'token response could not be used', { cause: err });
         this.#s.failures += 1;
         this.#s.lastError = error;
         const backoff = backoffDelayMs(this.#backoff, this.#s.failures, error.retryAfterSeconds, error.permanent);
@@ -238,7 +241,10 @@ export class TokenSource extends EventEmitter {
    * its refresh token would revoke the one the fleet now holds. Then this replica's own refresh
    * token, if it holds a different one. Otherwise: the full grant.
    */
-  async #callGrant(refreshToken: string | undefined, reread?: () => Promise<SharedEntry | undefined>): Promise<TokenResponse | Token> {
+  async #callGrant(
+    refreshToken: string | undefined,
+    reread?: () => Promise<SharedEntry | undefined>,
+  ): Promise<TokenResponse | Token> {
     const grant = this.#o.grant;
     const refresh = grant.refresh;
     if (refreshToken === undefined || refresh === undefined) return grant.obtain();
@@ -274,10 +280,16 @@ export class TokenSource extends EventEmitter {
   }
 
   /** One grant call (or a sibling's newer entry); a new refresh token replaces ours at once (rotation). */
-  async #grantToken(sharedRefreshToken: string | undefined, reread?: () => Promise<SharedEntry | undefined>): Promise<{ token: Token; fromShared: boolean }> {
+  async #grantToken(
+    sharedRefreshToken: string | undefined,
+    reread?: () => Promise<SharedEntry | undefined>,
+  ): Promise<{ token: Token; fromShared: boolean }> {
     // The key's newest refresh token (KeyState, kept across reloads), else the one the cached
     // token carries: use it rather than logging in again.
-    const response = await this.#callGrant(sharedRefreshToken ?? this.#s.refreshToken ?? this.#o.cache.get(this.key)?.refreshToken, reread);
+    const response = await this.#callGrant(
+      sharedRefreshToken ?? this.#s.refreshToken ?? this.#o.cache.get(this.key)?.refreshToken,
+      reread,
+    );
     if ('header' in response) {
       this.#s.refreshToken = response.refreshToken;
       return { token: response, fromShared: true };
@@ -292,10 +304,14 @@ export class TokenSource extends EventEmitter {
    * With a shared tier: adopt a sibling's token when one is there; otherwise take the lock and
    * be the one replica that calls the token endpoint, or wait for the replica that holds it.
    */
-  async #viaShared(shared: SharedSettings, rejected: string | undefined): Promise<{ token: Token; fromShared: boolean }> {
+  async #viaShared(
+    shared: SharedSettings,
+    rejected: string | undefined,
+  ): Promise<{ token: Token; fromShared: boolean }> {
     const { store, lockTimeoutMs } = shared;
     // A sibling's token, still usable, not the one being replaced, and not older than our own.
-    const adoptable = (e: SharedEntry | undefined): Token | undefined => (e === undefined || e.accessToken === rejected || this.#predatesOurs(e) ? undefined : this.#adopt(e));
+    const adoptable = (e: SharedEntry | undefined): Token | undefined =>
+      e === undefined || e.accessToken === rejected || this.#predatesOurs(e) ? undefined : this.#adopt(e);
     const giveUpAt = this.#clock.now() + 2 * lockTimeoutMs;
     for (;;) {
       let entry = await guarded(store.read(this.key));
@@ -312,11 +328,23 @@ export class TokenSource extends EventEmitter {
           theirs = adoptable(entry);
           if (theirs !== undefined) return { token: theirs, fromShared: true };
           // An entry from before our own renewal holds a spent refresh token: ours goes first.
-          const got = await this.#grantToken(entry === undefined || this.#predatesOurs(entry) ? undefined : entry.refreshToken, () => store.read(this.key));
+          const got = await this.#grantToken(
+            entry === undefined || this.#predatesOurs(entry) ? undefined : entry.refreshToken,
+            () => store.read(this.key),
+          );
           if (got.fromShared) return got; // a sibling's newer entry, already in the store
           const token = got.token;
-          const ttl = Math.max(token.expiresAt - this.#clock.now(), token.refreshToken === undefined ? 0 : shared.refreshTokenTtlMs);
-          const next: SharedEntry = { version: (entry?.version ?? 0) + 1, accessToken: token.value, refreshToken: this.#s.refreshToken, obtainedAt: token.obtainedAt, expiresAt: token.expiresAt };
+          const ttl = Math.max(
+            token.expiresAt - this.#clock.now(),
+            token.refreshToken === undefined ? 0 : shared.refreshTokenTtlMs,
+          );
+          const next: SharedEntry = {
+            version: (entry?.version ?? 0) + 1,
+            accessToken: token.value,
+            refreshToken: this.#s.refreshToken,
+            obtainedAt: token.obtainedAt,
+            expiresAt: token.expiresAt,
+          };
           const written = await store.write(this.key, next, ttl, lock).catch(() => false);
           if (written) {
             this.#s.sharedVersion = next.version;
@@ -326,7 +354,10 @@ export class TokenSource extends EventEmitter {
             // spent: neither is to be taken from it later.
             this.#s.sharedVersion = Math.max(this.#s.sharedVersion, entry?.version ?? 0);
             this.#s.renewedAlone = true;
-            this.#o.logger.warn({ event: 'shared_cache_write_refused', upstream: this.upstream, tenant: this.tenant }, 'shared token entry not written (lock lost or store away)');
+            this.#o.logger.warn(
+              { event: 'shared_cache_write_refused', upstream: this.upstream, tenant: this.tenant },
+              'shared token entry not written (lock lost or store away)',
+            );
           }
           return { token, fromShared: false };
         } finally {
@@ -349,7 +380,13 @@ export class TokenSource extends EventEmitter {
   #adopt(entry: SharedEntry): Token | undefined {
     let token: Token;
     try {
-      token = tokenWithTimes(entry.accessToken, entry.refreshToken, entry.obtainedAt, entry.expiresAt, this.#o.lifetime);
+      token = tokenWithTimes(
+        entry.accessToken,
+        entry.refreshToken,
+        entry.obtainedAt,
+        entry.expiresAt,
+        this.#o.lifetime,
+      );
     } catch (err) {
       if (err instanceof TokenError) return undefined;
       throw err;
@@ -375,7 +412,10 @@ export class TokenSource extends EventEmitter {
       if (shared !== undefined && shared.store.up) {
         outcome = await this.#viaShared(shared, previous?.value ?? this.#s.rejected).catch((err: unknown) => {
           if (!(err instanceof SharedUnavailable)) throw err;
-          this.#o.logger.warn({ event: 'shared_cache_bypassed', upstream: this.upstream, tenant: this.tenant, err: err.message }, 'shared token cache unavailable: fetching alone');
+          this.#o.logger.warn(
+            { event: 'shared_cache_bypassed', upstream: this.upstream, tenant: this.tenant, err: err.message },
+            'shared token cache unavailable: fetching alone',
+          );
           return undefined;
         });
       }
@@ -408,7 +448,13 @@ export class TokenSource extends EventEmitter {
   }
 
   /** Puts a new token in the memory tier, resets the failure state, and tells logs, metrics and listeners. */
-  #store(token: Token, trigger: RefreshTrigger, previous: Token | undefined, from: 'shared' | 'token endpoint', ms: number): Token {
+  #store(
+    token: Token,
+    trigger: RefreshTrigger,
+    previous: Token | undefined,
+    from: 'shared' | 'token endpoint',
+    ms: number,
+  ): Token {
     const m = this.#o.metrics;
     this.#s.failures = 0;
     this.#s.lastError = undefined;
@@ -438,7 +484,10 @@ export class TokenSource extends EventEmitter {
  * Renews with `used`. An answer without a refresh token leaves `used` valid (RFC 6749 §6: the
  * server MAY issue a new one): it stays with the token, in memory and in the shared entry.
  */
-async function refreshKeeping(refresh: (refreshToken: string) => Promise<TokenResponse>, used: string): Promise<TokenResponse> {
+async function refreshKeeping(
+  refresh: (refreshToken: string) => Promise<TokenResponse>,
+  used: string,
+): Promise<TokenResponse> {
   const res = await refresh(used);
   return res.refreshToken === undefined ? { ...res, refreshToken: used } : res;
 }

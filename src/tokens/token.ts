@@ -46,7 +46,14 @@ export class Token {
   #fingerprint: string | undefined;
 
   /** Made by tokenWithTimes; `expiresAt` in epoch ms on a whole second, the rest in ms before it. */
-  constructor(header: string, refreshToken: string | undefined, expiresAt: number, lifetimeMs: number, skewMs: number, leadMs: number) {
+  constructor(
+    header: string,
+    refreshToken: string | undefined,
+    expiresAt: number,
+    lifetimeMs: number,
+    skewMs: number,
+    leadMs: number,
+  ) {
     this.header = header;
     this.refreshToken = refreshToken;
     this.#expiresSeconds = int32((expiresAt - ORIGIN_MS) / 1000);
@@ -146,14 +153,24 @@ export function tokenFromResponse(res: TokenResponse, now: number, policy: Lifet
 }
 
 /** The moments of use of a token that lives from `obtainedAt` to `expiresAt` (also for entries read from the shared cache). */
-export function tokenWithTimes(value: string, refreshToken: string | undefined, obtainedAt: number, expiresAt: number, policy: LifetimePolicy): Token {
+export function tokenWithTimes(
+  value: string,
+  refreshToken: string | undefined,
+  obtainedAt: number,
+  expiresAt: number,
+  policy: LifetimePolicy,
+): Token {
   if (!HEADER_SAFE.test(value)) {
-    throw new TokenError('bad_response', 'access_token holds characters a Bearer header cannot carry (visible ASCII without spaces: RFC 6749 §A.12, RFC 6750 §2.1)');
+    throw new TokenError(
+      'bad_response',
+      'access_token holds characters a Bearer header cannot carry (visible ASCII without spaces: RFC 6749 §A.12, RFC 6750 §2.1)',
+    );
   }
   // Expiry on the whole second, rounded down (the token is given up to a second early; see Token).
   expiresAt = Math.floor(expiresAt / 1000) * 1000;
   const lifetime = expiresAt - obtainedAt;
-  if (lifetime <= 0) throw new TokenError('bad_response', 'token response holds a token that expires within the second');
+  if (lifetime <= 0)
+    throw new TokenError('bad_response', 'token response holds a token that expires within the second');
   const skew = Math.min(policy.clockSkewMs, lifetime / 4);
   const lead = Math.min(policy.refreshBeforeExpiryMs, lifetime / 2);
   const jitter = policy.refreshJitter === undefined ? 0 : (lead / 10) * policy.refreshJitter();

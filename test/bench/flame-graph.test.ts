@@ -22,7 +22,11 @@ function profile(): CpuProfile {
 
 /** The boxes of the SVG: title text, x, width and fill of each. */
 function boxes(svg: string): { title: string; x: number; width: number; fill: string }[] {
-  return [...svg.matchAll(/<g><title>([^<]*)<\/title><rect x="([\d.]+)" y="\d+" width="([\d.]+)" height="\d+" fill="(#[0-9a-f]{6})"\/>/g)].map((m) => ({
+  return [
+    ...svg.matchAll(
+      /<g><title>([^<]*)<\/title><rect x="([\d.]+)" y="\d+" width="([\d.]+)" height="\d+" fill="(#[0-9a-f]{6})"\/>/g,
+    ),
+  ].map((m) => ({
     title: m[1] ?? '',
     x: Number(m[2]),
     width: Number(m[3]),

@@ -14,7 +14,13 @@ const upstream = (auth: Record<string, unknown> = {}, extra: Record<string, unkn
   target: 'https://api.partner.example',
   pathPrefix: '/partner',
   ...extra,
-  auth: { type: 'client_credentials', tokenUrl: 'https://auth.partner.example/oauth/token', clientId: 'c', clientSecret: 's', ...auth },
+  auth: {
+    type: 'client_credentials',
+    tokenUrl: 'https://auth.partner.example/oauth/token',
+    clientId: 'c',
+    clientSecret: 's',
+    ...auth,
+  },
 });
 
 function problems(doc: unknown, env: Record<string, string> = {}): readonly string[] {
@@ -43,7 +49,10 @@ describe('configuration', () => {
   });
 
   it('replaces ${VAR} from the environment and names an unset one with its path, once', () => {
-    const config = buildConfig({ upstreams: [upstream({ clientSecret: '${PARTNER_SECRET}' })] }, { env: { PARTNER_SECRET: 'from-env' } });
+    const config = buildConfig(
+      { upstreams: [upstream({ clientSecret: '${PARTNER_SECRET}' })] },
+      { env: { PARTNER_SECRET: 'from-env' } },
+    );
     expect(config.upstreams[0]?.auth).toMatchObject({ clientSecret: 'from-env' });
     expect(problems({ upstreams: [upstream({ clientSecret: '${MISSING_SECRET}' })] })).toEqual([
       'upstreams[0].auth.clientSecret: environment variable MISSING_SECRET is not set',
@@ -67,7 +76,9 @@ describe('configuration', () => {
         expect.stringMatching(/^upstreams\[0\]\.auth\.clientAuth: /),
         expect.stringMatching(/^upstreams\[0\]\.pathPrefix: must start with "\/"/),
         expect.stringMatching(/^upstreams\[1\]\.target: must be an https:\/\/ URL/),
-        expect.stringMatching(/^upstreams\[1\]\.auth\.clientSecret: set exactly one of clientSecret or clientSecretFile/),
+        expect.stringMatching(
+          /^upstreams\[1\]\.auth\.clientSecret: set exactly one of clientSecret or clientSecretFile/,
+        ),
         expect.stringMatching(/^upstreams\[1\]\.name: duplicate name "partner"/),
       ]),
     );
@@ -75,14 +86,20 @@ describe('configuration', () => {
   });
 
   it('accepts plain http only for loopback hosts', () => {
-    expect(problems({ upstreams: [upstream({ tokenUrl: 'http://127.0.0.1:9000/token' }, { target: 'http://localhost:9001' })] })).toEqual([]);
+    expect(
+      problems({
+        upstreams: [upstream({ tokenUrl: 'http://127.0.0.1:9000/token' }, { target: 'http://localhost:9001' })],
+      }),
+    ).toEqual([]);
     expect(problems({ upstreams: [upstream({}, { target: 'http://10.0.0.5' })] })).toEqual([
       'upstreams[0].target: must be an https:// URL (plain http:// is accepted only for loopback hosts)',
     ]);
   });
 
   it('rejects unknown keys so a typo does not silently fall back to a default', () => {
-    expect(problems({ upstreams: [upstream({ clientSecert: 'x' })] })).toEqual([expect.stringMatching(/^upstreams\[0\]\.auth: Unrecognized key: "clientSecert"/)]);
+    expect(problems({ upstreams: [upstream({ clientSecert: 'x' })] })).toEqual([
+      expect.stringMatching(/^upstreams\[0\]\.auth: Unrecognized key: "clientSecert"/),
+    ]);
   });
 
   it('reads secrets and CA files relative to the config file, dropping the trailing newline', () => {
@@ -91,7 +108,19 @@ describe('configuration', () => {
     writeFileSync(join(dir, 'ca.pem'), testPki().ca);
     writeFileSync(
       join(dir, 'proxy.yaml'),
-      ['upstreams:', '  - name: p', '    target: https://api.example', '    pathPrefix: /p', '    ca: ./ca.pem', '    auth:', '      type: client_credentials', '      tokenUrl: https://auth.example/t', '      clientId: c', '      clientSecretFile: secret.txt', ''].join('\n'),
+      [
+        'upstreams:',
+        '  - name: p',
+        '    target: https://api.example',
+        '    pathPrefix: /p',
+        '    ca: ./ca.pem',
+        '    auth:',
+        '      type: client_credentials',
+        '      tokenUrl: https://auth.example/t',
+        '      clientId: c',
+        '      clientSecretFile: secret.txt',
+        '',
+      ].join('\n'),
     );
     const config = loadConfigFile(join(dir, 'proxy.yaml'), { env: {} });
     expect(config.upstreams[0]?.auth).toMatchObject({ clientSecret: 'file-secret' });
@@ -102,7 +131,12 @@ describe('configuration', () => {
     const dir = mkdtempSync(join(tmpdir(), 'tp-config-'));
     writeFileSync(join(dir, 'bad.yaml'), 'upstreams: [\n  - name: x\n');
     expect(() => loadConfigFile(join(dir, 'bad.yaml'), { env: {} })).toThrow(ConfigError);
-    writeFileSync(join(dir, 'missing.yaml'), JSON.stringify({ upstreams: [upstream({ clientSecret: undefined, clientSecretFile: 'nope.txt' }, { ca: 'nope.pem' })] }));
+    writeFileSync(
+      join(dir, 'missing.yaml'),
+      JSON.stringify({
+        upstreams: [upstream({ clientSecret: undefined, clientSecretFile: 'nope.txt' }, { ca: 'nope.pem' })],
+      }),
+    );
     try {
       loadConfigFile(join(dir, 'missing.yaml'), { env: {} });
       expect.unreachable();
@@ -115,7 +149,10 @@ describe('configuration', () => {
   });
 
   it('lets command-line overrides win over the file', () => {
-    const config = buildConfig({ listen: '127.0.0.1:1', upstreams: [upstream()] }, { env: {}, overrides: { listen: '127.0.0.1:2', adminListen: '127.0.0.1:3', logLevel: 'warn' } });
+    const config = buildConfig(
+      { listen: '127.0.0.1:1', upstreams: [upstream()] },
+      { env: {}, overrides: { listen: '127.0.0.1:2', adminListen: '127.0.0.1:3', logLevel: 'warn' } },
+    );
     expect([config.listen, config.admin.listen, config.logLevel]).toEqual(['127.0.0.1:2', '127.0.0.1:3', 'warn']);
   });
 
@@ -130,24 +167,50 @@ describe('configuration', () => {
 
 describe('shared cache settings (tokenCache.redis)', () => {
   const KEY = Buffer.alloc(32, 7).toString('base64');
-  const withRedis = (redis: Record<string, unknown>) => ({ upstreams: [upstream()], tokenCache: { redis: { encryptionKey: KEY, ...redis } } });
+  const withRedis = (redis: Record<string, unknown>) => ({
+    upstreams: [upstream()],
+    tokenCache: { redis: { encryptionKey: KEY, ...redis } },
+  });
 
   it('accepts one server, Sentinel or Cluster, and reads the CA file', () => {
     const pki = testPki();
-    const one = buildConfig(withRedis({ url: 'rediss://:pw@redis.internal:6380/2', ca: pki.caFile }), { env: {} }).tokenCache.redis;
+    const one = buildConfig(withRedis({ url: 'rediss://:pw@redis.internal:6380/2', ca: pki.caFile }), { env: {} })
+      .tokenCache.redis;
     expect(one?.connection).toMatchObject({ url: 'rediss://:pw@redis.internal:6380/2', caPem: pki.ca });
-    const sentinel = buildConfig(withRedis({ sentinel: { masterName: 'tokens', sentinels: ['10.0.0.1:26379', '[fd00::2]:26379'], password: 'pw' } }), { env: {} }).tokenCache.redis;
-    expect(sentinel?.connection.sentinel).toEqual({ masterName: 'tokens', sentinels: ['10.0.0.1:26379', '[fd00::2]:26379'], db: 0, password: 'pw', tls: false });
-    const cluster = buildConfig(withRedis({ cluster: { nodes: ['redis-0.redis:6379', 'redis-1.redis:6379'], tls: true } }), { env: {} }).tokenCache.redis;
+    const sentinel = buildConfig(
+      withRedis({
+        sentinel: { masterName: 'tokens', sentinels: ['10.0.0.1:26379', '[fd00::2]:26379'], password: 'pw' },
+      }),
+      { env: {} },
+    ).tokenCache.redis;
+    expect(sentinel?.connection.sentinel).toEqual({
+      masterName: 'tokens',
+      sentinels: ['10.0.0.1:26379', '[fd00::2]:26379'],
+      db: 0,
+      password: 'pw',
+      tls: false,
+    });
+    const cluster = buildConfig(
+      withRedis({ cluster: { nodes: ['redis-0.redis:6379', 'redis-1.redis:6379'], tls: true } }),
+      { env: {} },
+    ).tokenCache.redis;
     expect(cluster?.connection.cluster).toEqual({ nodes: ['redis-0.redis:6379', 'redis-1.redis:6379'], tls: true });
     expect(cluster?.keyPrefix).toBe('token-proxy:');
   });
 
   it('names each mistake', () => {
-    expect(problems(withRedis({}))).toEqual(['tokenCache.redis.url: set exactly one of url (one server), sentinel or cluster']);
-    expect(problems(withRedis({ url: 'redis://a:6379', cluster: { nodes: ['b:6379'] } }))).toEqual(['tokenCache.redis.url: set exactly one of url (one server), sentinel or cluster']);
-    expect(problems(withRedis({ url: 'http://a:6379' }))).toEqual(['tokenCache.redis.url: must be a redis:// or rediss:// (TLS) URL']);
-    expect(problems(withRedis({ url: 'redis://a:6379', ca: 'ca.pem' }))).toEqual(['tokenCache.redis.ca: a CA only applies to TLS: use a rediss:// url, or tls: true']);
+    expect(problems(withRedis({}))).toEqual([
+      'tokenCache.redis.url: set exactly one of url (one server), sentinel or cluster',
+    ]);
+    expect(problems(withRedis({ url: 'redis://a:6379', cluster: { nodes: ['b:6379'] } }))).toEqual([
+      'tokenCache.redis.url: set exactly one of url (one server), sentinel or cluster',
+    ]);
+    expect(problems(withRedis({ url: 'http://a:6379' }))).toEqual([
+      'tokenCache.redis.url: must be a redis:// or rediss:// (TLS) URL',
+    ]);
+    expect(problems(withRedis({ url: 'redis://a:6379', ca: 'ca.pem' }))).toEqual([
+      'tokenCache.redis.ca: a CA only applies to TLS: use a rediss:// url, or tls: true',
+    ]);
     expect(problems(withRedis({ url: 'redis://a:6379', keyPrefix: 'tp{x}:' }))).toEqual([
       'tokenCache.redis.keyPrefix: must not contain { or }: the keys carry a Redis Cluster hash tag of their own',
     ]);
@@ -155,8 +218,12 @@ describe('shared cache settings (tokenCache.redis)', () => {
       'tokenCache.redis.cluster.nodes[0]: must be host:port, e.g. 10.0.0.1:26379',
       'tokenCache.redis.cluster.nodes[1]: must be host:port, e.g. 10.0.0.1:26379',
     ]);
-    expect(problems(withRedis({ sentinel: { sentinels: ['s:26379'] } }))[0]).toMatch(/^tokenCache\.redis\.sentinel\.masterName: /);
-    expect(problems(withRedis({ sentinel: { masterName: 'm', sentinels: [] } }))[0]).toMatch(/^tokenCache\.redis\.sentinel\.sentinels: /);
+    expect(problems(withRedis({ sentinel: { sentinels: ['s:26379'] } }))[0]).toMatch(
+      /^tokenCache\.redis\.sentinel\.masterName: /,
+    );
+    expect(problems(withRedis({ sentinel: { masterName: 'm', sentinels: [] } }))[0]).toMatch(
+      /^tokenCache\.redis\.sentinel\.sentinels: /,
+    );
     expect(problems(withRedis({ url: 'redis://a:6379', encryptionKey: 'c2hvcnQ=' }))).toEqual([
       'tokenCache.redis.encryptionKey: must be 32 bytes in base64 (openssl rand -base64 32), got 5 bytes',
     ]);
@@ -165,8 +232,12 @@ describe('shared cache settings (tokenCache.redis)', () => {
     ]);
     const dir = mkdtempSync(join(tmpdir(), 'tp-redis-ca-'));
     writeFileSync(join(dir, 'not-a-ca.pem'), 'hello');
-    expect(problems(withRedis({ url: 'rediss://a:6380', ca: join(dir, 'not-a-ca.pem') }))).toEqual([`tokenCache.redis.ca: ${join(dir, 'not-a-ca.pem')} holds no PEM certificate`]);
-    expect(problems(withRedis({ url: 'rediss://a:6380', ca: join(dir, 'missing.pem') }))).toEqual([`tokenCache.redis.ca: cannot read ${join(dir, 'missing.pem')} (ENOENT)`]);
+    expect(problems(withRedis({ url: 'rediss://a:6380', ca: join(dir, 'not-a-ca.pem') }))).toEqual([
+      `tokenCache.redis.ca: ${join(dir, 'not-a-ca.pem')} holds no PEM certificate`,
+    ]);
+    expect(problems(withRedis({ url: 'rediss://a:6380', ca: join(dir, 'missing.pem') }))).toEqual([
+      `tokenCache.redis.ca: cannot read ${join(dir, 'missing.pem')} (ENOENT)`,
+    ]);
   });
 });
 
@@ -176,12 +247,23 @@ describe('client certificates (mtls)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'tp-mtls-'));
     const other = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
     writeFileSync(join(dir, 'other.pem'), other.export({ type: 'pkcs8', format: 'pem' }));
-    writeFileSync(join(dir, 'locked.pem'), other.export({ type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'right' }));
+    writeFileSync(
+      join(dir, 'locked.pem'),
+      other.export({ type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'right' }),
+    );
     const withMtls = (mtls: Record<string, unknown>) => ({ upstreams: [upstream({}, { mtls })] });
     expect(problems(withMtls({ cert: pki.certFile, key: pki.keyFile }))).toEqual([]);
-    expect(problems(withMtls({ cert: pki.certFile, key: join(dir, 'other.pem') }))).toEqual(['upstreams[0].mtls: cert does not belong to key']);
-    expect(problems(withMtls({ cert: pki.certFile, key: join(dir, 'locked.pem'), passphrase: 'wrong' }))).toEqual(['upstreams[0].mtls: key cannot be opened with the passphrase given']);
-    expect(problems(withMtls({ cert: pki.certFile, key: join(dir, 'locked.pem') }))).toEqual(['upstreams[0].mtls: key is not a PEM private key (or is encrypted: set passphrase)']);
-    expect(problems(withMtls({ cert: join(dir, 'other.pem'), key: pki.keyFile }))).toEqual(['upstreams[0].mtls: cert is not a PEM certificate']);
+    expect(problems(withMtls({ cert: pki.certFile, key: join(dir, 'other.pem') }))).toEqual([
+      'upstreams[0].mtls: cert does not belong to key',
+    ]);
+    expect(problems(withMtls({ cert: pki.certFile, key: join(dir, 'locked.pem'), passphrase: 'wrong' }))).toEqual([
+      'upstreams[0].mtls: key cannot be opened with the passphrase given',
+    ]);
+    expect(problems(withMtls({ cert: pki.certFile, key: join(dir, 'locked.pem') }))).toEqual([
+      'upstreams[0].mtls: key is not a PEM private key (or is encrypted: set passphrase)',
+    ]);
+    expect(problems(withMtls({ cert: join(dir, 'other.pem'), key: pki.keyFile }))).toEqual([
+      'upstreams[0].mtls: cert is not a PEM certificate',
+    ]);
   });
 });

@@ -7,20 +7,22 @@ const upstream = (name: string, requestTimeoutSeconds: number | undefined) => ({
   name,
   target: 'https://api.partner.example',
   pathPrefix: `/${name}`,
-  auth: { type: 'client_credentials', tokenUrl: 'https://auth.partner.example/token', clientId: 'c', clientSecret: 's', ...(requestTimeoutSeconds === undefined ? {} : { requestTimeoutSeconds }) },
+  auth: {
+    type: 'client_credentials',
+    tokenUrl: 'https://auth.partner.example/token',
+    clientId: 'c',
+    clientSecret: 's',
+    ...(requestTimeoutSeconds === undefined ? {} : { requestTimeoutSeconds }),
+  },
 });
 
 describe('config warnings', () => {
-  it('warns when a refresh under the lock may outlast the siblings\' wait for it, naming the upstream', () => {
+  it("warns when a refresh under the lock may outlast the siblings' wait for it, naming the upstream", () => {
     // Siblings wait 6 s (twice the lock timeout); a refresh may make 3 token requests plus 1.5 s of Redis commands.
     const config = buildConfig(
       {
         tokenCache: { redis: { url: 'redis://127.0.0.1:6379', encryptionKey: KEY, lockTimeoutMs: 3_000 } },
-        upstreams: [
-          upstream('fine', 1.4),
-          upstream('slow', 1.5),
-          upstream('slower', 4),
-        ],
+        upstreams: [upstream('fine', 1.4), upstream('slow', 1.5), upstream('slower', 4)],
       },
       { env: {} },
     );
@@ -31,7 +33,13 @@ describe('config warnings', () => {
   });
 
   it('has nothing to say with the defaults, or without Redis', () => {
-    const withRedis = buildConfig({ tokenCache: { redis: { url: 'redis://127.0.0.1:6379', encryptionKey: KEY } }, upstreams: [upstream('p', undefined)] }, { env: {} });
+    const withRedis = buildConfig(
+      {
+        tokenCache: { redis: { url: 'redis://127.0.0.1:6379', encryptionKey: KEY } },
+        upstreams: [upstream('p', undefined)],
+      },
+      { env: {} },
+    );
     expect(configWarnings(withRedis)).toEqual([]);
     expect(configWarnings(buildConfig({ upstreams: [upstream('p', 60)] }, { env: {} }))).toEqual([]);
   });

@@ -81,7 +81,8 @@ async function startTarget(handler: Handler = echo): Promise<Target> {
     tokens: [],
     handler,
     hits: 0,
-    connections: () => new Promise<number>((ok, fail) => t.server.getConnections((err, n) => (err ? fail(err) : ok(n)))),
+    connections: () =>
+      new Promise<number>((ok, fail) => t.server.getConnections((err, n) => (err ? fail(err) : ok(n)))),
     close: () =>
       new Promise<void>((done) => {
         for (const s of sockets) s.destroy();
@@ -100,7 +101,12 @@ async function startTarget(handler: Handler = echo): Promise<Target> {
 }
 
 /** Polls `read` until `done(value)` holds or `ms` pass; returns the last value either way. */
-async function pollUntil<T>(read: () => T | Promise<T>, done: (value: T) => boolean, ms: number, every = 20): Promise<T> {
+async function pollUntil<T>(
+  read: () => T | Promise<T>,
+  done: (value: T) => boolean,
+  ms: number,
+  every = 20,
+): Promise<T> {
   const until = Date.now() + ms;
   let value = await read();
   while (!done(value) && Date.now() < until) {
@@ -116,7 +122,13 @@ async function within(promise: Promise<unknown> | undefined, ms: number): Promis
   let timer: NodeJS.Timeout | undefined;
   const limit = new Promise<'pending'>((ok) => (timer = setTimeout(() => ok('pending'), ms)));
   try {
-    return await Promise.race([promise.then(() => 'settled' as const, () => 'settled' as const), limit]);
+    return await Promise.race([
+      promise.then(
+        () => 'settled' as const,
+        () => 'settled' as const,
+      ),
+      limit,
+    ]);
   } finally {
     clearTimeout(timer);
   }
@@ -136,7 +148,12 @@ function expectBackoff(times: readonly number[]): void {
   });
 }
 
-function upstreamDoc(name: string, target: string, auth: Record<string, unknown> = {}, extra: Record<string, unknown> = {}) {
+function upstreamDoc(
+  name: string,
+  target: string,
+  auth: Record<string, unknown> = {},
+  extra: Record<string, unknown> = {},
+) {
   return {
     name,
     target,
@@ -144,11 +161,20 @@ function upstreamDoc(name: string, target: string, auth: Record<string, unknown>
     ca: pki.caFile,
     tokenWaitTimeoutSeconds: 1,
     ...extra,
-    auth: { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, clientId: `${name}-client`, clientSecret: SECRET, ...auth },
+    auth: {
+      type: 'client_credentials',
+      tokenUrl: tokenServer.tokenUrl,
+      clientId: `${name}-client`,
+      clientSecret: SECRET,
+      ...auth,
+    },
   };
 }
 
-async function proxyWith(upstreams: Record<string, unknown>[], extra: Record<string, unknown> = {}): Promise<RunningProxy> {
+async function proxyWith(
+  upstreams: Record<string, unknown>[],
+  extra: Record<string, unknown> = {},
+): Promise<RunningProxy> {
   proxy = await startProxy({ upstreams, ...extra }, { backoff: FAST_BACKOFF, clock });
   return proxy;
 }
@@ -160,10 +186,24 @@ interface Answer {
   json(): Record<string, unknown>;
 }
 
-async function call(base: string, path: string, init: { method?: string; body?: string | Buffer; dispatcher?: Dispatcher } = {}): Promise<Answer> {
-  const res = await (init.dispatcher ?? client).request({ origin: base, path, method: (init.method ?? 'GET') as 'GET', body: init.body ?? null });
+async function call(
+  base: string,
+  path: string,
+  init: { method?: string; body?: string | Buffer; dispatcher?: Dispatcher } = {},
+): Promise<Answer> {
+  const res = await (init.dispatcher ?? client).request({
+    origin: base,
+    path,
+    method: (init.method ?? 'GET') as 'GET',
+    body: init.body ?? null,
+  });
   const text = await res.body.text();
-  return { status: res.statusCode, headers: res.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    text,
+    json: () => JSON.parse(text) as Record<string, unknown>,
+  };
 }
 
 const get = (path: string) => call((proxy as RunningProxy).url, path);
@@ -193,19 +233,29 @@ interface CliProxy {
   readonly lines: Record<string, unknown>[];
   stderr(): string;
   /** Resolves with the first log line from index `from` on that matches; rejects after `ms`. */
-  waitForLog(match: (line: Record<string, unknown>) => boolean, from: number, ms?: number): Promise<Record<string, unknown>>;
+  waitForLog(
+    match: (line: Record<string, unknown>) => boolean,
+    from: number,
+    ms?: number,
+  ): Promise<Record<string, unknown>>;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
 }
 
 function writeConfig(file: string, doc: Record<string, unknown>): void {
   // JSON is YAML: the CLI reads it like any config file.
-  writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'info', ...doc }, null, 2));
+  writeFileSync(
+    file,
+    JSON.stringify({ listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'info', ...doc }, null, 2),
+  );
 }
 
 async function startCli(name: string, doc: Record<string, unknown>): Promise<CliProxy> {
   const file = join(dir, `${name}.yaml`);
   writeConfig(file, doc);
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', file], { env: { PATH: process.env['PATH'] ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', file], {
+    env: { PATH: process.env['PATH'] ?? '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const lines: Record<string, unknown>[] = [];
   const waiters = new Set<() => void>();
   let stderr = '';
@@ -245,12 +295,20 @@ async function startCli(name: string, doc: Record<string, unknown>): Promise<Cli
         } else if (child.exitCode !== null || child.signalCode !== null) {
           waiters.delete(check);
           clearTimeout(timer);
-          fail(new Error(`token-proxy exited (${child.exitCode ?? child.signalCode}) before the expected log line:\n${stderr}`));
+          fail(
+            new Error(
+              `token-proxy exited (${child.exitCode ?? child.signalCode}) before the expected log line:\n${stderr}`,
+            ),
+          );
         }
       };
       const timer = setTimeout(() => {
         waiters.delete(check);
-        fail(new Error(`no matching log line within ${ms} ms; stderr:\n${stderr}\nstdout:\n${lines.map((l) => JSON.stringify(l)).join('\n')}`));
+        fail(
+          new Error(
+            `no matching log line within ${ms} ms; stderr:\n${stderr}\nstdout:\n${lines.map((l) => JSON.stringify(l)).join('\n')}`,
+          ),
+        );
       }, ms);
       waiters.add(check);
       check();
@@ -428,7 +486,10 @@ describe('faults: the token endpoint', () => {
       expect(target.hits).toBe(0);
       expectBackoff(times);
       expect(tokenServer.requests).toHaveLength(times.length);
-      expect((proxy as RunningProxy).app.tokens.get('t')?.status()).toMatchObject({ state: 'failing', lastError: 'bad_response' });
+      expect((proxy as RunningProxy).app.tokens.get('t')?.status()).toMatchObject({
+        state: 'failing',
+        lastError: 'bad_response',
+      });
     });
   }
 
@@ -460,7 +521,10 @@ describe('faults: the token endpoint', () => {
   async function unauthorizedForever() {
     const target = await startTarget((req, res) => {
       req.resume();
-      res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token", error_description="revoked"', 'content-type': 'application/json' });
+      res.writeHead(401, {
+        'www-authenticate': 'Bearer error="invalid_token", error_description="revoked"',
+        'content-type': 'application/json',
+      });
       res.end('{"error":"invalid_token"}');
     });
     await proxyWith([upstreamDoc('t', target.url)]);
@@ -475,7 +539,9 @@ describe('faults: the token endpoint', () => {
     return { target, statuses, callsAfter, tokenCalls: tokenServer.requests.length };
   }
 
-  it('a partner that rejects every token with 401: each request makes at most one renewal (<= 61 token calls for 60 requests)', async ({ annotate }) => {
+  it('a partner that rejects every token with 401: each request makes at most one renewal (<= 61 token calls for 60 requests)', async ({
+    annotate,
+  }) => {
     const { target, statuses, callsAfter, tokenCalls } = await unauthorizedForever();
     // The partner's own 401 reaches the client, after at most one replay per request.
     expect(statuses).toEqual(Array(60).fill(401));
@@ -485,7 +551,9 @@ describe('faults: the token endpoint', () => {
     expect(Math.max(...perRequest.slice(1))).toBeLessThanOrEqual(1);
     expect(tokenCalls).toBeLessThanOrEqual(61);
     // For the report: the actual number (61 before unauthorizedRenewalIntervalSeconds existed).
-    await annotate(`401 forever: ${tokenCalls} token calls for 60 requests over a simulated minute; target saw ${target.hits} attempts`);
+    await annotate(
+      `401 forever: ${tokenCalls} token calls for 60 requests over a simulated minute; target saw ${target.hits} attempts`,
+    );
   });
 
   it('no hot loop: a partner that rejects every token causes at most one 401-triggered renewal per 5 s per key (unauthorizedRenewalIntervalSeconds default)', async () => {
@@ -550,7 +618,13 @@ describe('faults: the target', () => {
     // The timed-out exchange's socket is closed at once, not left to answer into a pool slot later.
     expect(await within(slowSocketClosed, 500)).toBe('settled');
     expect(targetSawClose).toBe(true);
-    expect(await pollUntil(() => target.connections(), (n) => n <= 1, 2_000)).toBeLessThanOrEqual(1);
+    expect(
+      await pollUntil(
+        () => target.connections(),
+        (n) => n <= 1,
+        2_000,
+      ),
+    ).toBeLessThanOrEqual(1);
     expect((await get('/t/fast')).status).toBe(200);
   });
 
@@ -566,7 +640,11 @@ describe('faults: the target', () => {
     const res = await get('/t/huge');
     expect(res.status).toBe(502);
     expect(res.headers['content-type']).toBe('application/json');
-    expect(res.json()).toMatchObject({ error: 'upstream_bad_response', upstream: 't', message: 'upstream t sent response headers over the 16 KiB limit' });
+    expect(res.json()).toMatchObject({
+      error: 'upstream_bad_response',
+      upstream: 't',
+      message: 'upstream t sent response headers over the 16 KiB limit',
+    });
     expect(res.headers['proxy-status']).toBe('token-proxy; error=http_protocol_error');
     expect(Object.keys(res.headers).some((h) => h.startsWith('x-big-'))).toBe(false);
     const next = await Promise.all(Array.from({ length: 5 }, (_, i) => get(`/t/after/${i}`)));
@@ -582,7 +660,11 @@ describe('faults: the target', () => {
     await proxyWith([upstreamDoc('t', target.url)]);
     const res = await get('/t/garbled');
     expect(res.status).toBe(502);
-    expect(res.json()).toMatchObject({ error: 'upstream_bad_response', upstream: 't', message: 'upstream t sent a malformed response' });
+    expect(res.json()).toMatchObject({
+      error: 'upstream_bad_response',
+      upstream: 't',
+      message: 'upstream t sent a malformed response',
+    });
     expect(res.headers['proxy-status']).toBe('token-proxy; error=http_protocol_error');
     expect((await get('/t/after')).status).toBe(200);
   });
@@ -620,7 +702,13 @@ describe('faults: the target', () => {
       expect(stream?.res.writableFinished).toBe(false);
     }
     expect(streams).toHaveLength(10);
-    expect(await pollUntil(() => target.connections(), (n) => n <= 1, 2_000)).toBeLessThanOrEqual(1);
+    expect(
+      await pollUntil(
+        () => target.connections(),
+        (n) => n <= 1,
+        2_000,
+      ),
+    ).toBeLessThanOrEqual(1);
     const more = await Promise.all(Array.from({ length: 20 }, (_, i) => get(`/t/more/${i}`)));
     expect(more.map((r) => r.status)).toEqual(Array(20).fill(200));
     expect(logEvents(proxy as RunningProxy, 'upstream_response_broken')).toHaveLength(10);
@@ -637,7 +725,10 @@ describe('faults: the target', () => {
     await once(socket, 'connect');
     socket.write(`POST /t/upload HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 10\r\n\r\nhalf-`);
     // The request has its token once the cache was asked (the counter moves as it is).
-    const hits = async () => (await (await request(`${p.adminUrl}/metrics`)).body.text()).includes('token_proxy_token_cache_hits_total{upstream="t",tier="memory"} 1');
+    const hits = async () =>
+      (await (await request(`${p.adminUrl}/metrics`)).body.text()).includes(
+        'token_proxy_token_cache_hits_total{upstream="t",tier="memory"} 1',
+      );
     expect(await pollUntil(hits, (seen) => seen, 2_000)).toBe(true);
     // 280 s pass while the client types: past the token's use-by moment (300 s less 30 s of skew
     // margin), not past the expiry of the token server's next token (made on real time).
@@ -645,7 +736,11 @@ describe('faults: the target', () => {
     socket.write('sent!');
     let answer = '';
     socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
-    await pollUntil(() => answer, (text) => text.includes('"ok":true'), 5_000);
+    await pollUntil(
+      () => answer,
+      (text) => text.includes('"ok":true'),
+      5_000,
+    );
     expect(answer).toMatch(/^HTTP\/1\.1 200 /);
     expect(target.tokens).toHaveLength(1);
     expect(target.tokens[0]).not.toBe(first); // a new token, fetched for this request
@@ -678,7 +773,9 @@ describe('faults: the target', () => {
     const socket = connect(Number(port), '127.0.0.1');
     await once(socket, 'connect');
     socket.on('error', () => undefined);
-    socket.write(`POST /t/upload HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n`);
+    socket.write(
+      `POST /t/upload HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n`,
+    );
     socket.write(Buffer.alloc(64 * 1024, 7));
     await bodyArrived; // the upload is streaming through to the target
     socket.destroy(); // the client goes away with 1 MB announced and 64 KiB sent
@@ -686,17 +783,35 @@ describe('faults: the target', () => {
     expect(await uploadEnded).toBe(false); // the target saw an incomplete request, not a cut body passed off as whole
     expect(received).toBeLessThanOrEqual(64 * 1024);
     expect(await within(socketClosed, 2_000)).toBe('settled');
-    expect(await pollUntil(() => target.connections(), (n) => n <= 1, 2_000)).toBeLessThanOrEqual(1);
+    expect(
+      await pollUntil(
+        () => target.connections(),
+        (n) => n <= 1,
+        2_000,
+      ),
+    ).toBeLessThanOrEqual(1);
     // Counted and logged as 499 (client closed request), like nginx, not left out.
     const left = () => logEvents(proxy as RunningProxy, 'request').filter((l) => l['status'] === 499);
-    expect(await pollUntil(() => left().length, (n) => n === 1, 2_000)).toBe(1);
+    expect(
+      await pollUntil(
+        () => left().length,
+        (n) => n === 1,
+        2_000,
+      ),
+    ).toBe(1);
     const metrics = await (await request(`${(proxy as RunningProxy).adminUrl}/metrics`)).body.text();
     expect(metrics).toContain('token_proxy_requests_total{upstream="t",code="499"} 1');
-    const more = await Promise.all(Array.from({ length: 20 }, (_, i) => call((proxy as RunningProxy).url, `/t/more/${i}`, { method: 'POST', body: `b${i}` })));
+    const more = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        call((proxy as RunningProxy).url, `/t/more/${i}`, { method: 'POST', body: `b${i}` }),
+      ),
+    );
     expect(more.map((r) => r.status)).toEqual(Array(20).fill(200));
   });
 
-  it('streams 200 MiB to a client through a CLI proxy process whose RSS grows by less than 100 MB', async ({ annotate }) => {
+  it('streams 200 MiB to a client through a CLI proxy process whose RSS grows by less than 100 MB', async ({
+    annotate,
+  }) => {
     const TOTAL = 200 * 1024 * 1024;
     const piece = Buffer.alloc(64 * 1024, 0x5a);
     let sent = 0;
@@ -750,7 +865,9 @@ describe('faults: the target', () => {
 /* ------------------------------------------------------------------------------------------ */
 
 describe('faults: SIGTERM under load', () => {
-  it('finishes all 50 in-flight requests with 200, refuses new connections, and exits 0 within shutdownTimeoutSeconds', async ({ annotate }) => {
+  it('finishes all 50 in-flight requests with 200, refuses new connections, and exits 0 within shutdownTimeoutSeconds', async ({
+    annotate,
+  }) => {
     const LOAD = 50;
     let arrivedAll!: () => void;
     const allArrived = new Promise<void>((ok) => (arrivedAll = ok));
@@ -775,10 +892,20 @@ describe('faults: SIGTERM under load', () => {
     await allArrived; // every request was accepted and is at the target when the signal comes
     const signalled = Date.now();
     cli.child.kill('SIGTERM');
-    await pollUntil(() => cli.stderr(), (s) => s.includes('SIGTERM received'), 3_000);
+    await pollUntil(
+      () => cli.stderr(),
+      (s) => s.includes('SIGTERM received'),
+      3_000,
+    );
     expect(cli.stderr()).toContain('SIGTERM received, draining');
     // The listener is closed right after that line: a new connection is refused.
-    expect(await pollUntil(() => tryConnect(cli.url), (r) => r === 'ECONNREFUSED', 1_000)).toBe('ECONNREFUSED');
+    expect(
+      await pollUntil(
+        () => tryConnect(cli.url),
+        (r) => r === 'ECONNREFUSED',
+        1_000,
+      ),
+    ).toBe('ECONNREFUSED');
     const results = await Promise.all(inFlight);
     expect(results.map((r) => r.status)).toEqual(Array(LOAD).fill(200));
     expect(new Set(results.map((r) => r.path))).toEqual(new Set(Array.from({ length: LOAD }, (_, i) => `/slow/${i}`)));
@@ -836,7 +963,9 @@ describe('faults: config reload', () => {
 
     // 2. YAML, but not a valid config: every problem, with its path.
     from = cli.lines.length;
-    writeConfig(cli.file, { upstreams: [{ ...upstreamDoc('alpha', alpha.url), name: 'bad name', timeoutSeconds: -1 }] });
+    writeConfig(cli.file, {
+      upstreams: [{ ...upstreamDoc('alpha', alpha.url), name: 'bad name', timeoutSeconds: -1 }],
+    });
     cli.child.kill('SIGHUP');
     const invalid = await cli.waitForLog((l) => l['event'] === 'config_reload_rejected', from);
     const problems = invalid['problems'] as string[];
@@ -867,7 +996,9 @@ describe('faults: config reload', () => {
     // 4. Changed credentials: a new token for alpha, fetched with the new secret.
     from = cli.lines.length;
     const NEW_SECRET = `${SECRET}-rotated`;
-    writeConfig(cli.file, { upstreams: [upstreamDoc('alpha', alpha.url, { clientSecret: NEW_SECRET }), upstreamDoc('beta', beta.url)] });
+    writeConfig(cli.file, {
+      upstreams: [upstreamDoc('alpha', alpha.url, { clientSecret: NEW_SECRET }), upstreamDoc('beta', beta.url)],
+    });
     cli.child.kill('SIGHUP');
     await cli.waitForLog((l) => l['event'] === 'config_reloaded', from);
     const rotated = await call(cli.url, '/alpha/5');
@@ -885,7 +1016,10 @@ describe('faults: config reload', () => {
 
   /** A config document for app.reload(): the same listeners as startProxy uses. */
   function configOf(upstreams: Record<string, unknown>[]) {
-    return buildConfig({ listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'debug', upstreams }, { env: {} });
+    return buildConfig(
+      { listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'debug', upstreams },
+      { env: {} },
+    );
   }
 
   it('app.reload() while a refresh ahead retries a failing token endpoint: its next attempt is made with the new configuration, and succeeds', async () => {
@@ -902,7 +1036,13 @@ describe('faults: config reload', () => {
     });
     clock.offsetMs = 200_000; // inside the refresh window (the last 150 s), still usable (up to 270 s)
     expect((await get('/alpha/2')).json()).toMatchObject({ token: alpha.tokens[0] }); // served; a refresh starts behind it
-    expect(await pollUntil(() => attempts, (n) => n >= 2, 2_000)).toBeGreaterThanOrEqual(2); // and is retrying
+    expect(
+      await pollUntil(
+        () => attempts,
+        (n) => n >= 2,
+        2_000,
+      ),
+    ).toBeGreaterThanOrEqual(2); // and is retrying
     // The old generation closes its token endpoint connections once its requests are done.
     expect(await p.app.reload(configOf([upstreamDoc('alpha', alpha.url)]))).toEqual([]);
     const renewed = nextToken(p, 'alpha');
@@ -938,7 +1078,9 @@ describe('faults: config reload', () => {
     expect(tokenServer.requests).toHaveLength(2);
   });
 
-  it('app.reload() 5 times under a steady stream of requests (GET and POST, two upstreams): every request answers 200', async ({ annotate }) => {
+  it('app.reload() 5 times under a steady stream of requests (GET and POST, two upstreams): every request answers 200', async ({
+    annotate,
+  }) => {
     const alpha = await startTarget((req, res) => setTimeout(() => echo(req, res), 5));
     const beta = await startTarget();
     const p = await proxyWith([upstreamDoc('alpha', alpha.url), upstreamDoc('beta', beta.url)]);
@@ -948,7 +1090,10 @@ describe('faults: config reload', () => {
       [upstreamDoc('alpha', alpha.url, {}, { timeoutSeconds: 9 }), upstreamDoc('beta', beta.url)],
       [upstreamDoc('alpha', alpha.url), upstreamDoc('beta', beta.url), upstreamDoc('gamma', beta.url)],
       [upstreamDoc('alpha', alpha.url, { clientSecret: 'rotated-secret-1' }), upstreamDoc('beta', beta.url)],
-      [upstreamDoc('alpha', alpha.url, { clientSecret: 'rotated-secret-1' }), upstreamDoc('beta', beta.url, {}, { retryBodyLimitBytes: 0 })],
+      [
+        upstreamDoc('alpha', alpha.url, { clientSecret: 'rotated-secret-1' }),
+        upstreamDoc('beta', beta.url, {}, { retryBodyLimitBytes: 0 }),
+      ],
       [upstreamDoc('alpha', alpha.url), upstreamDoc('beta', beta.url)],
     ];
     let done = 0;
@@ -960,12 +1105,17 @@ describe('faults: config reload', () => {
       for (let i = 0; !stop; i++) {
         const upstream = (w + i) % 2 === 0 ? ('alpha' as const) : ('beta' as const);
         const post = i % 3 === 0;
-        const r = await call(p.url, `/${upstream}/w${w}/${i}`, post ? { method: 'POST', body: Buffer.alloc(2_048 + i, 1) } : {}).catch((err: Error) => ({ status: 0, text: err.message }));
+        const r = await call(
+          p.url,
+          `/${upstream}/w${w}/${i}`,
+          post ? { method: 'POST', body: Buffer.alloc(2_048 + i, 1) } : {},
+        ).catch((err: Error) => ({ status: 0, text: err.message }));
         if (r.status !== 200) failures.push(`${upstream} ${post ? 'POST' : 'GET'} -> ${r.status} ${r.text}`);
         done += 1;
         doneBy[upstream] += 1;
-        for (const x of waiters.splice(0)) if (doneBy.alpha >= x.at.alpha && doneBy.beta >= x.at.beta) x.resolve();
-        else waiters.push(x);
+        for (const x of waiters.splice(0))
+          if (doneBy.alpha >= x.at.alpha && doneBy.beta >= x.at.beta) x.resolve();
+          else waiters.push(x);
       }
     };
     /**
@@ -973,7 +1123,8 @@ describe('faults: config reload', () => {
      * between reloads, and a token fetched after a credential change is in hand before the next
      * reload (a request still waiting for one across a reload is the test below).
      */
-    const more = (n: number) => new Promise<void>((ok) => waiters.push({ at: { alpha: doneBy.alpha + n, beta: doneBy.beta + n }, resolve: ok }));
+    const more = (n: number) =>
+      new Promise<void>((ok) => waiters.push({ at: { alpha: doneBy.alpha + n, beta: doneBy.beta + n }, resolve: ok }));
     const workers = Array.from({ length: 8 }, (_, w) => worker(w));
     for (const next of configs) {
       await more(10);
@@ -1029,7 +1180,9 @@ describe('faults: config reload', () => {
     let reply = '';
     socket.on('data', (c: Buffer) => (reply += c.toString('latin1')));
     socket.on('error', () => undefined);
-    socket.write(`POST /t/upload HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 10\r\nConnection: close\r\n\r\n01234`);
+    socket.write(
+      `POST /t/upload HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 10\r\nConnection: close\r\n\r\n01234`,
+    );
     // Routed with the old config, token in hand, waiting for the rest of its body.
     expect(await pollUntil(hits, (n) => n > before, 3_000)).toBe(before + 1);
     // reload() may wait for this request before closing the old pools: send the rest meanwhile.
@@ -1060,8 +1213,16 @@ describe('faults: config reload', () => {
     let reply = '';
     socket.on('data', (c: Buffer) => (reply += c.toString('latin1')));
     socket.on('error', () => undefined);
-    socket.write(`PUT /t/file HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 10\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`);
-    expect(await pollUntil(() => reply, (r) => r.includes('100 Continue'), 3_000)).toContain('HTTP/1.1 100 Continue');
+    socket.write(
+      `PUT /t/file HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 10\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`,
+    );
+    expect(
+      await pollUntil(
+        () => reply,
+        (r) => r.includes('100 Continue'),
+        3_000,
+      ),
+    ).toContain('HTTP/1.1 100 Continue');
     socket.write('0123456789');
     await once(socket, 'close');
     const final = reply.slice(reply.indexOf('\r\n\r\n') + 4);

@@ -24,17 +24,46 @@ const GUARDED_RULE = 'egress: loopback and link-local addresses need an explicit
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
-  const auth = { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, clientId: 'hostile-client', clientSecret: 'hostile-secret' };
+  partner = await startPartnerApi({
+    jwksUrl: tokenServer.jwksUrl,
+    issuer: tokenServer.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
+  const auth = {
+    type: 'client_credentials',
+    tokenUrl: tokenServer.tokenUrl,
+    clientId: 'hostile-client',
+    clientSecret: 'hostile-secret',
+  };
   proxy = await startProxy({
     upstreams: [
       // The target has a base path: the reverse prefix must never climb out of it.
-      { name: 'partner', target: `${partner.url}/api`, pathPrefix: '/partner', hosts: ['api.partner.example'], ca: pki.caFile, auth },
+      {
+        name: 'partner',
+        target: `${partner.url}/api`,
+        pathPrefix: '/partner',
+        hosts: ['api.partner.example'],
+        ca: pki.caFile,
+        auth,
+      },
       // Bodies above 1 KiB stream to the target at once: the body limit must still hold.
-      { name: 'streaming', target: partner.url, pathPrefix: '/stream', ca: pki.caFile, retryBodyLimitBytes: 1024, auth },
+      {
+        name: 'streaming',
+        target: partner.url,
+        pathPrefix: '/stream',
+        ca: pki.caFile,
+        retryBodyLimitBytes: 1024,
+        auth,
+      },
     ],
     egress: { default: 'allow', allow: [], connectPorts: [443] },
-    limits: { maxRequestHeaderBytes: 16_384, maxRequestBodyBytes: MAX_BODY, headersTimeoutSeconds: 1, requestTimeoutSeconds: 3 },
+    limits: {
+      maxRequestHeaderBytes: 16_384,
+      maxRequestBodyBytes: MAX_BODY,
+      headersTimeoutSeconds: 1,
+      requestTimeoutSeconds: 3,
+    },
   });
   port = Number(new URL(proxy.url).port);
   // A token in hand, so timings below measure the proxy, not the token endpoint.
@@ -95,7 +124,10 @@ describe('malformed requests are refused with 400 and the proxy keeps serving', 
     expect(JSON.parse(reverse.body)).toMatchObject({ error: 'bad_request', message: 'more than one Host header' });
     await expectRefused(reverse, 400);
     partner.seen.length = 0;
-    const forward = await rawRequest(port, req(['GET http://api.partner.example/x HTTP/1.1', 'Host: api.partner.example', 'host: evil.example']));
+    const forward = await rawRequest(
+      port,
+      req(['GET http://api.partner.example/x HTTP/1.1', 'Host: api.partner.example', 'host: evil.example']),
+    );
     await expectRefused(forward, 400);
   });
 });
@@ -120,20 +152,43 @@ describe('request targets that hide or fake the real host', () => {
 
   it('refuses a valid IPv6 literal of an egress-guarded address with 403 naming the rule', async () => {
     for (const host of ['[::1]', '[0:0:0:0:0:0:0:1]', '[::ffff:127.0.0.1]', '[::ffff:7f00:1]', '[fe80::1]']) {
-      const res = await rawRequest(port, req([`GET http://${host}:${port}/partner/x HTTP/1.1`, `Host: ${host}:${port}`]));
+      const res = await rawRequest(
+        port,
+        req([`GET http://${host}:${port}/partner/x HTTP/1.1`, `Host: ${host}:${port}`]),
+      );
       expect(res.status, host).toBe(403);
       expect(res.headers['proxy-status']).toBe('token-proxy; error=destination_ip_prohibited');
       expect(JSON.parse(res.body), host).toMatchObject({ error: 'egress_denied', rule: GUARDED_RULE });
     }
-    await expectRefused(await rawRequest(port, req([`GET http://[::1]:${port}/ HTTP/1.1`, `Host: [::1]:${port}`])), 403);
+    await expectRefused(
+      await rawRequest(port, req([`GET http://[::1]:${port}/ HTTP/1.1`, `Host: [::1]:${port}`])),
+      403,
+    );
   });
 });
 
 describe('reverse-mode paths that would climb out of the prefix', () => {
-  it.each(['/partner/../admin', '/partner/%2e%2e/admin', '/partner/%2E%2e', '/partner/.%2E/x', '/partner/a/../../x', '/partner/./x', '/partner/..?q=1', '/partner/..%2fadmin', '/partner/%2e%2e%2Fadmin', '/partner/..\\admin', '/partner/..#', '/partner/%2e%2e#/admin', '/partner/..;/admin'])('refuses %s with 400', async (path) => {
+  it.each([
+    '/partner/../admin',
+    '/partner/%2e%2e/admin',
+    '/partner/%2E%2e',
+    '/partner/.%2E/x',
+    '/partner/a/../../x',
+    '/partner/./x',
+    '/partner/..?q=1',
+    '/partner/..%2fadmin',
+    '/partner/%2e%2e%2Fadmin',
+    '/partner/..\\admin',
+    '/partner/..#',
+    '/partner/%2e%2e#/admin',
+    '/partner/..;/admin',
+  ])('refuses %s with 400', async (path) => {
     const res = await rawRequest(port, req([`GET ${path} HTTP/1.1`, 'Host: p']));
     await expectRefused(res, 400);
-    expect(JSON.parse(res.body)).toMatchObject({ error: 'bad_request', message: 'path segments "." and ".." are not allowed' });
+    expect(JSON.parse(res.body)).toMatchObject({
+      error: 'bad_request',
+      message: 'path segments "." and ".." are not allowed',
+    });
   });
 });
 
@@ -151,7 +206,10 @@ describe('oversized requests', () => {
 
   it('answers 413 with connection: close to a Content-Length above limits.maxRequestBodyBytes', async () => {
     const body = 'x'.repeat(MAX_BODY + 1);
-    const res = await rawRequest(port, req(['POST /partner/upload HTTP/1.1', 'Host: p', `Content-Length: ${body.length}`], body));
+    const res = await rawRequest(
+      port,
+      req(['POST /partner/upload HTTP/1.1', 'Host: p', `Content-Length: ${body.length}`], body),
+    );
     expect(res.headers['connection']).toBe('close');
     expect(JSON.parse(res.body)).toMatchObject({ error: 'body_too_large' });
     expect(res.closed).toBe(true);
@@ -161,7 +219,10 @@ describe('oversized requests', () => {
   it('answers 413 to a chunked body that grows past the limit', async () => {
     const chunk = 'y'.repeat(1000);
     const chunks = Array.from({ length: 6 }, () => `${chunk.length.toString(16)}\r\n${chunk}\r\n`).join('');
-    const res = await rawRequest(port, req(['POST /partner/upload HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked'], `${chunks}0\r\n\r\n`));
+    const res = await rawRequest(
+      port,
+      req(['POST /partner/upload HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked'], `${chunks}0\r\n\r\n`),
+    );
     expect(JSON.parse(res.body)).toMatchObject({ error: 'body_too_large' });
     await expectRefused(res, 413);
   });
@@ -169,7 +230,10 @@ describe('oversized requests', () => {
   it('answers 413 to a chunked body past the limit even when bodies of its size stream to the target', async () => {
     const chunk = 'z'.repeat(1000);
     const chunks = Array.from({ length: 6 }, () => `${chunk.length.toString(16)}\r\n${chunk}\r\n`).join('');
-    const res = await rawRequest(port, req(['POST /stream/upload HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked'], `${chunks}0\r\n\r\n`));
+    const res = await rawRequest(
+      port,
+      req(['POST /stream/upload HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked'], `${chunks}0\r\n\r\n`),
+    );
     expect(res.status).toBe(413);
     expect(partner.seen.filter((s) => s.path === '/upload')).toHaveLength(0);
     await expectRefused(res, 413);
@@ -179,14 +243,50 @@ describe('oversized requests', () => {
 describe('request smuggling patterns', () => {
   const smuggled = 'GET /partner/smuggled HTTP/1.1\r\nHost: p\r\n\r\n';
   it.each([
-    ['both Content-Length and Transfer-Encoding', req(['POST /partner/x HTTP/1.1', 'Host: p', 'Content-Length: 5', 'Transfer-Encoding: chunked'], `0\r\n\r\n${smuggled}`)],
-    ['Transfer-Encoding before Content-Length', req(['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked', 'Content-Length: 46'], `0\r\n\r\n${smuggled}`)],
-    ['two different Content-Length values', req(['POST /partner/x HTTP/1.1', 'Host: p', 'Content-Length: 3', 'Content-Length: 48'], `abc${smuggled}`)],
-    ['obs-fold: a header line starting with a space', req(['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: identity', ' chunked', 'Content-Length: 3'], 'abc')],
-    ['obs-fold: a header line starting with a tab', req(['GET /partner/x HTTP/1.1', 'Host: p', 'X-A: a', '\tcontinued'])],
-    ['Transfer-Encoding: chunked, identity', req(['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked, identity'], `0\r\n\r\n${smuggled}`)],
-    ['Transfer-Encoding given twice', req(['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked', 'Transfer-Encoding: identity'], `0\r\n\r\n${smuggled}`)],
-    ['a Transfer-Encoding whose final coding is not chunked', req(['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: xchunked'], `0\r\n\r\n${smuggled}`)],
+    [
+      'both Content-Length and Transfer-Encoding',
+      req(
+        ['POST /partner/x HTTP/1.1', 'Host: p', 'Content-Length: 5', 'Transfer-Encoding: chunked'],
+        `0\r\n\r\n${smuggled}`,
+      ),
+    ],
+    [
+      'Transfer-Encoding before Content-Length',
+      req(
+        ['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked', 'Content-Length: 46'],
+        `0\r\n\r\n${smuggled}`,
+      ),
+    ],
+    [
+      'two different Content-Length values',
+      req(['POST /partner/x HTTP/1.1', 'Host: p', 'Content-Length: 3', 'Content-Length: 48'], `abc${smuggled}`),
+    ],
+    [
+      'obs-fold: a header line starting with a space',
+      req(
+        ['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: identity', ' chunked', 'Content-Length: 3'],
+        'abc',
+      ),
+    ],
+    [
+      'obs-fold: a header line starting with a tab',
+      req(['GET /partner/x HTTP/1.1', 'Host: p', 'X-A: a', '\tcontinued']),
+    ],
+    [
+      'Transfer-Encoding: chunked, identity',
+      req(['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked, identity'], `0\r\n\r\n${smuggled}`),
+    ],
+    [
+      'Transfer-Encoding given twice',
+      req(
+        ['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: chunked', 'Transfer-Encoding: identity'],
+        `0\r\n\r\n${smuggled}`,
+      ),
+    ],
+    [
+      'a Transfer-Encoding whose final coding is not chunked',
+      req(['POST /partner/x HTTP/1.1', 'Host: p', 'Transfer-Encoding: xchunked'], `0\r\n\r\n${smuggled}`),
+    ],
   ])('refuses %s with 400 and forwards nothing', async (_name, bytes) => {
     const res = await rawRequest(port, bytes);
     await expectRefused(res, 400);
@@ -194,7 +294,13 @@ describe('request smuggling patterns', () => {
   });
 
   it('re-frames a body sent with Transfer-Encoding: identity, chunked (chunked last): the target sees exactly that body', async () => {
-    const res = await rawRequest(port, req(['POST /partner/echo HTTP/1.1', 'Host: p', 'Transfer-Encoding: identity, chunked', 'Connection: close'], '5\r\nhello\r\n0\r\n\r\n'));
+    const res = await rawRequest(
+      port,
+      req(
+        ['POST /partner/echo HTTP/1.1', 'Host: p', 'Transfer-Encoding: identity, chunked', 'Connection: close'],
+        '5\r\nhello\r\n0\r\n\r\n',
+      ),
+    );
     if (res.status === 400) {
       await expectRefused(res, 400); // refusing is as safe as re-framing
       return;
@@ -235,7 +341,10 @@ describe('slow clients (slowloris)', () => {
       timings.push(r.ms);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    const closed = await Promise.race([Promise.all(slow), new Promise<null>((resolve) => setTimeout(() => resolve(null), 5_000))]);
+    const closed = await Promise.race([
+      Promise.all(slow),
+      new Promise<null>((resolve) => setTimeout(() => resolve(null), 5_000)),
+    ]);
     expect(closed, 'slow sockets still open 5 s after they started').not.toBeNull();
     for (const c of closed ?? []) {
       // headersTimeoutSeconds: 1, checked every second: cut off within about 2 s.

@@ -51,14 +51,19 @@ let tunnel: ProxyAgent;
 /** Everything the clients were told: status lines, headers and bodies. */
 const answers: string[] = [];
 
-async function record(res: Dispatcher.ResponseData, label: string): Promise<{ status: number; text: string; headers: IncomingHttpHeaders }> {
+async function record(
+  res: Dispatcher.ResponseData,
+  label: string,
+): Promise<{ status: number; text: string; headers: IncomingHttpHeaders }> {
   const text = await res.body.text();
   answers.push(`${label} ${res.statusCode} ${JSON.stringify(res.headers)}\n${text}`);
   return { status: res.statusCode, text, headers: res.headers as IncomingHttpHeaders };
 }
 
-const reverse = async (path: string, headers: Record<string, string> = {}) => record(await client.request({ origin: proxy.url, path, method: 'GET', headers }), `GET ${path}`);
-const viaForward = async (url: string, headers: Record<string, string> = {}, dispatcher: Dispatcher = forward) => record(await request(url, { dispatcher, headers }), `forward ${url}`);
+const reverse = async (path: string, headers: Record<string, string> = {}) =>
+  record(await client.request({ origin: proxy.url, path, method: 'GET', headers }), `GET ${path}`);
+const viaForward = async (url: string, headers: Record<string, string> = {}, dispatcher: Dispatcher = forward) =>
+  record(await request(url, { dispatcher, headers }), `forward ${url}`);
 const raw = async (bytes: string) => {
   const res = await rawRequest(proxyPort, bytes);
   answers.push(res.raw);
@@ -67,11 +72,25 @@ const raw = async (bytes: string) => {
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  const partnerOptions = { jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca };
-  [partner, partnerA, partnerB] = await Promise.all([startPartnerApi(partnerOptions), startPartnerApi(partnerOptions), startPartnerApi(partnerOptions)]);
+  const partnerOptions = {
+    jwksUrl: tokenServer.jwksUrl,
+    issuer: tokenServer.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  };
+  [partner, partnerA, partnerB] = await Promise.all([
+    startPartnerApi(partnerOptions),
+    startPartnerApi(partnerOptions),
+    startPartnerApi(partnerOptions),
+  ]);
   failingTokenEndpoint = await startScriptedServer((_req, res) => {
     res.writeHead(401, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ error: 'invalid_client', error_description: 'client authentication failed: unknown client or wrong secret' }));
+    res.end(
+      JSON.stringify({
+        error: 'invalid_client',
+        error_description: 'client authentication failed: unknown client or wrong secret',
+      }),
+    );
   });
   const seen: IncomingHttpHeaders[] = [];
   const server = createServer((req, res) => {
@@ -83,17 +102,34 @@ beforeAll(async () => {
   other = { url: `http://127.0.0.1:${port}`, port, seen, close: () => server.close() };
   const ca = await createCaFiles(dir);
   mitmCa = readFileSync(ca.certFile, 'utf8');
-  const cc = (clientId: string, clientSecret: string) => ({ type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, clientId, clientSecret });
+  const cc = (clientId: string, clientSecret: string) => ({
+    type: 'client_credentials',
+    tokenUrl: tokenServer.tokenUrl,
+    clientId,
+    clientSecret,
+  });
   proxy = await startProxy({
     upstreams: [
-      { name: 'partner', target: partner.url, pathPrefix: '/partner', hosts: ['api.partner.example'], ca: pki.caFile, auth: cc('nl-client', SECRET) },
+      {
+        name: 'partner',
+        target: partner.url,
+        pathPrefix: '/partner',
+        hosts: ['api.partner.example'],
+        ca: pki.caFile,
+        auth: cc('nl-client', SECRET),
+      },
       {
         name: 'failing',
         target: partner.url,
         pathPrefix: '/failing',
         ca: pki.caFile,
         tokenWaitTimeoutSeconds: 2,
-        auth: { type: 'client_credentials', tokenUrl: `${failingTokenEndpoint.url}/token`, clientId: 'nl-failing', clientSecret: SECRET },
+        auth: {
+          type: 'client_credentials',
+          tokenUrl: `${failingTokenEndpoint.url}/token`,
+          clientId: 'nl-failing',
+          clientSecret: SECRET,
+        },
       },
       {
         name: 'tenanted',
@@ -101,7 +137,13 @@ beforeAll(async () => {
         pathPrefix: '/tenanted',
         ca: pki.caFile,
         auth: cc('unused', 'unused'),
-        tenants: { from: 'header:X-Tenant', credentials: { 'app-a': { clientId: 'tenant-a', clientSecret: TENANT_A_SECRET }, 'app-b': { clientId: 'tenant-b', clientSecret: TENANT_B_SECRET } } },
+        tenants: {
+          from: 'header:X-Tenant',
+          credentials: {
+            'app-a': { clientId: 'tenant-a', clientSecret: TENANT_A_SECRET },
+            'app-b': { clientId: 'tenant-b', clientSecret: TENANT_B_SECRET },
+          },
+        },
       },
       // Overlapping host patterns: the exact name belongs to A, every other *.example to B.
       { name: 'exact-a', target: partnerA.url, hosts: ['api.example'], ca: pki.caFile, auth: cc('client-a', SECRET_A) },
@@ -118,7 +160,16 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy.close();
-  await Promise.all([partner.close(), partnerA.close(), partnerB.close(), tokenServer.stop(), failingTokenEndpoint.close(), client.close(), forward.close(), tunnel.close()]);
+  await Promise.all([
+    partner.close(),
+    partnerA.close(),
+    partnerB.close(),
+    tokenServer.stop(),
+    failingTokenEndpoint.close(),
+    client.close(),
+    forward.close(),
+    tunnel.close(),
+  ]);
   other.close();
 });
 
@@ -138,7 +189,14 @@ describe('a mix of traffic with known secrets', () => {
     expect(res.status).toBe(200);
     expect(proxy.logs.some((l) => l.includes('"event":"unauthorized_retry"'))).toBe(true);
     // A partner that rejects every token: the 401 goes to the client as the partner sent it.
-    partner.script = (r) => (r.path === '/always-401' ? { status: 401, headers: { 'www-authenticate': 'Bearer error="invalid_token"' }, body: '{"error":"invalid_token"}' } : undefined);
+    partner.script = (r) =>
+      r.path === '/always-401'
+        ? {
+            status: 401,
+            headers: { 'www-authenticate': 'Bearer error="invalid_token"' },
+            body: '{"error":"invalid_token"}',
+          }
+        : undefined;
     expect((await reverse('/partner/always-401')).status).toBe(401);
     partner.script = undefined;
   });
@@ -146,14 +204,20 @@ describe('a mix of traffic with known secrets', () => {
   it('a token endpoint failure with a description: 502 with the reason, never the credentials', async () => {
     const res = await reverse('/failing/x', { authorization: CLIENT_AUTH });
     expect(res.status).toBe(502);
-    expect(JSON.parse(res.text)).toMatchObject({ error: 'token_unavailable', reason: 'invalid_client', description: 'client authentication failed: unknown client or wrong secret' });
+    expect(JSON.parse(res.text)).toMatchObject({
+      error: 'token_unavailable',
+      reason: 'invalid_client',
+      description: 'client authentication failed: unknown client or wrong secret',
+    });
     expect(failingTokenEndpoint.hits).toBeGreaterThan(0);
   });
 
   it('forward mode: absolute-form with proxy credentials, and 407 with wrong ones', async () => {
     expect((await viaForward('http://api.partner.example/fwd', { authorization: CLIENT_AUTH })).status).toBe(200);
     // undici's ProxyAgent turns a 407 into an error: the wrong credentials go in by hand.
-    const rawWrong = await raw(`GET http://api.partner.example/x HTTP/1.1\r\nHost: api.partner.example\r\nProxy-Authorization: ${WRONG_PROXY_AUTH}\r\nConnection: close\r\n\r\n`);
+    const rawWrong = await raw(
+      `GET http://api.partner.example/x HTTP/1.1\r\nHost: api.partner.example\r\nProxy-Authorization: ${WRONG_PROXY_AUTH}\r\nConnection: close\r\n\r\n`,
+    );
     expect(rawWrong.status).toBe(407);
   });
 
@@ -165,7 +229,9 @@ describe('a mix of traffic with known secrets', () => {
 
   it('egress: refusals (plain and CONNECT) and an allowed passthrough that gets no token', async () => {
     expect((await viaForward('http://denied.invalid/x', { authorization: CLIENT_AUTH })).status).toBe(403);
-    const refused = await raw(`CONNECT denied.invalid:443 HTTP/1.1\r\nHost: denied.invalid:443\r\nProxy-Authorization: ${PROXY_AUTH}\r\n\r\n`);
+    const refused = await raw(
+      `CONNECT denied.invalid:443 HTTP/1.1\r\nHost: denied.invalid:443\r\nProxy-Authorization: ${PROXY_AUTH}\r\n\r\n`,
+    );
     expect(refused.status).toBe(403);
     const before = other.seen.length;
     expect((await viaForward(`${other.url}/pass`, { authorization: CLIENT_BEARER })).status).toBe(200);
@@ -192,7 +258,8 @@ describe('a mix of traffic with known secrets', () => {
 
 describe('each token goes to its own target only', () => {
   it('a redirect to another host: the 3xx passes on, the follow-up carries no token', async () => {
-    partner.script = (r) => (r.path === '/moved' ? { status: 302, headers: { location: `${other.url}/landing` }, body: '' } : undefined);
+    partner.script = (r) =>
+      r.path === '/moved' ? { status: 302, headers: { location: `${other.url}/landing` }, body: '' } : undefined;
     const moved = await viaForward('http://api.partner.example/moved');
     partner.script = undefined;
     expect(moved.status).toBe(302);
@@ -204,7 +271,8 @@ describe('each token goes to its own target only', () => {
   });
 
   it('an egress passthrough host never gets a token, whatever the client sends', async () => {
-    for (const headers of [{}, { 'x-tenant': 'app-a' }, { authorization: CLIENT_AUTH }] as Record<string, string>[]) await viaForward(`${other.url}/again`, headers);
+    for (const headers of [{}, { 'x-tenant': 'app-a' }, { authorization: CLIENT_AUTH }] as Record<string, string>[])
+      await viaForward(`${other.url}/again`, headers);
     for (const h of other.seen) expect(tokenServer.issued.some((t) => JSON.stringify(h).includes(t))).toBe(false);
   });
 
@@ -281,7 +349,8 @@ describe('after the mix', () => {
     const found: string[] = [];
     for (const [where, texts] of haystacks) {
       for (const text of texts) {
-        for (const [what, needle] of Object.entries(needles)) if (needle.length >= 8 && text.includes(needle)) found.push(`${what} in a ${where}: ${text.slice(0, 200)}`);
+        for (const [what, needle] of Object.entries(needles))
+          if (needle.length >= 8 && text.includes(needle)) found.push(`${what} in a ${where}: ${text.slice(0, 200)}`);
       }
     }
     expect(found).toEqual([]);
@@ -293,38 +362,68 @@ describe('partner text that echoes a credential', () => {
   const SPECIAL = 'nl:sec ret/+%7Hq2vXp9Wm';
   const formEncoded = (v: string) => new URLSearchParams({ v }).toString().slice(2);
   const echoes: [string, (authorization: string) => string][] = [
-    ['the secret as it decodes it', (a) => `bad credentials ${decodeURIComponent(Buffer.from(a.slice(6), 'base64').toString('utf8').replace(/\+/g, ' '))}`],
+    [
+      'the secret as it decodes it',
+      (a) =>
+        `bad credentials ${decodeURIComponent(Buffer.from(a.slice(6), 'base64').toString('utf8').replace(/\+/g, ' '))}`,
+    ],
     ['the Authorization header as it came (Basic, base64)', (a) => `bad credentials in header: ${a}`],
-    ['the id:secret pair still form-urlencoded', (a) => `bad credentials ${Buffer.from(a.slice(6), 'base64').toString('utf8')}`],
-    ['the secret at the end of a long text that is cut short', (a) => `${'x'.repeat(180)} ${decodeURIComponent(Buffer.from(a.slice(6), 'base64').toString('utf8').split(':')[1]?.replace(/\+/g, ' ') ?? '')}`],
+    [
+      'the id:secret pair still form-urlencoded',
+      (a) => `bad credentials ${Buffer.from(a.slice(6), 'base64').toString('utf8')}`,
+    ],
+    [
+      'the secret at the end of a long text that is cut short',
+      (a) =>
+        `${'x'.repeat(180)} ${decodeURIComponent(Buffer.from(a.slice(6), 'base64').toString('utf8').split(':')[1]?.replace(/\+/g, ' ') ?? '')}`,
+    ],
   ];
 
-  it.each(echoes)('a token endpoint whose error_description repeats %s: no form of the secret appears anywhere', async (_style, echo) => {
-    const endpoint = await startScriptedServer((req, res) => {
-      res.writeHead(401, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ error: 'invalid_client', error_description: echo(req.headers.authorization ?? '') }));
-    });
-    const echoing = await startProxy({
-      upstreams: [{ name: 'echo', target: partner.url, pathPrefix: '/echo', ca: pki.caFile, tokenWaitTimeoutSeconds: 2, auth: { type: 'client_credentials', tokenUrl: `${endpoint.url}/token`, clientId: 'nl-echo', clientSecret: SPECIAL } }],
-    });
-    try {
-      const res = await client.request({ origin: echoing.url, path: '/echo/x', method: 'GET' });
-      const text = await res.body.text();
-      expect(res.statusCode).toBe(502);
-      expect(endpoint.hits).toBeGreaterThan(0);
-      const forms = {
-        plain: SPECIAL,
-        'form-urlencoded': formEncoded(SPECIAL),
-        'Basic credentials (base64)': Buffer.from(`nl-echo:${formEncoded(SPECIAL)}`).toString('base64'),
-        'a 10-character prefix': SPECIAL.slice(0, 10),
-      };
-      const found = Object.entries(forms).flatMap(([form, needle]) =>
-        [text, ...echoing.logs].filter((t) => t.includes(needle)).map((t) => `${form} in ${t === text ? 'the 502 body' : 'a log line'}: ${t.slice(0, 300)}`),
-      );
-      expect(found).toEqual([]);
-    } finally {
-      await echoing.close();
-      await endpoint.close();
-    }
-  });
+  it.each(echoes)(
+    'a token endpoint whose error_description repeats %s: no form of the secret appears anywhere',
+    async (_style, echo) => {
+      const endpoint = await startScriptedServer((req, res) => {
+        res.writeHead(401, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ error: 'invalid_client', error_description: echo(req.headers.authorization ?? '') }));
+      });
+      const echoing = await startProxy({
+        upstreams: [
+          {
+            name: 'echo',
+            target: partner.url,
+            pathPrefix: '/echo',
+            ca: pki.caFile,
+            tokenWaitTimeoutSeconds: 2,
+            auth: {
+              type: 'client_credentials',
+              tokenUrl: `${endpoint.url}/token`,
+              clientId: 'nl-echo',
+              clientSecret: SPECIAL,
+            },
+          },
+        ],
+      });
+      try {
+        const res = await client.request({ origin: echoing.url, path: '/echo/x', method: 'GET' });
+        const text = await res.body.text();
+        expect(res.statusCode).toBe(502);
+        expect(endpoint.hits).toBeGreaterThan(0);
+        const forms = {
+          plain: SPECIAL,
+          'form-urlencoded': formEncoded(SPECIAL),
+          'Basic credentials (base64)': Buffer.from(`nl-echo:${formEncoded(SPECIAL)}`).toString('base64'),
+          'a 10-character prefix': SPECIAL.slice(0, 10),
+        };
+        const found = Object.entries(forms).flatMap(([form, needle]) =>
+          [text, ...echoing.logs]
+            .filter((t) => t.includes(needle))
+            .map((t) => `${form} in ${t === text ? 'the 502 body' : 'a log line'}: ${t.slice(0, 300)}`),
+        );
+        expect(found).toEqual([]);
+      } finally {
+        await echoing.close();
+        await endpoint.close();
+      }
+    },
+  );
 });

@@ -36,7 +36,12 @@ async function start(egress: Record<string, unknown>) {
         name: 'partner',
         target: 'https://127.0.0.1:1',
         hosts: ['api.partner.example'],
-        auth: { type: 'client_credentials', tokenUrl: 'https://127.0.0.1:1/token', clientId: 'ssrf-client', clientSecret: 'ssrf-secret' },
+        auth: {
+          type: 'client_credentials',
+          tokenUrl: 'https://127.0.0.1:1/token',
+          clientId: 'ssrf-client',
+          clientSecret: 'ssrf-secret',
+        },
       },
     ],
     egress: { default: 'allow', allow: [], ...egress },
@@ -67,8 +72,10 @@ afterEach(async () => {
   proxy = undefined;
 });
 
-const get = (target: string, host: string) => rawRequest(proxyPort, `GET ${target} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
-const connectTo = (authority: string) => rawRequest(proxyPort, `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`, { timeoutMs: 2_000 });
+const get = (target: string, host: string) =>
+  rawRequest(proxyPort, `GET ${target} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+const connectTo = (authority: string) =>
+  rawRequest(proxyPort, `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`, { timeoutMs: 2_000 });
 
 function expectDenied(res: RawResponse, rule: string | RegExp = GUARDED_RULE): void {
   expect(res.status, res.raw.slice(0, 300)).toBe(403);
@@ -174,7 +181,9 @@ describe('with egress default allow and an empty allow list', () => {
     for (const name of loopbackNamesInHosts()) {
       const res = await get(`http://${name}:${internal.port}/x`, `${name}:${internal.port}`);
       expectDenied(res, 'egress: resolved address');
-      expect(JSON.parse(res.body).message, name).toMatch(new RegExp(`^${name.replace(/\./g, '\\.')} resolves to 127\\.`));
+      expect(JSON.parse(res.body).message, name).toMatch(
+        new RegExp(`^${name.replace(/\./g, '\\.')} resolves to 127\\.`),
+      );
     }
     expect(internal.seen).toHaveLength(0);
   });
@@ -218,7 +227,8 @@ describe('with an explicit allow entry', () => {
     let text = '';
     socket.on('data', (d: Buffer) => {
       text += d.toString('latin1');
-      if (text.endsWith('\r\n\r\n') && text.startsWith('HTTP/1.1 200')) socket.write('GET /through HTTP/1.1\r\nHost: internal\r\nConnection: close\r\n\r\n');
+      if (text.endsWith('\r\n\r\n') && text.startsWith('HTTP/1.1 200'))
+        socket.write('GET /through HTTP/1.1\r\nHost: internal\r\nConnection: close\r\n\r\n');
     });
     await once(socket, 'close');
     expect(text).toMatch(/^HTTP\/1\.1 200 Connection Established\r\n\r\nHTTP\/1\.1 200 OK/);
@@ -242,14 +252,34 @@ describe('EgressPolicy on its own', () => {
 
   it('decide() refuses loopback, "this host" and link-local addresses unless allowed', () => {
     const p = policy();
-    for (const host of ['127.0.0.1', '127.8.9.10', '0.0.0.0', '169.254.169.254', '::1', '::', 'fe80::abcd', '::ffff:127.0.0.1', 'localhost']) {
-      for (const kind of ['http', 'connect'] as const) expect(p.decide(host, 443, kind), `${host} ${kind}`).toEqual({ allowed: false, rule: GUARDED_RULE });
+    for (const host of [
+      '127.0.0.1',
+      '127.8.9.10',
+      '0.0.0.0',
+      '169.254.169.254',
+      '::1',
+      '::',
+      'fe80::abcd',
+      '::ffff:127.0.0.1',
+      'localhost',
+    ]) {
+      for (const kind of ['http', 'connect'] as const)
+        expect(p.decide(host, 443, kind), `${host} ${kind}`).toEqual({ allowed: false, rule: GUARDED_RULE });
     }
     expect(p.decide('10.1.2.3', 443, 'connect')).toEqual({ allowed: true, rule: 'egress.default: allow' });
-    expect(policy(['127.0.0.1:8080']).decide('127.0.0.1', 8080, 'http')).toEqual({ allowed: true, rule: 'egress.allow' });
-    expect(policy(['127.0.0.1:8080']).decide('127.0.0.1', 9464, 'http')).toEqual({ allowed: false, rule: GUARDED_RULE });
+    expect(policy(['127.0.0.1:8080']).decide('127.0.0.1', 8080, 'http')).toEqual({
+      allowed: true,
+      rule: 'egress.allow',
+    });
+    expect(policy(['127.0.0.1:8080']).decide('127.0.0.1', 9464, 'http')).toEqual({
+      allowed: false,
+      rule: GUARDED_RULE,
+    });
     expect(policy(['::1']).decide('::1', 443, 'connect')).toEqual({ allowed: true, rule: 'egress.allow' });
-    expect(policy(['169.254.0.0/16']).decide('169.254.169.254', 80, 'http')).toEqual({ allowed: true, rule: 'egress.allow' });
+    expect(policy(['169.254.0.0/16']).decide('169.254.169.254', 80, 'http')).toEqual({
+      allowed: true,
+      rule: 'egress.allow',
+    });
   });
 
   it('lookup refuses a name that resolves to 127.0.0.1 with ERR_EGRESS_DENIED', async () => {

@@ -12,7 +12,10 @@ export interface ClientResult {
 /** Runs a real client program (curl, python3) with only the environment given: no stray proxy settings. */
 export async function runClient(cmd: string, args: string[], env: Record<string, string> = {}): Promise<ClientResult> {
   try {
-    const { stdout, stderr } = await run(cmd, args, { env: { PATH: process.env['PATH'] ?? '', ...env }, timeout: 15_000 });
+    const { stdout, stderr } = await run(cmd, args, {
+      env: { PATH: process.env['PATH'] ?? '', ...env },
+      timeout: 15_000,
+    });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -21,14 +24,20 @@ export async function runClient(cmd: string, args: string[], env: Record<string,
 }
 
 /** curl -sS with a bounded time; `-w` appends the status code on its own last line. */
-export async function curl(args: string[], env: Record<string, string> = {}): Promise<ClientResult & { status: number; body: string }> {
+export async function curl(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<ClientResult & { status: number; body: string }> {
   const res = await runClient('curl', ['-sS', '--max-time', '10', '-w', '\n%{http_code}', ...args], env);
   const cut = res.stdout.lastIndexOf('\n');
   return { ...res, status: Number(res.stdout.slice(cut + 1)), body: res.stdout.slice(0, cut) };
 }
 
 /** Python's standard urllib, which honours http_proxy / https_proxy and SSL_CERT_FILE. */
-export async function pythonGet(url: string, env: Record<string, string>): Promise<ClientResult & { status: number; body: string }> {
+export async function pythonGet(
+  url: string,
+  env: Record<string, string>,
+): Promise<ClientResult & { status: number; body: string }> {
   const script = [
     'import sys, urllib.request, urllib.error',
     'try:',

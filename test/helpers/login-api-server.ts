@@ -15,7 +15,12 @@ export interface LoginApiCall {
   /** The JSON answer sent back. */
   readonly response: unknown;
   /** The tokens this call handed out, when it succeeded. */
-  readonly issued?: { readonly accessToken: string; readonly refreshToken: string; readonly jwtExp: number; readonly expiresAtMs: number };
+  readonly issued?: {
+    readonly accessToken: string;
+    readonly refreshToken: string;
+    readonly jwtExp: number;
+    readonly expiresAtMs: number;
+  };
 }
 
 /**
@@ -154,7 +159,13 @@ export async function startLoginApiServer(options: LoginApiServerOptions): Promi
     const body =
       api.shape === 'flat-epoch'
         ? { token: accessToken, renew: refreshToken, exp: expiresAtMs / 1000 }
-        : { data: { access_token: accessToken, refresh_token: refreshToken, access_expires_at: new Date(expiresAtMs).toISOString() } };
+        : {
+            data: {
+              access_token: accessToken,
+              refresh_token: refreshToken,
+              access_expires_at: new Date(expiresAtMs).toISOString(),
+            },
+          };
     return { body, issued: { accessToken, refreshToken, jwtExp, expiresAtMs } };
   }
 
@@ -167,7 +178,15 @@ export async function startLoginApiServer(options: LoginApiServerOptions): Promi
     }
     const body = await readJson(req);
     const record = (status: number, answer: unknown, issued?: LoginApiCall['issued']) => {
-      api.calls.push({ method, path, headers: req.headers, body, status, response: answer, ...(issued === undefined ? {} : { issued }) });
+      api.calls.push({
+        method,
+        path,
+        headers: req.headers,
+        body,
+        status,
+        response: answer,
+        ...(issued === undefined ? {} : { issued }),
+      });
       sendJson(res, status, answer);
     };
     if (method !== 'POST' || (path !== '/auth/login' && path !== '/auth/refresh')) {

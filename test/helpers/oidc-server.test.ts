@@ -21,9 +21,13 @@ interface TokenAnswer {
   body: Record<string, unknown>;
 }
 
-async function token(form: Record<string, string>, opts: { basic?: [string, string]; dispatcher?: Agent } = {}): Promise<TokenAnswer> {
+async function token(
+  form: Record<string, string>,
+  opts: { basic?: [string, string]; dispatcher?: Agent } = {},
+): Promise<TokenAnswer> {
   const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded' };
-  if (opts.basic !== undefined) headers['authorization'] = `Basic ${Buffer.from(`${opts.basic[0]}:${opts.basic[1]}`).toString('base64')}`;
+  if (opts.basic !== undefined)
+    headers['authorization'] = `Basic ${Buffer.from(`${opts.basic[0]}:${opts.basic[1]}`).toString('base64')}`;
   const res = await request(server.tokenUrl, {
     method: 'POST',
     headers,
@@ -47,7 +51,13 @@ async function verifyAccessToken(accessToken: unknown) {
   return payload;
 }
 
-async function assertion(clientId: string, privatePem: string, kid: string, alg: string, aud = server.tokenUrl): Promise<string> {
+async function assertion(
+  clientId: string,
+  privatePem: string,
+  kid: string,
+  alg: string,
+  aud = server.tokenUrl,
+): Promise<string> {
   return new SignJWT({})
     .setProtectedHeader({ alg, kid })
     .setIssuer(clientId)
@@ -68,10 +78,32 @@ beforeAll(async () => {
     accessTokenTtlSeconds: 120,
     users: { alice: 'wonderland' },
     clients: [
-      { clientId: 'cc-basic', clientSecret: 'cc-secret', authMethod: 'client_secret_basic', grantTypes: ['client_credentials'], scope: 'read write' },
-      { clientId: 'pw-client', clientSecret: 'pw-secret', authMethod: 'client_secret_post', grantTypes: ['password', 'refresh_token'], scope: 'read' },
-      { clientId: 'jwt-client', authMethod: 'private_key_jwt', jwks: { keys: [jwtKey.publicJwk] }, grantTypes: ['client_credentials'] },
-      { clientId: 'mtls-client', authMethod: 'tls_client_auth', tlsSubjectDn: clientCert.subjectDn, grantTypes: ['client_credentials'] },
+      {
+        clientId: 'cc-basic',
+        clientSecret: 'cc-secret',
+        authMethod: 'client_secret_basic',
+        grantTypes: ['client_credentials'],
+        scope: 'read write',
+      },
+      {
+        clientId: 'pw-client',
+        clientSecret: 'pw-secret',
+        authMethod: 'client_secret_post',
+        grantTypes: ['password', 'refresh_token'],
+        scope: 'read',
+      },
+      {
+        clientId: 'jwt-client',
+        authMethod: 'private_key_jwt',
+        jwks: { keys: [jwtKey.publicJwk] },
+        grantTypes: ['client_credentials'],
+      },
+      {
+        clientId: 'mtls-client',
+        authMethod: 'tls_client_auth',
+        tlsSubjectDn: clientCert.subjectDn,
+        grantTypes: ['client_credentials'],
+      },
     ],
   });
 });
@@ -98,7 +130,13 @@ describe('oidc-server (oidc-provider)', () => {
     expect(claims['scope']).toBe('read');
     expect(typeof claims.jti).toBe('string');
     expect((claims.exp ?? 0) - (claims.iat ?? 0)).toBe(120);
-    expect(server.calls.at(-1)).toMatchObject({ grantType: 'client_credentials', clientId: 'cc-basic', authMethod: 'client_secret_basic', status: 200, error: undefined });
+    expect(server.calls.at(-1)).toMatchObject({
+      grantType: 'client_credentials',
+      clientId: 'cc-basic',
+      authMethod: 'client_secret_basic',
+      status: 200,
+      error: undefined,
+    });
   });
 
   it('a token signed by another key is refused by the JWKS check', async () => {
@@ -114,7 +152,12 @@ describe('oidc-server (oidc-provider)', () => {
     expect(res.status).toBe(401);
     expect(res.body['error']).toBe('invalid_client');
     expect(res.body['access_token']).toBeUndefined();
-    expect(server.calls.at(-1)).toMatchObject({ grantType: 'client_credentials', clientId: 'cc-basic', status: 401, error: 'invalid_client' });
+    expect(server.calls.at(-1)).toMatchObject({
+      grantType: 'client_credentials',
+      clientId: 'cc-basic',
+      status: 401,
+      error: 'invalid_client',
+    });
   });
 
   it('password grant gives access and refresh tokens; refresh rotates and reuse of the old one is invalid_grant', async () => {
@@ -143,7 +186,12 @@ describe('oidc-server (oidc-provider)', () => {
     expect(reused.body['error']).toBe('invalid_grant');
     expect(server.calls.at(-1)?.errorDetail).toBe('refresh token already used');
     expect(server.usedRefreshTokens.slice(-2)).toEqual([rt1, rt1]);
-    expect(server.calls.at(-1)).toMatchObject({ grantType: 'refresh_token', clientId: 'pw-client', status: 400, error: 'invalid_grant' });
+    expect(server.calls.at(-1)).toMatchObject({
+      grantType: 'refresh_token',
+      clientId: 'pw-client',
+      status: 400,
+      error: 'invalid_grant',
+    });
 
     // Reuse detection revokes the whole grant: the rotated token is dead too.
     const afterReuse = await token({ grant_type: 'refresh_token', refresh_token: rt2 as string, ...creds });
@@ -155,13 +203,23 @@ describe('oidc-server (oidc-provider)', () => {
     const short = await startOidcServer({
       refreshTokenTtlSeconds: 1,
       users: { bob: 'builder' },
-      clients: [{ clientId: 'short', clientSecret: 's', authMethod: 'client_secret_basic', grantTypes: ['password', 'refresh_token'] }],
+      clients: [
+        {
+          clientId: 'short',
+          clientSecret: 's',
+          authMethod: 'client_secret_basic',
+          grantTypes: ['password', 'refresh_token'],
+        },
+      ],
     });
     try {
       const post = async (form: Record<string, string>) => {
         const res = await request(short.tokenUrl, {
           method: 'POST',
-          headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from('short:s').toString('base64')}` },
+          headers: {
+            'content-type': 'application/x-www-form-urlencoded',
+            authorization: `Basic ${Buffer.from('short:s').toString('base64')}`,
+          },
           body: new URLSearchParams(form).toString(),
           dispatcher: agent,
         });
@@ -174,21 +232,38 @@ describe('oidc-server (oidc-provider)', () => {
       const late = await post({ grant_type: 'refresh_token', refresh_token: first.body['refresh_token'] as string });
       expect(late.status).toBe(400);
       expect(late.body['error']).toBe('invalid_grant');
-      expect(short.calls.map((c) => [c.grantType, c.status])).toEqual([['password', 200], ['refresh_token', 400]]);
+      expect(short.calls.map((c) => [c.grantType, c.status])).toEqual([
+        ['password', 200],
+        ['refresh_token', 400],
+      ]);
     } finally {
       await short.stop();
     }
   });
 
   it('a wrong password is invalid_grant', async () => {
-    const res = await token({ grant_type: 'password', username: 'alice', password: 'nope', client_id: 'pw-client', client_secret: 'pw-secret' });
+    const res = await token({
+      grant_type: 'password',
+      username: 'alice',
+      password: 'nope',
+      client_id: 'pw-client',
+      client_secret: 'pw-secret',
+    });
     expect(res.status).toBe(400);
     expect(res.body['error']).toBe('invalid_grant');
-    expect(server.calls.at(-1)).toMatchObject({ grantType: 'password', clientId: 'pw-client', status: 400, error: 'invalid_grant' });
+    expect(server.calls.at(-1)).toMatchObject({
+      grantType: 'password',
+      clientId: 'pw-client',
+      status: 400,
+      error: 'invalid_grant',
+    });
   });
 
   it('a grant type the client is not registered for is refused (oidc-provider says invalid_request)', async () => {
-    const res = await token({ grant_type: 'password', username: 'alice', password: 'wonderland' }, { basic: ['cc-basic', 'cc-secret'] });
+    const res = await token(
+      { grant_type: 'password', username: 'alice', password: 'wonderland' },
+      { basic: ['cc-basic', 'cc-secret'] },
+    );
     expect(res.status).toBe(400);
     expect(res.body['error']).toBe('invalid_request');
     expect(res.body['access_token']).toBeUndefined();
@@ -234,9 +309,16 @@ describe('oidc-server (oidc-provider)', () => {
     const noCert = await token({ grant_type: 'client_credentials', client_id: 'mtls-client' });
     expect(noCert.status).toBe(401);
     expect(noCert.body['error']).toBe('invalid_client');
-    expect(server.calls.at(-1)).toMatchObject({ clientId: 'mtls-client', status: 401, errorDetail: 'client certificate was not provided' });
+    expect(server.calls.at(-1)).toMatchObject({
+      clientId: 'mtls-client',
+      status: 401,
+      errorDetail: 'client certificate was not provided',
+    });
 
-    const otherSubject = await token({ grant_type: 'client_credentials', client_id: 'mtls-client' }, { dispatcher: otherMtlsAgent });
+    const otherSubject = await token(
+      { grant_type: 'client_credentials', client_id: 'mtls-client' },
+      { dispatcher: otherMtlsAgent },
+    );
     expect(otherSubject.status).toBe(401);
     expect(otherSubject.body['error']).toBe('invalid_client');
     expect(server.calls.at(-1)?.errorDetail).toBe('certificate subject value does not match the registered one');

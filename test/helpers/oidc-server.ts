@@ -9,7 +9,14 @@ import { dirname, join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { exportJWK, exportPKCS8, generateKeyPair, type JSONWebKeySet, type JWK } from 'jose';
 import type * as OidcProviderModule from 'oidc-provider';
-import type { Adapter, AdapterFactory, AdapterPayload, ClientMetadata, KoaContextWithOIDC, ResourceServer } from 'oidc-provider';
+import type {
+  Adapter,
+  AdapterFactory,
+  AdapterPayload,
+  ClientMetadata,
+  KoaContextWithOIDC,
+  ResourceServer,
+} from 'oidc-provider';
 import { testPki } from './certs.js';
 import { Agent } from 'undici';
 
@@ -70,7 +77,12 @@ export interface OidcServer {
   /** Resolves when the next token request arrives. */
   waitForTokenRequest(): Promise<void>;
   /** A password grant made directly, as a setup step. */
-  passwordGrant(clientId: string, clientSecret: string, username: string, password: string): Promise<{ accessToken: string; refreshToken: string }>;
+  passwordGrant(
+    clientId: string,
+    clientSecret: string,
+    username: string,
+    password: string,
+  ): Promise<{ accessToken: string; refreshToken: string }>;
   stop(): Promise<void>;
 }
 
@@ -137,7 +149,10 @@ function memoryAdapter(): AdapterFactory {
     const key = (id: string) => `${model}:${id}`;
     return {
       async upsert(id, payload, expiresIn) {
-        entries.set(key(id), { payload, expiresAt: typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : Infinity });
+        entries.set(key(id), {
+          payload,
+          expiresAt: typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : Infinity,
+        });
         if (typeof payload.grantId === 'string') {
           const members = byGrant.get(payload.grantId) ?? new Set<string>();
           members.add(key(id));
@@ -216,7 +231,11 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
   const users = options.users ?? {};
   const specs = new Map(options.clients.map((c) => [c.clientId, c]));
   // oidc-provider only accepts client `scope` metadata made of scopes it knows (`scopes`).
-  const scopes = new Set(['openid', 'offline_access', ...options.clients.flatMap((c) => (c.scope ?? '').split(' ').filter(Boolean))]);
+  const scopes = new Set([
+    'openid',
+    'offline_access',
+    ...options.clients.flatMap((c) => (c.scope ?? '').split(' ').filter(Boolean)),
+  ]);
 
   // Listen first: the issuer must carry the port.
   let handler: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => {
@@ -322,7 +341,15 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
 
       let refreshToken: string | undefined;
       if (client.grantTypeAllowed('refresh_token')) {
-        const rt = new provider.RefreshToken({ accountId: username, client, grantId, gty: 'password', resource: RESOURCE, scope, rotations: 0 });
+        const rt = new provider.RefreshToken({
+          accountId: username,
+          client,
+          grantId,
+          gty: 'password',
+          resource: RESOURCE,
+          scope,
+          rotations: 0,
+        });
         ctx.oidc.entity('RefreshToken', rt);
         refreshToken = await rt.save();
       }
@@ -361,7 +388,8 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     const refreshToken = stringParam(params, 'refresh_token');
     if (grantType === 'refresh_token' && refreshToken !== undefined) usedRefreshTokens.push(refreshToken);
     const client = oidc?.entities.Client;
-    const clientId = client?.clientId ?? stringParam(params, 'client_id') ?? basicClientId(ctx.get('authorization') || undefined);
+    const clientId =
+      client?.clientId ?? stringParam(params, 'client_id') ?? basicClientId(ctx.get('authorization') || undefined);
     const body = ctx.body as Record<string, unknown> | undefined;
     const issued = ctx.status === 200 ? stringParam(body, 'refresh_token') : undefined;
     if (issued !== undefined) issuedRefreshTokens.push(issued);
@@ -402,7 +430,10 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
           origin: issuer,
           path: '/token',
           method: 'POST',
-          headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}` },
+          headers: {
+            'content-type': 'application/x-www-form-urlencoded',
+            authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`,
+          },
           body: new URLSearchParams({ grant_type: 'password', username, password, scope: 'api' }).toString(),
         });
         const json = (await res.body.json()) as { access_token: string; refresh_token: string };
@@ -420,7 +451,10 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
 }
 
 /** A key pair for private_key_jwt clients: the private key as PKCS#8 PEM, the public one as a JWK with kid/alg/use. */
-export async function generateClientKey(alg: 'RS256' | 'ES256' | 'PS256', kid: string): Promise<{ privatePem: string; publicJwk: JWK }> {
+export async function generateClientKey(
+  alg: 'RS256' | 'ES256' | 'PS256',
+  kid: string,
+): Promise<{ privatePem: string; publicJwk: JWK }> {
   const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true });
   return {
     privatePem: await exportPKCS8(privateKey),
@@ -435,11 +469,44 @@ export function issueClientCertificate(cn: string): { certPem: string; keyPem: s
   const dir = mkdtempSync(join(tmpdir(), 'oidc-client-cert-'));
   try {
     const openssl = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'key.pem', '-out', 'client.csr', '-subj', `/CN=${cn}`]);
-    writeFileSync(join(dir, 'client.ext'), 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n');
+    openssl([
+      'req',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      'key.pem',
+      '-out',
+      'client.csr',
+      '-subj',
+      `/CN=${cn}`,
+    ]);
+    writeFileSync(
+      join(dir, 'client.ext'),
+      'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n',
+    );
     // A random serial rather than -CAcreateserial: test files run in parallel processes.
     const serial = `0x${randomBytes(16).toString('hex')}`;
-    openssl(['x509', '-req', '-in', 'client.csr', '-CA', pki.caFile, '-CAkey', caKeyFile, '-set_serial', serial, '-out', 'client.pem', '-days', '30', '-extfile', 'client.ext']);
+    openssl([
+      'x509',
+      '-req',
+      '-in',
+      'client.csr',
+      '-CA',
+      pki.caFile,
+      '-CAkey',
+      caKeyFile,
+      '-set_serial',
+      serial,
+      '-out',
+      'client.pem',
+      '-days',
+      '30',
+      '-extfile',
+      'client.ext',
+    ]);
     const certPem = readFileSync(join(dir, 'client.pem'), 'utf8');
     return { certPem, keyPem: readFileSync(join(dir, 'key.pem'), 'utf8'), subjectDn: subjectDnOf(certPem) };
   } finally {

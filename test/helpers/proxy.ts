@@ -14,15 +14,26 @@ export interface RunningProxy {
 }
 
 /** Starts the proxy from a config document on ephemeral loopback ports, capturing its logs. */
-export async function startProxy(doc: Record<string, unknown>, options: Omit<AppOptions, 'logger'> = {}): Promise<RunningProxy> {
+export async function startProxy(
+  doc: Record<string, unknown>,
+  options: Omit<AppOptions, 'logger'> = {},
+): Promise<RunningProxy> {
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, done) {
-      logs.push(...chunk.toString('utf8').split('\n').filter((l) => l !== ''));
+      logs.push(
+        ...chunk
+          .toString('utf8')
+          .split('\n')
+          .filter((l) => l !== ''),
+      );
       done();
     },
   });
-  const config = buildConfig({ listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'debug', ...doc }, { env: {} });
+  const config = buildConfig(
+    { listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'debug', ...doc },
+    { env: {} },
+  );
   const app = createApp(config, { ...options, logger: createLogger(config.logLevel, sink) });
   const { proxy, admin } = await app.listen();
   return {

@@ -33,7 +33,8 @@ function complete(raw: string): boolean {
   if (end === -1) return false;
   const { headers } = parseHead(raw.slice(0, end));
   const body = raw.slice(end + 4);
-  if (headers['content-length'] !== undefined) return Buffer.byteLength(body, 'latin1') >= Number(headers['content-length']);
+  if (headers['content-length'] !== undefined)
+    return Buffer.byteLength(body, 'latin1') >= Number(headers['content-length']);
   if (/chunked/i.test(headers['transfer-encoding'] ?? '')) return /(^|\r\n)0\r\n\r\n$/.test(body);
   return false; // read until close
 }

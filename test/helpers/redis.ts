@@ -36,10 +36,14 @@ async function freePort(): Promise<number> {
 /** Spawns redis-server with `args`, resolving once its log shows `ready`. */
 function spawnRedis(args: readonly string[], ready: RegExp, loglevel = 'notice'): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
-    const proc = spawn('redis-server', [...args, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', loglevel], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      cwd: tmpdir(), // where a replica's sync writes its dump.rdb, unless --dir says otherwise
-    });
+    const proc = spawn(
+      'redis-server',
+      [...args, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', loglevel],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        cwd: tmpdir(), // where a replica's sync writes its dump.rdb, unless --dir says otherwise
+      },
+    );
     let output = '';
     const timer = setTimeout(() => {
       proc.kill('SIGKILL'); // never leave a half-started server behind
@@ -70,10 +74,25 @@ async function killRedis(proc: ChildProcess | undefined): Promise<void> {
  * tests are hermetic and can take it away to test outages. With `tls`, it speaks only TLS and
  * logs verbosely, so a refused handshake shows ("Error accepting a client connection").
  */
-export async function startRedis(options: { tls?: { cert: string; key: string; ca: string } } = {}): Promise<TestRedis> {
+export async function startRedis(
+  options: { tls?: { cert: string; key: string; ca: string } } = {},
+): Promise<TestRedis> {
   const port = await freePort();
   const args = options.tls
-    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', options.tls.cert, '--tls-key-file', options.tls.key, '--tls-ca-cert-file', options.tls.ca, '--tls-auth-clients', 'no']
+    ? [
+        '--port',
+        '0',
+        '--tls-port',
+        String(port),
+        '--tls-cert-file',
+        options.tls.cert,
+        '--tls-key-file',
+        options.tls.key,
+        '--tls-ca-cert-file',
+        options.tls.ca,
+        '--tls-auth-clients',
+        'no',
+      ]
     : ['--port', String(port)];
   let child: ChildProcess | undefined;
   const start = async () => {
@@ -130,11 +149,30 @@ export async function startRedisCluster(): Promise<TestRedisCluster> {
   const nodes = ports.map((p) => `127.0.0.1:${p}`);
   try {
     for (const port of ports) {
-      procs.push(await spawnRedis(['--port', String(port), '--dir', dir, '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000'], /Ready to accept connections/));
+      procs.push(
+        await spawnRedis(
+          [
+            '--port',
+            String(port),
+            '--dir',
+            dir,
+            '--cluster-enabled',
+            'yes',
+            '--cluster-config-file',
+            `nodes-${port}.conf`,
+            '--cluster-node-timeout',
+            '2000',
+          ],
+          /Ready to accept connections/,
+        ),
+      );
     }
     await run('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '0', '--cluster-yes']);
     // Every node must agree the cluster is whole before clients arrive.
-    for (const port of ports) await until(async () => (await run('redis-cli', ['-p', String(port), 'cluster', 'info'])).includes('cluster_state:ok'));
+    for (const port of ports)
+      await until(async () =>
+        (await run('redis-cli', ['-p', String(port), 'cluster', 'info'])).includes('cluster_state:ok'),
+      );
   } catch (err) {
     await stop();
     throw err;
@@ -163,12 +201,28 @@ export async function startRedisSentinel(): Promise<TestRedisSentinel> {
     rmSync(dir, { recursive: true, force: true });
   };
   const cli = (...args: string[]) => run('redis-cli', ['-p', String(sentinelPort), ...args]);
-  const current = async () => (await cli('sentinel', 'get-master-addr-by-name', masterName)).trim().split('\n').join(':');
+  const current = async () =>
+    (await cli('sentinel', 'get-master-addr-by-name', masterName)).trim().split('\n').join(':');
   try {
-    procs.push(await spawnRedis(['--port', String(masterPort), '--dir', dir, '--dbfilename', 'master.rdb', '--repl-diskless-sync-delay', '0'], /Ready to accept connections/));
     procs.push(
       await spawnRedis(
-        ['--port', String(replicaPort), '--dir', dir, '--dbfilename', 'replica.rdb', '--replicaof', '127.0.0.1', String(masterPort)],
+        ['--port', String(masterPort), '--dir', dir, '--dbfilename', 'master.rdb', '--repl-diskless-sync-delay', '0'],
+        /Ready to accept connections/,
+      ),
+    );
+    procs.push(
+      await spawnRedis(
+        [
+          '--port',
+          String(replicaPort),
+          '--dir',
+          dir,
+          '--dbfilename',
+          'replica.rdb',
+          '--replicaof',
+          '127.0.0.1',
+          String(masterPort),
+        ],
         /MASTER <-> REPLICA sync: (Finished with success|Master accepted a Partial Resynchronization)/,
       ),
     );
@@ -208,7 +262,9 @@ export async function startRedisSentinel(): Promise<TestRedisSentinel> {
 
 function run(command: string, args: readonly string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(command, args, { timeout: 10_000 }, (err, stdout, stderr) => (err ? reject(new Error(`${command} ${args.join(' ')}: ${stderr || err.message}`)) : resolve(stdout)));
+    execFile(command, args, { timeout: 10_000 }, (err, stdout, stderr) =>
+      err ? reject(new Error(`${command} ${args.join(' ')}: ${stderr || err.message}`)) : resolve(stdout),
+    );
   });
 }
 

@@ -61,7 +61,11 @@ export async function startTokenServer(options: { tls?: boolean } = {}): Promise
     token.payload.exp = Math.floor(Date.now() / 1000) + ts.lifetimeSeconds;
   });
   server.service.on('beforeResponse', (res, req) => {
-    ts.requests.push({ grantType: String(req.body['grant_type']), body: { ...req.body } as Record<string, string>, authorization: req.headers.authorization });
+    ts.requests.push({
+      grantType: String(req.body['grant_type']),
+      body: { ...req.body } as Record<string, string>,
+      authorization: req.headers.authorization,
+    });
     if (res.statusCode === 200) {
       (res.body as Record<string, unknown>)['expires_in'] = ts.lifetimeSeconds;
     }

@@ -89,7 +89,9 @@ function expectFailure(v: Validation, result: string, status: number, descriptio
   if (typeof description === 'string') expect(v.description).toBe(description);
   else expect(v.description).toMatch(description);
   if (result !== 'missing' && status === 401) {
-    expect(v.wwwAuthenticate).toBe(`Bearer realm="token-proxy", error="invalid_token", error_description="${v.description}"`);
+    expect(v.wwwAuthenticate).toBe(
+      `Bearer realm="token-proxy", error="invalid_token", error_description="${v.description}"`,
+    );
   } else {
     expect(v.wwwAuthenticate).toBe(REALM_ONLY);
   }
@@ -125,11 +127,27 @@ describe('InboundJwtValidator against a real issuer', () => {
     const v = validator(
       settingsFor(ts, {
         requiredClaims: { scope: 'partner.read' },
-        forwardClaims: { sub: 'X-Caller-Sub', client_id: 'X-Caller-Client', roles: 'X-Caller-Roles', evil: 'X-Evil', ctl: 'X-Ctl', obj: 'X-Obj', absent: 'X-Absent' },
+        forwardClaims: {
+          sub: 'X-Caller-Sub',
+          client_id: 'X-Caller-Client',
+          roles: 'X-Caller-Roles',
+          evil: 'X-Evil',
+          ctl: 'X-Ctl',
+          obj: 'X-Obj',
+          absent: 'X-Absent',
+        },
       }),
     );
     const token = await issue(ts, {
-      claims: { sub: 'caller-1', client_id: 'app-7', scope: 'a partner.read b', roles: ['reader', 'auditor'], evil: 'x\r\nX-Injected: 1', ctl: 'a\u0000b', obj: { a: 1 } },
+      claims: {
+        sub: 'caller-1',
+        client_id: 'app-7',
+        scope: 'a partner.read b',
+        roles: ['reader', 'auditor'],
+        evil: 'x\r\nX-Injected: 1',
+        ctl: 'a\u0000b',
+        obj: { a: 1 },
+      },
     });
     const result = await v.validate(`Bearer ${token}`);
     expect(result.ok).toBe(true);
@@ -156,24 +174,49 @@ describe('InboundJwtValidator against a real issuer', () => {
     // Ten seconds past exp is inside the 30 s skew (RFC 7519 §4.1.4 "small leeway").
     expect((await v.validate(`Bearer ${await issue(ts, { expiresIn: -10 })}`)).ok).toBe(true);
     const strict = validator(settingsFor(ts, { clockSkewSeconds: 0 }));
-    expectFailure(await strict.validate(`Bearer ${await issue(ts, { expiresIn: -10 })}`), 'expired', 401, 'token expired');
+    expectFailure(
+      await strict.validate(`Bearer ${await issue(ts, { expiresIn: -10 })}`),
+      'expired',
+      401,
+      'token expired',
+    );
   });
 
   it('refuses a token without exp', async () => {
     const v = validator(settingsFor(ts));
-    expectFailure(await v.validate(`Bearer ${await issue(ts, { claims: { exp: undefined } })}`), 'bad_claims', 401, 'missing exp claim');
+    expectFailure(
+      await v.validate(`Bearer ${await issue(ts, { claims: { exp: undefined } })}`),
+      'bad_claims',
+      401,
+      'missing exp claim',
+    );
   });
 
   it('answers a token that is not yet valid (nbf in the future) with bad_claims', async () => {
     const v = validator(settingsFor(ts));
     const nbf = Math.floor(Date.now() / 1000) + 600;
-    expectFailure(await v.validate(`Bearer ${await issue(ts, { claims: { nbf } })}`), 'bad_claims', 401, 'token not yet valid');
+    expectFailure(
+      await v.validate(`Bearer ${await issue(ts, { claims: { nbf } })}`),
+      'bad_claims',
+      401,
+      'token not yet valid',
+    );
   });
 
   it('answers a wrong or missing audience with bad_claims', async () => {
     const v = validator(settingsFor(ts));
-    expectFailure(await v.validate(`Bearer ${await issue(ts, { claims: { aud: 'another-service' } })}`), 'bad_claims', 401, 'unexpected audience');
-    expectFailure(await v.validate(`Bearer ${await issue(ts, { claims: { aud: undefined } })}`), 'bad_claims', 401, 'missing aud claim');
+    expectFailure(
+      await v.validate(`Bearer ${await issue(ts, { claims: { aud: 'another-service' } })}`),
+      'bad_claims',
+      401,
+      'unexpected audience',
+    );
+    expectFailure(
+      await v.validate(`Bearer ${await issue(ts, { claims: { aud: undefined } })}`),
+      'bad_claims',
+      401,
+      'missing aud claim',
+    );
     // An audience list matches when any configured audience is in the token's aud.
     const list = validator(settingsFor(ts, { audience: ['other', AUDIENCE] }));
     expect((await list.validate(`Bearer ${await issue(ts, { claims: { aud: ['x', AUDIENCE] } })}`)).ok).toBe(true);
@@ -181,7 +224,12 @@ describe('InboundJwtValidator against a real issuer', () => {
 
   it('answers a wrong issuer with bad_claims', async () => {
     const v = validator(settingsFor(ts));
-    expectFailure(await v.validate(`Bearer ${await issue(ts, { claims: { iss: 'https://evil.example' } })}`), 'bad_claims', 401, 'unexpected issuer');
+    expectFailure(
+      await v.validate(`Bearer ${await issue(ts, { claims: { iss: 'https://evil.example' } })}`),
+      'bad_claims',
+      401,
+      'unexpected issuer',
+    );
   });
 
   it('refuses alg none before fetching any key', async () => {
@@ -199,7 +247,9 @@ describe('InboundJwtValidator against a real issuer', () => {
     const jwk = ts.server.issuer.keys.get(kid);
     if (jwk === undefined) throw new Error('no key');
     const publicJwk = { kty: jwk.kty, n: jwk['n'], e: jwk['e'], kid, alg: 'RS256' };
-    const pem = await exportSPKI((await importJWK(publicJwk, 'RS256', { extractable: true })) as Parameters<typeof exportSPKI>[0]);
+    const pem = await exportSPKI(
+      (await importJWK(publicJwk, 'RS256', { extractable: true })) as Parameters<typeof exportSPKI>[0],
+    );
     expect(pem).toContain('BEGIN PUBLIC KEY');
     const now = Math.floor(Date.now() / 1000);
     for (const secret of [pem, JSON.stringify(publicJwk)]) {
@@ -241,13 +291,32 @@ describe('InboundJwtValidator against a real issuer', () => {
 
   it('checks required claims: equal, a word of a space-separated string, or an array member', async () => {
     const v = validator(settingsFor(ts, { requiredClaims: { scope: 'partner.read', groups: 'admins' } }));
-    const ok = await v.validate(`Bearer ${await issue(ts, { claims: { scope: 'a partner.read b', groups: ['users', 'admins'] } })}`);
+    const ok = await v.validate(
+      `Bearer ${await issue(ts, { claims: { scope: 'a partner.read b', groups: ['users', 'admins'] } })}`,
+    );
     expect(ok.ok).toBe(true);
-    expect((await v.validate(`Bearer ${await issue(ts, { claims: { scope: 'partner.read', groups: 'admins' } })}`)).ok).toBe(true);
-    expectFailure(await v.validate(`Bearer ${await issue(ts, { claims: { groups: ['admins'] } })}`), 'bad_claims', 401, 'required claim scope not satisfied');
+    expect(
+      (await v.validate(`Bearer ${await issue(ts, { claims: { scope: 'partner.read', groups: 'admins' } })}`)).ok,
+    ).toBe(true);
+    expectFailure(
+      await v.validate(`Bearer ${await issue(ts, { claims: { groups: ['admins'] } })}`),
+      'bad_claims',
+      401,
+      'required claim scope not satisfied',
+    );
     // A substring is not a word.
-    expectFailure(await v.validate(`Bearer ${await issue(ts, { claims: { scope: 'partner.readonly', groups: ['admins'] } })}`), 'bad_claims', 401, 'required claim scope not satisfied');
-    expectFailure(await v.validate(`Bearer ${await issue(ts, { claims: { scope: 'partner.read', groups: ['users'] } })}`), 'bad_claims', 401, 'required claim groups not satisfied');
+    expectFailure(
+      await v.validate(`Bearer ${await issue(ts, { claims: { scope: 'partner.readonly', groups: ['admins'] } })}`),
+      'bad_claims',
+      401,
+      'required claim scope not satisfied',
+    );
+    expectFailure(
+      await v.validate(`Bearer ${await issue(ts, { claims: { scope: 'partner.read', groups: ['users'] } })}`),
+      'bad_claims',
+      401,
+      'required claim groups not satisfied',
+    );
   });
 
   it('answers a missing or non-Bearer Authorization header with missing and no error code (RFC 6750 §3.1)', async () => {
@@ -295,7 +364,11 @@ describe('key rotation and the refetch cooldown', () => {
       vi.setSystemTime(Date.now() + 1_000);
       expectFailure(await v.validate(`Bearer ${fresh}`), 'bad_signature', 401, 'no matching signing key');
       const body = b64json({ iss: ts.url, aud: AUDIENCE, exp: Math.floor(Date.now() / 1000) + 600 });
-      const flood = await Promise.all(Array.from({ length: 50 }, (_, i) => v.validate(`Bearer ${b64json({ alg: 'RS256', kid: `bogus-${i}` })}.${body}.c2ln`)));
+      const flood = await Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          v.validate(`Bearer ${b64json({ alg: 'RS256', kid: `bogus-${i}` })}.${body}.c2ln`),
+        ),
+      );
       expect(flood.every((r) => !r.ok && r.result === 'bad_signature')).toBe(true);
       expect(ts.jwksFetches()).toBe(1);
 
@@ -359,7 +432,8 @@ describe('JWKS endpoint failures and the validation cache', () => {
     const v = validator(settingsFor(ts), clock.now);
     const short = await issue(ts, { expiresIn: 120 });
     const long = await issue(ts, { expiresIn: 3600 });
-    const shortExpMs = (JSON.parse(Buffer.from(short.split('.')[1] ?? '', 'base64url').toString()) as { exp: number }).exp * 1000;
+    const shortExpMs =
+      (JSON.parse(Buffer.from(short.split('.')[1] ?? '', 'base64url').toString()) as { exp: number }).exp * 1000;
     expect((await v.validate(`Bearer ${short}`)).ok).toBe(true);
     expect((await v.validate(`Bearer ${long}`)).ok).toBe(true);
 
@@ -435,7 +509,8 @@ describe('settings', () => {
     forwardClaims: {},
     ca: undefined,
   };
-  const construct = (overrides: Record<string, unknown>) => () => new InboundJwtValidator({ ...base, ...overrides } as InboundJwtSettings).close();
+  const construct = (overrides: Record<string, unknown>) => () =>
+    new InboundJwtValidator({ ...base, ...overrides } as InboundJwtSettings).close();
 
   it('refuses symmetric algorithms and none', () => {
     expect(construct({ algorithms: ['HS256'] })).toThrow(/HS256 is not accepted: symmetric/);

@@ -18,17 +18,30 @@ const upstream = (extra: Record<string, unknown> = {}) => ({
   pathPrefix: '/partner',
   ca: pki.caFile,
   ...extra,
-  auth: { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, clientId: 'ops-client', clientSecret: 'ops-secret' },
+  auth: {
+    type: 'client_credentials',
+    tokenUrl: tokenServer.tokenUrl,
+    clientId: 'ops-client',
+    clientSecret: 'ops-secret',
+  },
 });
 
 async function readyz() {
   const res = await request(`${(proxy as RunningProxy).adminUrl}/readyz`);
-  return { status: res.statusCode, body: (await res.body.json()) as { status: string; tokens: Record<string, unknown>[] } };
+  return {
+    status: res.statusCode,
+    body: (await res.body.json()) as { status: string; tokens: Record<string, unknown>[] },
+  };
 }
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: tokenServer.jwksUrl,
+    issuer: tokenServer.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
 });
 
 afterAll(async () => {
@@ -55,16 +68,33 @@ function logLines(p: RunningProxy): Record<string, unknown>[] {
 describe('access log and request ids', () => {
   it('writes one line per request with the request id it forwards upstream, and a token fingerprint only', async () => {
     proxy = await startProxy({ logLevel: 'info', upstreams: [upstream()] });
-    const given = await client.request({ origin: proxy.url, path: '/partner/a', method: 'GET', headers: { 'x-request-id': 'abc-123' } });
+    const given = await client.request({
+      origin: proxy.url,
+      path: '/partner/a',
+      method: 'GET',
+      headers: { 'x-request-id': 'abc-123' },
+    });
     await given.body.dump();
-    const fresh = await client.request({ origin: proxy.url, path: '/partner/b', method: 'POST', body: 'x', headers: { 'x-request-id': 'bad id with spaces' } });
+    const fresh = await client.request({
+      origin: proxy.url,
+      path: '/partner/b',
+      method: 'POST',
+      body: 'x',
+      headers: { 'x-request-id': 'bad id with spaces' },
+    });
     await fresh.body.dump();
     expect(partner.seen[0]?.headers['x-request-id']).toBe('abc-123');
     const generated = partner.seen[1]?.headers['x-request-id'] as string;
     expect(generated).toMatch(/^[0-9a-f-]{36}$/);
     const lines = logLines(proxy).filter((l) => l['event'] === 'request');
     expect(lines).toHaveLength(2);
-    expect(lines[0]).toMatchObject({ requestId: 'abc-123', method: 'GET', upstream: 'partner', status: 200, retried: false });
+    expect(lines[0]).toMatchObject({
+      requestId: 'abc-123',
+      method: 'GET',
+      upstream: 'partner',
+      status: 200,
+      retried: false,
+    });
     expect(lines[1]).toMatchObject({ requestId: generated, method: 'POST', status: 200 });
     expect(lines[0]?.['token']).toMatch(/^[A-Za-z0-9_-]{12}$/);
     expect(typeof lines[0]?.['durationMs']).toBe('number');
@@ -76,7 +106,9 @@ describe('access log and request ids', () => {
     await (await client.request({ origin: proxy.url, path: '/partner/warm', method: 'GET' })).body.dump();
     partner.revoked.add(tokenServer.issued[0] as string);
     await (await client.request({ origin: proxy.url, path: '/partner/replayed', method: 'GET' })).body.dump();
-    const last = logLines(proxy).filter((l) => l['event'] === 'request').at(-1);
+    const last = logLines(proxy)
+      .filter((l) => l['event'] === 'request')
+      .at(-1);
     expect(last).toMatchObject({ status: 200, retried: true });
   });
 
@@ -93,7 +125,10 @@ describe('/readyz', () => {
       res.statusCode = 503;
       res.body = { error: 'temporarily_unavailable' };
     });
-    proxy = await startProxy({ upstreams: [upstream({ warmup: true, tokenWaitTimeoutSeconds: 0.2 })] }, { backoff: { baseMs: 10, maxMs: 20, maxRetryAfterMs: 20, permanentMinMs: 20, random: () => 0 } });
+    proxy = await startProxy(
+      { upstreams: [upstream({ warmup: true, tokenWaitTimeoutSeconds: 0.2 })] },
+      { backoff: { baseMs: 10, maxMs: 20, maxRetryAfterMs: 20, permanentMinMs: 20, random: () => 0 } },
+    );
     const failing = await readyz();
     expect(failing.status).toBe(503);
     const source = proxy.app.tokens.get('partner');
@@ -109,12 +144,17 @@ describe('/readyz', () => {
 
   it('is ready without warm-up and reports tokens not fetched yet as none, and failures by reason', async () => {
     proxy = await startProxy({ upstreams: [upstream()] });
-    expect(await readyz()).toEqual({ status: 200, body: { status: 'ready', tokens: [{ upstream: 'partner', state: 'none' }] } });
+    expect(await readyz()).toEqual({
+      status: 200,
+      body: { status: 'ready', tokens: [{ upstream: 'partner', state: 'none' }] },
+    });
     tokenServer.respondWith((res) => {
       res.statusCode = 401;
       res.body = { error: 'invalid_client' };
     });
     await (await client.request({ origin: proxy.url, path: '/partner/a', method: 'GET' })).body.dump();
-    expect((await readyz()).body.tokens).toEqual([{ upstream: 'partner', state: 'failing', lastError: 'invalid_client' }]);
+    expect((await readyz()).body.tokens).toEqual([
+      { upstream: 'partner', state: 'failing', lastError: 'invalid_client' },
+    ]);
   });
 });

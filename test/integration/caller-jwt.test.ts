@@ -16,7 +16,14 @@ const client = new Agent();
 async function callerToken(claims: Record<string, unknown> = {}, expiresIn = 300): Promise<string> {
   return idp.server.issuer.buildToken({
     expiresIn,
-    scopesOrTransform: (_header, payload) => Object.assign(payload, { sub: 'caller-42', aud: 'token-proxy', scope: 'partner.read other', client_id: 'app-a', ...claims }),
+    scopesOrTransform: (_header, payload) =>
+      Object.assign(payload, {
+        sub: 'caller-42',
+        aud: 'token-proxy',
+        scope: 'partner.read other',
+        client_id: 'app-a',
+        ...claims,
+      }),
   });
 }
 
@@ -45,7 +52,12 @@ function proxyConfig(extra: Record<string, unknown> = {}) {
         target: partner.url,
         pathPrefix: '/partner',
         ca: pki.caFile,
-        auth: { type: 'client_credentials', tokenUrl: partnerIdp.tokenUrl, clientId: 'proxy-client', clientSecret: 'proxy-secret' },
+        auth: {
+          type: 'client_credentials',
+          tokenUrl: partnerIdp.tokenUrl,
+          clientId: 'proxy-client',
+          clientSecret: 'proxy-secret',
+        },
         ...extra,
       },
     ],
@@ -55,7 +67,12 @@ function proxyConfig(extra: Record<string, unknown> = {}) {
 beforeAll(async () => {
   idp = await startTokenServer();
   partnerIdp = await startTokenServer();
-  partner = await startPartnerApi({ jwksUrl: partnerIdp.jwksUrl, issuer: partnerIdp.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: partnerIdp.jwksUrl,
+    issuer: partnerIdp.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
 });
 
 afterAll(async () => {
@@ -92,7 +109,9 @@ describe('gateway mode: callers must present a valid JWT', () => {
     expect(JSON.parse(missing.text)).toMatchObject({ error: 'caller_unauthorized', reason: 'missing' });
     const expired = await call({ authorization: `Bearer ${await callerToken({}, -60)}` });
     expect(expired.status).toBe(401);
-    expect(expired.headers['www-authenticate']).toMatch(/^Bearer realm="token-proxy", error="invalid_token", error_description="[^"]+"$/);
+    expect(expired.headers['www-authenticate']).toMatch(
+      /^Bearer realm="token-proxy", error="invalid_token", error_description="[^"]+"$/,
+    );
     expect(JSON.parse(expired.text)).toMatchObject({ reason: 'expired' });
     const wrongAud = await call({ authorization: `Bearer ${await callerToken({ aud: 'someone-else' })}` });
     expect(JSON.parse(wrongAud.text)).toMatchObject({ reason: 'bad_claims' });
@@ -133,7 +152,13 @@ describe('gateway mode: callers must present a valid JWT', () => {
     expect(missing.body).toContain('"error":"caller_unauthorized"');
     expect(partner.seen).toHaveLength(0);
     const token = await callerToken();
-    const valid = await curl(['--proxy', proxy.url, '-H', `Authorization: Bearer ${token}`, 'http://api.partner.example/x']);
+    const valid = await curl([
+      '--proxy',
+      proxy.url,
+      '-H',
+      `Authorization: Bearer ${token}`,
+      'http://api.partner.example/x',
+    ]);
     expect(valid.status).toBe(200);
     expect(partner.seen).toHaveLength(1);
     expect(partner.seen[0]?.claims?.['client_id']).toBe('proxy-client');
@@ -144,7 +169,13 @@ describe('gateway mode: callers must present a valid JWT', () => {
     await proxy.close();
     proxy = await startProxy(
       proxyConfig({
-        tenants: { from: 'jwtClaim:client_id', credentials: { 'app-a': { clientId: 'tenant-a', clientSecret: 'sa' }, 'app-b': { clientId: 'tenant-b', clientSecret: 'sb' } } },
+        tenants: {
+          from: 'jwtClaim:client_id',
+          credentials: {
+            'app-a': { clientId: 'tenant-a', clientSecret: 'sa' },
+            'app-b': { clientId: 'tenant-b', clientSecret: 'sb' },
+          },
+        },
       }),
     );
     expect((await call({ authorization: `Bearer ${await callerToken({ client_id: 'app-b' })}` })).status).toBe(200);

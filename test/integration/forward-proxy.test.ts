@@ -37,7 +37,12 @@ function upstream(extra: Record<string, unknown> = {}) {
     hosts: [PARTNER_HOST],
     ca: pki.caFile,
     ...extra,
-    auth: { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, clientId: 'forward-client', clientSecret: 'forward-secret' },
+    auth: {
+      type: 'client_credentials',
+      tokenUrl: tokenServer.tokenUrl,
+      clientId: 'forward-client',
+      clientSecret: 'forward-secret',
+    },
   };
 }
 
@@ -57,7 +62,12 @@ async function proxyWith(doc: Record<string, unknown> = {}) {
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: tokenServer.jwksUrl,
+    issuer: tokenServer.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
   mitmCaFile = (await createCaFiles(dir)).certFile;
   const seen: IncomingHttpHeaders[] = [];
   const plain = createHttpServer((req, res) => {
@@ -140,7 +150,11 @@ describe('forward proxy with real clients', () => {
       const plain = await request(`http://${PARTNER_HOST}/undici-http`, { dispatcher: agent });
       expect(plain.statusCode).toBe(200);
       expect(await plain.body.json()).toMatchObject({ path: '/undici-http', client: 'forward-client' });
-      const tls = await request(`https://${PARTNER_HOST}/undici-https`, { dispatcher: agent, method: 'POST', body: 'hello' });
+      const tls = await request(`https://${PARTNER_HOST}/undici-https`, {
+        dispatcher: agent,
+        method: 'POST',
+        body: 'hello',
+      });
       expect(tls.statusCode).toBe(200);
       expect(await tls.body.json()).toMatchObject({ path: '/undici-https', bodyBytes: 5 });
     } finally {
@@ -157,7 +171,13 @@ describe('egress policy for hosts no upstream serves', () => {
   });
 
   it('tunnels an allowed CONNECT blindly (end-to-end TLS with the real server, nothing injected)', async () => {
-    const res = await curl(['--cacert', pki.caFile, '--proxy', proxy.url, `https://127.0.0.1:${otherTls.port}/tunnelled`]);
+    const res = await curl([
+      '--cacert',
+      pki.caFile,
+      '--proxy',
+      proxy.url,
+      `https://127.0.0.1:${otherTls.port}/tunnelled`,
+    ]);
     expect([res.status, res.body]).toEqual([200, 'other tls host']);
     expect(otherTls.seen[0]?.authorization).toBeUndefined();
   });
@@ -166,7 +186,11 @@ describe('egress policy for hosts no upstream serves', () => {
     const plain = await curl(['-i', '--proxy', proxy.url, 'http://denied.example/x']);
     expect(plain.status).toBe(403);
     expect(plain.body).toMatch(/proxy-status: token-proxy; error=destination_ip_prohibited/i);
-    expect(JSON.parse(plain.body.slice(plain.body.indexOf('{')))).toMatchObject({ error: 'egress_denied', host: 'denied.example', rule: 'egress.default: deny' });
+    expect(JSON.parse(plain.body.slice(plain.body.indexOf('{')))).toMatchObject({
+      error: 'egress_denied',
+      host: 'denied.example',
+      rule: 'egress.default: deny',
+    });
     const tunnel = await curl(['-v', '--proxy', proxy.url, 'https://denied.example/x']);
     expect(tunnel.stderr).toMatch(/CONNECT tunnel failed, response 403|403/);
   });
@@ -188,7 +212,8 @@ describe('egress policy for hosts no upstream serves', () => {
   });
 
   it('passes a partner redirect on, and the follow-up to the other host carries no token', async () => {
-    partner.script = (req) => (req.path === '/moved' ? { status: 302, headers: { location: `${other.url}/landing` }, body: '' } : undefined);
+    partner.script = (req) =>
+      req.path === '/moved' ? { status: 302, headers: { location: `${other.url}/landing` }, body: '' } : undefined;
     const res = await curl(['-L', '--proxy', proxy.url, `http://${PARTNER_HOST}/moved`]);
     expect([res.status, res.body]).toEqual([200, 'other host']);
     expect(partner.seen.map((s) => s.status)).toEqual([302]);
@@ -206,7 +231,16 @@ describe('who may use the proxy', () => {
     expect(none.body).toMatch(/proxy-authenticate: Basic realm="token-proxy"/i);
     const wrong = await curl(['--proxy', proxy.url, '--proxy-user', 'app-a:nope', `http://${PARTNER_HOST}/x`]);
     expect(wrong.status).toBe(407);
-    const tunnel = await curl(['-v', '--proxy', proxy.url, '--proxy-user', 'app-a:nope', '--cacert', mitmCaFile, `https://${PARTNER_HOST}/x`]);
+    const tunnel = await curl([
+      '-v',
+      '--proxy',
+      proxy.url,
+      '--proxy-user',
+      'app-a:nope',
+      '--cacert',
+      mitmCaFile,
+      `https://${PARTNER_HOST}/x`,
+    ]);
     expect(tunnel.stderr).toMatch(/response 407/);
     expect(partner.seen).toHaveLength(0);
     const right = await curl(['--proxy', proxy.url, '--proxy-user', 'app-a:pa55-word', `http://${PARTNER_HOST}/x`]);
@@ -286,14 +320,21 @@ describe('who may use the proxy', () => {
     const doc = { listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, ...proxyDoc() };
     expect(await proxy.app.reload(buildConfig(doc, { env: {} }))).toEqual([]);
     expect(await ask('/after')).toBe('HTTP/1.1 200 OK'); // the same tunnel, the new pool
-    expect(partner.seen.map((s) => [s.path, s.status])).toEqual([['/before', 200], ['/after', 200]]);
+    expect(partner.seen.map((s) => [s.path, s.status])).toEqual([
+      ['/before', 200],
+      ['/after', 200],
+    ]);
   });
 
   it('checks an open tunnel again after a reload: a user removed from proxyAuth gets nothing more through it', async () => {
     await proxy.close();
-    const allowing = (...names: string[]) => ({ inbound: { proxyAuth: { users: names.map((name) => ({ name, password: 'pa55-word' })) } } });
+    const allowing = (...names: string[]) => ({
+      inbound: { proxyAuth: { users: names.map((name) => ({ name, password: 'pa55-word' })) } },
+    });
     await proxyWith(allowing('app-a', 'app-b'));
-    const ask = await interceptedTunnel(`Proxy-Authorization: Basic ${Buffer.from('app-a:pa55-word').toString('base64')}\r\n`);
+    const ask = await interceptedTunnel(
+      `Proxy-Authorization: Basic ${Buffer.from('app-a:pa55-word').toString('base64')}\r\n`,
+    );
     expect(await ask('/before')).toBe('HTTP/1.1 200 OK');
     const doc = { listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, ...proxyDoc(allowing('app-b')) };
     expect(await proxy.app.reload(buildConfig(doc, { env: {} }))).toEqual([]);
@@ -313,14 +354,20 @@ describe('who may use the proxy', () => {
   it('refuses to start on a non-loopback address without inbound control', () => {
     const doc = { listen: '0.0.0.0:8080', upstreams: [upstream()] };
     expect(() => buildConfig(doc, { env: {} })).toThrow(ConfigError);
-    expect(() => buildConfig(doc, { env: {} })).toThrow(/inbound: listen 0\.0\.0\.0:8080 is reachable from other machines/);
+    expect(() => buildConfig(doc, { env: {} })).toThrow(
+      /inbound: listen 0\.0\.0\.0:8080 is reachable from other machines/,
+    );
     expect(buildConfig({ ...doc, inbound: { allowAnyone: true } }, { env: {} }).inbound.allowAnyone).toBe(true);
     expect(buildConfig({ ...doc, inbound: { allowCidrs: ['10.0.0.0/8'] } }, { env: {} }).listen).toBe('0.0.0.0:8080');
     // Proxy credentials guard forward mode only; reverse mode (a pathPrefix) asks for none.
     const proxyAuth = { users: [{ name: 'app-a', password: 'pa55-word' }] };
-    expect(() => buildConfig({ ...doc, inbound: { proxyAuth } }, { env: {} })).toThrow(/inbound\.proxyAuth guards forward mode only: the upstreams with a pathPrefix \(reverse mode\) would inject their tokens for anyone/);
+    expect(() => buildConfig({ ...doc, inbound: { proxyAuth } }, { env: {} })).toThrow(
+      /inbound\.proxyAuth guards forward mode only: the upstreams with a pathPrefix \(reverse mode\) would inject their tokens for anyone/,
+    );
     const { pathPrefix: _reverse, ...forwardOnly } = upstream();
-    expect(buildConfig({ ...doc, upstreams: [forwardOnly], inbound: { proxyAuth } }, { env: {} }).listen).toBe('0.0.0.0:8080');
+    expect(buildConfig({ ...doc, upstreams: [forwardOnly], inbound: { proxyAuth } }, { env: {} }).listen).toBe(
+      '0.0.0.0:8080',
+    );
   });
 });
 
@@ -340,7 +387,11 @@ async function interceptedTunnel(extraHeaders = ''): Promise<(path: string) => P
 const tunnelsToClose: Socket[] = [];
 
 /** Opens a CONNECT tunnel; resolves with the socket once the proxy's answer head is in. */
-async function openTunnel(proxyUrl: string, authority: string, extraHeaders = ''): Promise<{ socket: Socket; head: string }> {
+async function openTunnel(
+  proxyUrl: string,
+  authority: string,
+  extraHeaders = '',
+): Promise<{ socket: Socket; head: string }> {
   const { port } = new URL(proxyUrl);
   const socket = connect(Number(port), '127.0.0.1');
   socket.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${extraHeaders}\r\n`);
@@ -361,4 +412,3 @@ async function rawConnect(proxyUrl: string, authority: string): Promise<string> 
   for await (const chunk of socket) text += (chunk as Buffer).toString();
   return text;
 }
-

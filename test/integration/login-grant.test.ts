@@ -26,7 +26,15 @@ async function startWith(auth: Record<string, unknown> = {}): Promise<RunningPro
           target: partner.url,
           pathPrefix: '/partner',
           tokenWaitTimeoutSeconds: 1,
-          auth: { type: 'login', loginUrl: login.loginUrl, refreshUrl: login.refreshUrl, username: USERNAME, password: PASSWORD, requestTimeoutSeconds: 0.5, ...auth },
+          auth: {
+            type: 'login',
+            loginUrl: login.loginUrl,
+            refreshUrl: login.refreshUrl,
+            username: USERNAME,
+            password: PASSWORD,
+            requestTimeoutSeconds: 0.5,
+            ...auth,
+          },
         },
       ],
     },
@@ -38,7 +46,12 @@ async function startWith(auth: Record<string, unknown> = {}): Promise<RunningPro
 async function get(path = '/partner/x') {
   const res = await client.request({ origin: (proxy as RunningProxy).url, path, method: 'GET' });
   const text = await res.body.text();
-  return { status: res.statusCode, headers: res.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    text,
+    json: () => JSON.parse(text) as Record<string, unknown>,
+  };
 }
 
 /** Moves the clock into the refresh window, sends a request (which starts the background renewal) and waits for it. */
@@ -161,7 +174,12 @@ describe('login grant failures answer 502 token_unavailable', () => {
     const res = await get();
     expect(res.status).toBe(502);
     expect(res.headers['content-type']).toBe('application/json');
-    expect(res.json()).toMatchObject({ error: 'token_unavailable', upstream: 'partner', reason: 'invalid_client', description: 'invalid credentials' });
+    expect(res.json()).toMatchObject({
+      error: 'token_unavailable',
+      upstream: 'partner',
+      reason: 'invalid_client',
+      description: 'invalid credentials',
+    });
     expect(res.text).not.toContain('not-the-password');
     expect(summary(login.calls)).toEqual(['/auth/login 401']);
     expect(partner.seen).toHaveLength(0);
@@ -172,7 +190,11 @@ describe('login grant failures answer 502 token_unavailable', () => {
     await startWith({ headers: { 'x-api-key': 'partner-key-1-retired' } });
     const res = await get();
     expect(res.status).toBe(502);
-    expect(res.json()).toMatchObject({ error: 'token_unavailable', reason: 'invalid_client', description: 'invalid API key [redacted]' });
+    expect(res.json()).toMatchObject({
+      error: 'token_unavailable',
+      reason: 'invalid_client',
+      description: 'invalid API key [redacted]',
+    });
     expect(summary(login.calls)).toEqual(['/auth/login 401']);
     expect(login.calls[0]?.response).toEqual({ message: 'invalid API key partner-key-1-retired' }); // what the API did say
     expect((proxy as RunningProxy).logs.join('\n')).not.toContain('partner-key-1-retired');
@@ -184,7 +206,11 @@ describe('login grant failures answer 502 token_unavailable', () => {
     await startWith();
     const first = await get();
     expect(first.status).toBe(502);
-    expect(first.json()).toMatchObject({ error: 'token_unavailable', reason: 'forbidden', description: 'IP 127.0.0.1 is not in the allow-list' });
+    expect(first.json()).toMatchObject({
+      error: 'token_unavailable',
+      reason: 'forbidden',
+      description: 'IP 127.0.0.1 is not in the allow-list',
+    });
     const second = await get();
     expect(second.status).toBe(502);
     expect(second.json()).toMatchObject({ reason: 'forbidden', description: 'IP 127.0.0.1 is not in the allow-list' });

@@ -26,7 +26,19 @@ let clientCert: { certPem: string; keyPem: string; subjectDn: string };
 
 async function start(upstream: Record<string, unknown>, extra: Record<string, unknown> = {}) {
   proxy = await startProxy(
-    { upstreams: [{ name: 'partner', target: partner.url, pathPrefix: '/partner', ca: pki.caFile, tokenWaitTimeoutSeconds: 2, ...upstream }], ...extra },
+    {
+      upstreams: [
+        {
+          name: 'partner',
+          target: partner.url,
+          pathPrefix: '/partner',
+          ca: pki.caFile,
+          tokenWaitTimeoutSeconds: 2,
+          ...upstream,
+        },
+      ],
+      ...extra,
+    },
     { clock, backoff: { baseMs: 10, maxMs: 50, maxRetryAfterMs: 50, permanentMinMs: 5_000, random: () => 0 } },
   );
   return proxy;
@@ -35,7 +47,12 @@ async function start(upstream: Record<string, unknown>, extra: Record<string, un
 async function get(path = '/partner/x', headers: Record<string, string> = {}) {
   const res = await client.request({ origin: (proxy as RunningProxy).url, path, method: 'GET', headers });
   const text = await res.body.text();
-  return { status: res.statusCode, headers: res.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    text,
+    json: () => JSON.parse(text) as Record<string, unknown>,
+  };
 }
 
 beforeAll(async () => {
@@ -45,15 +62,55 @@ beforeAll(async () => {
   oidc = await startOidcServer({
     users: { alice: 'wonderland' },
     clients: [
-      { clientId: 'pw-client', clientSecret: 'pw-secret', authMethod: 'client_secret_basic', grantTypes: ['password', 'refresh_token'], scope: 'api' },
-      { clientId: 'jwt-client', authMethod: 'private_key_jwt', jwks: { keys: [es256.publicJwk] }, grantTypes: ['client_credentials'], scope: 'api' },
-      { clientId: 'mtls-client', authMethod: 'tls_client_auth', tlsSubjectDn: clientCert.subjectDn, grantTypes: ['client_credentials'], scope: 'api' },
-      { clientId: 'tenant-a', clientSecret: 'secret-a', authMethod: 'client_secret_basic', grantTypes: ['client_credentials'], scope: 'api' },
-      { clientId: 'tenant-b', clientSecret: 'secret-b', authMethod: 'client_secret_basic', grantTypes: ['client_credentials'], scope: 'api' },
+      {
+        clientId: 'pw-client',
+        clientSecret: 'pw-secret',
+        authMethod: 'client_secret_basic',
+        grantTypes: ['password', 'refresh_token'],
+        scope: 'api',
+      },
+      {
+        clientId: 'jwt-client',
+        authMethod: 'private_key_jwt',
+        jwks: { keys: [es256.publicJwk] },
+        grantTypes: ['client_credentials'],
+        scope: 'api',
+      },
+      {
+        clientId: 'mtls-client',
+        authMethod: 'tls_client_auth',
+        tlsSubjectDn: clientCert.subjectDn,
+        grantTypes: ['client_credentials'],
+        scope: 'api',
+      },
+      {
+        clientId: 'tenant-a',
+        clientSecret: 'secret-a',
+        authMethod: 'client_secret_basic',
+        grantTypes: ['client_credentials'],
+        scope: 'api',
+      },
+      {
+        clientId: 'tenant-b',
+        clientSecret: 'secret-b',
+        authMethod: 'client_secret_basic',
+        grantTypes: ['client_credentials'],
+        scope: 'api',
+      },
     ],
   });
-  partner = await startPartnerApi({ jwksUrl: oidc.jwksUrl, issuer: oidc.issuer, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
-  mtlsPartner = await startPartnerApi({ jwksUrl: oidc.jwksUrl, issuer: oidc.issuer, tls: { key: pki.key, cert: pki.cert, clientCa: pki.ca }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: oidc.jwksUrl,
+    issuer: oidc.issuer,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
+  mtlsPartner = await startPartnerApi({
+    jwksUrl: oidc.jwksUrl,
+    issuer: oidc.issuer,
+    tls: { key: pki.key, cert: pki.cert, clientCa: pki.ca },
+    issuerCa: pki.ca,
+  });
 });
 
 afterAll(async () => {
@@ -101,7 +158,10 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
       partner.revoked.add((proxy as RunningProxy).app.tokens.get('partner')?.current()?.value as string);
       expect((await get(`/partner/cycle${cycle}`)).status).toBe(200);
     }
-    expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual(['password:200', ...Array(9).fill('refresh_token:200')]);
+    expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual([
+      'password:200',
+      ...Array(9).fill('refresh_token:200'),
+    ]);
     // Each refresh presented the refresh token the previous answer issued: rotation followed exactly.
     expect(oidc.usedRefreshTokens).toEqual(oidc.issuedRefreshTokens.slice(0, -1));
     expect(new Set(oidc.usedRefreshTokens).size).toBe(9);
@@ -109,18 +169,34 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
   });
 
   it('keeps the newest refresh token across a reload, also after a 401 dropped the cached token', async () => {
-    const upstream = { name: 'partner', target: partner.url, pathPrefix: '/partner', ca: pki.caFile, tokenWaitTimeoutSeconds: 2, unauthorizedRenewalIntervalSeconds: 0, auth: passwordAuth() };
+    const upstream = {
+      name: 'partner',
+      target: partner.url,
+      pathPrefix: '/partner',
+      ca: pki.caFile,
+      tokenWaitTimeoutSeconds: 2,
+      unauthorizedRenewalIntervalSeconds: 0,
+      auth: passwordAuth(),
+    };
     await start(upstream);
     expect((await get()).status).toBe(200);
     partner.revoked.add(partner.seen[0]?.token as string);
     expect((await get('/partner/renewed')).status).toBe(200); // refreshed: RT1 spent, RT2 issued
     const p = proxy as RunningProxy;
-    expect(await p.app.reload(buildConfig({ listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, upstreams: [upstream] }, { env: {} }))).toEqual([]);
+    expect(
+      await p.app.reload(
+        buildConfig({ listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, upstreams: [upstream] }, { env: {} }),
+      ),
+    ).toEqual([]);
     // The new configuration's source meets a 401: the cached token is dropped before it renews.
     partner.revoked.add(partner.seen.filter((s) => s.status === 200).at(-1)?.token as string);
     expect((await get('/partner/after-reload')).status).toBe(200);
     // It renewed with RT2, which only the old source had been given: no second login.
-    expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual(['password:200', 'refresh_token:200', 'refresh_token:200']);
+    expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual([
+      'password:200',
+      'refresh_token:200',
+      'refresh_token:200',
+    ]);
     expect(oidc.usedRefreshTokens).toEqual(oidc.issuedRefreshTokens.slice(0, 2));
   });
 
@@ -142,7 +218,10 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
     const res = await request(oidc.tokenUrl, {
       method: 'POST',
       dispatcher: new Agent({ connect: { ca: pki.ca } }),
-      headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from('pw-client:pw-secret').toString('base64')}` },
+      headers: {
+        'content-type': 'application/x-www-form-urlencoded',
+        authorization: `Basic ${Buffer.from('pw-client:pw-secret').toString('base64')}`,
+      },
       body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: stolen }).toString(),
     });
     await res.body.dump();
@@ -150,7 +229,12 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
     const renewed = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);
     await renewed;
-    expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual(['password:200', 'refresh_token:200', 'refresh_token:400', 'password:200']);
+    expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual([
+      'password:200',
+      'refresh_token:200',
+      'refresh_token:400',
+      'password:200',
+    ]);
     expect((proxy as RunningProxy).logs.some((l) => l.includes('"event":"refresh_token_rejected"'))).toBe(true);
     expect(source).toBeDefined();
 
@@ -166,7 +250,15 @@ describe('refresh_token grant with a configured refresh token', () => {
   it('starts from the configured refresh token and keeps the rotated one', async () => {
     const initial = await oidc.passwordGrant('pw-client', 'pw-secret', 'alice', 'wonderland');
     oidc.calls.length = 0;
-    await start({ auth: { type: 'refresh_token', tokenUrl: oidc.tokenUrl, clientId: 'pw-client', clientSecretFile: file('pw-secret', 'pw-secret\n'), refreshTokenFile: file('rt', `${initial.refreshToken}\n`) } });
+    await start({
+      auth: {
+        type: 'refresh_token',
+        tokenUrl: oidc.tokenUrl,
+        clientId: 'pw-client',
+        clientSecretFile: file('pw-secret', 'pw-secret\n'),
+        refreshTokenFile: file('rt', `${initial.refreshToken}\n`),
+      },
+    });
     expect((await get()).status).toBe(200);
     clock.offsetMs = 200_000;
     const renewed = nextToken(proxy as RunningProxy);
@@ -180,17 +272,37 @@ describe('refresh_token grant with a configured refresh token', () => {
 
 describe('client authentication methods', () => {
   it('private_key_jwt (RFC 7523): an ES256 client assertion the token server verifies', async () => {
-    await start({ auth: { type: 'client_credentials', tokenUrl: oidc.tokenUrl, clientId: 'jwt-client', clientAuth: 'private_key_jwt', privateKey: { file: file('client-key.pem', jwtKey.privatePem), alg: 'ES256', kid: 'client-key-1' }, scope: 'api' } });
+    await start({
+      auth: {
+        type: 'client_credentials',
+        tokenUrl: oidc.tokenUrl,
+        clientId: 'jwt-client',
+        clientAuth: 'private_key_jwt',
+        privateKey: { file: file('client-key.pem', jwtKey.privatePem), alg: 'ES256', kid: 'client-key-1' },
+        scope: 'api',
+      },
+    });
     expect((await get()).status).toBe(200);
-    expect(oidc.calls.map((c) => [c.clientId, c.authMethod, c.status])).toEqual([['jwt-client', 'private_key_jwt', 200]]);
+    expect(oidc.calls.map((c) => [c.clientId, c.authMethod, c.status])).toEqual([
+      ['jwt-client', 'private_key_jwt', 200],
+    ]);
     expect(partner.seen[0]?.claims?.['client_id']).toBe('jwt-client');
   });
 
   it('tls_client_auth (RFC 8705): the client certificate authenticates; without it the token server refuses', async () => {
-    const auth = { type: 'client_credentials', tokenUrl: oidc.tokenUrl, clientId: 'mtls-client', clientAuth: 'tls_client_auth', scope: 'api', mtls: { cert: file('client.pem', clientCert.certPem), key: file('client-key.pem', clientCert.keyPem) } };
+    const auth = {
+      type: 'client_credentials',
+      tokenUrl: oidc.tokenUrl,
+      clientId: 'mtls-client',
+      clientAuth: 'tls_client_auth',
+      scope: 'api',
+      mtls: { cert: file('client.pem', clientCert.certPem), key: file('client-key.pem', clientCert.keyPem) },
+    };
     await start({ auth });
     expect((await get()).status).toBe(200);
-    expect(oidc.calls.map((c) => [c.clientId, c.authMethod, c.status])).toEqual([['mtls-client', 'tls_client_auth', 200]]);
+    expect(oidc.calls.map((c) => [c.clientId, c.authMethod, c.status])).toEqual([
+      ['mtls-client', 'tls_client_auth', 200],
+    ]);
     await proxy?.close();
     // Same client, but the certificate is not presented: the token server says invalid_client.
     await start({ auth: { ...auth, clientAuth: 'none', mtls: undefined } });
@@ -200,7 +312,13 @@ describe('client authentication methods', () => {
 
   it('mTLS towards the target with upstreams[].mtls', async () => {
     const mtls = { cert: file('client.pem', clientCert.certPem), key: file('client-key.pem', clientCert.keyPem) };
-    const auth = { type: 'client_credentials', tokenUrl: oidc.tokenUrl, clientId: 'tenant-a', clientSecret: 'secret-a', scope: 'api' };
+    const auth = {
+      type: 'client_credentials',
+      tokenUrl: oidc.tokenUrl,
+      clientId: 'tenant-a',
+      clientSecret: 'secret-a',
+      scope: 'api',
+    };
     await start({ target: mtlsPartner.url, auth });
     const without = await get();
     expect(without.status).toBe(502);
@@ -214,8 +332,20 @@ describe('client authentication methods', () => {
 
 describe('tenants', () => {
   const tenantUpstream = (from: string) => ({
-    auth: { type: 'client_credentials', tokenUrl: oidc.tokenUrl, clientId: 'unused', clientSecret: 'unused', scope: 'api' },
-    tenants: { from, credentials: { 'app-a': { clientId: 'tenant-a', clientSecret: 'secret-a' }, 'app-b': { clientId: 'tenant-b', clientSecret: 'secret-b' } } },
+    auth: {
+      type: 'client_credentials',
+      tokenUrl: oidc.tokenUrl,
+      clientId: 'unused',
+      clientSecret: 'unused',
+      scope: 'api',
+    },
+    tenants: {
+      from,
+      credentials: {
+        'app-a': { clientId: 'tenant-a', clientSecret: 'secret-a' },
+        'app-b': { clientId: 'tenant-b', clientSecret: 'secret-b' },
+      },
+    },
   });
 
   it('keeps each tenant on its own token under interleaved load, with no cross-over', async () => {
@@ -224,12 +354,17 @@ describe('tenants', () => {
     const results = await Promise.all(tenants.map((t, i) => get(`/partner/n${i}`, { 'x-tenant': t })));
     expect(results.every((r) => r.status === 200)).toBe(true);
     const expected: Record<string, string> = { 'app-a': 'tenant-a', 'app-b': 'tenant-b' };
-    for (const seen of partner.seen) expect(seen.claims?.['client_id']).toBe(expected[seen.headers['x-tenant'] as string]);
+    for (const seen of partner.seen)
+      expect(seen.claims?.['client_id']).toBe(expected[seen.headers['x-tenant'] as string]);
     expect(partner.seen).toHaveLength(200);
     expect(oidc.calls.map((c) => c.clientId).sort()).toEqual(['tenant-a', 'tenant-b']);
     const metrics = await (await request(`${(proxy as RunningProxy).adminUrl}/metrics`)).body.text();
-    expect(metrics).toContain('token_proxy_token_refreshes_total{upstream="partner",tenant="app-a",trigger="miss",outcome="success"} 1');
-    expect(metrics).toContain('token_proxy_token_refreshes_total{upstream="partner",tenant="app-b",trigger="miss",outcome="success"} 1');
+    expect(metrics).toContain(
+      'token_proxy_token_refreshes_total{upstream="partner",tenant="app-a",trigger="miss",outcome="success"} 1',
+    );
+    expect(metrics).toContain(
+      'token_proxy_token_refreshes_total{upstream="partner",tenant="app-b",trigger="miss",outcome="success"} 1',
+    );
   });
 
   it('refuses an unknown or missing tenant with 403 and Proxy-Status, never using another tenant', async () => {
@@ -247,11 +382,27 @@ describe('tenants', () => {
   it('takes the tenant from the proxy user in forward mode', async () => {
     await start(
       { ...tenantUpstream('proxyAuthUser'), hosts: ['api.partner.example'] },
-      { inbound: { proxyAuth: { users: [{ name: 'app-a', password: 'pa' }, { name: 'app-b', password: 'pb' }] } } },
+      {
+        inbound: {
+          proxyAuth: {
+            users: [
+              { name: 'app-a', password: 'pa' },
+              { name: 'app-b', password: 'pb' },
+            ],
+          },
+        },
+      },
     );
     const { ProxyAgent } = await import('undici');
-    for (const [user, clientId] of [['app-a', 'tenant-a'], ['app-b', 'tenant-b']] as const) {
-      const agent = new ProxyAgent({ uri: (proxy as RunningProxy).url, token: `Basic ${Buffer.from(`${user}:p${user.slice(-1)}`).toString('base64')}`, proxyTunnel: false });
+    for (const [user, clientId] of [
+      ['app-a', 'tenant-a'],
+      ['app-b', 'tenant-b'],
+    ] as const) {
+      const agent = new ProxyAgent({
+        uri: (proxy as RunningProxy).url,
+        token: `Basic ${Buffer.from(`${user}:p${user.slice(-1)}`).toString('base64')}`,
+        proxyTunnel: false,
+      });
       const res = await request('http://api.partner.example/who', { dispatcher: agent });
       expect(res.statusCode).toBe(200);
       expect(await res.body.json()).toMatchObject({ client: clientId });

@@ -20,7 +20,12 @@ async function get(path = '/partner/x') {
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: tokenServer.jwksUrl,
+    issuer: tokenServer.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
 });
 
 afterAll(async () => {
@@ -47,7 +52,13 @@ beforeEach(async () => {
           pathPrefix: '/partner',
           ca: pki.caFile,
           tokenWaitTimeoutSeconds: 1,
-          auth: { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, clientId: 'secret-keeper', clientSecret: SECRET, requestTimeoutSeconds: 0.3 },
+          auth: {
+            type: 'client_credentials',
+            tokenUrl: tokenServer.tokenUrl,
+            clientId: 'secret-keeper',
+            clientSecret: SECRET,
+            requestTimeoutSeconds: 0.3,
+          },
         },
       ],
     },
@@ -73,8 +84,12 @@ describe('refresh ahead of expiry', () => {
     expect(partner.seen[2]?.token).toBe(tokenServer.issued[1]);
     expect(tokenServer.requests).toHaveLength(2);
     const metrics = await (await request(`${proxy.adminUrl}/metrics`)).body.text();
-    expect(metrics).toContain('token_proxy_token_refreshes_total{upstream="partner",trigger="ahead",outcome="success"} 1');
-    expect(metrics).toContain(`token_proxy_token_expiry_timestamp_seconds{upstream="partner"} ${fresh.expiresAt / 1000}`);
+    expect(metrics).toContain(
+      'token_proxy_token_refreshes_total{upstream="partner",trigger="ahead",outcome="success"} 1',
+    );
+    expect(metrics).toContain(
+      `token_proxy_token_expiry_timestamp_seconds{upstream="partner"} ${fresh.expiresAt / 1000}`,
+    );
   });
 
   it('does not refresh a short token on every request', async () => {
@@ -109,7 +124,16 @@ describe('nothing secret is logged, answered or exported', () => {
     bodies.push((await get('/partner/a')).text);
     partner.revoked.add(tokenServer.issued[0] as string); // 401 → refresh → replay
     bodies.push((await get('/partner/b')).text);
-    bodies.push((await client.request({ origin: proxy.url, path: '/partner/c', method: 'GET', headers: { authorization: 'Bearer client-own-credential-77' } }).then((r) => r.body.text())));
+    bodies.push(
+      await client
+        .request({
+          origin: proxy.url,
+          path: '/partner/c',
+          method: 'GET',
+          headers: { authorization: 'Bearer client-own-credential-77' },
+        })
+        .then((r) => r.body.text()),
+    );
     tokenServer.respondWith((res) => {
       res.statusCode = 401;
       res.body = { error: 'invalid_client', error_description: 'bad credentials' };
@@ -120,14 +144,23 @@ describe('nothing secret is logged, answered or exported', () => {
     expect(bodies.at(-1)).toContain('token_unavailable');
     const metrics = await (await request(`${proxy.adminUrl}/metrics`)).body.text();
     const everything = [...proxy.logs, ...bodies, metrics].join('\n');
-    const secrets = [SECRET, 'client-own-credential-77', ...tokenServer.issued, ...tokenServer.issued.map((t) => t.split('.')[2] ?? t)];
+    const secrets = [
+      SECRET,
+      'client-own-credential-77',
+      ...tokenServer.issued,
+      ...tokenServer.issued.map((t) => t.split('.')[2] ?? t),
+    ];
     expect(tokenServer.issued.length).toBeGreaterThanOrEqual(2);
     for (const secret of secrets) expect(everything).not.toContain(secret);
     expect(everything.toLowerCase()).not.toContain('bearer ');
     // The auth events an operator needs are there, by fingerprint.
     expect(proxy.logs.some((l) => l.includes('"event":"token_obtained"'))).toBe(true);
     expect(proxy.logs.some((l) => l.includes('"event":"unauthorized_retry"'))).toBe(true);
-    expect(proxy.logs.some((l) => l.includes('"event":"unauthorized_retry_outcome"') && l.includes('"outcome":"recovered"'))).toBe(true);
-    expect(proxy.logs.some((l) => l.includes('"event":"token_refresh_failed"') && l.includes('"reason":"invalid_client"'))).toBe(true);
+    expect(
+      proxy.logs.some((l) => l.includes('"event":"unauthorized_retry_outcome"') && l.includes('"outcome":"recovered"')),
+    ).toBe(true);
+    expect(
+      proxy.logs.some((l) => l.includes('"event":"token_refresh_failed"') && l.includes('"reason":"invalid_client"')),
+    ).toBe(true);
   });
 });

@@ -33,16 +33,35 @@ function upstreamDoc(overrides: Record<string, unknown> = {}, auth: Record<strin
   };
 }
 
-async function call(path: string, init: { method?: string; body?: Buffer | Readable; headers?: Record<string, string> } = {}) {
+async function call(
+  path: string,
+  init: { method?: string; body?: Buffer | Readable; headers?: Record<string, string> } = {},
+) {
   // origin + path: a URL string would be normalised by the client (WHATWG resolves %2e%2e).
-  const res = await client.request({ origin: proxy.url, path, method: (init.method ?? 'GET') as 'GET', body: init.body ?? null, headers: init.headers ?? {} });
+  const res = await client.request({
+    origin: proxy.url,
+    path,
+    method: (init.method ?? 'GET') as 'GET',
+    body: init.body ?? null,
+    headers: init.headers ?? {},
+  });
   const body = Buffer.from(await res.body.arrayBuffer());
-  return { status: res.statusCode, headers: res.headers, body, json: () => JSON.parse(body.toString('utf8')) as Record<string, unknown> };
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    body,
+    json: () => JSON.parse(body.toString('utf8')) as Record<string, unknown>,
+  };
 }
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: tokenServer.jwksUrl,
+    issuer: tokenServer.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
 });
 
 afterAll(async () => {
@@ -71,15 +90,24 @@ describe('reverse mode with a client-credentials token', () => {
     await proxy.close();
     proxy = await startProxy({ upstreams: [upstreamDoc({ maxConnections: 3 })] });
     partner.script = () => ({ status: 200, body: 'slow', delayMs: 30 }); // keeps each connection busy for a while
-    const statuses = await Promise.all(Array.from({ length: 40 }, (_, i) => call(`/partner/q${i}`).then((r) => r.status)));
+    const statuses = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => call(`/partner/q${i}`).then((r) => r.status)),
+    );
     expect(statuses).toEqual(Array(40).fill(200));
     expect(new Set(partner.seen.map((s) => s.remotePort)).size).toBe(3);
   });
 
   it('injects a token that the partner verifies against the issuer JWKS', async () => {
-    const res = await call('/partner/orders/7?expand=lines', { headers: { authorization: 'Basic Y2xpZW50OnNlY3JldA==', 'x-app': 'legacy' } });
+    const res = await call('/partner/orders/7?expand=lines', {
+      headers: { authorization: 'Basic Y2xpZW50OnNlY3JldA==', 'x-app': 'legacy' },
+    });
     expect(res.status).toBe(200);
-    expect(res.json()).toMatchObject({ ok: true, path: '/orders/7?expand=lines', client: 'proxy-client', scope: 'orders.read orders.write' });
+    expect(res.json()).toMatchObject({
+      ok: true,
+      path: '/orders/7?expand=lines',
+      client: 'proxy-client',
+      scope: 'orders.read orders.write',
+    });
     const seen = partner.seen[0];
     expect(seen?.token).toBe(tokenServer.issued[0]);
     // The client's own Authorization never reaches the partner: the token replaced it.
@@ -92,7 +120,9 @@ describe('reverse mode with a client-credentials token', () => {
     expect(tokenServer.requests[0]?.grantType).toBe('client_credentials');
     // client_secret_basic is the default (RFC 6749 §2.3.1): credentials in the header, not the body.
     // Each part form-urlencoded first (Appendix B): "!" becomes %21.
-    expect(tokenServer.requests[0]?.authorization).toBe(`Basic ${Buffer.from('proxy-client:integration-secret-Zq8%21').toString('base64')}`);
+    expect(tokenServer.requests[0]?.authorization).toBe(
+      `Basic ${Buffer.from('proxy-client:integration-secret-Zq8%21').toString('base64')}`,
+    );
     expect(tokenServer.requests[0]?.body['client_secret']).toBeUndefined();
   });
 
@@ -102,7 +132,9 @@ describe('reverse mode with a client-credentials token', () => {
     expect(tokenServer.requests).toHaveLength(1);
     expect(new Set(partner.seen.map((s) => s.token))).toEqual(new Set([tokenServer.issued[0]]));
     const metrics = await (await request(`${proxy.adminUrl}/metrics`)).body.text();
-    expect(metrics).toContain('token_proxy_token_refreshes_total{upstream="partner",trigger="miss",outcome="success"} 1');
+    expect(metrics).toContain(
+      'token_proxy_token_refreshes_total{upstream="partner",trigger="miss",outcome="success"} 1',
+    );
     expect(metrics).toMatch(/token_proxy_token_cache_misses_total\{upstream="partner"\} (\d+)/);
     expect(metrics).toContain('token_proxy_requests_total{upstream="partner",code="200"} 200');
     expect(metrics).not.toMatch(/^token_proxy_shared_cache_up /m); // no Redis configured: no sample, so no "down" alert
@@ -113,7 +145,11 @@ describe('reverse mode with a client-credentials token', () => {
     const first = tokenServer.issued[0] as string;
     partner.revoked.add(first);
     const body = randomBytes(40_000);
-    const res = await call('/partner/orders', { method: 'POST', body, headers: { 'content-type': 'application/octet-stream' } });
+    const res = await call('/partner/orders', {
+      method: 'POST',
+      body,
+      headers: { 'content-type': 'application/octet-stream' },
+    });
     expect(res.status).toBe(200);
     const attempts = partner.seen.filter((s) => s.path === '/orders');
     expect(attempts.map((a) => a.status)).toEqual([401, 200]);
@@ -125,13 +161,19 @@ describe('reverse mode with a client-credentials token', () => {
     expect(tokenServer.requests).toHaveLength(2);
     const metrics = await (await request(`${proxy.adminUrl}/metrics`)).body.text();
     expect(metrics).toContain('token_proxy_unauthorized_retries_total{upstream="partner",outcome="recovered"} 1');
-    expect(metrics).toContain('token_proxy_token_refreshes_total{upstream="partner",trigger="unauthorized",outcome="success"} 1');
+    expect(metrics).toContain(
+      'token_proxy_token_refreshes_total{upstream="partner",trigger="unauthorized",outcome="success"} 1',
+    );
   });
 
   it('passes a second 401 to the client as it came, after exactly one refresh', async () => {
     // The challenge blames the token; its description's words are not parameters.
     const challenge = 'Bearer error="invalid_token", error_description="expired, not error=insufficient_scope"';
-    partner.script = () => ({ status: 401, headers: { 'www-authenticate': challenge, 'x-partner': 'no' }, body: '{"error":"nope"}' });
+    partner.script = () => ({
+      status: 401,
+      headers: { 'www-authenticate': challenge, 'x-partner': 'no' },
+      body: '{"error":"nope"}',
+    });
     const res = await call('/partner/secret');
     expect(res.status).toBe(401);
     expect(res.headers['www-authenticate']).toBe(challenge);
@@ -140,14 +182,22 @@ describe('reverse mode with a client-credentials token', () => {
     expect(partner.seen).toHaveLength(2);
     expect(tokenServer.requests).toHaveLength(2);
     const metrics = await (await request(`${proxy.adminUrl}/metrics`)).body.text();
-    expect(metrics).toContain('token_proxy_unauthorized_retries_total{upstream="partner",outcome="still_unauthorized"} 1');
+    expect(metrics).toContain(
+      'token_proxy_unauthorized_retries_total{upstream="partner",outcome="still_unauthorized"} 1',
+    );
   });
 
   it('passes a 401 whose Bearer challenge blames the scope or the request through untouched, keeping the token (RFC 6750 §3.1)', async () => {
     expect((await call('/partner/warm')).status).toBe(200);
-    const challenges = ['Bearer realm="p", error="insufficient_scope", scope="orders.admin"', 'Basic realm="x", Bearer error=invalid_request'];
+    const challenges = [
+      'Bearer realm="p", error="insufficient_scope", scope="orders.admin"',
+      'Basic realm="x", Bearer error=invalid_request',
+    ];
     for (const challenge of challenges) {
-      partner.script = (req) => (req.path === '/admin' ? { status: 401, headers: { 'www-authenticate': challenge }, body: '{"error":"scope"}' } : undefined);
+      partner.script = (req) =>
+        req.path === '/admin'
+          ? { status: 401, headers: { 'www-authenticate': challenge }, body: '{"error":"scope"}' }
+          : undefined;
       const res = await call('/partner/admin');
       expect(res.status).toBe(401);
       expect(res.headers['www-authenticate']).toBe(challenge);
@@ -187,16 +237,26 @@ describe('reverse mode with a client-credentials token', () => {
 
   it('streams a 5 MiB upload of known length straight through, never buffering it for replay', async () => {
     const body = randomBytes(5 * 1024 * 1024);
-    const res = await call('/partner/upload', { method: 'PUT', body, headers: { 'content-length': String(body.length) } });
+    const res = await call('/partner/upload', {
+      method: 'PUT',
+      body,
+      headers: { 'content-length': String(body.length) },
+    });
     expect(res.status).toBe(200);
-    expect(res.json()).toMatchObject({ bodyBytes: body.length, bodySha256: createHash('sha256').update(body).digest('hex') });
+    expect(res.json()).toMatchObject({
+      bodyBytes: body.length,
+      bodySha256: createHash('sha256').update(body).digest('hex'),
+    });
   });
 
   it('streams a chunked upload larger than the replay limit, and passes its 401 on while dropping the token', async () => {
     const body = randomBytes(300_000);
     const chunks = Array.from({ length: 30 }, (_, i) => body.subarray(i * 10_000, (i + 1) * 10_000));
     const ok = await call('/partner/upload', { method: 'POST', body: Readable.from(chunks) });
-    expect(ok.json()).toMatchObject({ bodyBytes: body.length, bodySha256: createHash('sha256').update(body).digest('hex') });
+    expect(ok.json()).toMatchObject({
+      bodyBytes: body.length,
+      bodySha256: createHash('sha256').update(body).digest('hex'),
+    });
     partner.revoked.add(tokenServer.issued[0] as string);
     const rejected = await call('/partner/upload', { method: 'POST', body: Readable.from(chunks) });
     expect(rejected.status).toBe(401); // not replayable: a streamed body is never sent twice
@@ -208,11 +268,18 @@ describe('reverse mode with a client-credentials token', () => {
 
   it('sends client_secret_post credentials in the form body when configured', async () => {
     await proxy.close();
-    proxy = await startProxy({ upstreams: [upstreamDoc({}, { clientAuth: 'client_secret_post', audience: 'https://api.partner.example' })] });
+    proxy = await startProxy({
+      upstreams: [upstreamDoc({}, { clientAuth: 'client_secret_post', audience: 'https://api.partner.example' })],
+    });
     expect((await call('/partner/a')).status).toBe(200);
     const seen = tokenServer.requests[0];
     expect(seen?.authorization).toBeUndefined();
-    expect(seen?.body).toMatchObject({ client_id: 'proxy-client', client_secret: SECRET, audience: 'https://api.partner.example', scope: 'orders.read orders.write' });
+    expect(seen?.body).toMatchObject({
+      client_id: 'proxy-client',
+      client_secret: SECRET,
+      audience: 'https://api.partner.example',
+      scope: 'orders.read orders.write',
+    });
   });
 
   it('answers 404 with a JSON reason for a path no upstream serves, and 400 for a path escaping its prefix', async () => {

@@ -6,7 +6,14 @@ import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js'
 import { testPki } from '../helpers/certs.js';
 import { startOidcServer, type OidcServer } from '../helpers/oidc-server.js';
 import { sharedCacheState, startProxy, type RunningProxy } from '../helpers/proxy.js';
-import { startRedis, startRedisCluster, startRedisSentinel, type TestRedis, type TestRedisCluster, type TestRedisSentinel } from '../helpers/redis.js';
+import {
+  startRedis,
+  startRedisCluster,
+  startRedisSentinel,
+  type TestRedis,
+  type TestRedisCluster,
+  type TestRedisSentinel,
+} from '../helpers/redis.js';
 
 // The Sentinel, Cluster and TLS forms of the shared tier, each against real redis-server processes.
 
@@ -30,12 +37,22 @@ function config(redis: Record<string, unknown>) {
       ca: pki.caFile,
       tokenWaitTimeoutSeconds: 5,
       unauthorizedRenewalIntervalSeconds: 0,
-      auth: { type: 'client_credentials', tokenUrl: oidc.tokenUrl, clientId: 'fleet-client', clientSecret: 'fleet-secret', scope: 'api' },
+      auth: {
+        type: 'client_credentials',
+        tokenUrl: oidc.tokenUrl,
+        clientId: 'fleet-client',
+        clientSecret: 'fleet-secret',
+        scope: 'api',
+      },
     })),
   };
 }
 
-async function fleet(n: number, redis: Record<string, unknown>, options: { up?: boolean } = {}): Promise<RunningProxy[]> {
+async function fleet(
+  n: number,
+  redis: Record<string, unknown>,
+  options: { up?: boolean } = {},
+): Promise<RunningProxy[]> {
   const made = await Promise.all(Array.from({ length: n }, () => startProxy(config(redis))));
   replicas.push(...made);
   if (options.up !== false) await Promise.all(made.map((p) => sharedCacheState(p)));
@@ -50,7 +67,11 @@ async function get(p: RunningProxy, path: string) {
 
 /** `count` requests spread over the replicas and every upstream, all at once. */
 function burst(proxies: readonly RunningProxy[], count: number, tag: string): Promise<number[]> {
-  return Promise.all(Array.from({ length: count }, (_, i) => get(proxies[i % proxies.length] as RunningProxy, `/p${i % UPSTREAMS}/${tag}${i}`)));
+  return Promise.all(
+    Array.from({ length: count }, (_, i) =>
+      get(proxies[i % proxies.length] as RunningProxy, `/p${i % UPSTREAMS}/${tag}${i}`),
+    ),
+  );
 }
 
 function tokenRequests(): number {
@@ -81,9 +102,22 @@ function reconnection(p: RunningProxy): Promise<void> {
 
 beforeAll(async () => {
   oidc = await startOidcServer({
-    clients: [{ clientId: 'fleet-client', clientSecret: 'fleet-secret', authMethod: 'client_secret_basic', grantTypes: ['client_credentials'], scope: 'api' }],
+    clients: [
+      {
+        clientId: 'fleet-client',
+        clientSecret: 'fleet-secret',
+        authMethod: 'client_secret_basic',
+        grantTypes: ['client_credentials'],
+        scope: 'api',
+      },
+    ],
   });
-  partner = await startPartnerApi({ jwksUrl: oidc.jwksUrl, issuer: oidc.issuer, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: oidc.jwksUrl,
+    issuer: oidc.issuer,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
 });
 
 afterAll(async () => {
@@ -141,7 +175,9 @@ describe('Redis Cluster', () => {
     expect(await burst([late as RunningProxy], UPSTREAMS, 'late')).toEqual(Array(UPSTREAMS).fill(200));
     expect(tokenRequests()).toBe(2 * UPSTREAMS);
 
-    const admin = new Cluster(cluster.nodes.map((n) => ({ host: n.split(':')[0] as string, port: Number(n.split(':')[1]) })));
+    const admin = new Cluster(
+      cluster.nodes.map((n) => ({ host: n.split(':')[0] as string, port: Number(n.split(':')[1]) })),
+    );
     const values = await Promise.all(entries.map((k) => admin.get(k)));
     await admin.quit();
     const tokens = [...new Set(partner.seen.map((s) => s.token as string))];

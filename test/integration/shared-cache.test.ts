@@ -31,15 +31,41 @@ function config(auth: Record<string, unknown>) {
   return {
     tokenCache: { redis: { url: redis.url, encryptionKey: KEY, lockTimeoutMs: 1_000 } },
     // 401 storms follow each other quickly here: no pause between 401-triggered renewals.
-    upstreams: [{ name: 'partner', target: partner.url, pathPrefix: '/partner', ca: pki.caFile, tokenWaitTimeoutSeconds: 5, unauthorizedRenewalIntervalSeconds: 0, auth }],
+    upstreams: [
+      {
+        name: 'partner',
+        target: partner.url,
+        pathPrefix: '/partner',
+        ca: pki.caFile,
+        tokenWaitTimeoutSeconds: 5,
+        unauthorizedRenewalIntervalSeconds: 0,
+        auth,
+      },
+    ],
   };
 }
 
-const ccAuth = { type: 'client_credentials', tokenUrl: '', clientId: 'fleet-client', clientSecret: 'fleet-secret', scope: 'api' };
-const pwAuth = { type: 'password', tokenUrl: '', clientId: 'pw-client', clientSecret: 'pw-secret', username: 'alice', password: 'wonderland', scope: 'api' };
+const ccAuth = {
+  type: 'client_credentials',
+  tokenUrl: '',
+  clientId: 'fleet-client',
+  clientSecret: 'fleet-secret',
+  scope: 'api',
+};
+const pwAuth = {
+  type: 'password',
+  tokenUrl: '',
+  clientId: 'pw-client',
+  clientSecret: 'pw-secret',
+  username: 'alice',
+  password: 'wonderland',
+  scope: 'api',
+};
 
 async function fleet(n: number, auth: Record<string, unknown>): Promise<RunningProxy[]> {
-  const made = await Promise.all(Array.from({ length: n }, () => startProxy(config({ ...auth, tokenUrl: oidc.tokenUrl }))));
+  const made = await Promise.all(
+    Array.from({ length: n }, () => startProxy(config({ ...auth, tokenUrl: oidc.tokenUrl }))),
+  );
   await Promise.all(made.map((p) => sharedCacheState(p)));
   replicas.push(...made);
   return made;
@@ -76,11 +102,28 @@ beforeAll(async () => {
   oidc = await startOidcServer({
     users: { alice: 'wonderland' },
     clients: [
-      { clientId: 'fleet-client', clientSecret: 'fleet-secret', authMethod: 'client_secret_basic', grantTypes: ['client_credentials'], scope: 'api' },
-      { clientId: 'pw-client', clientSecret: 'pw-secret', authMethod: 'client_secret_basic', grantTypes: ['password', 'refresh_token'], scope: 'api' },
+      {
+        clientId: 'fleet-client',
+        clientSecret: 'fleet-secret',
+        authMethod: 'client_secret_basic',
+        grantTypes: ['client_credentials'],
+        scope: 'api',
+      },
+      {
+        clientId: 'pw-client',
+        clientSecret: 'pw-secret',
+        authMethod: 'client_secret_basic',
+        grantTypes: ['password', 'refresh_token'],
+        scope: 'api',
+      },
     ],
   });
-  partner = await startPartnerApi({ jwksUrl: oidc.jwksUrl, issuer: oidc.issuer, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: oidc.jwksUrl,
+    issuer: oidc.issuer,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
 });
 
 afterAll(async () => {
@@ -110,12 +153,16 @@ afterEach(async () => {
 describe('shared token cache in Redis', () => {
   it('makes exactly one token request for 300 simultaneous cold requests spread over 3 replicas', async () => {
     const three = await fleet(3, ccAuth);
-    const statuses = await Promise.all(Array.from({ length: 300 }, (_, i) => get(three[i % 3] as RunningProxy, `/partner/${i}`)));
+    const statuses = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => get(three[i % 3] as RunningProxy, `/partner/${i}`)),
+    );
     expect(statuses).toEqual(Array(300).fill(200));
     expect(tokenEndpointCalls()).toEqual(['client_credentials:200']);
     expect(new Set(partner.seen.map((s) => s.token)).size).toBe(1);
     const metrics = await Promise.all(three.map(async (r) => (await request(`${r.adminUrl}/metrics`)).body.text()));
-    const redisHits = metrics.filter((m) => /token_proxy_token_cache_hits_total\{upstream="partner",tier="redis"\} 1/.test(m));
+    const redisHits = metrics.filter((m) =>
+      /token_proxy_token_cache_hits_total\{upstream="partner",tier="redis"\} 1/.test(m),
+    );
     expect(redisHits).toHaveLength(2); // the two replicas that did not fetch adopted the shared token
   });
 
@@ -138,7 +185,13 @@ describe('shared token cache in Redis', () => {
       const lock = await store.tryLock(key);
       expect(lock).toBeDefined();
       const now = Date.now();
-      const poisoned = { version: 1, accessToken: 'split token\r\nX-Injected: 1', refreshToken: undefined, obtainedAt: now, expiresAt: now + 300_000 };
+      const poisoned = {
+        version: 1,
+        accessToken: 'split token\r\nX-Injected: 1',
+        refreshToken: undefined,
+        obtainedAt: now,
+        expiresAt: now + 300_000,
+      };
       expect(await store.write(key, poisoned, 60_000, lock as SharedLock)).toBe(true);
       await store.unlock(lock as SharedLock);
       expect(await get(first as RunningProxy)).toBe(200);
@@ -159,7 +212,9 @@ describe('shared token cache in Redis', () => {
     for (let cycle = 0; cycle < 10; cycle++) {
       // The partner rejects the current token; every replica meets the 401 at once.
       partner.revoked.add(partner.seen.filter((s) => s.status === 200).at(-1)?.token as string);
-      statuses.push(...(await Promise.all(three.flatMap((r) => [get(r, `/partner/c${cycle}a`), get(r, `/partner/c${cycle}b`)]))));
+      statuses.push(
+        ...(await Promise.all(three.flatMap((r) => [get(r, `/partner/c${cycle}a`), get(r, `/partner/c${cycle}b`)]))),
+      );
     }
     expect(statuses.every((s) => s === 200)).toBe(true);
     expect(statuses).toHaveLength(61);
@@ -215,7 +270,7 @@ describe('shared token cache in Redis', () => {
     expect(partner.seen.at(-1)?.token).toBe(partner.seen.find((s) => s.path === '/back' && s.status === 200)?.token);
   });
 
-  it('keeps a refresh token the server did not rotate (RFC 6749 §6) in the shared entry, for the refresh token\'s lifetime', async () => {
+  it("keeps a refresh token the server did not rotate (RFC 6749 §6) in the shared entry, for the refresh token's lifetime", async () => {
     // oidc-provider answers every refresh with a refresh token (the same one when it does not
     // rotate); a server may also leave it out, which only a scripted endpoint shows.
     const grants: string[] = [];
@@ -277,7 +332,14 @@ describe('shared token cache in Redis', () => {
     admin.disconnect();
     const everything = [...keys, ...values].join('\n');
     expect(keys.filter((k) => k.includes(':t:'))).toHaveLength(1);
-    for (const secret of [partner.seen[0]?.token as string, oidc.issuedRefreshTokens[0] as string, 'pw-client', 'partner', 'alice', 'wonderland']) {
+    for (const secret of [
+      partner.seen[0]?.token as string,
+      oidc.issuedRefreshTokens[0] as string,
+      'pw-client',
+      'partner',
+      'alice',
+      'wonderland',
+    ]) {
       expect(everything).not.toContain(secret);
     }
     // TTL of an entry with a refresh token: the refresh token's (a day by default), not the access token's.
@@ -297,9 +359,14 @@ describe('shared token cache in Redis', () => {
     const statuses = await running;
     expect(statuses.every((s) => s === 200)).toBe(true);
     await Promise.all(three.map((r) => sharedCacheState(r, false)));
-    const down = (await (await request(`${three[1]?.adminUrl}/readyz`)).body.json()) as { status: string; sharedCache: string };
+    const down = (await (await request(`${three[1]?.adminUrl}/readyz`)).body.json()) as {
+      status: string;
+      sharedCache: string;
+    };
     expect(down).toMatchObject({ status: 'ready', sharedCache: 'down (replicas fetch tokens on their own)' });
-    expect(await (await request(`${three[1]?.adminUrl}/metrics`)).body.text()).toContain('token_proxy_shared_cache_up 0');
+    expect(await (await request(`${three[1]?.adminUrl}/metrics`)).body.text()).toContain(
+      'token_proxy_shared_cache_up 0',
+    );
     // While Redis is away a 401 makes each replica fetch on its own: requests still succeed.
     partner.revoked.add(partner.seen.at(-1)?.token as string);
     expect(await Promise.all(three.map((r) => get(r)))).toEqual([200, 200, 200]);
@@ -321,8 +388,13 @@ describe('refresh lock', () => {
     const dir = mkdtempSync(join(tmpdir(), 'tp-lock-'));
     const file = join(dir, 'proxy.json');
     const doc = config({ ...ccAuth, tokenUrl: oidc.tokenUrl });
-    writeFileSync(file, JSON.stringify({ ...doc, listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'info' }));
-    const holder = spawn('node', [resolve('dist/cli.js'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    writeFileSync(
+      file,
+      JSON.stringify({ ...doc, listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'info' }),
+    );
+    const holder = spawn('node', [resolve('dist/cli.js'), 'serve', '--config', file], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let output = '';
     const proxyPort = new Promise<string>((resolvePort, reject) => {
       holder.stdout.on('data', (chunk: Buffer) => {
@@ -336,7 +408,9 @@ describe('refresh lock', () => {
     let release!: () => void;
     oidc.beforeToken(() => new Promise<void>((resolveHang) => (release = resolveHang)));
     const arrived = oidc.waitForTokenRequest();
-    const holding = client.request({ origin: `http://127.0.0.1:${port}`, path: '/partner/held', method: 'GET' }).catch(() => undefined);
+    const holding = client
+      .request({ origin: `http://127.0.0.1:${port}`, path: '/partner/held', method: 'GET' })
+      .catch(() => undefined);
     await arrived; // the holder has the lock and is waiting on the token endpoint
     oidc.beforeToken(undefined);
     const [waiter] = await fleet(1, ccAuth);

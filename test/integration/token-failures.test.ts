@@ -31,7 +31,14 @@ async function proxyFor(tokenUrl: string, auth: Record<string, unknown> = {}, up
           ca: pki.caFile,
           tokenWaitTimeoutSeconds: 1,
           ...upstream,
-          auth: { type: 'client_credentials', tokenUrl, clientId: 'failing-client', clientSecret: SECRET, requestTimeoutSeconds: 0.3, ...auth },
+          auth: {
+            type: 'client_credentials',
+            tokenUrl,
+            clientId: 'failing-client',
+            clientSecret: SECRET,
+            requestTimeoutSeconds: 0.3,
+            ...auth,
+          },
         },
       ],
     },
@@ -43,12 +50,22 @@ async function proxyFor(tokenUrl: string, auth: Record<string, unknown> = {}, up
 async function get(path = '/partner/x') {
   const res = await client.request({ origin: (proxy as RunningProxy).url, path, method: 'GET' });
   const text = await res.body.text();
-  return { status: res.statusCode, headers: res.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    text,
+    json: () => JSON.parse(text) as Record<string, unknown>,
+  };
 }
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: tokenServer.jwksUrl,
+    issuer: tokenServer.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
 });
 
 afterAll(async () => {
@@ -72,7 +89,13 @@ afterEach(async () => {
 });
 
 describe('token endpoint failures answer 502 token_unavailable with the observed reason', () => {
-  const permanent = ['invalid_client', 'invalid_scope', 'unsupported_grant_type', 'invalid_request', 'unauthorized_client'] as const;
+  const permanent = [
+    'invalid_client',
+    'invalid_scope',
+    'unsupported_grant_type',
+    'invalid_request',
+    'unauthorized_client',
+  ] as const;
   for (const code of permanent) {
     it(`maps ${code} to reason ${code}, does not retry it in a loop, and caches nothing`, async () => {
       tokenServer.respondWith((res) => {
@@ -82,7 +105,12 @@ describe('token endpoint failures answer 502 token_unavailable with the observed
       await proxyFor(tokenServer.tokenUrl);
       const first = await get();
       expect(first.status).toBe(502);
-      expect(first.json()).toMatchObject({ error: 'token_unavailable', upstream: 'partner', reason: code, description: `the server says ${code}` });
+      expect(first.json()).toMatchObject({
+        error: 'token_unavailable',
+        upstream: 'partner',
+        reason: code,
+        description: `the server says ${code}`,
+      });
       // A request inside the backoff window is answered from the remembered failure.
       const second = await get();
       expect(second.json()).toMatchObject({ reason: code });
@@ -203,7 +231,11 @@ describe('token endpoint failures answer 502 token_unavailable with the observed
     expect((await get()).status).toBe(200); // the cached token, while a refresh is attempted
     await failed;
     expect((await get()).status).toBe(200);
-    expect(partner.seen.map((s) => s.token)).toEqual([tokenServer.issued[0], tokenServer.issued[0], tokenServer.issued[0]]);
+    expect(partner.seen.map((s) => s.token)).toEqual([
+      tokenServer.issued[0],
+      tokenServer.issued[0],
+      tokenServer.issued[0],
+    ]);
     expect(tokenServer.requests.length).toBeGreaterThanOrEqual(2);
   });
 

@@ -18,20 +18,31 @@ let close: () => void;
 /** Upgrade requests the partner received (any protocol). */
 let partnerUpgrades = 0;
 /** Ordinary requests the partner received, with the token's client. */
-const partnerRequests: { url: string | undefined; upgrade: string | undefined; http2Settings: string | string[] | undefined; clientId: unknown }[] = [];
+const partnerRequests: {
+  url: string | undefined;
+  upgrade: string | undefined;
+  http2Settings: string | string[] | undefined;
+  clientId: unknown;
+}[] = [];
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
   const jwksAgent = new Agent({ connect: { ca: pki.ca } });
   const jwks = createRemoteJWKSet(new URL(tokenServer.jwksUrl), {
-    [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: jwksAgent }) as unknown as Promise<Response>,
+    [customFetch]: (url, init) =>
+      undiciFetch(url, { ...(init as object), dispatcher: jwksAgent }) as unknown as Promise<Response>,
   });
   // Ordinary requests (an ignored upgrade offer ends up here): verified like the handshakes.
   const server = createServer({ key: pki.key, cert: pki.cert }, (req, res) => {
     const auth = req.headers.authorization;
     jwtVerify(auth?.slice('Bearer '.length) ?? '', jwks).then(
       ({ payload }) => {
-        partnerRequests.push({ url: req.url, upgrade: req.headers.upgrade, http2Settings: req.headers['http2-settings'], clientId: payload['client_id'] });
+        partnerRequests.push({
+          url: req.url,
+          upgrade: req.headers.upgrade,
+          http2Settings: req.headers['http2-settings'],
+          clientId: payload['client_id'],
+        });
         res.end(`plain answer for ${String(payload['client_id'])}`);
       },
       () => res.writeHead(401).end(),
@@ -80,7 +91,12 @@ beforeAll(async () => {
         target: `https://127.0.0.1:${port}`,
         pathPrefix: '/realtime',
         ca: pki.caFile,
-        auth: { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, clientId: 'ws-client', clientSecret: 'ws-secret' },
+        auth: {
+          type: 'client_credentials',
+          tokenUrl: tokenServer.tokenUrl,
+          clientId: 'ws-client',
+          clientSecret: 'ws-secret',
+        },
       },
     ],
   });
@@ -133,8 +149,15 @@ describe('WebSocket through the proxy', () => {
     expect(plain).not.toMatch(/\r\nupgrade:/i);
     expect(plain.split('\r\n\r\n')[1]).toBe('plain answer for ws-client');
     expect(partnerUpgrades).toBe(upgradesBefore); // the partner saw an ordinary request
-    expect(partnerRequests.at(-1)).toMatchObject({ url: '/plain', upgrade: undefined, http2Settings: undefined, clientId: 'ws-client' });
-    const withBody = await ask(`POST /realtime/plain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n${offer}\r\n{}`);
+    expect(partnerRequests.at(-1)).toMatchObject({
+      url: '/plain',
+      upgrade: undefined,
+      http2Settings: undefined,
+      clientId: 'ws-client',
+    });
+    const withBody = await ask(
+      `POST /realtime/plain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n${offer}\r\n{}`,
+    );
     expect(withBody).toMatch(/^HTTP\/1\.1 400 /);
     expect(withBody).toContain('a request with a body cannot offer a protocol upgrade here');
     expect(partnerRequests).toHaveLength(1);

@@ -110,7 +110,9 @@ describe('CertificateAuthority leaves', () => {
 
     // The server sends the CA after the leaf: a client that does not trust it still sees the chain.
     // (Test-only inspection of what the server sends; the product has no such switch.)
-    const untrusting = await handshake((name) => ca.secureContextFor(name), 'api.partner.example', { rejectUnauthorized: false });
+    const untrusting = await handshake((name) => ca.secureContextFor(name), 'api.partner.example', {
+      rejectUnauthorized: false,
+    });
     const chain = (untrusting as TLSSocket).getPeerCertificate(true);
     expect((untrusting as TLSSocket).authorized).toBe(false);
     expect(chain.issuerCertificate.fingerprint256).toBe(new X509Certificate(ca.certPem).fingerprint256);
@@ -127,7 +129,9 @@ describe('CertificateAuthority leaves', () => {
     const leafPem = ca.leafPemFor('API.Partner.Example');
     const leafFile = join(dir, 'leaf.pem');
     writeFileSync(leafFile, leafPem);
-    const result = spawnSync('openssl', ['verify', '-purpose', 'sslserver', '-CAfile', caFile, leafFile], { encoding: 'utf8' });
+    const result = spawnSync('openssl', ['verify', '-purpose', 'sslserver', '-CAfile', caFile, leafFile], {
+      encoding: 'utf8',
+    });
     expect(result.stderr).toBe('');
     expect(result.status).toBe(0);
 
@@ -188,7 +192,9 @@ describe('CertificateAuthority leaves', () => {
   });
 
   it('evicts the least recently used host beyond maxHosts', () => {
-    const small = CertificateAuthority.fromPem(ca.certPem, readFileSync(join(dir, 'ca', 'ca-key.pem'), 'utf8'), { maxHosts: 2 });
+    const small = CertificateAuthority.fromPem(ca.certPem, readFileSync(join(dir, 'ca', 'ca-key.pem'), 'utf8'), {
+      maxHosts: 2,
+    });
     const a = small.secureContextFor('a.example');
     small.secureContextFor('b.example');
     small.secureContextFor('c.example');
@@ -229,7 +235,23 @@ describe('CertificateAuthority.fromPem', () => {
     mkdirSync(cwd);
     execFileSync(
       'openssl',
-      ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'key.pem', '-out', 'cert.pem', '-days', '1', '-subj', '/CN=leaf', '-addext', 'basicConstraints=CA:FALSE'],
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-keyout',
+        'key.pem',
+        '-out',
+        'cert.pem',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=leaf',
+        '-addext',
+        'basicConstraints=CA:FALSE',
+      ],
       { cwd, stdio: 'pipe' },
     );
     other = { cert: readFileSync(join(cwd, 'cert.pem'), 'utf8'), key: readFileSync(join(cwd, 'key.pem'), 'utf8') };
@@ -248,7 +270,11 @@ describe('CertificateAuthority.fromPem', () => {
   });
 
   it('rejects unreadable PEM', () => {
-    expect(() => CertificateAuthority.fromPem('not a cert', other.key)).toThrow(/^CA certificate is not a readable PEM X\.509 certificate: /);
-    expect(() => CertificateAuthority.fromPem(ca.certPem, 'not a key')).toThrow(/^CA key is not a readable unencrypted PEM private key: /);
+    expect(() => CertificateAuthority.fromPem('not a cert', other.key)).toThrow(
+      /^CA certificate is not a readable PEM X\.509 certificate: /,
+    );
+    expect(() => CertificateAuthority.fromPem(ca.certPem, 'not a key')).toThrow(
+      /^CA key is not a readable unencrypted PEM private key: /,
+    );
   });
 });

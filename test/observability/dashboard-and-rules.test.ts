@@ -61,7 +61,8 @@ function parseScrape(text: string): Scrape {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?$/.exec(line);
     if (m === null) throw new Error(`unparsable sample line: ${line}`);
     const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1] as string] = l[2] as string;
+    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g))
+      labels[l[1] as string] = l[2] as string;
     samples.push({ name: m[1] as string, labels, value: parseValue(m[3] as string) });
   }
   return { text, types, samples };
@@ -78,7 +79,22 @@ function valueOf(scrape: Scrape, name: string, labels: Record<string, string>): 
 }
 
 /** PromQL words that look like metric names but are not. */
-const PROMQL_KEYWORDS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'and', 'or', 'unless', 'bool', 'offset', 'le', 'inf', 'nan']);
+const PROMQL_KEYWORDS = new Set([
+  'by',
+  'without',
+  'on',
+  'ignoring',
+  'group_left',
+  'group_right',
+  'and',
+  'or',
+  'unless',
+  'bool',
+  'offset',
+  'le',
+  'inf',
+  'nan',
+]);
 
 /**
  * Every metric name a PromQL expression selects. Strings (label values), label matchers, range
@@ -161,7 +177,9 @@ interface AlertRule {
 }
 
 const dashboard = JSON.parse(readFileSync(DASHBOARD_FILE, 'utf8')) as Dashboard;
-const rules = (parse(readFileSync(RULES_FILE, 'utf8')) as { groups: { name: string; rules: AlertRule[] }[] }).groups.flatMap((g) => g.rules);
+const rules = (
+  parse(readFileSync(RULES_FILE, 'utf8')) as { groups: { name: string; rules: AlertRule[] }[] }
+).groups.flatMap((g) => g.rules);
 const allPanels = dashboard.panels.flatMap((p) => [p, ...(p.panels ?? [])]);
 const dataPanels = allPanels.filter((p) => p.type !== 'row');
 
@@ -235,7 +253,12 @@ function upstream(name: string, clientId: string, extra: Record<string, unknown>
     tokenWaitTimeoutSeconds: 2,
     unauthorizedRenewalIntervalSeconds: 0, // two 401 scenarios follow each other at once
     ...extra,
-    auth: { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, clientId, clientSecret: 'observability-secret-41f' },
+    auth: {
+      type: 'client_credentials',
+      tokenUrl: tokenServer.tokenUrl,
+      clientId,
+      clientSecret: 'observability-secret-41f',
+    },
   };
 }
 
@@ -260,7 +283,12 @@ async function sharedCacheUp(p: RunningProxy, want: 0 | 1): Promise<Scrape> {
 beforeAll(async () => {
   tokenServer = await startTokenServer();
   tokenServer.lifetimeSeconds = TOKEN_LIFETIME_SECONDS;
-  partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.url, tls: { key: pki.key, cert: pki.cert }, issuerCa: pki.ca });
+  partner = await startPartnerApi({
+    jwksUrl: tokenServer.jwksUrl,
+    issuer: tokenServer.url,
+    tls: { key: pki.key, cert: pki.cert },
+    issuerCa: pki.ca,
+  });
   redis = await startRedis();
   const upstreams = () => [upstream('partner', 'observability-client'), upstream('broken', 'broken-client')];
   proxy = await startProxy(proxyConfig(SHARED_KEY, upstreams()));
@@ -269,7 +297,9 @@ beforeAll(async () => {
   // Misses and hits: one cold request fetches the token, then 5 in a row and 50 at once use it.
   expect(await get('/partner/cold')).toBe(200);
   for (let i = 0; i < 5; i += 1) expect(await get(`/partner/seq/${i}`)).toBe(200);
-  expect(await Promise.all(Array.from({ length: 50 }, (_, i) => get(`/partner/busy/${i}`)))).toEqual(Array(50).fill(200));
+  expect(await Promise.all(Array.from({ length: 50 }, (_, i) => get(`/partner/busy/${i}`)))).toEqual(
+    Array(50).fill(200),
+  );
   // A 401 for a revoked token: renewed and replayed once, recovered.
   partner.revoked.add(tokenServer.issued[0] as string);
   expect(await get('/partner/revoked')).toBe(200);
@@ -302,7 +332,9 @@ beforeAll(async () => {
   tokenRequests.replica = tokenServer.requests.length;
 
   // A replica with another key cannot open the entry: decrypt errors, and a token request of its own.
-  otherKey = await startProxy(proxyConfig(randomBytes(32).toString('base64'), [upstream('partner', 'observability-client')]));
+  otherKey = await startProxy(
+    proxyConfig(randomBytes(32).toString('base64'), [upstream('partner', 'observability-client')]),
+  );
   await sharedCacheUp(otherKey, 1);
   expect(await get('/partner/other-key', otherKey)).toBe(200);
   otherKeyScrape = await scrapeOf(otherKey);
@@ -340,41 +372,83 @@ describe('the metrics after real traffic (hits, misses, 401 replays, a token fai
     expect(valueOf(scrape, 'token_proxy_requests_total', { upstream: 'broken', code: '200' })).toBeUndefined();
     const answered = EXPECTED_200 + 2;
     expect(valueOf(scrape, 'token_proxy_request_duration_seconds_count', partnerLabels)).toBe(answered);
-    expect(valueOf(scrape, 'token_proxy_request_duration_seconds_bucket', { upstream: 'partner', le: '+Inf' })).toBe(answered);
+    expect(valueOf(scrape, 'token_proxy_request_duration_seconds_bucket', { upstream: 'partner', le: '+Inf' })).toBe(
+      answered,
+    );
     expect(valueOf(scrape, 'token_proxy_request_duration_seconds_sum', partnerLabels)).toBeGreaterThan(0);
   });
 
   it('counts one miss and a memory-tier hit for every request that found the token cached', () => {
     expect(valueOf(scrape, 'token_proxy_token_cache_misses_total', partnerLabels)).toBe(1);
     // 5 in a row + 50 at once + the revoked, the always-401 and the 403 request: each found the token.
-    expect(valueOf(scrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'memory' })).toBe(5 + 50 + 3);
+    expect(valueOf(scrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'memory' })).toBe(
+      5 + 50 + 3,
+    );
     // Its three tokens came from the token endpoint, not from Redis (nothing there was usable).
     expect(valueOf(scrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'redis' }) ?? 0).toBe(0);
     expect(valueOf(scrape, 'token_proxy_token_cache_misses_total', brokenLabels)).toBe(1);
-    expect(scrape.samples.filter((s) => s.name === 'token_proxy_token_cache_hits_total' && s.labels['upstream'] === 'broken')).toEqual([]);
+    expect(
+      scrape.samples.filter(
+        (s) => s.name === 'token_proxy_token_cache_hits_total' && s.labels['upstream'] === 'broken',
+      ),
+    ).toEqual([]);
   });
 
   it('counts token requests by trigger and outcome, and times them', () => {
-    expect(valueOf(scrape, 'token_proxy_token_refreshes_total', { upstream: 'partner', trigger: 'miss', outcome: 'success' })).toBe(1);
-    expect(valueOf(scrape, 'token_proxy_token_refreshes_total', { upstream: 'partner', trigger: 'unauthorized', outcome: 'success' })).toBe(2);
-    expect(valueOf(scrape, 'token_proxy_token_refreshes_total', { upstream: 'partner', trigger: 'ahead', outcome: 'success' })).toBeUndefined();
+    expect(
+      valueOf(scrape, 'token_proxy_token_refreshes_total', {
+        upstream: 'partner',
+        trigger: 'miss',
+        outcome: 'success',
+      }),
+    ).toBe(1);
+    expect(
+      valueOf(scrape, 'token_proxy_token_refreshes_total', {
+        upstream: 'partner',
+        trigger: 'unauthorized',
+        outcome: 'success',
+      }),
+    ).toBe(2);
+    expect(
+      valueOf(scrape, 'token_proxy_token_refreshes_total', {
+        upstream: 'partner',
+        trigger: 'ahead',
+        outcome: 'success',
+      }),
+    ).toBeUndefined();
     // The token server saw those 3 requests for partner and the failed one for broken.
     expect(tokenRequests.proxy).toBe(4);
     expect(tokensIssuedByProxy).toBe(3);
-    expect(valueOf(scrape, 'token_proxy_token_refresh_duration_seconds_count', { upstream: 'partner', outcome: 'success' })).toBe(3);
-    expect(valueOf(scrape, 'token_proxy_token_refresh_duration_seconds_count', { upstream: 'broken', outcome: 'error' })).toBe(1);
+    expect(
+      valueOf(scrape, 'token_proxy_token_refresh_duration_seconds_count', { upstream: 'partner', outcome: 'success' }),
+    ).toBe(3);
+    expect(
+      valueOf(scrape, 'token_proxy_token_refresh_duration_seconds_count', { upstream: 'broken', outcome: 'error' }),
+    ).toBe(1);
   });
 
   it('counts the token failure by its reason', () => {
-    const failures = valueOf(scrape, 'token_proxy_token_refresh_failures_total', { upstream: 'broken', reason: 'invalid_client' }) ?? 0;
+    const failures =
+      valueOf(scrape, 'token_proxy_token_refresh_failures_total', { upstream: 'broken', reason: 'invalid_client' }) ??
+      0;
     expect(failures).toBeGreaterThanOrEqual(1);
-    expect(valueOf(scrape, 'token_proxy_token_refreshes_total', { upstream: 'broken', trigger: 'miss', outcome: 'error' })).toBe(failures);
-    expect(scrape.samples.filter((s) => s.name === 'token_proxy_token_refresh_failures_total' && s.labels['upstream'] === 'partner')).toEqual([]);
+    expect(
+      valueOf(scrape, 'token_proxy_token_refreshes_total', { upstream: 'broken', trigger: 'miss', outcome: 'error' }),
+    ).toBe(failures);
+    expect(
+      scrape.samples.filter(
+        (s) => s.name === 'token_proxy_token_refresh_failures_total' && s.labels['upstream'] === 'partner',
+      ),
+    ).toEqual([]);
   });
 
   it('counts 401 replays by outcome', () => {
-    expect(valueOf(scrape, 'token_proxy_unauthorized_retries_total', { upstream: 'partner', outcome: 'recovered' })).toBe(1);
-    expect(valueOf(scrape, 'token_proxy_unauthorized_retries_total', { upstream: 'partner', outcome: 'still_unauthorized' })).toBe(1);
+    expect(
+      valueOf(scrape, 'token_proxy_unauthorized_retries_total', { upstream: 'partner', outcome: 'recovered' }),
+    ).toBe(1);
+    expect(
+      valueOf(scrape, 'token_proxy_unauthorized_retries_total', { upstream: 'partner', outcome: 'still_unauthorized' }),
+    ).toBe(1);
   });
 
   it("publishes the current token's expiry, within its lifetime from now, and none for an upstream without a token", () => {
@@ -411,7 +485,11 @@ describe('the metrics after real traffic (hits, misses, 401 replays, a token fai
   });
 
   it("exports the Node.js process metrics without prom-client's _total-suffixed gauges", () => {
-    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+    for (const name of [
+      'nodejs_active_handles_total',
+      'nodejs_active_requests_total',
+      'nodejs_active_resources_total',
+    ]) {
       expect(scrape.types.has(name), name).toBe(false);
     }
     expect(scrape.types.get('nodejs_active_handles')).toBe('gauge');
@@ -419,7 +497,9 @@ describe('the metrics after real traffic (hits, misses, 401 replays, a token fai
     expect(scrape.types.get('process_resident_memory_bytes')).toBe('gauge');
     expect(scrape.types.get('nodejs_eventloop_lag_p99_seconds')).toBe('gauge');
     // Every counter ends in _total, and nothing else does.
-    const misnamed = [...scrape.types].filter(([name, type]) => (type === 'counter') !== name.endsWith('_total')).map(([name, type]) => `${name} (${type})`);
+    const misnamed = [...scrape.types]
+      .filter(([name, type]) => (type === 'counter') !== name.endsWith('_total'))
+      .map(([name, type]) => `${name} (${type})`);
     expect(misnamed).toEqual([]);
   });
 
@@ -463,17 +543,30 @@ describe('the shared token cache metrics (a real redis-server, three replicas)',
     // The first look at the entry, and the second one under the refresh lock.
     expect(valueOf(otherKeyScrape, 'token_proxy_shared_cache_errors_total', { operation: 'decrypt' })).toBe(2);
     for (const operation of ['read', 'lock', 'write', 'unlock']) {
-      expect(valueOf(otherKeyScrape, 'token_proxy_shared_cache_errors_total', { operation }), operation).toBeUndefined();
+      expect(
+        valueOf(otherKeyScrape, 'token_proxy_shared_cache_errors_total', { operation }),
+        operation,
+      ).toBeUndefined();
     }
     expect(valueOf(otherKeyScrape, 'token_proxy_shared_cache_up', {})).toBe(1);
-    expect(valueOf(otherKeyScrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'redis' }) ?? 0).toBe(0);
-    expect(valueOf(otherKeyScrape, 'token_proxy_token_refreshes_total', { ...partnerLabels, trigger: 'miss', outcome: 'success' })).toBe(1);
+    expect(
+      valueOf(otherKeyScrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'redis' }) ?? 0,
+    ).toBe(0);
+    expect(
+      valueOf(otherKeyScrape, 'token_proxy_token_refreshes_total', {
+        ...partnerLabels,
+        trigger: 'miss',
+        outcome: 'success',
+      }),
+    ).toBe(1);
     expect(tokenRequests.otherKey).toBe(tokenRequests.replica + 1);
   });
 
   it('reads 0 once Redis is gone, while the replica keeps serving from memory', () => {
     expect(valueOf(replicaDownScrape, 'token_proxy_shared_cache_up', {})).toBe(0);
-    expect(valueOf(replicaDownScrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'memory' })).toBe(2);
+    expect(valueOf(replicaDownScrape, 'token_proxy_token_cache_hits_total', { ...partnerLabels, tier: 'memory' })).toBe(
+      2,
+    );
     expect(valueOf(replicaDownScrape, 'token_proxy_requests_total', { upstream: 'partner', code: '200' })).toBe(3);
     expect(tokenRequests.replicaDown).toBe(tokenRequests.otherKey);
   });
@@ -488,8 +581,12 @@ describe('the PromQL metric-name extraction', () => {
   });
 
   it('reports a name the scrape lacks, and a histogram queried by its bare name', () => {
-    expect(notExported(scrape, ['token_proxy_requests_total', 'token_proxy_no_such_total', 'up'])).toEqual(['token_proxy_no_such_total']);
-    expect(notExported(scrape, ['token_proxy_request_duration_seconds', 'token_proxy_request_duration_seconds_bucket'])).toEqual(['token_proxy_request_duration_seconds']);
+    expect(notExported(scrape, ['token_proxy_requests_total', 'token_proxy_no_such_total', 'up'])).toEqual([
+      'token_proxy_no_such_total',
+    ]);
+    expect(
+      notExported(scrape, ['token_proxy_request_duration_seconds', 'token_proxy_request_duration_seconds_bucket']),
+    ).toEqual(['token_proxy_request_duration_seconds']);
   });
 });
 
@@ -503,13 +600,20 @@ describe('the Grafana dashboard', () => {
   it('shows every token_proxy_ metric and the process health metrics', () => {
     const names = namesIn(dashboardExpressions());
     const families = [...scrape.types.keys()].filter((n) => n.startsWith('token_proxy_'));
-    expect(families).toEqual(expect.arrayContaining(['token_proxy_shared_cache_up', 'token_proxy_shared_cache_errors_total']));
+    expect(families).toEqual(
+      expect.arrayContaining(['token_proxy_shared_cache_up', 'token_proxy_shared_cache_errors_total']),
+    );
     expect(families.length).toBeGreaterThanOrEqual(11);
     for (const family of families) {
       const series = scrape.types.get(family) === 'histogram' ? `${family}_bucket` : family;
       expect(names, family).toContain(series);
     }
-    for (const name of ['process_cpu_seconds_total', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_p99_seconds']) expect(names).toContain(name);
+    for (const name of [
+      'process_cpu_seconds_total',
+      'process_resident_memory_bytes',
+      'nodejs_eventloop_lag_p99_seconds',
+    ])
+      expect(names).toContain(name);
   });
 
   it('has a Prometheus datasource variable, and multi-value upstream and instance variables', () => {
@@ -580,11 +684,14 @@ describe('the Prometheus alert rules', () => {
     for (const r of rules) {
       expect(r.for, r.alert).toMatch(/^[1-9]\d*[mh]$/);
       expect(['warning', 'critical'], r.alert).toContain(r.labels?.['severity']);
-      for (const key of ['summary', 'description', 'runbook']) expect(r.annotations?.[key]?.length ?? 0, `${r.alert} ${key}`).toBeGreaterThan(40);
+      for (const key of ['summary', 'description', 'runbook'])
+        expect(r.annotations?.[key]?.length ?? 0, `${r.alert} ${key}`).toBeGreaterThan(40);
     }
     expect(rules.find((r) => r.alert === 'TokenProxyTargetMissing')?.expr.trim()).toBe('absent(up{job="token-proxy"})');
     expect(rules.find((r) => r.alert === 'TokenProxyGatewayErrors')?.expr).toContain('code=~"502|504"');
-    expect(rules.find((r) => r.alert === 'TokenProxySharedCacheDown')?.expr.trim()).toBe('token_proxy_shared_cache_up == 0');
+    expect(rules.find((r) => r.alert === 'TokenProxySharedCacheDown')?.expr.trim()).toBe(
+      'token_proxy_shared_cache_up == 0',
+    );
     // The runbook says what an outage costs and where to look.
     const down = rules.find((r) => r.alert === 'TokenProxySharedCacheDown')?.annotations ?? {};
     for (const words of [/memory/, /on its own/, /number of replicas/]) expect(down['description']).toMatch(words);
@@ -618,7 +725,11 @@ function evaluatePanelQueries() {
   const check = (title: string, legend: string, samples: Record<string, number>) => {
     const targets = (panel(title).targets ?? []).filter((t) => t.legendFormat === legend);
     if (targets.length !== 1) throw new Error(`${targets.length} targets with legend "${legend}" in "${title}"`);
-    return { expr: promql((targets[0] as { expr: string }).expr), eval_time: '5m', exp_samples: Object.entries(samples).map(([labels, value]) => ({ labels, value })) };
+    return {
+      expr: promql((targets[0] as { expr: string }).expr),
+      eval_time: '5m',
+      exp_samples: Object.entries(samples).map(([labels, value]) => ({ labels, value })),
+    };
   };
   const s = (metric: string, labels: Record<string, string>, values: string) => ({
     series: `${metric}{${Object.entries({ job: 'token-proxy', instance: 'a', ...labels })
@@ -643,15 +754,28 @@ function evaluatePanelQueries() {
     check('Token cache hit ratio', 'overall', { '{}': 950_000 }),
     check('Token cache hit ratio', 'memory', { '{}': 900_000 }),
     check('Token cache hit ratio', 'redis', { '{}': 50_000 }),
-    check('Shared cache up', '{{instance}}', { '{instance="a", job="token-proxy"}': 1_000_000, '{instance="b", job="token-proxy"}': 0 }),
-    check('Shared cache errors by operation', '{{operation}}', { '{operation="read"}': 200_000, '{operation="decrypt"}': 0 }),
+    check('Shared cache up', '{{instance}}', {
+      '{instance="a", job="token-proxy"}': 1_000_000,
+      '{instance="b", job="token-proxy"}': 0,
+    }),
+    check('Shared cache errors by operation', '{{operation}}', {
+      '{operation="read"}': 200_000,
+      '{operation="decrypt"}': 0,
+    }),
     check('Token cache hits by tier', '{{tier}}', { '{tier="memory"}': 6_000_000, '{tier="redis"}': 333_333 }),
     check('Token fetches: from Redis vs from the token endpoint', 'adopted from Redis', { '{}': 20_000_000 }),
     check('Token fetches: from Redis vs from the token endpoint', 'token endpoint', { '{}': 4_000_000 }),
   ];
   const dir = mkdtempSync(join(tmpdir(), 'token-proxy-panels-'));
   try {
-    writeFileSync(join(dir, 'tests.yaml'), stringify({ rule_files: [], evaluation_interval: '15s', tests: [{ interval: '15s', input_series, promql_expr_test }] }));
+    writeFileSync(
+      join(dir, 'tests.yaml'),
+      stringify({
+        rule_files: [],
+        evaluation_interval: '15s',
+        tests: [{ interval: '15s', input_series, promql_expr_test }],
+      }),
+    );
     const res = spawnSync('promtool', ['test', 'rules', 'tests.yaml'], { cwd: dir, encoding: 'utf8' });
     return { status: res.status, output: `${res.stdout}${res.stderr}` };
   } finally {
@@ -675,7 +799,9 @@ function runAlertScenarios() {
         .join(',')}}`,
       values,
     });
-    const alert = (severity: string, labels: Record<string, string>) => ({ exp_labels: { severity, job: 'token-proxy', instance: 'a', ...labels } });
+    const alert = (severity: string, labels: Record<string, string>) => ({
+      exp_labels: { severity, job: 'token-proxy', instance: 'a', ...labels },
+    });
     const tests = {
       rule_files: ['rules.yaml'],
       evaluation_interval: '15s',
@@ -685,9 +811,17 @@ function runAlertScenarios() {
           input_series: [
             // partner: transient failures and no success; flaky: failures but successes too.
             s('token_proxy_token_refresh_failures_total', { upstream: 'partner', reason: 'timeout' }, '0+1x60'),
-            s('token_proxy_token_refreshes_total', { upstream: 'partner', trigger: 'ahead', outcome: 'success' }, '3x60'),
+            s(
+              'token_proxy_token_refreshes_total',
+              { upstream: 'partner', trigger: 'ahead', outcome: 'success' },
+              '3x60',
+            ),
             s('token_proxy_token_refresh_failures_total', { upstream: 'flaky', reason: 'timeout' }, '0+1x60'),
-            s('token_proxy_token_refreshes_total', { upstream: 'flaky', trigger: 'ahead', outcome: 'success' }, '0+1x60'),
+            s(
+              'token_proxy_token_refreshes_total',
+              { upstream: 'flaky', trigger: 'ahead', outcome: 'success' },
+              '0+1x60',
+            ),
             s('token_proxy_token_refresh_failures_total', { upstream: 'creds', reason: 'invalid_client' }, '1+1x60'),
             // Tokens expiring at t=600s: partner busy and not renewed; idle has no traffic; renewing refreshes.
             s('token_proxy_token_expiry_timestamp_seconds', { upstream: 'partner' }, '600x60'),
@@ -696,9 +830,17 @@ function runAlertScenarios() {
             s('token_proxy_requests_total', { upstream: 'partner', code: '200' }, '0+10x60'),
             s('token_proxy_requests_total', { upstream: 'idle', code: '200' }, '7x60'),
             s('token_proxy_requests_total', { upstream: 'renewing', code: '200' }, '0+10x60'),
-            s('token_proxy_token_refreshes_total', { upstream: 'renewing', trigger: 'ahead', outcome: 'success' }, '0+1x60'),
+            s(
+              'token_proxy_token_refreshes_total',
+              { upstream: 'renewing', trigger: 'ahead', outcome: 'success' },
+              '0+1x60',
+            ),
             // 401 replays: partner never recovers, flaky mostly does.
-            s('token_proxy_unauthorized_retries_total', { upstream: 'partner', outcome: 'still_unauthorized' }, '0+1x60'),
+            s(
+              'token_proxy_unauthorized_retries_total',
+              { upstream: 'partner', outcome: 'still_unauthorized' },
+              '0+1x60',
+            ),
             s('token_proxy_unauthorized_retries_total', { upstream: 'flaky', outcome: 'still_unauthorized' }, '0+1x60'),
             s('token_proxy_unauthorized_retries_total', { upstream: 'flaky', outcome: 'recovered' }, '0+3x60'),
             // 502s (the proxy's own status) on partner; 503s (only ever the partner's) on flaky.
@@ -708,12 +850,32 @@ function runAlertScenarios() {
             s('up', {}, '0x60'),
           ],
           alert_rule_test: [
-            { eval_time: '10m', alertname: 'TokenProxyTokenRefreshFailing', exp_alerts: [alert('warning', { upstream: 'partner', reason: 'timeout' })] },
-            { eval_time: '10m', alertname: 'TokenProxyTokenRequestRejected', exp_alerts: [alert('critical', { upstream: 'creds', reason: 'invalid_client' })] },
+            {
+              eval_time: '10m',
+              alertname: 'TokenProxyTokenRefreshFailing',
+              exp_alerts: [alert('warning', { upstream: 'partner', reason: 'timeout' })],
+            },
+            {
+              eval_time: '10m',
+              alertname: 'TokenProxyTokenRequestRejected',
+              exp_alerts: [alert('critical', { upstream: 'creds', reason: 'invalid_client' })],
+            },
             { eval_time: '8m', alertname: 'TokenProxyTokenExpiringWithoutRefresh', exp_alerts: [] },
-            { eval_time: '10m', alertname: 'TokenProxyTokenExpiringWithoutRefresh', exp_alerts: [alert('critical', { upstream: 'partner' })] },
-            { eval_time: '10m', alertname: 'TokenProxyUnauthorizedRetriesNotRecovering', exp_alerts: [alert('warning', { upstream: 'partner' })] },
-            { eval_time: '10m', alertname: 'TokenProxyGatewayErrors', exp_alerts: [alert('warning', { upstream: 'partner' })] },
+            {
+              eval_time: '10m',
+              alertname: 'TokenProxyTokenExpiringWithoutRefresh',
+              exp_alerts: [alert('critical', { upstream: 'partner' })],
+            },
+            {
+              eval_time: '10m',
+              alertname: 'TokenProxyUnauthorizedRetriesNotRecovering',
+              exp_alerts: [alert('warning', { upstream: 'partner' })],
+            },
+            {
+              eval_time: '10m',
+              alertname: 'TokenProxyGatewayErrors',
+              exp_alerts: [alert('warning', { upstream: 'partner' })],
+            },
             { eval_time: '1m', alertname: 'TokenProxyTargetDown', exp_alerts: [] },
             { eval_time: '10m', alertname: 'TokenProxyTargetDown', exp_alerts: [alert('critical', {})] },
             { eval_time: '10m', alertname: 'TokenProxyTargetMissing', exp_alerts: [] },
@@ -743,7 +905,10 @@ function runAlertScenarios() {
             {
               eval_time: '15m',
               alertname: 'TokenProxySharedCacheErrors',
-              exp_alerts: [alert('warning', { operation: 'read' }), alert('warning', { instance: 'c', operation: 'decrypt' })],
+              exp_alerts: [
+                alert('warning', { operation: 'read' }),
+                alert('warning', { instance: 'c', operation: 'decrypt' }),
+              ],
             },
           ],
         },
@@ -752,7 +917,11 @@ function runAlertScenarios() {
           input_series: [s('token_proxy_requests_total', { upstream: 'partner', code: '200' }, '0+10x60')],
           alert_rule_test: [
             { eval_time: '4m', alertname: 'TokenProxyTargetMissing', exp_alerts: [] },
-            { eval_time: '6m', alertname: 'TokenProxyTargetMissing', exp_alerts: [{ exp_labels: { severity: 'critical', job: 'token-proxy' } }] },
+            {
+              eval_time: '6m',
+              alertname: 'TokenProxyTargetMissing',
+              exp_alerts: [{ exp_labels: { severity: 'critical', job: 'token-proxy' } }],
+            },
           ],
         },
       ],

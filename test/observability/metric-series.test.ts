@@ -5,7 +5,12 @@ import { counterSeries, histogramSeries } from '../../src/metric-series.js';
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 /** The same metric in two registries: one fed through bound series, one through prom-client's own calls. */
-function pair<M>(make: (registry: Registry) => M): { bound: M; plain: M; boundRegistry: Registry; plainRegistry: Registry } {
+function pair<M>(make: (registry: Registry) => M): {
+  bound: M;
+  plain: M;
+  boundRegistry: Registry;
+  plainRegistry: Registry;
+} {
   const boundRegistry = new Registry();
   const plainRegistry = new Registry();
   return { bound: make(boundRegistry), plain: make(plainRegistry), boundRegistry, plainRegistry };
@@ -14,7 +19,8 @@ function pair<M>(make: (registry: Registry) => M): { bound: M; plain: M; boundRe
 describe('bound metric series', () => {
   it('a counter series exports exactly what prom-client counts, and after its first call adds without prom-client', async () => {
     const { bound, plain, boundRegistry, plainRegistry } = pair(
-      (registry) => new Counter({ name: 'requests_total', help: 'h', labelNames: ['upstream', 'code'], registers: [registry] }),
+      (registry) =>
+        new Counter({ name: 'requests_total', help: 'h', labelNames: ['upstream', 'code'], registers: [registry] }),
     );
     const ok = counterSeries(bound, { upstream: 'a', code: '200' });
     const gone = counterSeries(bound, { upstream: 'a', code: '502' });
@@ -36,7 +42,14 @@ describe('bound metric series', () => {
 
   it('a histogram series puts every value in the bucket prom-client would, bounds and overflow included', async () => {
     const { bound, plain, boundRegistry, plainRegistry } = pair(
-      (registry) => new Histogram({ name: 'duration_seconds', help: 'h', labelNames: ['upstream'], buckets: BUCKETS, registers: [registry] }),
+      (registry) =>
+        new Histogram({
+          name: 'duration_seconds',
+          help: 'h',
+          labelNames: ['upstream'],
+          buckets: BUCKETS,
+          registers: [registry],
+        }),
     );
     const a = histogramSeries(bound, { upstream: 'a' }, BUCKETS);
     const b = histogramSeries(bound, { upstream: 'b' }, BUCKETS);
@@ -57,7 +70,10 @@ describe('bound metric series', () => {
     expect(text).toContain(`duration_seconds_count{upstream="a"} ${values.length}`);
     expect(text).toContain('duration_seconds_bucket{le="30",upstream="a"} 29'); // all but 45 (30 × 1.5), 31 and 1e6
     expect(text).toContain('duration_seconds_bucket{le="0.001",upstream="b"} 100');
-    expect((await bound.get()).values.find((v) => v.metricName === 'duration_seconds_sum' && v.labels.upstream === 'a')?.value).toBeCloseTo(
+    expect(
+      (await bound.get()).values.find((v) => v.metricName === 'duration_seconds_sum' && v.labels.upstream === 'a')
+        ?.value,
+    ).toBeCloseTo(
       values.reduce((s, v) => s + v, 0),
       9,
     );

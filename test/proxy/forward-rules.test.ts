@@ -9,11 +9,33 @@ const up = (name: string) => ({ name });
 
 describe('request targets', () => {
   it('parses absolute-form http URLs and refuses userinfo, other schemes and bad hosts', () => {
-    expect(parseAbsoluteForm('http://API.Partner.example/v1/x?y=1')).toEqual({ host: 'api.partner.example', port: 80, path: '/v1/x?y=1' });
-    expect(parseAbsoluteForm('http://api.partner.example:8080')).toEqual({ host: 'api.partner.example', port: 8080, path: '/' });
-    expect(parseAbsoluteForm('http://api.partner.example?q')).toEqual({ host: 'api.partner.example', port: 80, path: '/?q' });
+    expect(parseAbsoluteForm('http://API.Partner.example/v1/x?y=1')).toEqual({
+      host: 'api.partner.example',
+      port: 80,
+      path: '/v1/x?y=1',
+    });
+    expect(parseAbsoluteForm('http://api.partner.example:8080')).toEqual({
+      host: 'api.partner.example',
+      port: 8080,
+      path: '/',
+    });
+    expect(parseAbsoluteForm('http://api.partner.example?q')).toEqual({
+      host: 'api.partner.example',
+      port: 80,
+      path: '/?q',
+    });
     expect(parseAbsoluteForm('http://[::1]:9000/x')).toEqual({ host: '::1', port: 9000, path: '/x' });
-    for (const bad of ['http://user:pw@api.partner.example/', 'https://a.example/', 'ftp://a/', 'http:///x', 'http://a b/', 'http://a.example:99999/', 'http://%61.example/', 'http://::1/', 'http://::1:8080/x']) {
+    for (const bad of [
+      'http://user:pw@api.partner.example/',
+      'https://a.example/',
+      'ftp://a/',
+      'http:///x',
+      'http://a b/',
+      'http://a.example:99999/',
+      'http://%61.example/',
+      'http://::1/',
+      'http://::1:8080/x',
+    ]) {
       expect(parseAbsoluteForm(bad)).toBeNull();
     }
   });
@@ -24,7 +46,6 @@ describe('request targets', () => {
     expect(parseConnectAuthority('api.partner.example')).toBeNull();
     expect(parseConnectAuthority('a.example:0')).toBeNull();
     expect(parseConnectAuthority('2001:db8::1:443')).toBeNull(); // which part is the port? brackets required
-
   });
 });
 
@@ -50,18 +71,28 @@ describe('forward routing by host', () => {
     expect(parseHostPattern('*.')).toMatch(/not/);
     expect(parseHostPattern('a b.example')).toMatch(/not a valid host name/);
     expect(parseHostPattern('*.10.0.0.1')).toMatch(/wildcard needs a DNS suffix/);
-    expect(HostList.parse(['10.0.0.0/33', 'ok.example', 'bad host'])).toEqual(['[0]: "10.0.0.0/33" is not a valid CIDR range', '[2]: "bad host" is not a valid host name']);
+    expect(HostList.parse(['10.0.0.0/33', 'ok.example', 'bad host'])).toEqual([
+      '[0]: "10.0.0.0/33" is not a valid CIDR range',
+      '[2]: "bad host" is not a valid host name',
+    ]);
   });
 });
 
 describe('egress policy', () => {
-  const policy = new EgressPolicy({ default: 'deny', allow: ['*.internal.example:443', 'status.partner.example', '10.20.0.0/16', '192.0.2.7:8443'], connectPorts: [443] });
+  const policy = new EgressPolicy({
+    default: 'deny',
+    allow: ['*.internal.example:443', 'status.partner.example', '10.20.0.0/16', '192.0.2.7:8443'],
+    connectPorts: [443],
+  });
 
   it('allows listed hosts, suffixes, ranges and ports, and names the deciding rule', () => {
     expect(policy.decide('db.internal.example', 443, 'connect')).toEqual({ allowed: true, rule: 'egress.allow' });
     expect(policy.decide('db.internal.example', 80, 'http')).toEqual({ allowed: false, rule: 'egress.default: deny' });
     expect(policy.decide('status.partner.example', 80, 'http').allowed).toBe(true);
-    expect(policy.decide('status.partner.example', 22, 'connect')).toEqual({ allowed: false, rule: 'egress.connectPorts' });
+    expect(policy.decide('status.partner.example', 22, 'connect')).toEqual({
+      allowed: false,
+      rule: 'egress.connectPorts',
+    });
     expect(policy.decide('10.20.3.4', 443, 'connect').allowed).toBe(true);
     expect(policy.decide('10.21.3.4', 443, 'connect').allowed).toBe(false);
     expect(policy.decide('192.0.2.7', 8443, 'connect').allowed).toBe(true);
@@ -88,10 +119,20 @@ describe('inbound guard', () => {
   });
 
   it('authenticates Basic proxy credentials (RFC 7617) and nothing else', () => {
-    const guard = new InboundGuard({ allowCidrs: undefined, proxyAuth: { users: [{ name: 'app-a', password: 'p:w' }] } });
+    const guard = new InboundGuard({
+      allowCidrs: undefined,
+      proxyAuth: { users: [{ name: 'app-a', password: 'p:w' }] },
+    });
     expect(guard.authenticate(basic('app-a:p:w'))).toBe('app-a');
     expect(guard.authenticate(`basic ${Buffer.from('app-a:p:w').toString('base64')}`)).toBe('app-a');
-    for (const bad of [undefined, basic('app-a:wrong'), basic('app-b:p:w'), basic('app-a'), 'Bearer x', basic(':p:w')]) {
+    for (const bad of [
+      undefined,
+      basic('app-a:wrong'),
+      basic('app-b:p:w'),
+      basic('app-a'),
+      'Bearer x',
+      basic(':p:w'),
+    ]) {
       expect(guard.authenticate(bad)).toBeUndefined();
     }
     expect(new InboundGuard({ allowCidrs: undefined, proxyAuth: undefined }).authenticate(undefined)).toBe('');

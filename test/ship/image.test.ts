@@ -44,10 +44,13 @@ describe('Dockerfile', () => {
   it('builds on an official Node.js 24 slim image pinned to a release, in a build and a runtime stage', () => {
     expect(stages.map((s) => s.name)).toEqual(['build', 'runtime']);
     for (const stage of stages) expect(stage.base).toMatch(/^node:24\.\d+\.\d+-[a-z]+-slim$/);
-    const runs = (s: (typeof stages)[number]) => s.steps.flatMap((step) => (step.kind === 'run' ? [step.words.join(' ')] : []));
+    const runs = (s: (typeof stages)[number]) =>
+      s.steps.flatMap((step) => (step.kind === 'run' ? [step.words.join(' ')] : []));
     expect(runs(runtime).join('\n')).toMatch(/npm ci --omit=dev/);
     expect(runs(runtime).join('\n')).not.toMatch(/npm (ci|install)(?![^\n]*--omit=dev)/);
-    expect(runtime.steps).toContainEqual(expect.objectContaining({ kind: 'copy', from: 'build', sources: ['/app/dist'] }));
+    expect(runtime.steps).toContainEqual(
+      expect.objectContaining({ kind: 'copy', from: 'build', sources: ['/app/dist'] }),
+    );
   });
 
   it('runs as a numeric non-root USER, EXPOSEs both listeners, checks /healthz, uses the exec form', () => {
@@ -63,17 +66,35 @@ describe('Dockerfile', () => {
 
   it('sends only what the COPYs need to the build context (.dockerignore is an allow-list)', () => {
     const patterns = parseDockerignore(readFileSync(join(ROOT, '.dockerignore'), 'utf8'));
-    for (const path of ['package.json', 'package-lock.json', 'tsconfig.build.json', 'src/cli.ts', 'src/config/load.ts', 'config/token-proxy.example.yaml']) {
+    for (const path of [
+      'package.json',
+      'package-lock.json',
+      'tsconfig.build.json',
+      'src/cli.ts',
+      'src/config/load.ts',
+      'config/token-proxy.example.yaml',
+    ]) {
       expect(isExcluded(patterns, path), path).toBe(false);
     }
-    for (const path of ['node_modules/yaml/package.json', 'dist/cli.js', '.git/config', '.env', 'certs/ca-key.pem', 'test/cli.test.ts', '.tmp/x', 'config/kubernetes/deployment.yaml']) {
+    for (const path of [
+      'node_modules/yaml/package.json',
+      'dist/cli.js',
+      '.git/config',
+      '.env',
+      'certs/ca-key.pem',
+      'test/cli.test.ts',
+      '.tmp/x',
+      'config/kubernetes/deployment.yaml',
+    ]) {
       expect(isExcluded(patterns, path), path).toBe(true);
     }
   });
 
   it('is turned into a replay plan; what the replay cannot do faithfully is refused with its line', () => {
     expect(plan(stages)).toMatch(/^'df_copy' '\d+' 'build' '' '' '\/app\/dist' '\/app\/dist'$/m);
-    expect(() => parseDockerfile('FROM node:24\nADD https://example.com/x /x\n')).toThrow(/line 2: ADD: is not supported/);
+    expect(() => parseDockerfile('FROM node:24\nADD https://example.com/x /x\n')).toThrow(
+      /line 2: ADD: is not supported/,
+    );
     expect(() => parseDockerfile('FROM node:24\nRUN rm -rf /usr/lib\n')).toThrow(/line 2: RUN: uses an absolute path/);
     expect(() => parseDockerfile('FROM node:24\nCOPY --from=nothing /a /b\n')).toThrow(/names no earlier stage/);
   });
@@ -85,8 +106,13 @@ describe('scripts/verify-image.sh', () => {
   it('fails, before any step runs, on a COPY source missing from the build context', { timeout: 60_000 }, async () => {
     const broken = DOCKERFILE.replace('config/token-proxy.example.yaml', 'config/token-proxy.missing.yaml');
     expect(broken).not.toBe(DOCKERFILE);
-    const { code, output } = await verifyImage({ DOCKERFILE: writeDockerfile('Dockerfile.missing', broken), VERIFY_IMAGE_CONTEXT: ROOT });
-    expect(output).toMatch(/Dockerfile\.missing:\d+: COPY source "config\/token-proxy\.missing\.yaml" is not in the build context/);
+    const { code, output } = await verifyImage({
+      DOCKERFILE: writeDockerfile('Dockerfile.missing', broken),
+      VERIFY_IMAGE_CONTEXT: ROOT,
+    });
+    expect(output).toMatch(
+      /Dockerfile\.missing:\d+: COPY source "config\/token-proxy\.missing\.yaml" is not in the build context/,
+    );
     expect(output).not.toMatch(/RUN npm/);
     expect(code).not.toBe(0);
   });
@@ -94,33 +120,47 @@ describe('scripts/verify-image.sh', () => {
   it('fails on a COPY --from path the earlier stage does not have', { timeout: 60_000 }, async () => {
     const file = writeDockerfile(
       'Dockerfile.from',
-      ['FROM node:24.21.0-bookworm-slim AS build', 'WORKDIR /app', 'COPY package.json ./', 'FROM node:24.21.0-bookworm-slim', 'WORKDIR /app', 'COPY --from=build /app/dist ./dist', ''].join('\n'),
+      [
+        'FROM node:24.21.0-bookworm-slim AS build',
+        'WORKDIR /app',
+        'COPY package.json ./',
+        'FROM node:24.21.0-bookworm-slim',
+        'WORKDIR /app',
+        'COPY --from=build /app/dist ./dist',
+        '',
+      ].join('\n'),
     );
     const { code, output } = await verifyImage({ DOCKERFILE: file, VERIFY_NODE: 'host', VERIFY_IMAGE_CONTEXT: ROOT });
     expect(output).toMatch(/Dockerfile\.from:6: COPY failed: "\/app\/dist" does not exist in stage build/);
     expect(code).not.toBe(0);
   });
 
-  it('fails when the shipped code imports a package the runtime stage does not install (a devDependency)', { timeout: 60_000 }, async () => {
-    const file = writeDockerfile(
-      'Dockerfile.devdep',
-      [
-        'FROM node:24.21.0-bookworm-slim AS build',
-        'WORKDIR /app',
-        `RUN mkdir dist && echo "import 'vitest';" > dist/index.js`,
-        'FROM node:24.21.0-bookworm-slim',
-        'WORKDIR /app',
-        'COPY package.json package-lock.json ./',
-        'COPY --from=build /app/dist ./dist',
-        'USER 1000',
-        'EXPOSE 8080',
-        'HEALTHCHECK CMD ["true"]',
-        'ENTRYPOINT ["node", "dist/cli.js"]',
-        '',
-      ].join('\n'),
-    );
-    const { code, output } = await verifyImage({ DOCKERFILE: file, VERIFY_NODE: 'host', VERIFY_IMAGE_CONTEXT: ROOT });
-    expect(output).toMatch(/imports packages that are not installed in the runtime stage \(a devDependency\?\): vitest \(dist\/index\.js\)/);
-    expect(code).not.toBe(0);
-  });
+  it(
+    'fails when the shipped code imports a package the runtime stage does not install (a devDependency)',
+    { timeout: 60_000 },
+    async () => {
+      const file = writeDockerfile(
+        'Dockerfile.devdep',
+        [
+          'FROM node:24.21.0-bookworm-slim AS build',
+          'WORKDIR /app',
+          `RUN mkdir dist && echo "import 'vitest';" > dist/index.js`,
+          'FROM node:24.21.0-bookworm-slim',
+          'WORKDIR /app',
+          'COPY package.json package-lock.json ./',
+          'COPY --from=build /app/dist ./dist',
+          'USER 1000',
+          'EXPOSE 8080',
+          'HEALTHCHECK CMD ["true"]',
+          'ENTRYPOINT ["node", "dist/cli.js"]',
+          '',
+        ].join('\n'),
+      );
+      const { code, output } = await verifyImage({ DOCKERFILE: file, VERIFY_NODE: 'host', VERIFY_IMAGE_CONTEXT: ROOT });
+      expect(output).toMatch(
+        /imports packages that are not installed in the runtime stage \(a devDependency\?\): vitest \(dist\/index\.js\)/,
+      );
+      expect(code).not.toBe(0);
+    },
+  );
 });

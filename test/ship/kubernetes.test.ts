@@ -46,7 +46,11 @@ const MODELS: Record<string, { model: new (data: never) => Validatable; type: st
   'v1/Service': { model: Service, type: 'IService', module: 'kubernetes-models/v1/Service' },
   'v1/ConfigMap': { model: ConfigMap, type: 'IConfigMap', module: 'kubernetes-models/v1/ConfigMap' },
   'v1/Secret': { model: Secret, type: 'ISecret', module: 'kubernetes-models/v1/Secret' },
-  'policy/v1/PodDisruptionBudget': { model: PodDisruptionBudget, type: 'IPodDisruptionBudget', module: 'kubernetes-models/policy/v1/PodDisruptionBudget' },
+  'policy/v1/PodDisruptionBudget': {
+    model: PodDisruptionBudget,
+    type: 'IPodDisruptionBudget',
+    module: 'kubernetes-models/policy/v1/PodDisruptionBudget',
+  },
   'monitoring.coreos.com/v1/ServiceMonitor': {
     model: ServiceMonitor,
     type: 'IServiceMonitor',
@@ -59,7 +63,9 @@ const MODELS: Record<string, { model: new (data: never) => Validatable; type: st
   },
 };
 
-const files = readdirSync(DIR).filter((f) => /\.ya?ml$/.test(f)).sort();
+const files = readdirSync(DIR)
+  .filter((f) => /\.ya?ml$/.test(f))
+  .sort();
 
 function loadManifests(): { manifests: Manifest[]; kustomization: Record<string, unknown> } {
   const manifests: Manifest[] = [];
@@ -76,7 +82,14 @@ function loadManifests(): { manifests: Manifest[]; kustomization: Record<string,
         return;
       }
       const metadata = doc['metadata'] as { name?: string } | undefined;
-      manifests.push({ file, index, apiVersion: String(doc['apiVersion']), kind: String(doc['kind']), name: String(metadata?.name), doc });
+      manifests.push({
+        file,
+        index,
+        apiVersion: String(doc['apiVersion']),
+        kind: String(doc['kind']),
+        name: String(metadata?.name),
+        doc,
+      });
     });
   }
   if (kustomization === undefined) throw new Error('no kustomization.yaml');
@@ -87,7 +100,10 @@ const { manifests, kustomization } = loadManifests();
 
 function only(kind: string): Manifest {
   const found = manifests.filter((m) => m.kind === kind);
-  expect(found.map((m) => m.name), `exactly one ${kind}`).toHaveLength(1);
+  expect(
+    found.map((m) => m.name),
+    `exactly one ${kind}`,
+  ).toHaveLength(1);
   return found[0] as Manifest;
 }
 
@@ -120,12 +136,14 @@ function excessPropertyProblems(list: readonly Manifest[]): string[] {
   };
   const host = ts.createCompilerHost(options);
   const { getSourceFile, fileExists, readFile } = host;
-  host.getSourceFile = (name, language, ...rest) => (name === file ? ts.createSourceFile(name, source, language) : getSourceFile.call(host, name, language, ...rest));
+  host.getSourceFile = (name, language, ...rest) =>
+    name === file ? ts.createSourceFile(name, source, language) : getSourceFile.call(host, name, language, ...rest);
   host.fileExists = (name) => name === file || fileExists.call(host, name);
   host.readFile = (name) => (name === file ? source : readFile.call(host, name));
   const program = ts.createProgram([file], options, host);
   return ts.getPreEmitDiagnostics(program, program.getSourceFile(file)).map((d) => {
-    const line = d.file !== undefined && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start).line : -1;
+    const line =
+      d.file !== undefined && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start).line : -1;
     const where = line >= importLines ? owner[line - importLines] : 'imports';
     return `${where}: ${ts.flattenDiagnosticMessageText(d.messageText, '\n').split('\n')[0]}`;
   });
@@ -149,13 +167,23 @@ type PodSpec = {
   volumes: { name: string; configMap?: { name: string; items?: { key: string; path: string }[] } }[];
 };
 
-const deployment = only('Deployment').doc as { spec: { replicas: number; selector: { matchLabels: Record<string, string> }; template: { metadata: { labels: Record<string, string> }; spec: PodSpec } } };
+const deployment = only('Deployment').doc as {
+  spec: {
+    replicas: number;
+    selector: { matchLabels: Record<string, string> };
+    template: { metadata: { labels: Record<string, string> }; spec: PodSpec };
+  };
+};
 const pod = deployment.spec.template.spec;
 const container = pod.containers[0] as Container;
 const configMap = only('ConfigMap').doc as { metadata: { name: string }; data: Record<string, string> };
 const secret = only('Secret').doc as { metadata: { name: string }; stringData: Record<string, string> };
-const service = only('Service').doc as { metadata: { name: string; labels: Record<string, string> }; spec: { selector: Record<string, string>; ports: { name: string; port: number; targetPort: string | number }[] } };
-const portOf = (name: string | number) => (typeof name === 'number' ? name : container.ports.find((p) => p.name === name)?.containerPort);
+const service = only('Service').doc as {
+  metadata: { name: string; labels: Record<string, string> };
+  spec: { selector: Record<string, string>; ports: { name: string; port: number; targetPort: string | number }[] };
+};
+const portOf = (name: string | number) =>
+  typeof name === 'number' ? name : container.ports.find((p) => p.name === name)?.containerPort;
 const envValue = (name: string) => container.env.find((e) => e.name === name)?.value;
 const TEST_ENV = { PARTNER_CLIENT_SECRET: 'x', TOKEN_CACHE_KEY: Buffer.alloc(32, 7).toString('base64') };
 
@@ -179,9 +207,21 @@ describe('config/kubernetes', () => {
   });
 
   it('rejects what the schemas reject, so the check above can fail', () => {
-    const broken = { apiVersion: 'apps/v1', kind: 'Deployment', ...deployment, spec: { ...deployment.spec, replicas: 'two' } };
+    const broken = {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      ...deployment,
+      spec: { ...deployment.spec, replicas: 'two' },
+    };
     expect(() => new Deployment(broken as never).validate()).toThrow(/replicas must be integer/);
-    expect(() => new ServiceMonitor({ apiVersion: 'monitoring.coreos.com/v1', kind: 'ServiceMonitor', metadata: { name: 'x' }, spec: { endpoints: 'admin' } } as never).validate()).toThrow();
+    expect(() =>
+      new ServiceMonitor({
+        apiVersion: 'monitoring.coreos.com/v1',
+        kind: 'ServiceMonitor',
+        metadata: { name: 'x' },
+        spec: { endpoints: 'admin' },
+      } as never).validate(),
+    ).toThrow();
   });
 
   it('has no field the schemas do not know (strict: TypeScript excess-property check)', { timeout: 60_000 }, () => {
@@ -201,7 +241,12 @@ describe('config/kubernetes', () => {
   it('runs two replicas or more, as non-root with a read-only root filesystem and no capabilities', () => {
     expect(deployment.spec.replicas).toBeGreaterThanOrEqual(2);
     expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
-    expect(container.securityContext).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ['ALL'] } });
+    expect(container.securityContext).toMatchObject({
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      runAsNonRoot: true,
+      capabilities: { drop: ['ALL'] },
+    });
     // The image's USER is the uid the pod runs as.
     const user = /^USER\s+(\d+)(?::(\d+))?\s*$/m.exec(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'));
     expect(user?.[1]).toBe(String(pod.securityContext['runAsUser']));
@@ -209,7 +254,9 @@ describe('config/kubernetes', () => {
     expect(container.resources.requests).toHaveProperty('cpu');
     expect(container.resources.requests).toHaveProperty('memory');
     expect(container.resources.limits).toHaveProperty('memory');
-    const pdb = only('PodDisruptionBudget').doc as { spec: { minAvailable: number; selector: { matchLabels: Record<string, string> } } };
+    const pdb = only('PodDisruptionBudget').doc as {
+      spec: { minAvailable: number; selector: { matchLabels: Record<string, string> } };
+    };
     expect(pdb.spec.minAvailable).toBe(1);
     expect(pdb.spec.selector.matchLabels).toEqual(deployment.spec.selector.matchLabels);
   });
@@ -229,12 +276,13 @@ describe('config/kubernetes', () => {
   it('drains before the kubelet kills: preStop sleep, then shutdownTimeoutSeconds, within the grace period', () => {
     const config = buildConfig(parse(configMap.data['config.yaml'] as string), { env: TEST_ENV });
     const preStop = container.lifecycle.preStop;
-    const sleep = preStop.sleep?.seconds ?? Number(preStop.exec?.command[0] === 'sleep' ? preStop.exec.command[1] : NaN);
+    const sleep =
+      preStop.sleep?.seconds ?? Number(preStop.exec?.command[0] === 'sleep' ? preStop.exec.command[1] : NaN);
     expect(sleep).toBeGreaterThan(0);
     expect(pod.terminationGracePeriodSeconds).toBeGreaterThan(config.shutdownTimeoutSeconds + sleep);
   });
 
-  it('mounts a ConfigMap whose config passes token-proxy\'s own validation, secrets from the Secret', () => {
+  it("mounts a ConfigMap whose config passes token-proxy's own validation, secrets from the Secret", () => {
     const text = configMap.data['config.yaml'] as string;
     const config = buildConfig(parse(text), { env: TEST_ENV });
     expect(config.tokenCache.redis?.connection.url).toBe('redis://redis:6379/0');
@@ -243,7 +291,9 @@ describe('config/kubernetes', () => {
     expect(upstream?.hosts?.length).toBeGreaterThan(0);
     expect(upstream?.pathPrefix).toBeDefined();
     // Without the secrets the config is refused, naming the variables.
-    expect(() => buildConfig(parse(text), { env: {} })).toThrow(/PARTNER_CLIENT_SECRET[\s\S]*TOKEN_CACHE_KEY|TOKEN_CACHE_KEY[\s\S]*PARTNER_CLIENT_SECRET/);
+    expect(() => buildConfig(parse(text), { env: {} })).toThrow(
+      /PARTNER_CLIENT_SECRET[\s\S]*TOKEN_CACHE_KEY|TOKEN_CACHE_KEY[\s\S]*PARTNER_CLIENT_SECRET/,
+    );
 
     // The file is mounted where TOKEN_PROXY_CONFIG says.
     const configEnv = envValue('TOKEN_PROXY_CONFIG') as string;
@@ -264,10 +314,14 @@ describe('config/kubernetes', () => {
     }
     // The example Secret holds placeholders only, which the proxy refuses as a cache key.
     for (const value of Object.values(secret.stringData)) expect(value).toMatch(/^REPLACE-ME/);
-    expect(() => buildConfig(parse(text), { env: { PARTNER_CLIENT_SECRET: 'x', TOKEN_CACHE_KEY: secret.stringData['token-cache-key'] } })).toThrow(/32 bytes/);
+    expect(() =>
+      buildConfig(parse(text), {
+        env: { PARTNER_CLIENT_SECRET: 'x', TOKEN_CACHE_KEY: secret.stringData['token-cache-key'] },
+      }),
+    ).toThrow(/32 bytes/);
   });
 
-  it('routes the Service and the ServiceMonitor to the pods\' named ports', () => {
+  it("routes the Service and the ServiceMonitor to the pods' named ports", () => {
     const labels = deployment.spec.template.metadata.labels;
     expect(deployment.spec.selector.matchLabels).toEqual(expect.objectContaining(labels));
     expect(labels).toEqual(expect.objectContaining(service.spec.selector));
@@ -275,7 +329,9 @@ describe('config/kubernetes', () => {
       ['proxy', 8080, 8080],
       ['admin', 9464, 9464],
     ]);
-    const monitor = only('ServiceMonitor').doc as { spec: { selector: { matchLabels: Record<string, string> }; endpoints: { port: string; path: string }[] } };
+    const monitor = only('ServiceMonitor').doc as {
+      spec: { selector: { matchLabels: Record<string, string> }; endpoints: { port: string; path: string }[] };
+    };
     expect(service.metadata.labels).toEqual(expect.objectContaining(monitor.spec.selector.matchLabels));
     expect(monitor.spec.endpoints).toEqual([expect.objectContaining({ port: 'admin', path: '/metrics' })]);
     // The alert rules select job="token-proxy": the ServiceMonitor's job is the Service's name.

@@ -55,7 +55,10 @@ describe('SECURITY.md', () => {
     try {
       const out = join(dir, 'list.json');
       const vitest = join(ROOT, 'node_modules', 'vitest', 'vitest.mjs');
-      const run = spawnSync(process.execPath, [vitest, 'list', `--json=${out}`, ...files.map((f) => f.path)], { cwd: ROOT, encoding: 'utf8' });
+      const run = spawnSync(process.execPath, [vitest, 'list', `--json=${out}`, ...files.map((f) => f.path)], {
+        cwd: ROOT,
+        encoding: 'utf8',
+      });
       expect(run.status, run.stderr).toBe(0);
       const collected = JSON.parse(readFileSync(out, 'utf8')) as { name: string; file: string }[];
       const problems: string[] = [];

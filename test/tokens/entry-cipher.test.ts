@@ -8,7 +8,13 @@ const REFRESH = 'refresh-token-SECRET-8d3e6f0a2c-rotating-one';
 const AAD = createHash('sha256').update('partner:tenant-a:client-xyz').digest('base64url');
 const OTHER_AAD = createHash('sha256').update('partner:tenant-b:client-xyz').digest('base64url');
 
-const entry: SharedEntry = { version: 7, accessToken: ACCESS, refreshToken: REFRESH, obtainedAt: 1_800_000_000_123, expiresAt: 1_800_003_600_123 };
+const entry: SharedEntry = {
+  version: 7,
+  accessToken: ACCESS,
+  refreshToken: REFRESH,
+  obtainedAt: 1_800_000_000_123,
+  expiresAt: 1_800_003_600_123,
+};
 
 const newKey = () => cipherKey(randomBytes(32).toString('base64'));
 
@@ -143,7 +149,9 @@ describe('EntryCipher', () => {
     expect(key.id).not.toBe(raw.toString('hex').slice(0, 8));
 
     for (const length of [0, 16, 31, 33, 64]) {
-      expect(() => cipherKey(randomBytes(length).toString('base64')), `${length} bytes`).toThrow(`must be 32 bytes of base64 (got ${length} bytes)`);
+      expect(() => cipherKey(randomBytes(length).toString('base64')), `${length} bytes`).toThrow(
+        `must be 32 bytes of base64 (got ${length} bytes)`,
+      );
     }
     // A 32-character string is not a 32-byte key.
     expect(() => cipherKey('x'.repeat(32))).toThrow(/32 bytes/);

@@ -237,7 +237,9 @@ describe('RedisTokenStore (two replicas on one real redis-server)', () => {
     expect(await b.store.write(key, entry(1), 60_000, lockB)).toBe(true);
 
     const waiting = timed(a.store.waitForChange(key, 1, 1_500));
-    const written = await timed(Promise.all([b.store.write(key, entry(2), 60_000, lockB), b.store.write(key, entry(1), 60_000, lockB)]));
+    const written = await timed(
+      Promise.all([b.store.write(key, entry(2), 60_000, lockB), b.store.write(key, entry(1), 60_000, lockB)]),
+    );
     expect(written.value).toEqual([true, true]);
     const { ms } = await waiting;
     expect(ms).toBeLessThan(written.ms + 150);
@@ -270,7 +272,11 @@ describe('RedisTokenStore (two replicas on one real redis-server)', () => {
     const names = ['partner', 'tenant-a', 'client-xyz'];
     const written = entry(3);
     const secrets = [written.accessToken, written.refreshToken as string];
-    const forbidden = [...names, ...secrets, ...secrets.flatMap((s) => [Buffer.from(s).toString('base64'), Buffer.from(s).toString('base64url')])];
+    const forbidden = [
+      ...names,
+      ...secrets,
+      ...secrets.flatMap((s) => [Buffer.from(s).toString('base64'), Buffer.from(s).toString('base64url')]),
+    ];
     const leaks = (text: string) => forbidden.filter((f) => text.includes(f));
     expect(leaks(`x${key}y`)).toEqual(names); // the check can fail
 
@@ -345,13 +351,28 @@ describe('RedisTokenStore (two replicas on one real redis-server)', () => {
     expect(a.store.up).toBe(false);
     expect(a.health.at(-1)).toBe(false);
 
-    const read = await timed(a.store.read(key).then(() => 'resolved', () => 'rejected'));
+    const read = await timed(
+      a.store.read(key).then(
+        () => 'resolved',
+        () => 'rejected',
+      ),
+    );
     expect(read.value).toBe('rejected');
     expect(read.ms).toBeLessThan(FAIL_FAST_MS);
-    const lock = await timed(b.store.tryLock(key).then(() => 'resolved', () => 'rejected'));
+    const lock = await timed(
+      b.store.tryLock(key).then(
+        () => 'resolved',
+        () => 'rejected',
+      ),
+    );
     expect(lock.value).toBe('rejected');
     expect(lock.ms).toBeLessThan(FAIL_FAST_MS);
-    const write = await timed(a.store.write(key, entry(9), 60_000, lockBefore).then(() => 'resolved', () => 'rejected'));
+    const write = await timed(
+      a.store.write(key, entry(9), 60_000, lockBefore).then(
+        () => 'resolved',
+        () => 'rejected',
+      ),
+    );
     expect(write.value).toBe('rejected');
     expect(write.ms).toBeLessThan(FAIL_FAST_MS);
     // A waiter does not hang on a dead Redis either.

@@ -7,7 +7,12 @@ import { MAX_TOKEN_LIFETIME_MS, tokenFromResponse, tokenWithTimes } from '../../
 
 const NOW = 1_800_000_000_000;
 const policy = { refreshBeforeExpiryMs: 300_000, clockSkewMs: 30_000, defaultLifetimeMs: 300_000 };
-const res = (accessToken: string, expiresIn?: number) => ({ accessToken, expiresIn, scope: undefined, refreshToken: undefined });
+const res = (accessToken: string, expiresIn?: number) => ({
+  accessToken,
+  expiresIn,
+  scope: undefined,
+  refreshToken: undefined,
+});
 
 async function jwtExpiringAt(seconds: number): Promise<string> {
   return new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setExpirationTime(seconds).sign(new Uint8Array(32));
@@ -69,15 +74,27 @@ describe('token lifetime', () => {
     // NOW + 123 ms: the expiry NOW + 10,124 is given up 124 ms early; the lifetime is 9,877 ms,
     // a quarter of it 2,469.25 (skew, rounded up to 2,470) and half 4,938.5 (lead, 4,939).
     const t = tokenWithTimes('tok', 'refresh-1', NOW + 123, NOW + 10_124, policy);
-    expect([t.obtainedAt, t.expiresAt, t.usableUntil, t.refreshAt]).toEqual([NOW + 123, NOW + 10_000, NOW + 7_530, NOW + 5_061]);
+    expect([t.obtainedAt, t.expiresAt, t.usableUntil, t.refreshAt]).toEqual([
+      NOW + 123,
+      NOW + 10_000,
+      NOW + 7_530,
+      NOW + 5_061,
+    ]);
     expect([t.value, t.header, t.refreshToken]).toEqual(['tok', 'Bearer tok', 'refresh-1']);
     // Far from when the process started (past and future), the moments are just as exact.
     for (const at of [5_000, 3_000_000_000_000]) {
       const far = tokenWithTimes('tok', undefined, at, at + 300_000, policy);
-      expect([far.obtainedAt, far.expiresAt, far.usableUntil, far.refreshAt]).toEqual([at, at + 300_000, at + 270_000, at + 150_000]);
+      expect([far.obtainedAt, far.expiresAt, far.usableUntil, far.refreshAt]).toEqual([
+        at,
+        at + 300_000,
+        at + 270_000,
+        at + 150_000,
+      ]);
     }
     // A JWT exp with a fraction of a second (RFC 7519 §2 NumericDate).
-    expect(tokenFromResponse({ ...res('opaque'), expiresAt: NOW + 60_000.7 }, NOW, policy).expiresAt).toBe(NOW + 60_000);
+    expect(tokenFromResponse({ ...res('opaque'), expiresAt: NOW + 60_000.7 }, NOW, policy).expiresAt).toBe(
+      NOW + 60_000,
+    );
   });
 
   it('refuses a token whose expiry, on the whole second, is not after the moment it was obtained', () => {
@@ -95,7 +112,13 @@ describe('token lifetime', () => {
     const t = tokenWithTimes('tok', 'r', NOW, NOW + 300_000, policy);
     const later = t.refreshNotBefore(NOW + 200_000.4);
     expect(later.refreshAt).toBe(NOW + 200_001);
-    expect([later.header, later.refreshToken, later.expiresAt, later.usableUntil, later.obtainedAt]).toEqual([t.header, 'r', t.expiresAt, t.usableUntil, t.obtainedAt]);
+    expect([later.header, later.refreshToken, later.expiresAt, later.usableUntil, later.obtainedAt]).toEqual([
+      t.header,
+      'r',
+      t.expiresAt,
+      t.usableUntil,
+      t.obtainedAt,
+    ]);
     expect(t.refreshNotBefore(NOW + 1_000).refreshAt).toBe(t.refreshAt);
   });
 
@@ -108,12 +131,25 @@ describe('token lifetime', () => {
 
 describe('cache key', () => {
   it('changes with anything that shapes the token and never contains the secret', () => {
-    const base = { tokenUrl: 'https://a/t', clientId: 'c', clientSecret: 's3cr3t', scope: 'x', audience: undefined, grant: 'client_credentials' };
+    const base = {
+      tokenUrl: 'https://a/t',
+      clientId: 'c',
+      clientSecret: 's3cr3t',
+      scope: 'x',
+      audience: undefined,
+      grant: 'client_credentials',
+    };
     const key = cacheKey('partner', base);
     expect(key).toMatch(/^partner:[A-Za-z0-9_-]{22}$/);
     expect(key).not.toContain('s3cr3t');
     expect(cacheKey('partner', { ...base })).toBe(key);
-    for (const change of [{ clientSecret: 'other' }, { scope: 'y' }, { audience: 'z' }, { tokenUrl: 'https://b/t' }, { clientId: 'd' }]) {
+    for (const change of [
+      { clientSecret: 'other' },
+      { scope: 'y' },
+      { audience: 'z' },
+      { tokenUrl: 'https://b/t' },
+      { clientId: 'd' },
+    ]) {
       expect(cacheKey('partner', { ...base, ...change })).not.toBe(key);
     }
   });
