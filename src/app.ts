@@ -11,9 +11,10 @@ import { createMetrics, type Metrics } from './metrics.js';
 import { createProxyServer } from './proxy/server.js';
 import { buildGeneration, type Generation } from './generation.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
-import { KeyStates } from './tokens/key-state.js';
+import { systemClock, type Clock } from './tokens/clock.js';
+import type { TokenProvider } from './tokens/provider.js';
+import { TokenProviders } from './tokens/provider-registry.js';
 import { TokenCache } from './tokens/token-cache.js';
-import { systemClock, type Clock, type TokenSource } from './tokens/token-source.js';
 import { EntryCipher, cipherKey } from './tokens/entry-cipher.js';
 import { RedisTokenStore } from './tokens/redis-store.js';
 import { configWarnings } from './config/warnings.js';
@@ -39,7 +40,7 @@ export interface App {
   /** Whether the shared tier answers (undefined without one). */
   sharedCacheUp(): boolean | undefined;
   /** Token sources by `upstream` (or `upstream/tenant`). */
-  readonly tokens: ReadonlyMap<string, TokenSource>;
+  readonly tokens: ReadonlyMap<string, TokenProvider>;
   listen(): Promise<{ proxy: AddressInfo; admin: AddressInfo }>;
   /**
    * Swaps in a new configuration without dropping requests: new requests use it at once, requests
@@ -92,7 +93,8 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
           lockTimeoutMs: initial.tokenCache.redis.lockTimeoutMs,
           refreshTokenTtlMs: initial.tokenCache.redis.refreshTokenTtlSeconds * 1000,
         };
-  const deps = { metrics, cache, clock, logger, backoff: options.backoff, shared, keyStates: new KeyStates() };
+  const providers = new TokenProviders({ cache, clock, backoff: options.backoff, shared });
+  const deps = { metrics, clock, logger, sharedTier: shared !== undefined, providers };
   for (const warning of configWarnings(initial)) logger.warn({ event: 'config_warning', warning }, warning);
   let generation: Generation = buildGeneration(initial, deps);
   const sources = new Map(generation.sources);
@@ -108,7 +110,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     }),
   });
   /** Fetches a warm-up token, retrying with growing pauses until one is in hand. */
-  const warmUp = (source: TokenSource, pauseMs = 1_000): void => {
+  const warmUp = (source: TokenProvider, pauseMs = 1_000): void => {
     source.obtain().catch(() => {
       if (
         !closing &&
@@ -170,7 +172,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       const warnings = [...restartOnly(generation.config, next), ...configWarnings(next)];
       const previous = generation;
       generation = buildGeneration(next, deps);
-      deps.keyStates.keepOnly([...generation.sources.values()].map((source) => source.key));
+      deps.providers.keepOnly([...generation.sources.values()].map((source) => source.key));
       ctx.routing = generation.routing; // new requests route with the new config from here on
       sources.clear();
       for (const [k, v] of generation.sources) sources.set(k, v);

@@ -11,7 +11,7 @@ import { Drain } from './proxy/drain.js';
 import { InboundGuard } from './proxy/inbound-guard.js';
 import { ReverseRouter } from './proxy/router.js';
 import type { Routing } from './proxy/server.js';
-import type { TokenSource } from './tokens/token-source.js';
+import type { TokenProvider } from './tokens/provider.js';
 import { UpstreamFactory, type UpstreamDeps } from './upstreams.js';
 
 /** The metrics label of traffic forwarded by the egress policy (no upstream, no token). */
@@ -30,9 +30,9 @@ export interface Generation {
   readonly config: Config;
   readonly routing: Routing;
   /** Token sources by `upstream` or `upstream/tenant`. */
-  readonly sources: ReadonlyMap<string, TokenSource>;
+  readonly sources: ReadonlyMap<string, TokenProvider>;
   /** Sources whose upstream asks for warm-up (/readyz waits for them). */
-  readonly warm: readonly TokenSource[];
+  readonly warm: readonly TokenProvider[];
   /** Waits (at most `graceMs`) for the requests that started on this generation, then closes its pools. */
   close(graceMs?: number): Promise<void>;
 }

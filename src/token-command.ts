@@ -6,8 +6,8 @@ import { describeAuth } from './config/summary.js';
 import { TokenError } from './errors.js';
 import { createMetrics } from './metrics.js';
 import { TokenCache } from './tokens/token-cache.js';
-import { systemClock } from './tokens/token-source.js';
-import { KeyStates } from './tokens/key-state.js';
+import { systemClock } from './tokens/clock.js';
+import { TokenProviders } from './tokens/provider-registry.js';
 import { UpstreamFactory } from './upstreams.js';
 
 export interface TokenCommandOptions {
@@ -49,12 +49,14 @@ export async function runTokenCommand(config: Config, o: TokenCommandOptions): P
     { ...config, upstreams: [u] },
     {
       metrics: createMetrics(new Registry(), { defaultMetrics: false, tenantLabel: u.tenants !== undefined }),
-      cache: new TokenCache(10),
       clock: systemClock,
       logger: pino({ level: 'silent' }),
-      backoff: { baseMs: 250, maxMs: 1_000, maxRetryAfterMs: 1_000, permanentMinMs: 0, random: Math.random },
-      shared: undefined, // a debugging fetch never touches the fleet's shared entries
-      keyStates: new KeyStates(),
+      sharedTier: false, // a debugging fetch never touches the fleet's shared entries
+      providers: new TokenProviders({
+        cache: new TokenCache(10),
+        clock: systemClock,
+        backoff: { baseMs: 250, maxMs: 1_000, maxRetryAfterMs: 1_000, permanentMinMs: 0, random: Math.random },
+      }),
     },
   );
   factory.build();

@@ -5,21 +5,21 @@ import { accessLogFor } from './logger.js';
 import { bindRequestMetrics, bindTokenMetrics, type Metrics } from './metrics.js';
 import { createGrant } from './oauth/grants.js';
 import type { TenantTokens, Upstream } from './proxy/forwarder.js';
-import type { BackoffPolicy } from './tokens/backoff.js';
-import type { KeyStates } from './tokens/key-state.js';
-import { cacheKey, type TokenCache } from './tokens/token-cache.js';
-import { TokenSource, type Clock, type SharedSettings } from './tokens/token-source.js';
+import type { Clock } from './tokens/clock.js';
+import type { TokenProvider } from './tokens/provider.js';
+import type { TokenProviders } from './tokens/provider-registry.js';
+import { cacheKey } from './tokens/token-cache.js';
+import { DEFAULT_RENEWAL_BACKOFF } from './tokens/renewal-policy.js';
 import { tlsOptions } from './tls-options.js';
 
 export interface UpstreamDeps {
   readonly metrics: Metrics;
-  readonly cache: TokenCache;
   readonly clock: Clock;
   readonly logger: Logger;
-  readonly backoff: BackoffPolicy | undefined;
-  readonly shared: SharedSettings | undefined;
-  /** Per-key fetch and refresh-token state, kept across reloads. */
-  readonly keyStates: KeyStates;
+  /** With a shared tier, replicas spread their refresh moments (see LifetimePolicy.refreshJitter). */
+  readonly sharedTier: boolean;
+  /** One provider per cache key, kept across reloads. */
+  readonly providers: TokenProviders;
 }
 
 export interface BuiltUpstream {
@@ -43,7 +43,7 @@ export class UpstreamFactory {
   /** Every dispatcher made, to close on shutdown. */
   readonly dispatchers: Dispatcher[] = [];
   /** Token sources by `upstream` or `upstream/tenant`. */
-  readonly sources = new Map<string, TokenSource>();
+  readonly sources = new Map<string, TokenProvider>();
 
   constructor(config: Config, deps: UpstreamDeps) {
     this.#config = config;
@@ -64,7 +64,7 @@ export class UpstreamFactory {
     });
     const tokenAgent = new Agent({ connect: tlsOptions(u.ca, u.auth.mtls) });
     this.dispatchers.push(pool, tokenAgent);
-    let tokens: TokenSource | TenantTokens;
+    let tokens: TokenProvider | TenantTokens;
     if (u.tenants === undefined) {
       tokens = this.#source(u, u.auth, undefined, tokenAgent);
     } else {
@@ -94,31 +94,28 @@ export class UpstreamFactory {
     };
   }
 
-  #source(u: UpstreamConfig, auth: ResolvedAuth, tenant: string | undefined, tokenAgent: Dispatcher): TokenSource {
-    const { clock, logger, metrics, cache, backoff, shared, keyStates } = this.#deps;
-    const key = cacheKey(u.name, tokenShape(auth, tenant));
-    const source = new TokenSource({
-      key,
-      state: keyStates.of(key),
+  #source(u: UpstreamConfig, auth: ResolvedAuth, tenant: string | undefined, tokenAgent: Dispatcher): TokenProvider {
+    const { clock, logger, metrics, sharedTier, providers } = this.#deps;
+    const provider = providers.provide(cacheKey(u.name, tokenShape(auth, tenant)), {
       upstream: u.name,
       tenant,
       grant: createGrant(auth, tokenAgent, () => clock.now()),
-      cache,
       lifetime: {
         refreshBeforeExpiryMs: this.#config.tokenCache.refreshBeforeExpirySeconds * 1000,
         clockSkewMs: auth.clockSkewSeconds * 1000,
         defaultLifetimeMs: auth.defaultTokenLifetimeSeconds * 1000,
-        ...(shared === undefined ? {} : { refreshJitter: Math.random }),
+        ...(sharedTier ? { refreshJitter: Math.random } : {}),
       },
       waitTimeoutMs: u.tokenWaitTimeoutSeconds * 1000,
-      unauthorizedRenewalIntervalMs: u.unauthorizedRenewalIntervalSeconds * 1000,
+      renewalBackoff: {
+        initialMs: u.unauthorizedBackoff.initialSeconds * 1000,
+        maxMs: Math.max(u.unauthorizedBackoff.initialSeconds, u.unauthorizedBackoff.maxSeconds) * 1000,
+        maxPaths: DEFAULT_RENEWAL_BACKOFF.maxPaths,
+      },
       metrics: bindTokenMetrics(metrics, u.name, tenant),
       logger,
-      clock,
-      ...(backoff === undefined ? {} : { backoff }),
-      shared,
     });
-    this.sources.set(tenant === undefined ? u.name : `${u.name}/${tenant}`, source);
-    return source;
+    this.sources.set(tenant === undefined ? u.name : `${u.name}/${tenant}`, provider);
+    return provider;
   }
 }

@@ -103,13 +103,24 @@ const upstreamSchema = z
       .describe(
         'connections kept to the target at most (keep-alive); further requests queue for a free one. Raise it for long-lived responses (streams, long polls)',
       ),
+    unauthorizedBackoff: z
+      .strictObject({
+        initialSeconds: positiveSeconds
+          .default(5)
+          .describe(
+            'pause after the first renewal a 401 caused in vain (its replay got 401 again); doubled after each further one',
+          ),
+        maxSeconds: positiveSeconds.default(300).describe('longest such pause'),
+      })
+      .default({ initialSeconds: 5, maxSeconds: 300 })
+      .describe(
+        'a 401 renews the token and replays once; a renewal whose replay is refused again backs off 401-caused renewals (of the path, and of the upstream until a request is accepted)',
+      ),
     unauthorizedRenewalIntervalSeconds: z
       .number()
       .min(0)
-      .default(5)
-      .describe(
-        'least time between two token renewals caused by 401s (a partner rejecting every token must not cause a token request per request)',
-      ),
+      .optional()
+      .describe('deprecated and ignored: replaced by unauthorizedBackoff (renewals are judged by their outcome)'),
     warmup: z.boolean().default(false).describe('fetch the token at start; /readyz answers 503 until it is in hand'),
     tokenWaitTimeoutSeconds: positiveSeconds
       .default(DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS)

@@ -1,6 +1,9 @@
 import type { Config } from './load.js';
 
-/** Token requests one refresh may make under the shared lock: a refresh, another with this replica's own refresh token after invalid_grant, then the full grant. */
+/**
+ * Token requests one refresh may make under the shared lock (see refresh-plan.ts): a refresh, one
+ * more with another refresh token after invalid_grant, then the full grant.
+ */
 const TOKEN_CALLS_PER_REFRESH = 3;
 /** Redis commands under the lock (read, read again after invalid_grant, write), each cut off at 500 ms. */
 const REDIS_SECONDS_PER_REFRESH = 1.5;
@@ -13,6 +16,19 @@ const REDIS_SECONDS_PER_REFRESH = 1.5;
  * refresh token, and a server with reuse detection (RFC 9700 §4.14.2) then revokes the chain.
  */
 export function configWarnings(config: Config): string[] {
+  return [...deprecations(config), ...lockWarnings(config)];
+}
+
+function deprecations(config: Config): string[] {
+  return config.upstreams
+    .filter((u) => u.unauthorizedRenewalIntervalSeconds !== undefined)
+    .map(
+      (u) =>
+        `upstream ${u.name}: unauthorizedRenewalIntervalSeconds is ignored: a 401 now always renews and replays once, and renewals whose replay is refused again back off (unauthorizedBackoff)`,
+    );
+}
+
+function lockWarnings(config: Config): string[] {
   const redis = config.tokenCache.redis;
   if (redis === undefined) return [];
   const patienceSeconds = (2 * redis.lockTimeoutMs) / 1000;

@@ -6,7 +6,7 @@ import type { AccessLog } from '../logger.js';
 import { ProxyError, TokenError, errorBody, errorHeaders, statusFor } from '../errors.js';
 import type { RequestMetrics } from '../metrics.js';
 import type { Token } from '../tokens/token.js';
-import type { TokenSource } from '../tokens/token-source.js';
+import type { TokenReader } from '../tokens/reader.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
 import { readRequestBody, type RequestBody } from './request-body.js';
 
@@ -22,7 +22,7 @@ export interface Upstream {
   readonly basePath: string;
   readonly dispatcher: Dispatcher;
   /** The token source, or one per tenant; undefined for the egress passthrough (no tokens ever). */
-  readonly tokens: TokenSource | TenantTokens | undefined;
+  readonly tokens: TokenReader | TenantTokens | undefined;
   readonly metrics: RequestMetrics;
   readonly retryBodyLimitBytes: number;
   readonly timeoutMs: number;
@@ -37,7 +37,7 @@ export interface TenantTokens {
     | { readonly kind: 'proxyAuthUser' }
     | { readonly kind: 'header'; readonly name: string }
     | { readonly kind: 'jwtClaim'; readonly claim: string };
-  readonly byTenant: ReadonlyMap<string, TokenSource>;
+  readonly byTenant: ReadonlyMap<string, TokenReader>;
 }
 
 /** Sends a proxy-generated error as JSON (the stable `error` code plus details). */
@@ -121,7 +121,7 @@ export function forward(
   res: ServerResponse,
   upstream: Upstream,
   target: Target,
-  tokens: TokenSource | undefined,
+  tokens: TokenReader | undefined,
   maxRequestBodyBytes: number,
 ): Promise<void> | undefined {
   const ctx: RequestContext = {
@@ -140,7 +140,7 @@ export function forward(
 
 async function forwardOnceObtained(
   ctx: RequestContext,
-  tokens: TokenSource,
+  tokens: TokenReader,
   maxRequestBodyBytes: number,
 ): Promise<void> {
   let token: Token;
@@ -226,7 +226,7 @@ interface RequestContext {
   readonly res: ServerResponse;
   readonly upstream: Upstream;
   readonly target: Target;
-  readonly tokens: TokenSource | undefined;
+  readonly tokens: TokenReader | undefined;
   readonly started: number;
   /** The client's X-Request-Id when sane, else a fresh one; forwarded upstream and logged. */
   readonly requestId: string;
@@ -308,7 +308,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   readonly #res: ServerResponse;
   readonly #upstream: Upstream;
   readonly #target: Target;
-  readonly #tokens: TokenSource | undefined;
+  readonly #tokens: TokenReader | undefined;
   readonly #body: RequestBody;
   #token: Token | undefined;
   #attempt = 1;
@@ -370,21 +370,18 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return true; // 1xx: informational, nothing to relay
     this.#status = statusCode;
     const tokens = this.#tokens;
-    if (
-      statusCode === 401 &&
-      tokens !== undefined &&
-      this.#token !== undefined &&
-      this.#attempt === 1 &&
-      !tokenNotAtFault(rawHeaders)
-    ) {
-      // A partner rejecting every token must not turn each request into a token request: past
-      // the renewal budget the 401 goes to the client as it came.
-      if (tokens.mayRenewAfterUnauthorized(this.#token)) {
-        if (this.#body.kind !== 'streamed') {
+    const token = this.#token;
+    if (tokens !== undefined && token !== undefined) {
+      if (statusCode === 401 && !tokenNotAtFault(rawHeaders)) {
+        // The provider's renewal policy decides: one renewal shared by every 401 for this token
+        // and one replay, or (a renewal for it already proven futile) the 401 as it came.
+        const canReplay = this.#attempt === 1 && this.#body.kind !== 'streamed';
+        if (tokens.onUnauthorized(token, this.#target.path, canReplay) === 'replay') {
           this.#replaying = true; // drain this answer, then replay with a fresh token
           return true;
         }
-        tokens.invalidate(this.#token); // not replayable: the next request gets a new token
+      } else {
+        tokens.onAccepted(token, this.#target.path);
       }
     }
     if (this.#attempt === 2 && tokens !== undefined) {
@@ -447,13 +444,13 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   #replay(): void {
     const u = this.#upstream;
-    const tokens = this.#tokens as TokenSource; // only token-bearing exchanges replay
+    const tokens = this.#tokens as TokenReader; // only token-bearing exchanges replay
     const used = this.#token as Token;
     u.logger.info(
       { event: 'unauthorized_retry', upstream: u.name, tenant: tokens.tenant, token: used.fingerprint },
       'target answered 401: renewing the token and replaying once',
     );
-    tokens.renewAfterUnauthorized(used).then(
+    tokens.obtain('unauthorized').then(
       (fresh) => {
         if (this.#res.destroyed) {
           finish(this.#ctx, CLIENT_LEFT, used, true);

@@ -3,7 +3,7 @@ import type { JWTPayload } from 'jose';
 import { ProxyError } from '../errors.js';
 import type { InboundJwtValidator } from '../inbound/jwt-validator.js';
 import type { CertificateAuthority } from '../mitm/certificate-authority.js';
-import type { TokenSource } from '../tokens/token-source.js';
+import type { TokenReader } from '../tokens/reader.js';
 import type { Drain } from './drain.js';
 import type { EgressPolicy } from './egress.js';
 import type { Target, Upstream } from './forwarder.js';
@@ -44,7 +44,7 @@ export type Resolution =
   | {
       readonly upstream: Upstream;
       readonly target: Target;
-      readonly tokens: TokenSource | undefined;
+      readonly tokens: TokenReader | undefined;
       readonly verifyCaller?: { readonly user: string | undefined };
     }
   | ProxyError;
@@ -58,7 +58,7 @@ export function tokensFor(
   req: IncomingMessage,
   user: string | undefined,
   claims?: JWTPayload,
-): TokenSource | undefined | ProxyError {
+): TokenReader | undefined | ProxyError {
   const t = upstream.tokens;
   if (t === undefined || !('byTenant' in t)) return t;
   const raw =
@@ -218,7 +218,7 @@ export async function admitCaller(
   auth: CallerAuth,
   req: IncomingMessage,
   where: Exclude<Resolution, ProxyError>,
-): Promise<{ readonly target: Target; readonly tokens: TokenSource | undefined } | CallerRefusal | ProxyError> {
+): Promise<{ readonly target: Target; readonly tokens: TokenReader | undefined } | CallerRefusal | ProxyError> {
   const v = await auth.validator.validate(req.headers.authorization);
   auth.count(v.ok ? 'valid' : v.result);
   if (!v.ok) {

@@ -5,7 +5,7 @@ import { ProxyError, TokenError, errorResponseBytes } from '../errors.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
 import { admitCaller, resolve } from './resolve.js';
 import type { Target, Upstream } from './forwarder.js';
-import type { TokenSource } from '../tokens/token-source.js';
+import type { TokenReader } from '../tokens/reader.js';
 import { answerAndClose, closeWhenIdle, detach } from './detached.js';
 import type { ProxyContext } from './server.js';
 
@@ -86,7 +86,7 @@ function relay(
   websocket: boolean,
   upstream: Upstream,
   target: Target,
-  tokens: TokenSource | undefined,
+  tokens: TokenReader | undefined,
 ): void {
   const tokenReady =
     tokens === undefined ? Promise.resolve(undefined) : Promise.resolve(tokens.current() ?? tokens.obtain());

@@ -168,6 +168,26 @@ describe('login grant: log in, then renew with rotated refresh tokens', () => {
   });
 });
 
+describe('login grant: the 401 policy', () => {
+  it('a token revoked twice within one second, its refresh token revoked each time: refresh, then log in again, both times, and no 401 reaches the client', async () => {
+    await startWith();
+    expect((await get()).status).toBe(200);
+    for (const round of [0, 1]) {
+      login.revokeAll(); // the refresh tokens the login API issued so far
+      partner.revoked.add(login.issuedAccessTokens.at(-1) as string);
+      expect((await get(`/partner/round${round}`)).status).toBe(200);
+    }
+    expect(summary(login.calls)).toEqual([
+      '/auth/login 200',
+      '/auth/refresh 401',
+      '/auth/login 200',
+      '/auth/refresh 401',
+      '/auth/login 200',
+    ]);
+    expect(partner.seen.map((s) => s.status)).toEqual([200, 401, 200, 401, 200]);
+  });
+});
+
 describe('login grant failures answer 502 token_unavailable', () => {
   it('reports a failed login (wrong password) as invalid_client with the partner message', async () => {
     await startWith({ password: 'not-the-password' });

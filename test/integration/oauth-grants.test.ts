@@ -146,7 +146,7 @@ const passwordAuth = () => ({
 
 describe('password grant with rotating refresh tokens (oidc-provider)', () => {
   it('logs in once, then renews with each newest refresh token: zero invalid_grant over many cycles', async () => {
-    await start({ auth: passwordAuth(), unauthorizedRenewalIntervalSeconds: 0 });
+    await start({ auth: passwordAuth() });
     expect((await get()).status).toBe(200);
     // One renewal ahead of expiry (the injected clock moves into the refresh window)...
     clock.offsetMs = 250_000;
@@ -175,7 +175,7 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
       pathPrefix: '/partner',
       ca: pki.caFile,
       tokenWaitTimeoutSeconds: 2,
-      unauthorizedRenewalIntervalSeconds: 0,
+
       auth: passwordAuth(),
     };
     await start(upstream);

@@ -36,7 +36,7 @@ function config(redis: Record<string, unknown>) {
       pathPrefix: `/p${i}`,
       ca: pki.caFile,
       tokenWaitTimeoutSeconds: 5,
-      unauthorizedRenewalIntervalSeconds: 0,
+
       auth: {
         type: 'client_credentials',
         tokenUrl: oidc.tokenUrl,

@@ -38,7 +38,7 @@ function config(auth: Record<string, unknown>) {
         pathPrefix: '/partner',
         ca: pki.caFile,
         tokenWaitTimeoutSeconds: 5,
-        unauthorizedRenewalIntervalSeconds: 0,
+
         auth,
       },
     ],

@@ -239,6 +239,28 @@ describe('token endpoint failures answer 502 token_unavailable with the observed
     expect(tokenServer.requests.length).toBeGreaterThanOrEqual(2);
   });
 
+  it('while the endpoint is down, serves the cached token through its last clockSkewSeconds, until about a second before expiry', async () => {
+    await proxyFor(tokenServer.tokenUrl);
+    expect((await get()).status).toBe(200);
+    tokenServer.respondWith((res) => {
+      res.statusCode = 503;
+      res.body = { error: 'unavailable' };
+    });
+    // 285 s into a 300 s token: past the 30 s skew margin, when a replacement would have been
+    // awaited. None can be had, so the token that is still valid serves (it used to be a 502).
+    clock.offsetMs = 285_000;
+    expect((await get()).status).toBe(200);
+    clock.offsetMs = 297_000;
+    expect((await get()).status).toBe(200);
+    expect(partner.seen.map((s) => s.token)).toEqual(Array(3).fill(tokenServer.issued[0]));
+    // Never within a second of its expiry (the expiry is kept on the whole second, rounded down).
+    clock.offsetMs = 299_500;
+    const late = await get();
+    expect(late.status).toBe(502);
+    expect(late.json()).toMatchObject({ reason: 'server_error' });
+    expect(partner.seen).toHaveLength(3);
+  });
+
   it('never injects an expired token, even while the token endpoint is down', async () => {
     await proxyFor(tokenServer.tokenUrl);
     expect((await get()).status).toBe(200);

@@ -251,7 +251,7 @@ function upstream(name: string, clientId: string, extra: Record<string, unknown>
     pathPrefix: `/${name}`,
     ca: pki.caFile,
     tokenWaitTimeoutSeconds: 2,
-    unauthorizedRenewalIntervalSeconds: 0, // two 401 scenarios follow each other at once
+
     ...extra,
     auth: {
       type: 'client_credentials',

@@ -1,0 +1,19 @@
+import type { Logger } from 'pino';
+import type { TokenMetrics } from '../metrics.js';
+import type { Grant } from '../oauth/grants.js';
+import type { RenewalBackoff } from './renewal-policy.js';
+import type { LifetimePolicy } from './token.js';
+
+/** What a configuration says of a key: replaced on every reload (`setGrant`), while the provider lives on. */
+export interface ProviderGrant {
+  readonly upstream: string;
+  /** Set when the key serves one tenant of the upstream. */
+  readonly tenant?: string | undefined;
+  /** Calls the token endpoint (full grant, or refresh); throws TokenError. */
+  readonly grant: Grant;
+  readonly lifetime: LifetimePolicy;
+  readonly waitTimeoutMs: number;
+  readonly renewalBackoff?: RenewalBackoff;
+  readonly metrics: TokenMetrics;
+  readonly logger: Logger;
+}

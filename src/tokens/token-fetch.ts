@@ -1,0 +1,130 @@
+import { TokenError } from '../errors.js';
+import type { Clock } from './clock.js';
+import type { ProviderGrant } from './provider-grant.js';
+import { renewWithPlan } from './refresh-chain.js';
+import {
+  renewThroughShared,
+  SharedUnavailable,
+  type Renewed,
+  type SharedRefreshParty,
+  type SharedSettings,
+} from './shared-refresh.js';
+import type { SharedEntry } from './shared-store.js';
+import { SharedView } from './shared-view.js';
+import { tokenFromResponse, tokenWithTimes, type Token } from './token.js';
+
+/**
+ * One token request of a key, and the refresh-token state it needs between requests: the newest
+ * refresh token and what the replica knows of the shared entry. Retries, backoff, metrics and the
+ * memory tier are the provider's.
+ */
+export class TokenFetch {
+  readonly #key: string;
+  readonly #clock: Clock;
+  readonly #shared: SharedSettings | undefined;
+  readonly #view = new SharedView();
+  /**
+   * The newest refresh token, kept apart from the cached access token: a 401 or an eviction drops
+   * the access token, but a rotated refresh token is the only valid one left (the partner revoked
+   * its predecessor).
+   */
+  #refreshToken: string | undefined;
+
+  constructor(key: string, clock: Clock, shared: SharedSettings | undefined) {
+    this.#key = key;
+    this.#clock = clock;
+    this.#shared = shared;
+  }
+
+  /**
+   * A new token, through the shared tier when it is up (a sibling's, or one this replica fetched
+   * under the lock), else alone. `previous`: the token being replaced (not adopted again from the
+   * shared entry; its refresh token the last one to try).
+   */
+  async fetch(g: ProviderGrant, previous: Token | undefined): Promise<Renewed> {
+    const shared = this.#shared;
+    let outcome: Renewed | undefined;
+    if (shared !== undefined && shared.store.up) {
+      outcome = await renewThroughShared(this.#sharedParty(g, previous), shared, previous?.value).catch(
+        (err: unknown) => {
+          if (!(err instanceof SharedUnavailable)) throw err;
+          g.logger.warn(
+            { event: 'shared_cache_bypassed', upstream: g.upstream, tenant: g.tenant, err: err.message },
+            'shared token cache unavailable: fetching alone',
+          );
+          return undefined;
+        },
+      );
+    }
+    if (outcome === undefined) {
+      outcome = await this.#renew(g, previous, undefined);
+      // With a shared tier configured, this renewal is one the shared entry does not know of.
+      if (shared !== undefined && !outcome.fromShared) this.#view.renewedWithout();
+    }
+    if (outcome.fromShared && outcome.token.refreshToken !== undefined) this.#refreshToken = outcome.token.refreshToken;
+    return outcome;
+  }
+
+  /** One renewal by the refresh plan; a new refresh token replaces ours at once (rotation). */
+  async #renew(
+    g: ProviderGrant,
+    previous: Token | undefined,
+    sharedRefreshToken: string | undefined,
+    reread?: () => Promise<SharedEntry | undefined>,
+  ): Promise<Renewed> {
+    const response = await renewWithPlan(
+      {
+        grant: g.grant,
+        logger: g.logger,
+        labels: { upstream: g.upstream, tenant: g.tenant },
+        ownRefreshToken: () => ({ value: this.#refreshToken, fromRenewingAlone: this.#view.renewedAlone }),
+        cachedRefreshToken: () => previous?.refreshToken,
+        refused: (rt) => {
+          if (this.#refreshToken === rt) this.#refreshToken = undefined;
+        },
+        adoptNewer: (entry) => this.#adopt(g, entry),
+        admits: (entry) => this.#view.admits(entry),
+      },
+      sharedRefreshToken,
+      reread,
+    );
+    if ('header' in response) {
+      this.#refreshToken = response.refreshToken;
+      return { token: response, fromShared: true };
+    }
+    // Rotation: the new refresh token replaces the old one at once, even if this answer turns
+    // out unusable below, because the partner has already revoked the old one.
+    if (response.refreshToken !== undefined) this.#refreshToken = response.refreshToken;
+    return { token: tokenFromResponse(response, this.#clock.now(), g.lifetime), fromShared: false };
+  }
+
+  #sharedParty(g: ProviderGrant, previous: Token | undefined): SharedRefreshParty {
+    return {
+      key: this.#key,
+      view: this.#view,
+      clock: this.#clock,
+      adopt: (entry) => this.#adopt(g, entry),
+      renew: (rt, reread) => this.#renew(g, previous, rt, reread),
+      newestRefreshToken: () => this.#refreshToken,
+      writeRefused: () =>
+        g.logger.warn(
+          { event: 'shared_cache_write_refused', upstream: g.upstream, tenant: g.tenant },
+          'shared token entry not written (lock lost or store away)',
+        ),
+    };
+  }
+
+  /** A shared entry as a Token of this replica (its own jittered refresh moment); undefined if not usable now. */
+  #adopt(g: ProviderGrant, entry: SharedEntry): Token | undefined {
+    let token: Token;
+    try {
+      token = tokenWithTimes(entry.accessToken, entry.refreshToken, entry.obtainedAt, entry.expiresAt, g.lifetime);
+    } catch (err) {
+      if (err instanceof TokenError) return undefined; // not usable at all: the lock holder replaces it
+      throw err;
+    }
+    if (this.#clock.now() >= token.usableUntil) return undefined;
+    this.#view.holds(entry.version);
+    return token;
+  }
+}
