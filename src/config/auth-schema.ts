@@ -10,11 +10,13 @@ import { secureUrl } from './url.js';
 
 const positiveSeconds = z.number().positive().max(MAX_TIMER_SECONDS, TIMER_LIMIT_MESSAGE);
 
-/** A secret given inline (`${ENV}` preferred) or as a file path (mounted secrets); exactly one. */
-function exactlyOne(ctx: z.RefinementCtx, value: unknown, file: unknown, name: string, required: boolean): void {
-  const given = Number(value !== undefined) + Number(file !== undefined);
-  if (given > 1 || (required && given === 0)) {
-    ctx.addIssue({ code: 'custom', path: [name], message: `set exactly one of ${name} or ${name}File` });
+/** What a secret given inline (`${ENV}` preferred) or as a file path (mounted secrets) must be. */
+const exactlyOneOf = (name: string) => `set exactly one of ${name} or ${name}File`;
+
+/** Not both forms of a secret; whether one is required is for `credentialProblems` to say. */
+function notBoth(ctx: z.RefinementCtx, value: unknown, file: unknown, name: string): void {
+  if (value !== undefined && file !== undefined) {
+    ctx.addIssue({ code: 'custom', path: [name], message: exactlyOneOf(name) });
   }
 }
 
@@ -44,10 +46,25 @@ export const mtlsSchema = z
   })
   .describe('client certificate for mutual TLS');
 
-/** OAuth2 client settings shared by the token-endpoint grants. */
+const privateKeySchema = z
+  .strictObject({
+    file: z.string().min(1).describe('PEM (PKCS#8) private key that signs client assertions'),
+    alg: z.enum(['RS256', 'ES256', 'PS256']).default('RS256'),
+    kid: z.string().min(1).optional().describe('key id the token server knows the key by'),
+  })
+  .describe('for clientAuth private_key_jwt');
+
+/** The note on a credential the schema leaves optional so that tenants may bring their own. */
+const PER_TENANT = 'required, unless every tenant sets its own (tenants.credentials)';
+
+/**
+ * OAuth2 client settings shared by the token-endpoint grants. The credentials (client id, secret,
+ * private key) are optional in the schema: an upstream with tenants may leave them to each tenant.
+ * `credentialProblems` requires them where they end up missing.
+ */
 const oauthClient = {
   tokenUrl: secureUrl.describe('token endpoint (RFC 6749 §3.2); https:// except on loopback'),
-  clientId: z.string().min(1).describe('OAuth2 client id'),
+  clientId: z.string().min(1).optional().describe(`OAuth2 client id; ${PER_TENANT}`),
   clientSecret: z.string().min(1).optional().describe('client secret; use ${ENV_VAR} rather than writing it here'),
   clientSecretFile: z.string().min(1).optional().describe('path to a file holding the secret (e.g. a mounted secret)'),
   clientAuth: z
@@ -56,41 +73,33 @@ const oauthClient = {
     .describe(
       'client authentication at the token endpoint: RFC 6749 §2.3.1, RFC 7523 (private_key_jwt), RFC 8705 (tls_client_auth), or none (public client)',
     ),
-  privateKey: z
-    .strictObject({
-      file: z.string().min(1).describe('PEM (PKCS#8) private key that signs client assertions'),
-      alg: z.enum(['RS256', 'ES256', 'PS256']).default('RS256'),
-      kid: z.string().min(1).optional().describe('key id the token server knows the key by'),
-    })
-    .optional()
-    .describe('for clientAuth private_key_jwt'),
+  privateKey: privateKeySchema.optional(),
   mtls: mtlsSchema.optional(),
   scope: z.string().min(1).optional().describe('space-separated scopes to request'),
   audience: z.string().min(1).optional().describe('audience parameter sent with the token request'),
   ...timing,
 };
 
+function secretAuth(clientAuth: unknown): boolean {
+  return clientAuth === 'client_secret_basic' || clientAuth === 'client_secret_post';
+}
+
 function checkClient(
   auth: {
     clientAuth: string;
     clientSecret?: string | undefined;
     clientSecretFile?: string | undefined;
-    privateKey?: unknown;
     mtls?: unknown;
   },
   ctx: z.RefinementCtx,
 ): void {
-  const secretAuth = auth.clientAuth === 'client_secret_basic' || auth.clientAuth === 'client_secret_post';
-  exactlyOne(ctx, auth.clientSecret, auth.clientSecretFile, 'clientSecret', secretAuth);
-  if (!secretAuth && (auth.clientSecret !== undefined || auth.clientSecretFile !== undefined)) {
+  notBoth(ctx, auth.clientSecret, auth.clientSecretFile, 'clientSecret');
+  if (!secretAuth(auth.clientAuth) && (auth.clientSecret !== undefined || auth.clientSecretFile !== undefined)) {
     ctx.addIssue({
       code: 'custom',
       path: ['clientSecret'],
       message: `not used with clientAuth ${auth.clientAuth}: remove it`,
     });
-  }
-  if (auth.clientAuth === 'private_key_jwt' && auth.privateKey === undefined) {
-    ctx.addIssue({ code: 'custom', path: ['privateKey'], message: 'clientAuth private_key_jwt needs privateKey.file' });
   }
   if (auth.clientAuth === 'tls_client_auth' && auth.mtls === undefined) {
     ctx.addIssue({
@@ -110,13 +119,13 @@ const password = z
   .strictObject({
     type: z.literal('password'),
     ...oauthClient,
-    username: z.string().min(1),
+    username: z.string().min(1).optional().describe(PER_TENANT),
     password: z.string().min(1).optional(),
     passwordFile: z.string().min(1).optional(),
   })
   .superRefine((auth, ctx) => {
     checkClient(auth, ctx);
-    exactlyOne(ctx, auth.password, auth.passwordFile, 'password', true);
+    notBoth(ctx, auth.password, auth.passwordFile, 'password');
   })
   .describe('RFC 6749 §4.3 resource owner password; renewed with the refresh token it returns');
 
@@ -133,7 +142,7 @@ const refreshToken = z
   })
   .superRefine((auth, ctx) => {
     checkClient(auth, ctx);
-    exactlyOne(ctx, auth.refreshToken, auth.refreshTokenFile, 'refreshToken', true);
+    notBoth(ctx, auth.refreshToken, auth.refreshTokenFile, 'refreshToken');
   })
   .describe('RFC 6749 §6 refresh token grant with a configured refresh token');
 
@@ -160,7 +169,7 @@ const login = z
     type: z.literal('login'),
     loginUrl: secureUrl.describe('POST {"username","password"} here'),
     refreshUrl: secureUrl.optional().describe('POST {"refresh_token"} here; without it, renewals log in again'),
-    username: z.string().min(1),
+    username: z.string().min(1).optional().describe(PER_TENANT),
     password: z.string().min(1).optional(),
     passwordFile: z.string().min(1).optional(),
     loginBody: jsonTemplate.default({ username: '{{username}}', password: '{{password}}' }),
@@ -170,24 +179,27 @@ const login = z
     mtls: mtlsSchema.optional(),
     ...timing,
   })
-  .superRefine((auth, ctx) => exactlyOne(ctx, auth.password, auth.passwordFile, 'password', true))
+  .superRefine((auth, ctx) => notBoth(ctx, auth.password, auth.passwordFile, 'password'))
   .describe("a partner's own JSON login API");
 
 export const authSchema = z.discriminatedUnion('type', [clientCredentials, password, refreshToken, login]);
 
 /** What a tenant may set differently from the upstream's auth. */
-export const tenantCredentialsSchema = z.strictObject({
-  clientId: z.string().min(1).optional(),
-  clientSecret: z.string().min(1).optional(),
-  clientSecretFile: z.string().min(1).optional(),
-  username: z.string().min(1).optional(),
-  password: z.string().min(1).optional(),
-  passwordFile: z.string().min(1).optional(),
-  refreshToken: z.string().min(1).optional(),
-  refreshTokenFile: z.string().min(1).optional(),
-  scope: z.string().min(1).optional(),
-  audience: z.string().min(1).optional(),
-});
+export const tenantCredentialsSchema = z
+  .strictObject({
+    clientId: z.string().min(1).optional(),
+    clientSecret: z.string().min(1).optional(),
+    clientSecretFile: z.string().min(1).optional(),
+    privateKey: privateKeySchema.optional(),
+    username: z.string().min(1).optional(),
+    password: z.string().min(1).optional(),
+    passwordFile: z.string().min(1).optional(),
+    refreshToken: z.string().min(1).optional(),
+    refreshTokenFile: z.string().min(1).optional(),
+    scope: z.string().min(1).optional(),
+    audience: z.string().min(1).optional(),
+  })
+  .describe("this tenant's credentials (and scope, audience), in place of the same ones at auth");
 
 export const tenantsSchema = z
   .strictObject({
@@ -205,7 +217,97 @@ export const tenantsSchema = z
       tenantCredentialsSchema,
     ),
   })
-  .describe('one token (and credentials) per tenant; unknown tenants are refused');
+  .describe(
+    'one token (and credentials) per tenant; unknown tenants are refused. What the tenants share (endpoint, clientAuth, scope, timing, mtls) stays at auth; a credential set there is the default of a tenant that sets none',
+  );
 
 export type ParsedAuth = z.output<typeof authSchema>;
 export type TenantCredentials = z.output<typeof tenantCredentialsSchema>;
+
+type Fields = Readonly<Record<string, unknown>>;
+
+/**
+ * A tenant's auth block: the upstream's, with the tenant's values in place of the same ones there
+ * (a value given inline or as a file replaces both forms of it).
+ */
+export function withTenant(base: Fields, own: Fields): Record<string, unknown> {
+  const merged: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(own)) {
+    if (value === undefined) continue;
+    const name = key.endsWith('File') ? key.slice(0, -4) : key;
+    delete merged[name];
+    delete merged[`${name}File`];
+    merged[key] = value;
+  }
+  return merged;
+}
+
+/** Credentials that may be given inline or as a file (`clientSecretFile`). */
+const FILE_FORM = new Set(['clientSecret', 'password', 'refreshToken']);
+
+interface MissingCredential {
+  readonly field: string;
+  /** What needs it: `grant password`, `clientAuth client_secret_post`. */
+  readonly neededBy: string;
+}
+
+/**
+ * The credentials a whole auth block (an upstream's, or a tenant's merged with it) lacks. Only
+ * presence counts, so it works on the raw document: the schema judges the values themselves.
+ */
+function missingCredentials(auth: Fields): MissingCredential[] {
+  const missing: MissingCredential[] = [];
+  const need = (field: string, neededBy: string) => {
+    if (auth[field] === undefined && (!FILE_FORM.has(field) || auth[`${field}File`] === undefined))
+      missing.push({ field, neededBy });
+  };
+  const type = auth['type'];
+  if (type === 'client_credentials' || type === 'password' || type === 'refresh_token') {
+    need('clientId', `grant ${type}`);
+    const clientAuth = auth['clientAuth'] ?? 'client_secret_basic';
+    if (secretAuth(clientAuth)) need('clientSecret', `clientAuth ${String(clientAuth)}`);
+    if (clientAuth === 'private_key_jwt') need('privateKey', 'clientAuth private_key_jwt');
+  }
+  if (type === 'password' || type === 'login') {
+    need('username', `grant ${type}`);
+    need('password', `grant ${type}`);
+  }
+  if (type === 'refresh_token') need('refreshToken', 'grant refresh_token');
+  return missing;
+}
+
+/** What is said of a credential missing at an upstream without tenants (the secrets' wording is unchanged). */
+function missingAtAuth(m: MissingCredential): string {
+  if (FILE_FORM.has(m.field)) return exactlyOneOf(m.field);
+  if (m.field === 'privateKey') return 'clientAuth private_key_jwt needs privateKey.file';
+  return `required for ${m.neededBy}`;
+}
+
+function isFields(value: unknown): value is Fields {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/**
+ * Every credential a token request would lack, named by its path: at `auth` for an upstream
+ * without tenants, else for each tenant whose own credentials and the upstream's defaults leave
+ * one out. Runs on the raw document, so the gaps are reported together with the field errors.
+ */
+export function credentialProblems(upstreams: readonly unknown[]): string[] {
+  return upstreams.flatMap((u, i) => {
+    if (!isFields(u) || !isFields(u['auth'])) return [];
+    const at = `upstreams[${i}]`;
+    const auth = u['auth'];
+    const tenants = u['tenants'];
+    if (tenants === undefined) return missingCredentials(auth).map((m) => `${at}.auth.${m.field}: ${missingAtAuth(m)}`);
+    const credentials = isFields(tenants) ? tenants['credentials'] : undefined;
+    if (!isFields(credentials)) return [];
+    return Object.entries(credentials).flatMap(([name, own]) =>
+      isFields(own)
+        ? missingCredentials(withTenant(auth, own)).map(
+            (m) =>
+              `${at}.tenants.credentials.${name}.${m.field}: required for ${m.neededBy} (set it here or at ${at}.auth)`,
+          )
+        : [],
+    );
+  });
+}

@@ -5,20 +5,36 @@ import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import type { InboundJwtSettings } from '../inbound/jwt-validator.js';
 import { readSecretFile, readText } from './files.js';
-import { resolveAuth, resolveMtls, tenantAuth, type Mtls, type ResolvedAuth } from './resolve-auth.js';
+import {
+  resolveAuth,
+  resolveMtls,
+  resolveSharedAuth,
+  tenantAuth,
+  type Mtls,
+  type ResolvedAuth,
+  type SharedAuth,
+} from './resolve-auth.js';
 import type { RedisConnection } from '../tokens/redis-connection.js';
 import { configSchema, crossFieldProblems, type ParsedConfig, type ParsedUpstream } from './schema.js';
 
-export type { ResolvedAuth, Mtls } from './resolve-auth.js';
+export type { ResolvedAuth, SharedAuth, Mtls } from './resolve-auth.js';
 
-export interface UpstreamConfig extends Omit<ParsedUpstream, 'ca' | 'auth' | 'mtls' | 'tenants'> {
+interface UpstreamSettings extends Omit<ParsedUpstream, 'ca' | 'auth' | 'mtls' | 'tenants'> {
   /** PEM text of the extra CA bundle, read at load time. */
   readonly ca: string | undefined;
   readonly mtls: Mtls | undefined;
-  readonly auth: ResolvedAuth;
-  /** Per-tenant auth (the upstream's with each tenant's credentials), when tenants are configured. */
-  readonly tenants: { readonly from: string; readonly auth: Readonly<Record<string, ResolvedAuth>> } | undefined;
 }
+
+export type UpstreamConfig = UpstreamSettings &
+  (
+    | { readonly auth: ResolvedAuth; readonly tenants: undefined }
+    | {
+        /** What the tenants share; the credentials are in each tenant's auth. */
+        readonly auth: SharedAuth;
+        /** Per-tenant auth (the upstream's with each tenant's credentials). */
+        readonly tenants: { readonly from: string; readonly auth: Readonly<Record<string, ResolvedAuth>> };
+      }
+  );
 
 export interface ProxyUser {
   readonly name: string;
@@ -112,18 +128,17 @@ function readCaBundle(file: string | undefined, baseDir: string, path: string, p
 function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems: string[]): UpstreamConfig {
   const at = `upstreams[${i}]`;
   const ca = readCaBundle(u.ca, baseDir, `${at}.ca`, problems);
-  const auth = resolveAuth(u.auth, `${at}.auth`, baseDir, problems);
   const mtls = resolveMtls(u.mtls, `${at}.mtls`, baseDir, problems);
-  let tenants: UpstreamConfig['tenants'];
-  if (u.tenants !== undefined) {
-    const byName: Record<string, ResolvedAuth> = {};
-    for (const [name, override] of Object.entries(u.tenants.credentials)) {
-      const resolved = tenantAuth(u.auth, override, `${at}.tenants.credentials.${name}`, baseDir, problems);
-      if (resolved !== undefined) byName[name] = resolved;
-    }
-    tenants = { from: u.tenants.from, auth: byName };
+  if (u.tenants === undefined) {
+    return { ...u, ca, mtls, auth: resolveAuth(u.auth, `${at}.auth`, baseDir, problems), tenants: undefined };
   }
-  return { ...u, ca, mtls, auth, tenants };
+  const byName: Record<string, ResolvedAuth> = {};
+  for (const [name, override] of Object.entries(u.tenants.credentials)) {
+    const resolved = tenantAuth(u.auth, override, `${at}.tenants.credentials.${name}`, baseDir, problems);
+    if (resolved !== undefined) byName[name] = resolved;
+  }
+  const auth = resolveSharedAuth(u.auth, `${at}.auth`, baseDir, problems);
+  return { ...u, ca, mtls, auth, tenants: { from: u.tenants.from, auth: byName } };
 }
 
 function resolveRedis(

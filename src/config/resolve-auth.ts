@@ -1,7 +1,7 @@
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { z } from 'zod';
-import { authSchema, type ParsedAuth, type TenantCredentials } from './auth-schema.js';
+import { authSchema, withTenant, type ParsedAuth, type TenantCredentials } from './auth-schema.js';
 import { readSecretFile, readText } from './files.js';
 
 /** A client certificate, as PEM text read at load time. */
@@ -57,6 +57,16 @@ export type ResolvedAuth =
   | (OAuthClientSettings & { readonly type: 'refresh_token'; readonly refreshToken: string })
   | LoginSettings;
 
+/**
+ * What the tenants of an upstream share: its auth without a client's own credentials (the
+ * endpoint, client authentication method, scope, certificate and timing). A `ResolvedAuth` is one.
+ */
+export type SharedAuth =
+  | (Omit<OAuthClientSettings, 'clientId' | 'clientSecret' | 'privateKey'> & {
+      readonly type: 'client_credentials' | 'password' | 'refresh_token';
+    })
+  | Omit<LoginSettings, 'username' | 'password'>;
+
 export function resolveMtls(
   m: { cert: string; key: string; passphrase?: string | undefined } | undefined,
   at: string,
@@ -90,9 +100,37 @@ function mtlsProblem(cert: string, key: string, passphrase: string | undefined):
   }
 }
 
+/** An upstream's auth as its tenants share it, with the certificate read; no credential is read. */
+export function resolveSharedAuth(a: ParsedAuth, at: string, baseDir: string, problems: string[]): SharedAuth {
+  const mtls = resolveMtls(a.mtls, `${at}.mtls`, baseDir, problems);
+  const timing = {
+    defaultTokenLifetimeSeconds: a.defaultTokenLifetimeSeconds,
+    clockSkewSeconds: a.clockSkewSeconds,
+    requestTimeoutSeconds: a.requestTimeoutSeconds,
+  };
+  if (a.type === 'login') {
+    const { loginUrl, refreshUrl, loginBody, refreshBody, headers, responseFields: f } = a;
+    const responseFields = {
+      accessToken: f.accessToken,
+      refreshToken: f.refreshToken,
+      expiresAt: f.expiresAt,
+      expiresIn: f.expiresIn,
+    };
+    return { type: a.type, loginUrl, refreshUrl, loginBody, refreshBody, headers, responseFields, mtls, ...timing };
+  }
+  const { type, tokenUrl, clientAuth, scope, audience } = a;
+  return { type, tokenUrl, clientAuth, mtls, scope, audience, ...timing };
+}
+
+/** An auth block with every credential it needs (`credentialProblems` has checked they are there). */
 export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems: string[]): ResolvedAuth {
   const secret = (value: string | undefined, file: string | undefined, name: string) =>
     value ?? (file === undefined ? undefined : readSecretFile(file, baseDir, `${at}.${name}File`, problems));
+  // Checked before: a gap found here still fails the load, never sends an empty credential.
+  const required = (value: string | undefined, file: string | undefined, name: string): string => {
+    if (value === undefined && file === undefined) problems.push(`${at}.${name}: required`);
+    return secret(value, file, name) ?? '';
+  };
   const mtls = resolveMtls(a.mtls, `${at}.mtls`, baseDir, problems);
   if (a.type === 'login') {
     const f = a.responseFields;
@@ -100,8 +138,8 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
       type: 'login',
       loginUrl: a.loginUrl,
       refreshUrl: a.refreshUrl,
-      username: a.username,
-      password: secret(a.password, a.passwordFile, 'password') ?? '',
+      username: required(a.username, undefined, 'username'),
+      password: required(a.password, a.passwordFile, 'password'),
       loginBody: a.loginBody,
       refreshBody: a.refreshBody,
       headers: a.headers,
@@ -127,7 +165,7 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
         };
   const client: OAuthClientSettings = {
     tokenUrl: a.tokenUrl,
-    clientId: a.clientId,
+    clientId: required(a.clientId, undefined, 'clientId'),
     clientAuth: a.clientAuth,
     clientSecret: secret(a.clientSecret, a.clientSecretFile, 'clientSecret'),
     privateKey,
@@ -145,21 +183,21 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
       return {
         ...client,
         type: a.type,
-        username: a.username,
-        password: secret(a.password, a.passwordFile, 'password') ?? '',
+        username: required(a.username, undefined, 'username'),
+        password: required(a.password, a.passwordFile, 'password'),
       };
     case 'refresh_token':
       return {
         ...client,
         type: a.type,
-        refreshToken: secret(a.refreshToken, a.refreshTokenFile, 'refreshToken') ?? '',
+        refreshToken: required(a.refreshToken, a.refreshTokenFile, 'refreshToken'),
       };
   }
 }
 
 /**
- * A tenant's auth: the upstream's, with the tenant's values in place of the shared ones (a value
- * given inline or as a file replaces both forms), validated as a whole like any auth block.
+ * A tenant's auth: the upstream's, with the tenant's values in place of the same ones there (see
+ * `withTenant`), validated as a whole like any auth block.
  */
 export function tenantAuth(
   base: ParsedAuth,
@@ -168,15 +206,7 @@ export function tenantAuth(
   baseDir: string,
   problems: string[],
 ): ResolvedAuth | undefined {
-  const merged: Record<string, unknown> = { ...base };
-  for (const [key, value] of Object.entries(override)) {
-    if (value === undefined) continue;
-    const name = key.endsWith('File') ? key.slice(0, -4) : key;
-    delete merged[name];
-    delete merged[`${name}File`];
-    merged[key] = value;
-  }
-  const parsed = authSchema.safeParse(merged);
+  const parsed = authSchema.safeParse(withTenant(base, override));
   if (!parsed.success) {
     problems.push(
       ...parsed.error.issues.map(

@@ -2,7 +2,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { HostList, parseAddressList, parseHostPattern } from '../proxy/host-pattern.js';
 import { INBOUND_JWT_ALGORITHMS } from '../inbound/jwt-validator.js';
-import { authSchema, mtlsSchema, tenantsSchema } from './auth-schema.js';
+import { authSchema, credentialProblems, mtlsSchema, tenantsSchema } from './auth-schema.js';
 import { redisSchema } from './redis-schema.js';
 import { isLoopbackHost, secureUrl } from './url.js';
 
@@ -281,8 +281,9 @@ export const configSchema = z.strictObject({
 });
 
 /**
- * Checks across fields (unique names and prefixes, distinct listeners). They run on the raw
- * document, so they are reported together with field errors rather than only once those are fixed.
+ * Checks across fields (unique names and prefixes, distinct listeners, credentials given at an
+ * upstream's auth or per tenant). They run on the raw document, so they are reported together
+ * with field errors rather than only once those are fixed.
  */
 export function crossFieldProblems(doc: unknown): string[] {
   const problems: string[] = [];
@@ -325,6 +326,7 @@ export function crossFieldProblems(doc: unknown): string[] {
       );
     }
   }
+  problems.push(...credentialProblems(upstreams));
   return problems;
 }
 

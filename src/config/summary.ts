@@ -1,17 +1,20 @@
-import type { Config, ResolvedAuth } from './load.js';
+import type { Config, ResolvedAuth, SharedAuth } from './load.js';
 
-/** One line about an auth block: grant, endpoint, client and how it authenticates. Never a secret. */
-export function describeAuth(a: ResolvedAuth): string {
+/**
+ * One line about an auth block: grant, endpoint, client and how it authenticates. Never a secret.
+ * What an upstream's tenants share names no client or user: each tenant's line does.
+ */
+export function describeAuth(a: ResolvedAuth | SharedAuth): string {
   if (a.type === 'login') {
-    return `grant login at ${a.loginUrl}${a.refreshUrl === undefined ? '' : `, refresh at ${a.refreshUrl}`}, user ${a.username}${a.mtls === undefined ? '' : ', client certificate'}`;
+    return `grant login at ${a.loginUrl}${a.refreshUrl === undefined ? '' : `, refresh at ${a.refreshUrl}`}, user ${'username' in a ? a.username : 'per tenant'}${a.mtls === undefined ? '' : ', client certificate'}`;
   }
   const extra = [
-    a.type === 'password' ? `user ${a.username}` : undefined,
+    'username' in a ? `user ${a.username}` : undefined,
     a.scope === undefined ? undefined : `scope "${a.scope}"`,
     a.audience === undefined ? undefined : `audience ${a.audience}`,
     a.mtls === undefined ? undefined : 'client certificate',
   ].filter((x) => x !== undefined);
-  return `grant ${a.type} at ${a.tokenUrl}, client ${a.clientId} (${a.clientAuth})${extra.length > 0 ? `, ${extra.join(', ')}` : ''}`;
+  return `grant ${a.type} at ${a.tokenUrl}, client ${'clientId' in a ? a.clientId : 'per tenant'} (${a.clientAuth})${extra.length > 0 ? `, ${extra.join(', ')}` : ''}`;
 }
 
 /** What `token-proxy check` prints: everything a config sets up, and no secret. */

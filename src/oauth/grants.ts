@@ -29,7 +29,7 @@ export function clientAuthFor(c: OAuthClientSettings): ClientAuth {
     case 'client_secret_basic':
       return clientSecretBasic(c.clientId, c.clientSecret ?? '');
     case 'private_key_jwt': {
-      const key = c.privateKey as NonNullable<OAuthClientSettings['privateKey']>; // required by the schema
+      const key = c.privateKey as NonNullable<OAuthClientSettings['privateKey']>; // the loader requires it
       return privateKeyJwt(c.clientId, c.tokenUrl, key.pem, key.alg, key.kid);
     }
     case 'tls_client_auth':
