@@ -136,7 +136,7 @@ beforeAll(async () => {
         target: partner.url,
         pathPrefix: '/tenanted',
         ca: pki.caFile,
-        auth: cc('unused', 'unused'),
+        auth: { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl }, // credentials per tenant
         tenants: {
           from: 'header:X-Tenant',
           credentials: {

@@ -332,13 +332,8 @@ describe('client authentication methods', () => {
 
 describe('tenants', () => {
   const tenantUpstream = (from: string) => ({
-    auth: {
-      type: 'client_credentials',
-      tokenUrl: oidc.tokenUrl,
-      clientId: 'unused',
-      clientSecret: 'unused',
-      scope: 'api',
-    },
+    // Only what the tenants share: each brings its own client id and secret.
+    auth: { type: 'client_credentials', tokenUrl: oidc.tokenUrl, scope: 'api' },
     tenants: {
       from,
       credentials: {
