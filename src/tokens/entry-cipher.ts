@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import type { SharedEntry } from './shared-store.js';
 
 const ALGORITHM = 'aes-256-gcm';
@@ -18,6 +18,21 @@ export function keyId(key: Buffer): string {
   return createHash('sha256').update(key).digest('hex').slice(0, 8);
 }
 
+/**
+ * The HKDF info label (RFC 5869 §3.2) of the key that names entries: it ties the derived key to this
+ * one use, so it is never the encryption key nor any other key derived from it. A new naming scheme
+ * takes a new label.
+ */
+export const NAME_KEY_INFO = 'token-proxy redis key names v1';
+
+/**
+ * The key that names Redis entries, derived from an encryption key with HKDF-SHA256 (RFC 5869;
+ * no salt, which the RFC reads as a string of zeros: the input is already a uniformly random key).
+ */
+export function nameKey(key: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', key, Buffer.alloc(0), NAME_KEY_INFO, 32));
+}
+
 export function cipherKey(base64: string): CipherKey {
   const key = Buffer.from(base64, 'base64');
   if (key.length !== 32) throw new Error(`an encryption key must be 32 bytes of base64 (got ${key.length} bytes)`);
@@ -25,20 +40,46 @@ export function cipherKey(base64: string): CipherKey {
 }
 
 /**
- * Seals shared entries with AES-256-GCM. New values use the primary key; older keys still open
- * what they sealed, so keys rotate without a flag day: add the new key as primary, keep the old
- * one as previous until the longest entry TTL has passed, then drop it.
+ * Seals shared entries with AES-256-GCM, and names them. New values use the primary key; older keys
+ * still open what they sealed, so keys rotate without a flag day: add the new key as primary, keep
+ * the old one as previous until the longest entry TTL has passed, then drop it.
  *
  * Format: `<version>.<keyId>.<iv>.<tag>.<ciphertext>` (base64url); the version is in clear so
  * waiting replicas can compare versions without decrypting.
+ *
+ * Names: HMAC-SHA256 (RFC 2104) of the cache key under a key derived from each encryption key
+ * (`nameKey`). The cache key is a hash of everything that shapes a token, secrets included, so its
+ * plain hash would let whoever reads Redis test guesses of those secrets offline against the key
+ * names; an HMAC under a secret key gives them nothing to test against.
  */
 export class EntryCipher {
   readonly #primary: CipherKey;
   readonly #byId: ReadonlyMap<string, CipherKey>;
+  readonly #primaryNameKey: Buffer;
+  /** Of the previous keys, in the order given, without the primary key or repeats. */
+  readonly #previousNameKeys: readonly Buffer[];
 
   constructor(primary: CipherKey, previous: readonly CipherKey[] = []) {
     this.#primary = primary;
     this.#byId = new Map([primary, ...previous].map((k) => [k.id, k]));
+    this.#primaryNameKey = nameKey(primary.key);
+    const seen = new Set([primary.id]);
+    this.#previousNameKeys = previous.filter((k) => !seen.has(k.id) && seen.add(k.id)).map((k) => nameKey(k.key));
+  }
+
+  /** The id of the primary key: what replicas that should share entries must agree on. */
+  get keyId(): string {
+    return this.#primary.id;
+  }
+
+  /** The name of a cache key's entry under the primary key (base64url). */
+  name(cacheKey: string): string {
+    return createHmac('sha256', this.#primaryNameKey).update(cacheKey).digest('base64url');
+  }
+
+  /** Its names under the previous keys, in their order: where entries written before a rotation are. */
+  previousNames(cacheKey: string): string[] {
+    return this.#previousNameKeys.map((k) => createHmac('sha256', k).update(cacheKey).digest('base64url'));
   }
 
   seal(entry: SharedEntry, aad: string): string {

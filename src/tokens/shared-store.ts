@@ -19,6 +19,7 @@ export interface SharedLock {
 }
 
 export interface SharedTokenStore {
+  /** The newest entry of `key`; undefined when there is none, or none this replica can open. */
   read(key: string): Promise<SharedEntry | undefined>;
   /** SET NX PX: undefined when someone else holds the lock. */
   tryLock(key: string): Promise<SharedLock | undefined>;
@@ -33,6 +34,7 @@ export interface SharedTokenStore {
    * when the lock is no longer this owner's.
    */
   extend(lock: SharedLock): Promise<boolean>;
+  /** Releases the lock while `lock.owner` still holds it; does nothing otherwise. */
   unlock(lock: SharedLock): Promise<void>;
   /**
    * Resolves when an entry newer than `seenVersion` is written, when the lock disappears (its

@@ -7,7 +7,9 @@ import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
+import { Redis } from 'ioredis';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import { EntryCipher, cipherKey } from '../../src/tokens/entry-cipher.js';
 import { testPki } from '../helpers/certs.js';
 import { sharedCacheState, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
@@ -230,7 +232,7 @@ let scrape: Scrape;
 let replica: RunningProxy;
 let replicaScrape: Scrape;
 let replicaDownScrape: Scrape;
-/** A third replica with another encryption key: it cannot open the shared entry. */
+/** A third replica with another encryption key, which finds an entry it cannot open under its key names. */
 let otherKey: RunningProxy;
 let otherKeyScrape: Scrape;
 /** Token endpoint calls (and tokens issued) when each proxy was scraped. */
@@ -331,11 +333,22 @@ beforeAll(async () => {
   replicaScrape = await scrapeOf(replica);
   tokenRequests.replica = tokenServer.requests.length;
 
-  // A replica with another key cannot open the entry: decrypt errors, and a token request of its own.
-  otherKey = await startProxy(
-    proxyConfig(randomBytes(32).toString('base64'), [upstream('partner', 'observability-client')]),
-  );
+  // A replica with another key names its entries by that key, so it would not even see the fleet's
+  // entry. Copied under its names (as by tampering), the entry cannot be opened: decrypt errors,
+  // and a token request of its own.
+  const otherEncryptionKey = randomBytes(32).toString('base64');
+  otherKey = await startProxy(proxyConfig(otherEncryptionKey, [upstream('partner', 'observability-client')]));
   await sharedCacheUp(otherKey, 1);
+  const cacheKey = otherKey.app.tokens.get('partner')?.key as string;
+  const admin = new Redis(redis.url);
+  try {
+    const fleetEntry = await admin.get(`token-proxy:t:{${new EntryCipher(cipherKey(SHARED_KEY)).name(cacheKey)}}`);
+    expect(fleetEntry).not.toBeNull();
+    const otherName = new EntryCipher(cipherKey(otherEncryptionKey)).name(cacheKey);
+    await admin.set(`token-proxy:t:{${otherName}}`, fleetEntry as string, 'PX', 60_000);
+  } finally {
+    admin.disconnect();
+  }
   expect(await get('/partner/other-key', otherKey)).toBe(200);
   otherKeyScrape = await scrapeOf(otherKey);
   tokenRequests.otherKey = tokenServer.requests.length;
@@ -539,7 +552,7 @@ describe('the shared token cache metrics (a real redis-server, three replicas)',
     expect(expiry).toBe(valueOf(scrape, 'token_proxy_token_expiry_timestamp_seconds', partnerLabels));
   });
 
-  it('counts decrypt errors, by operation, when a replica holds another key, which then fetches its own token', () => {
+  it('counts decrypt errors, by operation, for an entry a replica cannot open, which then fetches its own token', () => {
     // The first look at the entry, and the second one under the refresh lock.
     expect(valueOf(otherKeyScrape, 'token_proxy_shared_cache_errors_total', { operation: 'decrypt' })).toBe(2);
     for (const operation of ['read', 'lock', 'write', 'unlock']) {

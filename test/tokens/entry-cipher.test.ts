@@ -1,6 +1,6 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { EntryCipher, cipherKey, keyId } from '../../src/tokens/entry-cipher.js';
+import { EntryCipher, cipherKey, keyId, nameKey } from '../../src/tokens/entry-cipher.js';
 import type { SharedEntry } from '../../src/tokens/shared-store.js';
 
 const ACCESS = 'eyJhbGciOiJSUzI1NiJ9.access-token-SECRET-4f1c2a9e7b.signature-part';
@@ -155,6 +155,34 @@ describe('EntryCipher', () => {
     }
     // A 32-character string is not a 32-byte key.
     expect(() => cipherKey('x'.repeat(32))).toThrow(/32 bytes/);
+  });
+
+  it('names a cache key by HMAC-SHA256 under an HKDF-derived key: a fixed answer, never the plain SHA-256 or an HMAC under the key itself', () => {
+    // Known answer, computed outside Node (Python's hmac per RFC 5869 and RFC 2104): a change of
+    // scheme would orphan every shared entry, so it must be deliberate (a new info label).
+    const fixed = cipherKey(Buffer.from(Array.from({ length: 32 }, (_, i) => i)).toString('base64'));
+    expect(nameKey(fixed.key).toString('hex')).toBe('5d2c8568a36f82ab4272a71f366e82b36d8e304780eb1943b090d0bc091019a9');
+    const cacheKey = 'partner:tenant-a:client-xyz';
+    const name = new EntryCipher(fixed).name(cacheKey);
+    expect(name).toBe('ZBJtFD--6IvAJr9SIodSGdIR6OYvV-4SO4nNpEqQ5I0');
+    expect(name).toBe(createHmac('sha256', nameKey(fixed.key)).update(cacheKey).digest('base64url'));
+    expect(name).not.toBe(AAD); // the plain SHA-256 of the cache key
+    expect(name).not.toBe(createHmac('sha256', fixed.key).update(cacheKey).digest('base64url'));
+    // Another encryption key, or a previous key beside it, changes nothing about the primary's name but its own.
+    expect(new EntryCipher(fixed, [newKey()]).name(cacheKey)).toBe(name);
+    expect(new EntryCipher(fixed, [newKey()]).keyId).toBe(fixed.id);
+    expect(new EntryCipher(newKey(), [fixed]).name(cacheKey)).not.toBe(name);
+  });
+
+  it('lists the names under previous keys in their order, leaving out the primary key and repeats', () => {
+    const [primary, k1, k2] = [newKey(), newKey(), newKey()];
+    const cacheKey = 'partner:tenant-a:client-xyz';
+    const nameUnder = (k: typeof primary) => new EntryCipher(k).name(cacheKey);
+    expect(new EntryCipher(primary).previousNames(cacheKey)).toEqual([]);
+    expect(new EntryCipher(primary, [k2, primary, k1, k2]).previousNames(cacheKey)).toEqual([
+      nameUnder(k2),
+      nameUnder(k1),
+    ]);
   });
 
   it('EntryCipher.versionOf reads the clear version without a key', () => {

@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, createHmac, hkdfSync, randomBytes, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -98,8 +98,39 @@ async function eventually(check: () => Promise<boolean>, timeoutMs: number, what
   }
 }
 
+/**
+ * The Redis key name of a cache key, computed here independently of the store: HMAC-SHA256 (RFC
+ * 2104) of the cache key under a key derived from the encryption key with HKDF-SHA256 (RFC 5869,
+ * no salt, this info label). Whoever lacks the encryption key cannot compute it.
+ */
+function hmacName(encryptionKey: Buffer, cacheKey: string): string {
+  const nameKey = Buffer.from(hkdfSync('sha256', encryptionKey, Buffer.alloc(0), 'token-proxy redis key names v1', 32));
+  return createHmac('sha256', nameKey).update(cacheKey).digest('base64url');
+}
+
+/** The name released versions used: the plain SHA-256 of the cache key, which anyone can compute. */
+function legacyName(cacheKey: string): string {
+  return createHash('sha256').update(cacheKey).digest('base64url');
+}
+
+const b64 = (k: Buffer) => k.toString('base64');
+
+/** Every key in Redis, by SCAN (KEYS would do on a test server; SCAN is what an observer would use). */
+async function scanAll(match = '*'): Promise<string[]> {
+  const found: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, keys] = await raw.scan(cursor, 'MATCH', match, 'COUNT', 1000);
+    found.push(...keys);
+    cursor = next;
+  } while (cursor !== '0');
+  return found.sort();
+}
+
 let redis: TestRedis;
 let raw: Redis;
+/** The encryption key of replicas a and b. */
+let primaryKey: Buffer;
 let cipher: EntryCipher;
 let a: Replica;
 let b: Replica;
@@ -108,7 +139,8 @@ beforeAll(async () => {
   redis = await startRedis();
   raw = new Redis(redis.url, { maxRetriesPerRequest: 3 });
   raw.on('error', () => undefined);
-  cipher = new EntryCipher(cipherKey(randomBytes(32).toString('base64')));
+  primaryKey = randomBytes(32);
+  cipher = new EntryCipher(cipherKey(b64(primaryKey)));
   a = replica(LONG_LOCK_MS, cipher);
   b = replica(LONG_LOCK_MS, cipher);
   await Promise.all([a.until(true), b.until(true)]);
@@ -332,9 +364,92 @@ describe('RedisTokenStore (two replicas on one real redis-server)', () => {
     expect(await foreign.store.write(key, written, 60_000, lock)).toBe(true);
     expect(await foreign.store.read(key)).toStrictEqual(written); // it is there, and readable with its key
 
+    // Another key names its entries elsewhere: A does not even find it.
+    await expect(a.store.read(key)).resolves.toBeUndefined();
     expect(a.errors).toEqual([]);
+    // Put where A looks, it cannot be opened: treated as absent, reported as decrypt.
+    const [foreignEntry] = await scanAll(`${PREFIX}t:*`);
+    await raw.set(`${PREFIX}t:{${hmacName(primaryKey, key)}}`, (await raw.get(foreignEntry as string)) as string);
     await expect(a.store.read(key)).resolves.toBeUndefined();
     expect(a.errors).toEqual(['decrypt']);
+  });
+
+  it('names keys by an HMAC of the cache key under a key derived from the encryption key, not by its SHA-256', async () => {
+    const lock = (await a.store.tryLock(key)) as SharedLock;
+    expect(await a.store.write(key, entry(1), 60_000, lock)).toBe(true);
+
+    const name = hmacName(primaryKey, key);
+    expect(await scanAll()).toEqual([`${PREFIX}l:{${name}}`, `${PREFIX}t:{${name}}`]);
+    // An observer who knows (or guesses) the cache key cannot test it against the names: neither
+    // its SHA-256, nor an HMAC under the encryption key itself or under any other key, matches.
+    expect(name).not.toBe(legacyName(key));
+    expect(name).not.toBe(createHmac('sha256', primaryKey).update(key).digest('base64url'));
+    expect(name).not.toBe(hmacName(randomBytes(32), key));
+    // And the name is not the same for every cache key.
+    expect(hmacName(primaryKey, `${key}-other`)).not.toBe(name);
+  });
+
+  it('reads an entry written before a key rotation: primary K2 with previous [K1] finds what K1 wrote, and its write replaces it', async () => {
+    const k2 = randomBytes(32);
+    const rotated = replica(LONG_LOCK_MS, new EntryCipher(cipherKey(b64(k2)), [cipherKey(b64(primaryKey))]));
+    await rotated.until(true);
+    const before = entry(1);
+    const lockA = (await a.store.tryLock(key)) as SharedLock;
+    expect(await a.store.write(key, before, 60_000, lockA)).toBe(true);
+    await a.store.unlock(lockA);
+
+    expect(await rotated.store.read(key)).toStrictEqual(before);
+
+    // The rotated replica locks and writes under its primary key's name, and drops the K1 entry.
+    const lock = (await rotated.store.tryLock(key)) as SharedLock;
+    expect(await scanAll(`${PREFIX}l:*`)).toEqual([`${PREFIX}l:{${hmacName(k2, key)}}`]);
+    const after = entry(2);
+    expect(await rotated.store.write(key, after, 60_000, lock)).toBe(true);
+    expect(await scanAll(`${PREFIX}t:*`)).toEqual([`${PREFIX}t:{${hmacName(k2, key)}}`]);
+    expect(await rotated.store.read(key)).toStrictEqual(after);
+    expect(rotated.errors).toEqual([]);
+  });
+
+  it('prefers the entry under the primary key name to one under a previous key name', async () => {
+    const k2 = randomBytes(32);
+    const rotated = replica(LONG_LOCK_MS, new EntryCipher(cipherKey(b64(k2)), [cipherKey(b64(primaryKey))]));
+    const onlyK2 = replica(LONG_LOCK_MS, new EntryCipher(cipherKey(b64(k2))));
+    await Promise.all([rotated.until(true), onlyK2.until(true)]);
+    const old = entry(1);
+    const lockA = (await a.store.tryLock(key)) as SharedLock;
+    expect(await a.store.write(key, old, 60_000, lockA)).toBe(true);
+    await a.store.unlock(lockA);
+    const current = entry(2);
+    const lockK2 = (await onlyK2.store.tryLock(key)) as SharedLock;
+    expect(await onlyK2.store.write(key, current, 60_000, lockK2)).toBe(true);
+
+    expect(await rotated.store.read(key)).toStrictEqual(current);
+  });
+
+  it('reads a legacy entry (named by the SHA-256 of the cache key, sealed as released) and replaces it on the next write', async () => {
+    const legacy = legacyName(key);
+    const released = entry(5);
+    await raw.set(`${PREFIX}t:{${legacy}}`, cipher.seal(released, legacy), 'PX', 60_000);
+
+    expect(await a.store.read(key)).toStrictEqual(released);
+    expect(a.errors).toEqual([]);
+
+    const lock = (await a.store.tryLock(key)) as SharedLock;
+    const next = entry(6);
+    expect(await a.store.write(key, next, 60_000, lock)).toBe(true);
+    expect(await scanAll(`${PREFIX}t:*`)).toEqual([`${PREFIX}t:{${hmacName(primaryKey, key)}}`]);
+    expect(await b.store.read(key)).toStrictEqual(next);
+  });
+
+  it('leaves a newer entry under an old name in place when writing an older version', async () => {
+    const legacy = legacyName(key);
+    const newer = entry(9);
+    await raw.set(`${PREFIX}t:{${legacy}}`, cipher.seal(newer, legacy), 'PX', 60_000);
+    const lock = (await a.store.tryLock(key)) as SharedLock;
+    expect(await a.store.write(key, entry(3), 60_000, lock)).toBe(true);
+    expect(await scanAll(`${PREFIX}t:*`)).toEqual(
+      [`${PREFIX}t:{${hmacName(primaryKey, key)}}`, `${PREFIX}t:{${legacy}}`].sort(),
+    );
   });
 
   // Last: it takes Redis away and brings it back empty.
