@@ -1,5 +1,5 @@
 import { createSecureContext, rootCertificates, type ConnectionOptions } from 'node:tls';
-import type { Mtls } from './config/load.js';
+import type { Mtls } from './config/resolve-auth.js';
 
 /**
  * TLS options towards a partner, a token endpoint or an IdP: the system roots plus the configured
