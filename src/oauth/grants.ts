@@ -9,18 +9,13 @@ import {
   privateKeyJwt,
   type ClientAuth,
 } from './client-auth.js';
+import type { Grant } from './grant.js';
 import { loginApiGrant } from './login-api.js';
 import { TokenError } from '../errors.js';
-import { requestToken, type TokenEndpoint, type TokenResponse } from './token-endpoint.js';
+import { requestToken, type TokenEndpoint } from './token-endpoint.js';
 
-/**
- * How one credential set gets tokens: `obtain` runs the full grant; `refresh`, where the grant
- * has refresh tokens, renews with one (RFC 6749 §6).
- */
-export interface Grant {
-  readonly obtain: () => Promise<TokenResponse>;
-  readonly refresh: ((refreshToken: string) => Promise<TokenResponse>) | undefined;
-}
+// Still imported from here by tokens/token-source.ts.
+export type { Grant } from './grant.js';
 
 export function clientAuthFor(c: OAuthClientSettings): ClientAuth {
   switch (c.clientAuth) {

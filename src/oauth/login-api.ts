@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici';
 import type { LoginSettings } from '../config/resolve-auth.js';
 import { TokenError, type TokenFailureReason } from '../errors.js';
-import type { Grant } from './grants.js';
+import type { Grant } from './grant.js';
 import {
   describe,
   parseExpiresIn,
