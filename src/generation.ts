@@ -10,7 +10,7 @@ import { ForwardRouter } from './proxy/forward-router.js';
 import { Drain } from './proxy/drain.js';
 import { InboundGuard } from './proxy/inbound-guard.js';
 import { ReverseRouter } from './proxy/router.js';
-import type { Routing } from './proxy/server.js';
+import type { Routing } from './proxy/context.js';
 import type { TokenProvider } from './tokens/provider.js';
 import { UpstreamFactory, type UpstreamDeps } from './upstreams.js';
 

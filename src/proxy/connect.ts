@@ -6,24 +6,7 @@ import { ProxyError, errorResponseBytes } from '../errors.js';
 import type { CertificateAuthority } from '../mitm/certificate-authority.js';
 import { parseConnectAuthority } from './request-target.js';
 import { answerAndClose, closeWhenIdle, detach } from './detached.js';
-import type { Routing } from './resolve.js';
-import type { ProxyContext } from './server.js';
-
-/** What the proxy knows about a socket carrying requests from inside a CONNECT tunnel. */
-export interface Tunnel {
-  /** The CONNECT target: each request inside is routed by it (see resolve). */
-  readonly host: string;
-  readonly port: number;
-  /** 'https' when the proxy terminated TLS (interception), 'http' for a plain-HTTP tunnel. */
-  readonly proto: 'http' | 'https';
-  readonly clientAddress: string | undefined;
-  /** The proxy user who opened the tunnel ('' without proxyAuth): it can name the tenant. */
-  user: string;
-  /** The Proxy-Authorization the tunnel was opened with, to check again after a reload. */
-  readonly credentials: string | undefined;
-  /** The configuration whose inbound checks the tunnel last passed (see resolve). */
-  admittedBy: Routing;
-}
+import type { ProxyContext, Tunnel } from './context.js';
 
 /** RFC 9110 §9.3.6: any 2xx means the tunnel is open. */
 const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';

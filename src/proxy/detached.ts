@@ -1,6 +1,6 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { ProxyContext } from './server.js';
+import type { ProxyContext } from './context.js';
 
 /** Keeps `socket` in ctx.detached (sockets shutdown closes itself) until it closes. */
 export function detach(ctx: ProxyContext, socket: Duplex): void {

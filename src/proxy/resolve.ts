@@ -1,40 +1,10 @@
 import type { IncomingMessage } from 'node:http';
 import type { JWTPayload } from 'jose';
 import { ProxyError } from '../errors.js';
-import type { InboundJwtValidator } from '../inbound/jwt-validator.js';
-import type { CertificateAuthority } from '../mitm/certificate-authority.js';
 import type { TokenReader } from '../tokens/reader.js';
-import type { Drain } from './drain.js';
-import type { EgressPolicy } from './egress.js';
+import type { CallerAuth, ProxyContext, Routing } from './context.js';
 import type { Target, Upstream } from './forwarder.js';
-import type { ForwardRouter } from './forward-router.js';
-import type { InboundGuard } from './inbound-guard.js';
 import { parseAbsoluteForm, urlHost } from './request-target.js';
-import type { ReverseRouter } from './router.js';
-import type { ProxyContext } from './server.js';
-
-/** Everything routing needs; replaced as a whole when the config is reloaded. */
-export interface Routing {
-  readonly reverse: ReverseRouter;
-  readonly forward: ForwardRouter;
-  readonly egress: EgressPolicy;
-  readonly guard: InboundGuard;
-  /** Egress traffic that matched no upstream: forwarded without any token. */
-  readonly passthrough: Upstream;
-  readonly interception: CertificateAuthority | undefined;
-  readonly maxRequestBodyBytes: number;
-  /** Gateway mode: callers must present a valid JWT (inbound.jwt). */
-  readonly callerAuth: CallerAuth | undefined;
-  /** Requests in flight on this routing (this configuration generation). */
-  readonly drain: Drain;
-}
-
-export interface CallerAuth {
-  readonly validator: InboundJwtValidator;
-  /** Headers that carry forwarded claims: whatever the caller sent under these names is dropped. */
-  readonly claimHeaders: ReadonlySet<string>;
-  count(result: string): void;
-}
 
 /**
  * Where a request (or upgrade) goes, with which tokens, or the error to answer with. In gateway

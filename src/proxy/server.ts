@@ -2,37 +2,13 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { ProxyError, errorResponseBytes } from '../errors.js';
-import { handleConnect, type Tunnel } from './connect.js';
+import { handleConnect } from './connect.js';
+import type { ListenerLimits, ProxyContext, Routing } from './context.js';
 import { answerAndClose } from './detached.js';
 import { Drain } from './drain.js';
 import { forward, sendError } from './forwarder.js';
-import { admitCaller, resolve, type Routing } from './resolve.js';
+import { admitCaller, resolve } from './resolve.js';
 import { handleUpgrade } from './upgrade.js';
-
-export type { Routing } from './resolve.js';
-
-export interface ProxyContext {
-  /** Read once per request, so a reload never mixes two configurations in one request. */
-  routing: Routing;
-  readonly logger: Logger;
-  /** Sockets (plain or TLS-intercepted) that carry requests from inside a CONNECT tunnel. */
-  readonly tunnels: WeakMap<Duplex, Tunnel>;
-  /** Hands a socket to the HTTP server as a new connection (tunnel contents). */
-  adopt(socket: Duplex): void;
-  readonly limits: ListenerLimits;
-  /**
-   * Client sockets the HTTP server let go of (CONNECT tunnels, upgraded connections): its own
-   * timeouts and closeAllConnections() no longer reach them, so shutdown closes these itself.
-   */
-  readonly detached: Set<Duplex>;
-}
-
-export interface ListenerLimits {
-  readonly maxRequestHeaderBytes: number;
-  readonly headersTimeoutSeconds: number;
-  readonly requestTimeoutSeconds: number;
-  readonly tunnelIdleTimeoutSeconds: number;
-}
 
 type ClientErrorAnswer = readonly [status: number, text: string, message: string];
 const BAD_REQUEST: ClientErrorAnswer = [400, 'Bad Request', 'malformed request'];

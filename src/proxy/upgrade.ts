@@ -7,7 +7,7 @@ import { admitCaller, resolve } from './resolve.js';
 import type { Target, Upstream } from './forwarder.js';
 import type { TokenReader } from '../tokens/reader.js';
 import { answerAndClose, closeWhenIdle, detach } from './detached.js';
-import type { ProxyContext } from './server.js';
+import type { ProxyContext } from './context.js';
 
 /**
  * A response head from raw headers. A 101 keeps Connection and Upgrade: they are the switch itself.
