@@ -82,7 +82,9 @@ function onShutdown(close: () => Promise<void>): void {
     if (stopping) process.exit(1);
     stopping = true;
     console.error(`token-proxy: ${signal} received, draining`);
-    close()
+    // Nothing is left to handle: close()'s failure is caught, and the process exits whether or not
+    // the flush succeeds.
+    void close()
       .then(
         () => 0,
         (err: unknown) => {
@@ -92,10 +94,7 @@ function onShutdown(close: () => Promise<void>): void {
       )
       // Logs go to stdout through a buffer: write out the last lines (the drained requests' access
       // lines among them) before exiting.
-      .then(async (code) => {
-        await flushLogs();
-        process.exit(code);
-      });
+      .then((code) => flushLogs().finally(() => process.exit(code)));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

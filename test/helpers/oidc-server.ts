@@ -404,7 +404,9 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     });
   });
 
-  handler = provider.callback();
+  const callback = provider.callback();
+  // Koa's callback answers its own errors (ctx.onerror): its promise never rejects.
+  handler = (req, res) => void callback(req, res);
 
   return {
     issuer,

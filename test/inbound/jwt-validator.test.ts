@@ -111,7 +111,12 @@ function validator(settings: InboundJwtSettings, now?: () => number): InboundJwt
 afterEach(async () => {
   vi.useRealTimers();
   await Promise.all(validators.splice(0).map((v) => v.close()));
-  await Promise.all(servers.splice(0).map((ts) => (ts.server.listening ? ts.stop() : undefined)));
+  await Promise.all(
+    servers
+      .splice(0)
+      .filter((ts) => ts.server.listening)
+      .map((ts) => ts.stop()),
+  );
 });
 
 describe('InboundJwtValidator against a real issuer', () => {

@@ -88,21 +88,21 @@ describe('token endpoint responses (RFC 6749 §5.1, §5.2)', () => {
 });
 
 describe('client authentication (RFC 6749 §2.3.1)', () => {
-  it('form-urlencodes id and secret before Basic encoding', () => {
+  it('form-urlencodes id and secret before Basic encoding', async () => {
     const parts = { headers: {} as Record<string, string>, body: new URLSearchParams() };
-    clientSecretBasic('my client', 'p@ss:w%rd')(parts);
+    await clientSecretBasic('my client', 'p@ss:w%rd')(parts);
     expect(Buffer.from((parts.headers['authorization'] ?? '').slice(6), 'base64').toString()).toBe(
       'my+client:p%40ss%3Aw%25rd',
     );
     expect(parts.body.toString()).toBe('');
   });
 
-  it('puts credentials in the body for client_secret_post', () => {
+  it('puts credentials in the body for client_secret_post', async () => {
     const parts = {
       headers: {} as Record<string, string>,
       body: new URLSearchParams({ grant_type: 'client_credentials' }),
     };
-    clientSecretPost('id', 's&cret')(parts);
+    await clientSecretPost('id', 's&cret')(parts);
     expect(parts.body.toString()).toBe('grant_type=client_credentials&client_id=id&client_secret=s%26cret');
     expect(parts.headers).toEqual({});
   });
