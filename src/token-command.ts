@@ -81,7 +81,10 @@ export async function runTokenCommand(config: Config, o: TokenCommandOptions): P
     } else {
       const scope =
         (jwt.payload as Record<string, unknown>)['scope'] ?? (jwt.payload as Record<string, unknown>)['scp'];
-      if (scope !== undefined) lines.push(`scopes       ${Array.isArray(scope) ? scope.join(' ') : String(scope)}`);
+      if (scope !== undefined)
+        lines.push(
+          `scopes       ${Array.isArray(scope) ? scope.join(' ') : typeof scope === 'string' ? scope : JSON.stringify(scope)}`,
+        );
       lines.push(
         `JWT header   ${JSON.stringify(jwt.header)}`,
         `JWT payload  ${JSON.stringify(jwt.payload, null, 2).replace(/\n/g, '\n             ')}`,

@@ -115,7 +115,11 @@ export function parseTokenResponse(
   // RFC 6749 §7.1 / RFC 6750: we can only inject bearer tokens.
   const tokenType = obj['token_type'];
   if (tokenType !== undefined && (typeof tokenType !== 'string' || tokenType.toLowerCase() !== 'bearer')) {
-    throw new TokenError('bad_response', `token_type ${describe(String(tokenType))} is not Bearer`, { status });
+    throw new TokenError(
+      'bad_response',
+      `token_type ${describe(typeof tokenType === 'string' ? tokenType : JSON.stringify(tokenType))} is not Bearer`,
+      { status },
+    );
   }
   const refreshToken = obj['refresh_token'];
   const scope = obj['scope'];
