@@ -237,7 +237,7 @@ describe('token-proxy command line', () => {
         upstream: 'partner',
         status: 200,
         retried: false,
-        token: expect.stringMatching(/^[A-Za-z0-9_-]{12}$/),
+        token: expect.stringMatching(/^[A-Za-z0-9_-]{12}$/) as unknown,
       });
       expect(new Date(line['time'] as string).toISOString()).toBe(line['time']);
     }

@@ -47,7 +47,7 @@ function walk(path: string, s: Schema, required: boolean, out: string[]): void {
   if (variants !== undefined && s.properties === undefined) {
     for (const v of variants) {
       const kind = v.properties?.['type']?.const;
-      walk(kind === undefined ? path : `${path} (type: ${String(kind)})`, v, required, out);
+      walk(typeof kind === 'string' ? `${path} (type: ${kind})` : path, v, required, out);
     }
     return;
   }
@@ -70,7 +70,7 @@ function walk(path: string, s: Schema, required: boolean, out: string[]): void {
 /** The configuration reference in Markdown, generated from the validator's own schema. */
 export function configurationReference(): string {
   const rows: string[] = [];
-  walk('', configJsonSchema() as Schema, false, rows);
+  walk('', configJsonSchema(), false, rows);
   return [
     '# Configuration reference',
     '',

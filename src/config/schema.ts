@@ -57,7 +57,7 @@ function listOf(parse: (entries: readonly string[]) => unknown) {
     if (!Array.isArray(result)) return;
     for (const problem of result as string[]) {
       const m = /^\[(\d+)\]: (.*)$/.exec(problem);
-      ctx.addIssue({ code: 'custom', path: m ? [Number(m[1])] : [], message: m ? (m[2] as string) : problem });
+      ctx.addIssue({ code: 'custom', path: m ? [Number(m[1])] : [], message: m ? m[2] : problem });
     }
   });
 }
@@ -141,7 +141,7 @@ const upstreamSchema = z
 
 const egressSchema = z.strictObject({
   default: z.enum(['deny', 'allow']).default('deny').describe('what happens to traffic for hosts no upstream serves'),
-  allow: listOf(HostList.parse)
+  allow: listOf((entries) => HostList.parse(entries))
     .default([])
     .describe('hosts (exact or *.suffix, optional :port), IPs and CIDR ranges reachable without a token'),
   connectPorts: z.array(port).default([443]).describe('ports an unmatched host may be tunnelled to with CONNECT'),
@@ -310,6 +310,7 @@ export function crossFieldProblems(doc: unknown): string[] {
   }
   const host = typeof listen === 'string' ? parseListen(listen)?.host : undefined;
   if (
+    typeof listen === 'string' &&
     host !== undefined &&
     !isLoopbackHost(host) &&
     inbound?.allowCidrs === undefined &&

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import type { MutableResponse, MutableToken, TokenRequestIncomingMessage } from 'oauth2-mock-server';
 import { createApp, type App } from '../app.js';
 import { buildConfig } from '../config/load.js';
 import { startPartnerApi, type PartnerApi } from './partner-api.js';
@@ -35,12 +36,12 @@ export async function startDemo(listen: { proxy: string; admin: string }, logLev
   await issuer.start(0, '127.0.0.1');
   const issuerUrl = `http://127.0.0.1:${issuer.address().port}`;
   issuer.issuer.url = issuerUrl;
-  issuer.service.on('beforeTokenSigning', (token, req) => {
+  issuer.service.on('beforeTokenSigning', (token: MutableToken, req: TokenRequestIncomingMessage) => {
     token.payload['jti'] = randomUUID();
     token.payload['client_id'] = basicClientId(req) ?? req.body['client_id'];
     token.payload.exp = Math.floor(Date.now() / 1000) + DEMO_TOKEN_SECONDS;
   });
-  issuer.service.on('beforeResponse', (response) => {
+  issuer.service.on('beforeResponse', (response: MutableResponse) => {
     if (response.statusCode === 200) (response.body as Record<string, unknown>)['expires_in'] = DEMO_TOKEN_SECONDS;
   });
   const partner = await startPartnerApi({ jwksUrl: `${issuerUrl}/jwks`, issuer: issuerUrl });

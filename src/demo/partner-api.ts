@@ -70,8 +70,7 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
     agent === undefined
       ? {}
       : {
-          [customFetch]: (url, init) =>
-            undiciFetch(url, { ...(init as object), dispatcher: agent }) as unknown as Promise<Response>,
+          [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: agent }),
         },
   );
   const seen: SeenRequest[] = [];

@@ -134,7 +134,7 @@ const MISSING: Validation = Object.freeze({
   status: 401,
   wwwAuthenticate: challenge(),
   description: 'no bearer token',
-}) as Validation;
+});
 
 /** Does a claim's value satisfy the configured required value? */
 function claimSatisfies(value: unknown, required: string): boolean {
@@ -299,8 +299,7 @@ export class InboundJwtValidator {
     // headers in the token are ignored (RFC 8725 §3.10).
     const remote = createRemoteJWKSet(new URL(settings.jwksUrl), {
       cooldownDuration: settings.jwksCooldownMs ?? DEFAULT_JWKS_COOLDOWN_MS,
-      [customFetch]: (url, init) =>
-        undiciFetch(url, { ...(init as object), dispatcher: agent }) as unknown as Promise<Response>,
+      [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: agent }),
     });
     this.getKey = async (header, token) => {
       try {

@@ -122,7 +122,7 @@ export class CertificateAuthority {
     this.certPem = certPem;
     this.#cert = cert;
     this.#key = key;
-    const ski = cert.getExtension('subjectKeyIdentifier') as { subjectKeyIdentifier?: string } | undefined;
+    const ski: { subjectKeyIdentifier?: string } | undefined = cert.getExtension('subjectKeyIdentifier');
     this.#keyId = ski?.subjectKeyIdentifier
       ? forge.util.hexToBytes(ski.subjectKeyIdentifier)
       : cert.generateSubjectKeyIdentifier().getBytes();
@@ -153,7 +153,7 @@ export class CertificateAuthority {
       throw new Error(`CA key does not match the public key of CA certificate "${x509.subject}"`);
 
     const cert = forge.pki.certificateFromPem(x509.toString());
-    const usage = cert.getExtension('keyUsage') as { keyCertSign?: boolean } | undefined;
+    const usage: { keyCertSign?: boolean } | undefined = cert.getExtension('keyUsage');
     if (usage && !usage.keyCertSign)
       throw new Error(`CA certificate "${x509.subject}" keyUsage does not allow keyCertSign`);
     return new CertificateAuthority(x509.toString(), cert, key, options);

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { connect as tcpConnect, type LookupFunction, type Socket } from 'node:net';
+import { connect as tcpConnect, type LookupFunction } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import { ProxyError, errorResponseBytes } from '../errors.js';
@@ -120,7 +120,7 @@ function openInnerConnection(
       socket.destroy();
       return;
     }
-    const tls = new TLSSocket(socket as Socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] });
+    const tls = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] });
     tls.on('error', () => socket.destroy());
     ctx.tunnels.set(tls, { ...t, proto: 'https' });
     ctx.adopt(tls);

@@ -117,7 +117,7 @@ function relay(
           socket.pipe(upstreamSocket);
         },
         onHeaders: (statusCode, rawHeaders, _resume, statusText) => {
-          socket.write(head(statusCode, statusText, rawHeaders as Buffer[]));
+          socket.write(head(statusCode, statusText, rawHeaders));
           return true;
         },
         onData: (chunk) => socket.write(chunk),

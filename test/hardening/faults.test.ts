@@ -32,7 +32,7 @@ const clock = { offsetMs: 0, now: () => Date.now() + clock.offsetMs };
 let tokenServer: TokenServer;
 let proxy: RunningProxy | undefined;
 const client = new Agent({ connections: 128 });
-const cleanups: (() => Promise<unknown> | unknown)[] = [];
+const cleanups: (() => unknown)[] = []; // may return a promise: awaited
 
 /* ------------------------------------------------------------------------------------------ */
 /* helpers                                                                                     */
@@ -194,7 +194,7 @@ async function call(
   const res = await (init.dispatcher ?? client).request({
     origin: base,
     path,
-    method: (init.method ?? 'GET') as 'GET',
+    method: init.method ?? 'GET',
     body: init.body ?? null,
   });
   const text = await res.body.text();
@@ -694,7 +694,7 @@ describe('faults: the target', () => {
     for (let i = 0; i < 10; i++) {
       const res = await own.request({ origin: (proxy as RunningProxy).url, path: '/t/stream', method: 'GET' });
       expect(res.statusCode).toBe(200);
-      const first = (await res.body[Symbol.asyncIterator]().next()) as IteratorResult<Buffer>;
+      const first = (await res.body[Symbol.asyncIterator]().next()) as IteratorYieldResult<Buffer>;
       expect(first.value.toString()).toContain('first chunk;');
       res.body.destroy(); // the client goes away mid-response
       const stream = streams[i];

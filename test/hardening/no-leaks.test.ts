@@ -57,7 +57,7 @@ async function record(
 ): Promise<{ status: number; text: string; headers: IncomingHttpHeaders }> {
   const text = await res.body.text();
   answers.push(`${label} ${res.statusCode} ${JSON.stringify(res.headers)}\n${text}`);
-  return { status: res.statusCode, text, headers: res.headers as IncomingHttpHeaders };
+  return { status: res.statusCode, text, headers: res.headers };
 }
 
 const reverse = async (path: string, headers: Record<string, string> = {}) =>

@@ -172,7 +172,7 @@ describe('with egress default allow and an empty allow list', () => {
     const tunnel = await connectTo(`${name}:${internal.port}`);
     expect(tunnel.status).toBe(403);
     expect(JSON.parse(tunnel.body)).toMatchObject({ error: 'egress_denied' });
-    expect(JSON.parse(tunnel.body).message).toContain(address);
+    expect((JSON.parse(tunnel.body) as { message: string }).message).toContain(address);
     expect(internal.seen).toHaveLength(0);
   });
 
@@ -181,7 +181,7 @@ describe('with egress default allow and an empty allow list', () => {
     for (const name of loopbackNamesInHosts()) {
       const res = await get(`http://${name}:${internal.port}/x`, `${name}:${internal.port}`);
       expectDenied(res, 'egress: resolved address');
-      expect(JSON.parse(res.body).message, name).toMatch(
+      expect((JSON.parse(res.body) as { message: string }).message, name).toMatch(
         new RegExp(`^${name.replace(/\./g, '\\.')} resolves to 127\\.`),
       );
     }
@@ -295,7 +295,7 @@ describe('EgressPolicy on its own', () => {
 
   it('lookup resolves the name when it, or the address it resolves to, is allowed', async () => {
     // localhost may also resolve to ::1 where /etc/hosts says so: either loopback answer will do.
-    const loopback = expect.stringMatching(/^(127\.0\.0\.1|::1)$/);
+    const loopback: unknown = expect.stringMatching(/^(127\.0\.0\.1|::1)$/);
     expect(await lookup(policy(['localhost']), 'localhost')).toEqual({ err: null, address: loopback });
     expect(await lookup(policy(['LOCALHOST']), 'LocalHost')).toEqual({ err: null, address: loopback });
     const all = await lookup(policy(['localhost']), 'localhost', true);

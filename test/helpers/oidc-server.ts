@@ -109,7 +109,7 @@ function toClientMetadata(spec: ClientSpec): ClientMetadata {
   };
   if (spec.clientSecret !== undefined) metadata.client_secret = spec.clientSecret;
   if (spec.scope !== undefined) metadata.scope = spec.scope;
-  if (spec.jwks !== undefined) metadata.jwks = spec.jwks as ClientMetadata['jwks'];
+  if (spec.jwks !== undefined) metadata.jwks = spec.jwks;
   if (spec.tlsSubjectDn !== undefined) metadata.tls_client_auth_subject_dn = spec.tlsSubjectDn;
   return metadata;
 }
@@ -383,7 +383,7 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     await next();
     if (!isToken) return;
     const oidc = (ctx as Partial<KoaContextWithOIDC>).oidc;
-    const params = oidc?.params as Record<string, unknown> | undefined;
+    const params = oidc?.params;
     const grantType = stringParam(params, 'grant_type') ?? '';
     const refreshToken = stringParam(params, 'refresh_token');
     if (grantType === 'refresh_token' && refreshToken !== undefined) usedRefreshTokens.push(refreshToken);

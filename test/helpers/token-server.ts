@@ -1,6 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { OAuth2Server, type MutableResponse } from 'oauth2-mock-server';
+import {
+  OAuth2Server,
+  type MutableResponse,
+  type MutableToken,
+  type TokenRequestIncomingMessage,
+} from 'oauth2-mock-server';
 import { testPki } from './certs.js';
 
 export interface TokenRequestSeen {
@@ -55,12 +60,12 @@ export async function startTokenServer(options: { tls?: boolean } = {}): Promise
     },
     stop: () => server.stop(),
   };
-  server.service.on('beforeTokenSigning', (token, req) => {
+  server.service.on('beforeTokenSigning', (token: MutableToken, req: TokenRequestIncomingMessage) => {
     token.payload['jti'] = randomUUID();
     token.payload['client_id'] = basicClientId(req) ?? req.body['client_id'];
     token.payload.exp = Math.floor(Date.now() / 1000) + ts.lifetimeSeconds;
   });
-  server.service.on('beforeResponse', (res, req) => {
+  server.service.on('beforeResponse', (res: MutableResponse, req: TokenRequestIncomingMessage) => {
     ts.requests.push({
       grantType: String(req.body['grant_type']),
       body: { ...req.body } as Record<string, string>,

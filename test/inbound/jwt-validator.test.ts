@@ -515,7 +515,7 @@ describe('settings', () => {
     ca: undefined,
   };
   const construct = (overrides: Record<string, unknown>) => () =>
-    new InboundJwtValidator({ ...base, ...overrides } as InboundJwtSettings).close();
+    new InboundJwtValidator({ ...base, ...overrides }).close();
 
   it('refuses symmetric algorithms and none', () => {
     expect(construct({ algorithms: ['HS256'] })).toThrow(/HS256 is not accepted: symmetric/);

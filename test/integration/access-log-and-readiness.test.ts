@@ -137,7 +137,9 @@ describe('/readyz', () => {
     await obtained; // the warm-up loop retries on its own
     const ready = await readyz();
     expect(ready.status).toBe(200);
-    expect(ready.body.tokens).toEqual([{ upstream: 'partner', state: 'valid', expiresInSeconds: expect.any(Number) }]);
+    expect(ready.body.tokens).toEqual([
+      { upstream: 'partner', state: 'valid', expiresInSeconds: expect.any(Number) as unknown },
+    ]);
     expect(JSON.stringify(ready.body)).not.toContain(tokenServer.issued[0]);
     expect(partner.seen).toHaveLength(0); // warm-up needs no traffic
   });

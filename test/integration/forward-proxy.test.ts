@@ -138,9 +138,9 @@ describe('forward proxy with real clients', () => {
   it('Python urllib with http_proxy / https_proxy and SSL_CERT_FILE', async () => {
     const env = { http_proxy: proxy.url, https_proxy: proxy.url, SSL_CERT_FILE: mitmCaFile };
     const plain = await pythonGet(`http://${PARTNER_HOST}/py-http`, env);
-    expect([plain.status, JSON.parse(plain.body).path]).toEqual([200, '/py-http']);
+    expect([plain.status, (JSON.parse(plain.body) as { path: string }).path]).toEqual([200, '/py-http']);
     const tls = await pythonGet(`https://${PARTNER_HOST}/py-https`, env);
-    expect([tls.status, JSON.parse(tls.body).path]).toEqual([200, '/py-https']);
+    expect([tls.status, (JSON.parse(tls.body) as { path: string }).path]).toEqual([200, '/py-https']);
     lastPartnerRequest();
   });
 

@@ -160,7 +160,7 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
     }
     expect(oidc.calls.map((c) => `${c.grantType}:${c.status}`)).toEqual([
       'password:200',
-      ...Array(9).fill('refresh_token:200'),
+      ...Array<string>(9).fill('refresh_token:200'),
     ]);
     // Each refresh presented the refresh token the previous answer issued: rotation followed exactly.
     expect(oidc.usedRefreshTokens).toEqual(oidc.issuedRefreshTokens.slice(0, -1));

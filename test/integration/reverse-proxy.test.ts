@@ -41,7 +41,7 @@ async function call(
   const res = await client.request({
     origin: proxy.url,
     path,
-    method: (init.method ?? 'GET') as 'GET',
+    method: init.method ?? 'GET',
     body: init.body ?? null,
     headers: init.headers ?? {},
   });

@@ -220,7 +220,7 @@ describe('shared token cache in Redis', () => {
     expect(statuses).toHaveLength(61);
     const calls = tokenEndpointCalls();
     expect(calls.filter((c) => c.endsWith(':400'))).toEqual([]);
-    expect(calls).toEqual(['password:200', ...Array(10).fill('refresh_token:200')]);
+    expect(calls).toEqual(['password:200', ...Array<string>(10).fill('refresh_token:200')]);
     expect(oidc.usedRefreshTokens).toEqual(oidc.issuedRefreshTokens.slice(0, -1)); // each refresh used the newest one
   });
 

@@ -29,8 +29,7 @@ beforeAll(async () => {
   tokenServer = await startTokenServer();
   const jwksAgent = new Agent({ connect: { ca: pki.ca } });
   const jwks = createRemoteJWKSet(new URL(tokenServer.jwksUrl), {
-    [customFetch]: (url, init) =>
-      undiciFetch(url, { ...(init as object), dispatcher: jwksAgent }) as unknown as Promise<Response>,
+    [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: jwksAgent }),
   });
   // Ordinary requests (an ignored upgrade offer ends up here): verified like the handshakes.
   const server = createServer({ key: pki.key, cert: pki.cert }, (req, res) => {
@@ -74,7 +73,8 @@ beforeAll(async () => {
   });
   wss.on('connection', (socket, req) => {
     const clientId = handshakes.find((h) => `Bearer ${h.token}` === req.headers.authorization)?.clientId;
-    socket.on('message', (data) => socket.send(`${String(clientId)}:${data.toString()}`));
+    // binaryType 'nodebuffer' (the default): each message comes as one Buffer.
+    socket.on('message', (data) => socket.send(`${String(clientId)}:${(data as Buffer).toString()}`));
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -114,7 +114,7 @@ describe('WebSocket through the proxy', () => {
     const ws = new WebSocket(wsUrl, { headers: { authorization: 'Bearer caller-own-token' } });
     await once(ws, 'open');
     const replies: string[] = [];
-    ws.on('message', (data) => replies.push(data.toString()));
+    ws.on('message', (data) => replies.push((data as Buffer).toString()));
     ws.send('one');
     ws.send('two');
     await new Promise<void>((resolve) => ws.on('message', () => replies.length === 2 && resolve()));

@@ -84,12 +84,12 @@ describe('bound metric series', () => {
     const counter = new Counter({ name: 'c_total', help: 'h', labelNames: ['k'], registers: [registry] });
     // As if an upgrade had changed prom-client's internals: inc() no longer returns the label hash.
     const inc = counter.inc.bind(counter);
-    vi.spyOn(counter, 'inc').mockImplementation((...args: Parameters<typeof counter.inc>) => {
+    const spy = vi.spyOn(counter, 'inc').mockImplementation((...args: Parameters<typeof counter.inc>) => {
       inc(...args);
     });
     const series = counterSeries(counter, { k: 'v' });
     for (let i = 0; i < 5; i++) series.inc();
-    expect(counter.inc).toHaveBeenCalledTimes(5);
+    expect(spy).toHaveBeenCalledTimes(5);
     expect(await registry.metrics()).toContain('c_total{k="v"} 5');
   });
 });
