@@ -18,16 +18,15 @@ import { MAX_TOKEN_LIFETIME_MS } from '../../src/tokens/token.js';
 import { testPki } from '../helpers/certs.js';
 import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startScriptedServer } from '../helpers/scripted-server.js';
+import { FAST_BACKOFF, offsetClock, pollUntil, within } from '../helpers/time.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
 const CLI = resolve('dist/cli.js');
 const SECRET = 'faults-secret-5e0b91';
 const pki = testPki();
 const dir = mkdtempSync(join(tmpdir(), 'tp-faults-'));
-/** Tiny backoff so that the only long waits are the ones a test asks for (Retry-After). */
-const FAST_BACKOFF = { baseMs: 20, maxMs: 200, maxRetryAfterMs: 300_000, permanentMinMs: 5_000, random: () => 0.5 };
 /** The proxy's clock: real time plus an offset a test advances instead of sleeping. */
-const clock = { offsetMs: 0, now: () => Date.now() + clock.offsetMs };
+const clock = offsetClock();
 
 let tokenServer: TokenServer;
 let proxy: RunningProxy | undefined;
@@ -98,40 +97,6 @@ async function startTarget(handler: Handler = echo): Promise<Target> {
   Object.assign(t, { url: `http://127.0.0.1:${(t.server.address() as AddressInfo).port}` });
   cleanups.push(() => t.close());
   return t;
-}
-
-/** Polls `read` until `done(value)` holds or `ms` pass; returns the last value either way. */
-async function pollUntil<T>(
-  read: () => T | Promise<T>,
-  done: (value: T) => boolean,
-  ms: number,
-  every = 20,
-): Promise<T> {
-  const until = Date.now() + ms;
-  let value = await read();
-  while (!done(value) && Date.now() < until) {
-    await new Promise((r) => setTimeout(r, every));
-    value = await read();
-  }
-  return value;
-}
-
-/** 'settled' if `promise` settles within `ms`, else 'pending' (a bounded wait on an event). */
-async function within(promise: Promise<unknown> | undefined, ms: number): Promise<'settled' | 'pending'> {
-  if (promise === undefined) return 'pending';
-  let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<'pending'>((ok) => (timer = setTimeout(() => ok('pending'), ms)));
-  try {
-    return await Promise.race([
-      promise.then(
-        () => 'settled' as const,
-        () => 'settled' as const,
-      ),
-      limit,
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /**

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
+import { eventually } from './time.js';
 
 export interface TestRedis {
   readonly port: number;
@@ -269,10 +270,10 @@ function run(command: string, args: readonly string[]): Promise<string> {
 }
 
 /** Polls `check` (an external process's state has no event to wait on) for up to 15 s. */
-async function until(check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  while (!(await check().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`condition not met within 15 s: ${check.toString()}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+function until(check: () => Promise<boolean>): Promise<void> {
+  return eventually(() => check().catch(() => false), {
+    timeoutMs: 15_000,
+    everyMs: 50,
+    what: `condition ${check.toString()}`,
+  });
 }

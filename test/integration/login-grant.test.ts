@@ -4,11 +4,12 @@ import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js'
 import type { Token } from '../../src/tokens/token.js';
 import { startLoginApiServer, type LoginApiCall, type LoginApiServer } from '../helpers/login-api-server.js';
 import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { FASTEST_BACKOFF, offsetClock } from '../helpers/time.js';
 
 const USERNAME = 'alice';
 const PASSWORD = 'login-password-6b0e93';
 /** The proxy's clock, shared with the login API: real time plus an offset a test advances instead of sleeping. */
-const clock = { offsetMs: 0, now: () => Date.now() + clock.offsetMs };
+const clock = offsetClock();
 /** Tokens live 300 s; the proxy refreshes from exp - 60 s and stops using them at exp - 30 s. */
 const INTO_REFRESH_WINDOW_MS = 250_000;
 const client = new Agent();
@@ -38,7 +39,7 @@ async function startWith(auth: Record<string, unknown> = {}): Promise<RunningPro
         },
       ],
     },
-    { clock, backoff: { baseMs: 10, maxMs: 50, maxRetryAfterMs: 50, permanentMinMs: 5_000, random: () => 0 } },
+    { clock, backoff: FASTEST_BACKOFF },
   );
   return proxy;
 }

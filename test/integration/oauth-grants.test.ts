@@ -8,6 +8,7 @@ import { buildConfig } from '../../src/config/load.js';
 import { testPki } from '../helpers/certs.js';
 import { generateClientKey, issueClientCertificate, startOidcServer, type OidcServer } from '../helpers/oidc-server.js';
 import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { FASTEST_BACKOFF, offsetClock } from '../helpers/time.js';
 
 const pki = testPki();
 const dir = mkdtempSync(join(tmpdir(), 'tp-grants-'));
@@ -20,7 +21,8 @@ let partner: PartnerApi;
 let mtlsPartner: PartnerApi;
 let proxy: RunningProxy | undefined;
 const client = new Agent({ connections: 100 });
-const clock = { offsetMs: 0, now: () => Date.now() + clock.offsetMs };
+/** The proxy's clock: real time plus an offset a test advances instead of sleeping. */
+const clock = offsetClock();
 let jwtKey: { privatePem: string };
 let clientCert: { certPem: string; keyPem: string; subjectDn: string };
 
@@ -39,7 +41,7 @@ async function start(upstream: Record<string, unknown>, extra: Record<string, un
       ],
       ...extra,
     },
-    { clock, backoff: { baseMs: 10, maxMs: 50, maxRetryAfterMs: 50, permanentMinMs: 5_000, random: () => 0 } },
+    { clock, backoff: FASTEST_BACKOFF },
   );
   return proxy;
 }

@@ -3,6 +3,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { testPki } from '../helpers/certs.js';
 import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { FASTEST_BACKOFF, offsetClock } from '../helpers/time.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
 const SECRET = 'secrecy-secret-4f2a9b71e0';
@@ -11,7 +12,8 @@ let tokenServer: TokenServer;
 let partner: PartnerApi;
 let proxy: RunningProxy;
 const client = new Agent();
-const clock = { offsetMs: 0, now: () => Date.now() + clock.offsetMs };
+/** The proxy's clock: real time plus an offset a test advances instead of sleeping. */
+const clock = offsetClock();
 
 async function get(path = '/partner/x') {
   const res = await client.request({ origin: proxy.url, path, method: 'GET' });
@@ -62,7 +64,7 @@ beforeEach(async () => {
         },
       ],
     },
-    { clock, backoff: { baseMs: 10, maxMs: 50, maxRetryAfterMs: 50, permanentMinMs: 5_000, random: () => 0 } },
+    { clock, backoff: FASTEST_BACKOFF },
   );
 });
 

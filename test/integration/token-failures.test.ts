@@ -7,6 +7,7 @@ import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js'
 import { testPki } from '../helpers/certs.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startScriptedServer } from '../helpers/scripted-server.js';
+import { FAST_BACKOFF, offsetClock } from '../helpers/time.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
 const SECRET = 'failure-secret-8d1c27';
@@ -15,10 +16,8 @@ let tokenServer: TokenServer;
 let partner: PartnerApi;
 let proxy: RunningProxy | undefined;
 const client = new Agent();
-/** Tiny backoff so transient retries happen within the test's token wait. */
-const FAST_BACKOFF = { baseMs: 20, maxMs: 200, maxRetryAfterMs: 300_000, permanentMinMs: 5_000, random: () => 0.5 };
 /** The proxy's clock: real time plus an offset a test can advance instead of sleeping. */
-const clock = { offsetMs: 0, now: () => Date.now() + clock.offsetMs };
+const clock = offsetClock();
 
 async function proxyFor(tokenUrl: string, auth: Record<string, unknown> = {}, upstream: Record<string, unknown> = {}) {
   proxy = await startProxy(

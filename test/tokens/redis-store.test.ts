@@ -7,6 +7,7 @@ import { EntryCipher, cipherKey } from '../../src/tokens/entry-cipher.js';
 import { RedisTokenStore } from '../../src/tokens/redis-store.js';
 import type { SharedEntry, SharedLock } from '../../src/tokens/shared-store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { eventually, withTimeout } from '../helpers/time.js';
 
 const logger = pino({ level: 'silent' });
 const PREFIX = 'tp-test:';
@@ -87,15 +88,6 @@ async function timed<T>(promise: Promise<T>): Promise<{ ms: number; value: T }> 
   const started = performance.now();
   const value = await promise;
   return { ms: performance.now() - started, value };
-}
-
-/** Polls `check` until it holds (bounded): for state outside the stores' own callbacks. */
-async function eventually(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!(await check())) {
-    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
 }
 
 /**
@@ -511,18 +503,9 @@ describe('RedisTokenStore (two replicas on one real redis-server)', () => {
     expect(await b.store.write(key, written, 60_000, lockAfter as SharedLock)).toBe(true);
     expect(await a.store.read(key)).toStrictEqual(written);
     // And so do notifications: every replica subscribed again.
-    await eventually(async () => (await subscribers()) === subscribedBefore, 5_000, 'resubscription');
+    await eventually(async () => (await subscribers()) === subscribedBefore, {
+      timeoutMs: 5_000,
+      what: 'resubscription',
+    });
   });
 });
-
-async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not arrive within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
