@@ -7,19 +7,29 @@ import { EntryCipher, cipherKey } from '../../src/tokens/entry-cipher.js';
 import { RedisTokenStore } from '../../src/tokens/redis-store.js';
 import type { SharedEntry, SharedLock } from '../../src/tokens/shared-store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
-import { eventually, withTimeout } from '../helpers/time.js';
+import { eventually, within, withTimeout } from '../helpers/time.js';
 
 const logger = pino({ level: 'silent' });
 const PREFIX = 'tp-test:';
-/** Locks that outlive every step of a test, so only an explicit unlock releases them. */
-const LONG_LOCK_MS = 2_000;
+/**
+ * Locks that outlive every step of a test (and every wait for a wake-up, WAKE_MS), so only an
+ * explicit unlock releases them.
+ */
+const LONG_LOCK_MS = 60_000;
 /** Where expiry is what is being tested. */
 const SHORT_LOCK_MS = 300;
 /**
- * With Redis down a command must fail at once (no offline queue). The brief allows 1 s; the bound
- * is tighter because a queued command would only fail at the next reconnect attempt (>= 200 ms).
+ * A wait that nothing in a test lets run out: a waiter that resolves at all was woken by what the
+ * test did (a write, a notification, an unlock, an expired lock), not by its own timeout.
  */
-const FAIL_FAST_MS = 100;
+const NEVER_MS = 60_000;
+/** How long a test waits for such a wake-up before it fails: far shorter than NEVER_MS. */
+const WAKE_MS = 10_000;
+/**
+ * With Redis down a command must fail at once: the client refuses it (no offline queue) rather
+ * than queue it until the next reconnect attempt or time it out.
+ */
+const REFUSED_AT_ONCE = /enableOfflineQueue options is false/;
 
 const key = 'partner:tenant-a:client-xyz';
 
@@ -81,13 +91,6 @@ function replica(lockTimeoutMs: number, cipher: EntryCipher): Replica {
   const r = { store, errors, health, until };
   replicas.push(r);
   return r;
-}
-
-/** Milliseconds a promise takes to settle, and its outcome. */
-async function timed<T>(promise: Promise<T>): Promise<{ ms: number; value: T }> {
-  const started = performance.now();
-  const value = await promise;
-  return { ms: performance.now() - started, value };
 }
 
 /**
@@ -199,11 +202,8 @@ describe('RedisTokenStore (two replicas on one real redis-server)', () => {
     const staleLock = await slow.store.tryLock(key);
     expect(staleLock).toBeDefined();
     // B waits; nothing is written, so it returns because the lock vanished (expired), not at its timeout.
-    const waited = await timed(b.store.waitForChange(key, 0, 5_000));
-    const sinceLock = performance.now() - started;
-    expect(sinceLock).toBeGreaterThanOrEqual(SHORT_LOCK_MS - 10);
-    expect(sinceLock).toBeLessThan(SHORT_LOCK_MS + 200);
-    expect(waited.ms).toBeLessThan(SHORT_LOCK_MS + 200);
+    await withTimeout(b.store.waitForChange(key, 0, NEVER_MS), WAKE_MS, 'the expired lock');
+    expect(performance.now() - started).toBeGreaterThanOrEqual(SHORT_LOCK_MS - 10);
     expect(await raw.keys('*')).toEqual([]); // the lock is gone
 
     const lockB = await b.store.tryLock(key);
@@ -239,42 +239,42 @@ describe('RedisTokenStore (two replicas on one real redis-server)', () => {
     expect([...a.errors, ...b.errors]).toEqual([]);
   });
 
-  it('waitForChange resolves promptly when the other replica writes a newer version', async () => {
+  it('waitForChange resolves when the other replica writes a newer version, and not before', async () => {
+    // B holds the lock and has written nothing yet (so no notification is on its way to A).
     const lockB = (await b.store.tryLock(key)) as SharedLock;
+    const waiting = a.store.waitForChange(key, 0, NEVER_MS);
+    expect(await within(waiting, 250)).toBe('pending'); // two polls at least: A keeps waiting
     expect(await b.store.write(key, entry(1), 60_000, lockB)).toBe(true);
-
-    const started = performance.now();
-    let resolvedAt: number | undefined;
-    const waiting = a.store.waitForChange(key, 1, 1_500).then(() => (resolvedAt = performance.now()));
-    await b.store.write(key, entry(2), 60_000, lockB);
-    const writtenAt = performance.now();
-    await waiting;
-    expect(resolvedAt).toBeDefined();
-    expect((resolvedAt as number) - writtenAt).toBeLessThan(150);
-    expect((resolvedAt as number) - started).toBeLessThan(1_000);
+    await withTimeout(waiting, WAKE_MS, 'the newer version');
   });
 
   it('waitForChange is woken by the notification alone (polling cannot see this change)', async () => {
     // B writes version 2 and at once version 1 again while keeping its lock: a poller only ever
-    // sees version 1 under a held lock, so only the published notification can wake A early.
+    // sees version 1 under a held lock, so only the published notification can wake A. B's lock
+    // outlives every wait here, and A's timeout is never reached.
     const lockB = (await b.store.tryLock(key)) as SharedLock;
+    // The notification of B's first write reaches A before A starts the wait under test: it wakes
+    // this first waiter, for whom polling sees nothing new either.
+    const first = a.store.waitForChange(key, 1, NEVER_MS);
     expect(await b.store.write(key, entry(1), 60_000, lockB)).toBe(true);
+    await withTimeout(first, WAKE_MS, 'the first notification');
 
-    const waiting = timed(a.store.waitForChange(key, 1, 1_500));
-    const written = await timed(
-      Promise.all([b.store.write(key, entry(2), 60_000, lockB), b.store.write(key, entry(1), 60_000, lockB)]),
-    );
-    expect(written.value).toEqual([true, true]);
-    const { ms } = await waiting;
-    expect(ms).toBeLessThan(written.ms + 150);
+    const waiting = a.store.waitForChange(key, 1, NEVER_MS);
+    expect(await within(waiting, 250)).toBe('pending'); // two polls at least: nothing new for them
+    const written = await Promise.all([
+      b.store.write(key, entry(2), 60_000, lockB),
+      b.store.write(key, entry(1), 60_000, lockB),
+    ]);
+    expect(written).toEqual([true, true]);
+    await withTimeout(waiting, WAKE_MS, 'the notification');
   });
 
   it('waitForChange resolves at its timeout when nothing happens', async () => {
     const lockB = await b.store.tryLock(key);
     expect(lockB).toBeDefined();
-    const { ms } = await timed(a.store.waitForChange(key, 0, 250));
-    expect(ms).toBeGreaterThanOrEqual(240);
-    expect(ms).toBeLessThan(250 + 100);
+    const started = performance.now();
+    await withTimeout(a.store.waitForChange(key, 0, 250), WAKE_MS, 'the timeout');
+    expect(performance.now() - started).toBeGreaterThanOrEqual(240);
     // Nothing changed underneath: the lock is still B's.
     expect(await a.store.tryLock(key)).toBeUndefined();
     expect(a.errors).toEqual([]);
@@ -282,13 +282,12 @@ describe('RedisTokenStore (two replicas on one real redis-server)', () => {
 
   it('waitForChange resolves when the lock is released', async () => {
     const lockB = (await b.store.tryLock(key)) as SharedLock;
-    const waiting = timed(a.store.waitForChange(key, 0, 1_500));
-    const unlockedAt = performance.now();
+    const waiting = a.store.waitForChange(key, 0, NEVER_MS);
+    expect(await within(waiting, 250)).toBe('pending'); // the lock is held: A keeps waiting
     await b.store.unlock(lockB);
-    const { ms } = await waiting;
-    // Detected by the next poll (every 100 ms), long before the timeout or the lock's expiry.
-    expect(ms).toBeLessThan(100 + 150);
-    expect(performance.now() - unlockedAt).toBeLessThan(100 + 150);
+    // Detected by a poll (an unlock publishes nothing): neither the timeout nor the lock's expiry
+    // can come first.
+    await withTimeout(waiting, WAKE_MS, 'the unlock');
     expect(await a.store.tryLock(key)).toBeDefined();
   });
 
@@ -458,33 +457,11 @@ describe('RedisTokenStore (two replicas on one real redis-server)', () => {
     expect(a.store.up).toBe(false);
     expect(a.health.at(-1)).toBe(false);
 
-    const read = await timed(
-      a.store.read(key).then(
-        () => 'resolved',
-        () => 'rejected',
-      ),
-    );
-    expect(read.value).toBe('rejected');
-    expect(read.ms).toBeLessThan(FAIL_FAST_MS);
-    const lock = await timed(
-      b.store.tryLock(key).then(
-        () => 'resolved',
-        () => 'rejected',
-      ),
-    );
-    expect(lock.value).toBe('rejected');
-    expect(lock.ms).toBeLessThan(FAIL_FAST_MS);
-    const write = await timed(
-      a.store.write(key, entry(9), 60_000, lockBefore).then(
-        () => 'resolved',
-        () => 'rejected',
-      ),
-    );
-    expect(write.value).toBe('rejected');
-    expect(write.ms).toBeLessThan(FAIL_FAST_MS);
-    // A waiter does not hang on a dead Redis either.
-    const wait = await timed(a.store.waitForChange(key, 0, 5_000));
-    expect(wait.ms).toBeLessThan(1_000);
+    await expect(a.store.read(key)).rejects.toThrow(REFUSED_AT_ONCE);
+    await expect(b.store.tryLock(key)).rejects.toThrow(REFUSED_AT_ONCE);
+    await expect(a.store.write(key, entry(9), 60_000, lockBefore)).rejects.toThrow(REFUSED_AT_ONCE);
+    // A waiter does not hang on a dead Redis either: its first poll fails, and it stops waiting.
+    await withTimeout(a.store.waitForChange(key, 0, NEVER_MS), WAKE_MS, 'the failed poll');
 
     expect(a.errors).toEqual(['read', 'write']);
     expect(b.errors).toEqual(['lock']);
