@@ -80,7 +80,7 @@ const oauthClient = {
   ...timing,
 };
 
-function secretAuth(clientAuth: unknown): boolean {
+function secretAuth(clientAuth: unknown): clientAuth is 'client_secret_basic' | 'client_secret_post' {
   return clientAuth === 'client_secret_basic' || clientAuth === 'client_secret_post';
 }
 
@@ -265,7 +265,7 @@ function missingCredentials(auth: Fields): MissingCredential[] {
   if (type === 'client_credentials' || type === 'password' || type === 'refresh_token') {
     need('clientId', `grant ${type}`);
     const clientAuth = auth['clientAuth'] ?? 'client_secret_basic';
-    if (secretAuth(clientAuth)) need('clientSecret', `clientAuth ${String(clientAuth)}`);
+    if (secretAuth(clientAuth)) need('clientSecret', `clientAuth ${clientAuth}`);
     if (clientAuth === 'private_key_jwt') need('privateKey', 'clientAuth private_key_jwt');
   }
   if (type === 'password' || type === 'login') {
