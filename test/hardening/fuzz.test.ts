@@ -458,7 +458,6 @@ describe('a live proxy under random valid requests', () => {
   const method = fc.constantFrom('GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS');
 
   it('answers 5xx only when the partner did, and stays up', async () => {
-    const started = performance.now();
     await fc.assert(
       fc.asyncProperty(method, path, headers, fc.uint8Array({ maxLength: 256 }), async (m, p, h, body) => {
         const res = await client.request({
@@ -477,7 +476,6 @@ describe('a live proxy under random valid requests', () => {
       }),
       { numRuns: 150 },
     );
-    expect(performance.now() - started).toBeLessThan(10_000);
     const good = await client.request({ origin: proxy.url, path: '/partner/after-fuzz', method: 'GET' });
     expect(good.statusCode).toBe(200);
     expect(await good.body.json()).toMatchObject({ path: '/api/after-fuzz', client: 'fuzz-client' });
