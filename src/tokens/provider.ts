@@ -3,7 +3,7 @@ import { TokenError } from '../errors.js';
 import type { RefreshTrigger, TokenMetrics } from '../metrics.js';
 import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffPolicy } from './backoff.js';
 import { systemClock, type Clock } from './clock.js';
-import { lastUsableMoment, mayInject } from './expiry.js';
+import { lastUsableMoment, mayInject, renewalDue } from './expiry.js';
 import type { ProviderGrant } from './provider-grant.js';
 import type { TokenReader } from './reader.js';
 import { DEFAULT_RENEWAL_BACKOFF, RenewalPolicy } from './renewal-policy.js';
@@ -94,9 +94,10 @@ export class TokenProvider extends EventEmitter implements TokenReader {
     const token = this.#cache.get(this.key);
     if (token === undefined) return undefined;
     const now = this.#clock.now();
+    // The first comparison keeps the usual case to one field read; mayInject decides the rest.
     if (now >= token.usableUntil && !mayInject(token, now, this.#lastError !== undefined)) return undefined;
     this.#g.metrics.cacheHit.inc();
-    if (now >= token.refreshAt && this.#inflight === undefined && now >= this.#nextAttemptAt) {
+    if (renewalDue(token, now) && this.#inflight === undefined && now >= this.#nextAttemptAt) {
       this.#refresh('ahead', now + this.#g.waitTimeoutMs).catch(() => {
         /* logged and counted in #refresh; the cached token keeps serving */
       });

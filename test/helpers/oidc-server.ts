@@ -83,6 +83,11 @@ export interface OidcServer {
     username: string,
     password: string,
   ): Promise<{ accessToken: string; refreshToken: string }>;
+  /**
+   * Presents `refreshToken` directly, as someone behind the proxy's back would: with rotation,
+   * the proxy's next use of it is a reuse, and the server revokes the grant. Returns the status.
+   */
+  spendRefreshToken(clientId: string, clientSecret: string, refreshToken: string): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -408,6 +413,30 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
   // Koa's callback answers its own errors (ctx.onerror): its promise never rejects.
   handler = (req, res) => void callback(req, res);
 
+  /** One token request made directly (as a setup step, or behind the proxy's back). */
+  const postToken = async (
+    clientId: string,
+    clientSecret: string,
+    params: Record<string, string>,
+  ): Promise<{ status: number; body: string }> => {
+    const agent = new Agent({ connect: { ca: testPki().ca } });
+    try {
+      const res = await agent.request({
+        origin: issuer,
+        path: '/token',
+        method: 'POST',
+        headers: {
+          'content-type': 'application/x-www-form-urlencoded',
+          authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`,
+        },
+        body: new URLSearchParams(params).toString(),
+      });
+      return { status: res.statusCode, body: await res.body.text() };
+    } finally {
+      await agent.close();
+    }
+  };
+
   return {
     issuer,
     tokenUrl: `${issuer}/token`,
@@ -426,23 +455,13 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
       return last;
     },
     async passwordGrant(clientId, clientSecret, username, password) {
-      const agent = new Agent({ connect: { ca: testPki().ca } });
-      try {
-        const res = await agent.request({
-          origin: issuer,
-          path: '/token',
-          method: 'POST',
-          headers: {
-            'content-type': 'application/x-www-form-urlencoded',
-            authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`,
-          },
-          body: new URLSearchParams({ grant_type: 'password', username, password, scope: 'api' }).toString(),
-        });
-        const json = (await res.body.json()) as { access_token: string; refresh_token: string };
-        return { accessToken: json.access_token, refreshToken: json.refresh_token };
-      } finally {
-        await agent.close();
-      }
+      const res = await postToken(clientId, clientSecret, { grant_type: 'password', username, password, scope: 'api' });
+      const json = JSON.parse(res.body) as { access_token: string; refresh_token: string };
+      return { accessToken: json.access_token, refreshToken: json.refresh_token };
+    },
+    async spendRefreshToken(clientId, clientSecret, refreshToken) {
+      return (await postToken(clientId, clientSecret, { grant_type: 'refresh_token', refresh_token: refreshToken }))
+        .status;
     },
     stop: () =>
       new Promise<void>((resolve) => {

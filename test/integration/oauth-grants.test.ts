@@ -216,17 +216,7 @@ describe('password grant with rotating refresh tokens (oidc-provider)', () => {
     // Reusing a rotated refresh token revokes the whole grant (oidc-provider's reuse detection):
     // use the proxy's current refresh token behind its back so its next refresh is refused.
     const source = (proxy as RunningProxy).app.tokens.get('partner');
-    const stolen = oidc.lastIssuedRefreshToken();
-    const res = await request(oidc.tokenUrl, {
-      method: 'POST',
-      dispatcher: new Agent({ connect: { ca: pki.ca } }),
-      headers: {
-        'content-type': 'application/x-www-form-urlencoded',
-        authorization: `Basic ${Buffer.from('pw-client:pw-secret').toString('base64')}`,
-      },
-      body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: stolen }).toString(),
-    });
-    await res.body.dump();
+    await oidc.spendRefreshToken('pw-client', 'pw-secret', oidc.lastIssuedRefreshToken());
     clock.offsetMs = 200_000;
     const renewed = nextToken(proxy as RunningProxy);
     expect((await get()).status).toBe(200);

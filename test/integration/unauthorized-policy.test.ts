@@ -1,4 +1,4 @@
-import { Agent, request } from 'undici';
+import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { testPki } from '../helpers/certs.js';
@@ -68,18 +68,7 @@ async function burst(n: number, path: (i: number) => string): Promise<Record<num
 const lastAccepted = () => partner.seen.filter((s) => s.status === 200).at(-1)?.token as string;
 
 /** Spends the proxy's current refresh token behind its back: oidc-provider then revokes the grant (reuse detection). */
-async function stealRefreshToken(): Promise<void> {
-  const res = await request(oidc.tokenUrl, {
-    method: 'POST',
-    dispatcher: new Agent({ connect: { ca: pki.ca } }),
-    headers: {
-      'content-type': 'application/x-www-form-urlencoded',
-      authorization: `Basic ${Buffer.from('pw-client:pw-secret').toString('base64')}`,
-    },
-    body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: oidc.lastIssuedRefreshToken() }).toString(),
-  });
-  await res.body.dump();
-}
+const stealRefreshToken = () => oidc.spendRefreshToken('pw-client', 'pw-secret', oidc.lastIssuedRefreshToken());
 
 const grants = () => oidc.calls.map((c) => `${c.grantType}:${c.status}`);
 

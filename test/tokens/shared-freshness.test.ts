@@ -9,6 +9,7 @@ import { TokenProvider } from '../../src/tokens/provider.js';
 import { RedisTokenStore } from '../../src/tokens/redis-store.js';
 import { TokenCache } from '../../src/tokens/token-cache.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { withTimeout } from '../helpers/time.js';
 
 /**
  * AES-GCM proves who sealed a shared entry, not when: anyone who can write Redis can put an old
@@ -21,6 +22,8 @@ const KEY = cipherKey(Buffer.alloc(32, 7).toString('base64'));
 let redis: TestRedis;
 let raw: Redis;
 const stores: RedisTokenStore[] = [];
+/** Resolves when each store's connection is ready (its onHealth report), not by polling. */
+const ready: Promise<void>[] = [];
 
 /** A token endpoint that rotates refresh tokens and records what was presented. */
 const endpoint = {
@@ -34,12 +37,15 @@ const endpoint = {
 };
 
 function replica(): TokenProvider {
+  let up: () => void = () => undefined;
+  ready.push(new Promise((resolve) => (up = resolve)));
   const store = new RedisTokenStore({
     connection: { url: redis.url },
     keyPrefix: PREFIX,
     lockTimeoutMs: 2_000,
     cipher: new EntryCipher(KEY),
     logger: pino({ level: 'silent' }),
+    onHealth: (healthy) => healthy && up(),
   });
   stores.push(store);
   return new TokenProvider(
@@ -60,11 +66,6 @@ function replica(): TokenProvider {
       logger: pino({ level: 'silent' }),
     },
   );
-}
-
-async function up(store: RedisTokenStore): Promise<void> {
-  for (let i = 0; i < 200 && !store.up; i++) await new Promise((r) => setTimeout(r, 10));
-  expect(store.up).toBe(true);
 }
 
 async function entryName(): Promise<string> {
@@ -88,7 +89,8 @@ describe('shared entry freshness (real redis-server)', () => {
   it('a replica refuses a replayed older entry: no adoption of its access token, no reuse of its refresh token', async () => {
     const a = replica();
     const b = replica();
-    for (const store of stores) await up(store);
+    await withTimeout(Promise.all(ready), 5_000, 'the stores connecting to redis-server');
+    expect(stores.every((store) => store.up)).toBe(true);
     const t1 = await a.obtain(); // full grant, written as version 1
     expect(t1.value).toBe('at-1');
     const name = await entryName();
