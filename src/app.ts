@@ -9,6 +9,8 @@ import { parseListen } from './config/schema.js';
 import { createLogger } from './logger.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { createProxyServer } from './proxy/server.js';
+import { readmitDetached } from './proxy/detached.js';
+import { REFUSAL_REASONS } from './proxy/respond.js';
 import { buildGeneration, type Generation } from './generation.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
 import { systemClock, type Clock } from './tokens/clock.js';
@@ -99,7 +101,15 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   let generation: Generation = buildGeneration(initial, deps);
   const sources = new Map(generation.sources);
 
-  const { server: proxy, ctx, inFlight } = createProxyServer(generation.routing, logger, initial.limits);
+  // Every reason exported from the start at 0, so a rate() or an alert sees the first refusal.
+  for (const reason of REFUSAL_REASONS) metrics.refusals.labels(reason).inc(0);
+  const {
+    server: proxy,
+    ctx,
+    inFlight,
+  } = createProxyServer(generation.routing, logger, initial.limits, {
+    inc: (reason) => metrics.refusals.labels(reason).inc(),
+  });
   let listening = false;
   let closing = false;
   const admin = createAdminServer(registry, {
@@ -174,6 +184,12 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       generation = buildGeneration(next, deps);
       deps.providers.keepOnly([...generation.sources.values()].map((source) => source.key));
       ctx.routing = generation.routing; // new requests route with the new config from here on
+      const closed = readmitDetached(ctx); // tunnels and WebSockets the new config refuses
+      if (closed > 0)
+        logger.info(
+          { event: 'connections_closed_by_reload', closed },
+          `reload closed ${closed} tunnel or WebSocket connections it no longer admits`,
+        );
       sources.clear();
       for (const [k, v] of generation.sources) sources.set(k, v);
       for (const source of generation.warm) warmUp(source);
@@ -195,7 +211,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
           'closing connections of requests still in flight',
         );
       proxy.closeAllConnections();
-      for (const socket of ctx.detached) socket.destroy(); // tunnels and WebSockets: no request of theirs is in flight
+      for (const socket of ctx.detached.keys()) socket.destroy(); // tunnels and WebSockets: no request of theirs is in flight
       await closed;
       await new Promise<void>((resolve) => admin.close(() => resolve()));
       admin.closeAllConnections();

@@ -17,7 +17,12 @@ export type ProxyErrorCode =
   | 'interception_not_configured'
   | 'unknown_tenant'
   | 'caller_unauthorized'
-  | 'caller_auth_unavailable';
+  | 'caller_auth_unavailable'
+  | 'request_timeout'
+  | 'headers_too_large'
+  | 'too_many_auth_failures'
+  | 'overloaded'
+  | 'upgrade_failed';
 
 /** Why a token could not be obtained (RFC 6749 §5.2 codes, plus transport-level reasons). */
 export type TokenFailureReason =
@@ -53,11 +58,19 @@ export class ProxyError extends Error {
   readonly code: ProxyErrorCode;
   /** Extra JSON fields for the error body; never secrets. */
   readonly details: Readonly<Record<string, string>>;
+  /** Extra response headers of the answer (WWW-Authenticate, Retry-After). */
+  readonly headers: Readonly<Record<string, string>> | undefined;
 
-  constructor(code: ProxyErrorCode, message: string, details: Record<string, string> = {}, options?: ErrorOptions) {
+  constructor(
+    code: ProxyErrorCode,
+    message: string,
+    details: Record<string, string> = {},
+    options?: ErrorOptions & { headers?: Record<string, string> },
+  ) {
     super(message, options);
     this.code = code;
     this.details = details;
+    this.headers = options?.headers;
   }
 }
 
@@ -137,6 +150,11 @@ const STATUS: Readonly<Record<ProxyErrorCode, number>> = {
   unknown_tenant: 403,
   caller_unauthorized: 401,
   caller_auth_unavailable: 503,
+  request_timeout: 408,
+  headers_too_large: 431,
+  too_many_auth_failures: 429,
+  overloaded: 503,
+  upgrade_failed: 502,
 };
 
 /**
@@ -154,6 +172,9 @@ const PROXY_STATUS: Partial<Record<ProxyErrorCode, string>> = {
   proxy_auth_required: 'token-proxy; error=http_request_denied',
   interception_not_configured: 'token-proxy; error=http_request_denied',
   unknown_tenant: 'token-proxy; error=http_request_denied',
+  too_many_auth_failures: 'token-proxy; error=http_request_denied',
+  overloaded: 'token-proxy; error=connection_limit_reached',
+  upgrade_failed: 'token-proxy; error=http_upgrade_failed',
 };
 
 export function proxyStatusFor(err: ProxyError): string | undefined {
@@ -183,6 +204,7 @@ export function errorHeaders(err: ProxyError, body: string): Record<string, stri
   if (err.code === 'method_not_allowed') headers['allow'] = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
   // The rest of an oversized body is never read: the connection cannot carry another request.
   if (err.code === 'body_too_large') headers['connection'] = 'close';
+  if (err.headers !== undefined) Object.assign(headers, err.headers);
   return headers;
 }
 
@@ -202,7 +224,10 @@ const STATUS_TEXT: Record<number, string> = {
   404: 'Not Found',
   405: 'Method Not Allowed',
   407: 'Proxy Authentication Required',
+  408: 'Request Timeout',
   413: 'Content Too Large',
+  429: 'Too Many Requests',
+  431: 'Request Header Fields Too Large',
   502: 'Bad Gateway',
   503: 'Service Unavailable',
   504: 'Gateway Timeout',

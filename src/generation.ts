@@ -1,5 +1,5 @@
 import { Agent, type Dispatcher } from 'undici';
-import { DEFAULT_UPSTREAM_TIMEOUT_SECONDS } from './config/defaults.js';
+import { DEFAULT_UPSTREAM_TIMEOUT_SECONDS, EGRESS_MAX_REQUESTS } from './config/defaults.js';
 import type { Config } from './config/load.js';
 import { accessLogFor } from './logger.js';
 import { bindRequestMetrics } from './metrics.js';
@@ -10,6 +10,7 @@ import { ForwardRouter } from './proxy/forward-router.js';
 import { Drain } from './proxy/drain.js';
 import { InboundGuard } from './proxy/inbound-guard.js';
 import { ReverseRouter } from './proxy/router.js';
+import { UpstreamQueue } from './proxy/upstream-queue.js';
 import type { Routing } from './proxy/context.js';
 import type { TokenProvider } from './tokens/provider.js';
 import { UpstreamFactory, type UpstreamDeps } from './upstreams.js';
@@ -68,6 +69,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
       metrics: bindRequestMetrics(metrics, EGRESS_UPSTREAM),
       retryBodyLimitBytes: 0,
       timeoutMs: DEFAULT_UPSTREAM_TIMEOUT_SECONDS * 1000,
+      queue: new UpstreamQueue(EGRESS_MAX_REQUESTS),
       logger,
       accessLog,
     },

@@ -88,6 +88,12 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
       buckets: REQUEST_DURATION_BUCKETS,
       registers,
     }),
+    refusals: new Counter({
+      name: 'token_proxy_refusals_total',
+      help: 'Requests and connections the proxy refused itself (4xx, and 503 when an upstream queue is full), by reason: the error code of the answer.',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
     unauthorizedRetries: new Counter({
       name: 'token_proxy_unauthorized_retries_total',
       help: 'Requests replayed with a fresh token after a 401, by outcome (recovered, still_unauthorized).',

@@ -4,13 +4,14 @@ import type { Config, ResolvedAuth, UpstreamConfig } from './config/load.js';
 import { accessLogFor } from './logger.js';
 import { bindRequestMetrics, bindTokenMetrics, type Metrics } from './metrics.js';
 import { createGrant } from './oauth/grants.js';
-import type { TenantTokens, Upstream } from './proxy/forwarder.js';
+import type { TenantTokens, Upstream } from './proxy/upstream.js';
 import type { Clock } from './tokens/clock.js';
 import type { TokenProvider } from './tokens/provider.js';
 import type { TokenProviders } from './tokens/provider-registry.js';
 import { cacheKey } from './tokens/token-cache.js';
 import { DEFAULT_RENEWAL_BACKOFF } from './tokens/renewal-policy.js';
 import { tlsOptions } from './tls-options.js';
+import { UpstreamQueue } from './proxy/upstream-queue.js';
 
 export interface UpstreamDeps {
   readonly metrics: Metrics;
@@ -89,6 +90,7 @@ export class UpstreamFactory {
       metrics: bindRequestMetrics(metrics, u.name),
       retryBodyLimitBytes: u.retryBodyLimitBytes,
       timeoutMs: u.timeoutSeconds * 1000,
+      queue: new UpstreamQueue(u.maxConnections + u.maxQueuedRequests),
       logger,
       accessLog: accessLogFor(logger, this.#config.accessLog),
     };

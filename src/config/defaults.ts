@@ -13,6 +13,10 @@ export const DEFAULT_UPSTREAM_TIMEOUT_SECONDS = 30;
  * costs the partner (and us: a TLS handshake each) instead of opening a connection per request.
  */
 export const DEFAULT_UPSTREAM_MAX_CONNECTIONS = 128;
+/** Beyond the connections, this many requests may wait for one (a burst); more get 503 at once. */
+export const DEFAULT_UPSTREAM_MAX_QUEUED_REQUESTS = 1024;
+/** Requests the egress passthrough holds at once (it has no pool limit of its own to queue behind). */
+export const EGRESS_MAX_REQUESTS = 4096;
 /** How long a request may wait for a token when none is cached. */
 export const DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS = 10;
 /** One token endpoint call may take this long before it counts as a `timeout`. */

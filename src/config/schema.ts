@@ -17,6 +17,7 @@ import {
   DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
   DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS,
   DEFAULT_UPSTREAM_MAX_CONNECTIONS,
+  DEFAULT_UPSTREAM_MAX_QUEUED_REQUESTS,
   DEFAULT_UPSTREAM_TIMEOUT_SECONDS,
   LOG_LEVELS,
   MAX_TIMER_SECONDS,
@@ -102,6 +103,14 @@ const upstreamSchema = z
       .default(DEFAULT_UPSTREAM_MAX_CONNECTIONS)
       .describe(
         'connections kept to the target at most (keep-alive); further requests queue for a free one. Raise it for long-lived responses (streams, long polls)',
+      ),
+    maxQueuedRequests: z
+      .number()
+      .int()
+      .min(0)
+      .default(DEFAULT_UPSTREAM_MAX_QUEUED_REQUESTS)
+      .describe(
+        'requests that may wait for a free connection beyond maxConnections; more are answered 503 with Retry-After at once',
       ),
     unauthorizedBackoff: z
       .strictObject({
@@ -238,6 +247,19 @@ export const configSchema = z.strictObject({
       tunnelIdleTimeoutSeconds: positiveSeconds
         .default(600)
         .describe('a CONNECT tunnel or WebSocket connection with no traffic either way for this long is closed'),
+      responseIdleTimeoutSeconds: positiveSeconds
+        .default(60)
+        .describe(
+          'a client that reads none of its response for this long is cut off and the upstream connection freed (slow readers)',
+        ),
+      maxReplayBufferBytes: z
+        .number()
+        .int()
+        .min(0)
+        .default(67_108_864)
+        .describe(
+          'request bodies held for a 401 replay, summed over all requests; past it, bodies stream through without a replay',
+        ),
     })
     .default({
       maxRequestHeaderBytes: 16_384,
@@ -245,6 +267,8 @@ export const configSchema = z.strictObject({
       headersTimeoutSeconds: 10,
       requestTimeoutSeconds: 300,
       tunnelIdleTimeoutSeconds: 600,
+      responseIdleTimeoutSeconds: 60,
+      maxReplayBufferBytes: 67_108_864,
     }),
   tokenCache: z
     .strictObject({

@@ -2,19 +2,22 @@ import type { IncomingMessage } from 'node:http';
 import { connect as tcpConnect, type LookupFunction } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
-import { ProxyError, errorResponseBytes } from '../errors.js';
+import { ProxyError } from '../errors.js';
 import type { CertificateAuthority } from '../mitm/certificate-authority.js';
+import { clientNotAllowed, proxyUser } from './admit.js';
 import { parseConnectAuthority } from './request-target.js';
-import { answerAndClose, closeWhenIdle, detach } from './detached.js';
-import type { ProxyContext, Tunnel } from './context.js';
+import { closeWhenIdle, detach } from './detached.js';
+import type { ProxyContext, Routing, Tunnel } from './context.js';
 
 /** RFC 9110 §9.3.6: any 2xx means the tunnel is open. */
 const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
 /** First byte of a TLS record carrying a handshake (RFC 8446 §5.1, ContentType handshake = 22). */
 const TLS_HANDSHAKE = 0x16;
 
-function refuse(socket: Duplex, err: ProxyError): void {
-  answerAndClose(socket, errorResponseBytes(err));
+/** Whether a tunnel opened by `client` with `credentials` would still be let in by `routing`. */
+function stillAdmitted(client: string | undefined, credentials: string | undefined) {
+  return (routing: Routing): boolean =>
+    routing.guard.clientAllowed(client) && routing.guard.authenticate(credentials) !== undefined;
 }
 
 /**
@@ -25,25 +28,31 @@ function refuse(socket: Duplex, err: ProxyError): void {
  */
 export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, head: Buffer): void {
   socket.on('error', () => undefined); // a client that vanishes mid-tunnel is not our error
-  detach(ctx, socket);
   const r = ctx.routing;
-  const user = r.guard.authenticate(req.headers['proxy-authorization']);
-  if (user === undefined) {
-    refuse(socket, new ProxyError('proxy_auth_required', 'proxy credentials missing or wrong'));
+  const clientAddress = req.socket.remoteAddress;
+  const credentials = req.headers['proxy-authorization'];
+  let readmit = stillAdmitted(clientAddress, credentials);
+  detach(ctx, socket, (routing) => readmit(routing));
+  const refuse = (err: ProxyError): void => void ctx.answers.errorOnSocket(socket, err, 'CONNECT');
+  if (!r.guard.clientAllowed(clientAddress)) {
+    refuse(clientNotAllowed());
+    return;
+  }
+  const user = proxyUser(ctx, credentials, clientAddress);
+  if (user instanceof ProxyError) {
+    refuse(user);
     return;
   }
   const authority = parseConnectAuthority(req.url ?? '');
   if (authority === null) {
-    refuse(socket, new ProxyError('bad_request', 'CONNECT needs host:port'));
+    refuse(new ProxyError('bad_request', 'CONNECT needs host:port'));
     return;
   }
   const { host, port } = authority;
   const upstream = r.forward.route(host, port);
-  const clientAddress = req.socket.remoteAddress;
   if (upstream !== undefined) {
     if (r.interception === undefined && port !== 80) {
       refuse(
-        socket,
         new ProxyError(
           'interception_not_configured',
           `${host}:${port} is served by upstream ${upstream.name}, but a token cannot be injected into a TLS tunnel without TLS interception: configure mitm, or call http://${host}/ through the proxy instead`,
@@ -52,6 +61,9 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
       );
       return;
     }
+    // The requests inside are each admitted under the configuration in force (admit()): a
+    // reload answers the next one 407 rather than cutting the tunnel.
+    readmit = () => true;
     socket.write(ESTABLISHED);
     if (head.length > 0) socket.unshift(head);
     // Until the first byte, no HTTP server timeout watches the tunnel: a client has as long as it has for its headers.
@@ -61,7 +73,7 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
       port,
       clientAddress,
       user,
-      credentials: req.headers['proxy-authorization'],
+      credentials,
       admittedBy: r,
     });
     return;
@@ -69,7 +81,6 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
   const decision = r.egress.decide(host, port, 'connect');
   if (!decision.allowed) {
     refuse(
-      socket,
       new ProxyError('egress_denied', `CONNECT to ${host}:${port} is not allowed`, {
         host,
         port: String(port),
@@ -79,8 +90,10 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     return;
   }
   closeWhenIdle(socket, ctx.limits.tunnelIdleTimeoutSeconds);
-  blindTunnel(ctx, socket, head, host, port, r.egress.lookup);
+  blindTunnel(ctx, refuse, socket, head, host, port, r.egress.lookup);
 }
+
+type Refuse = (err: ProxyError) => void;
 
 /**
  * Looks at the first byte the client sends inside the tunnel: a TLS handshake is terminated with
@@ -122,6 +135,12 @@ function openInnerConnection(
     }
     const tls = new TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] });
     tls.on('error', () => socket.destroy());
+    // The handshake has as long as request headers have: a client that stalls it after its
+    // first byte (or trickles it) is cut off; the HTTP server's timeouts apply only after it.
+    const deadline = setTimeout(() => socket.destroy(), ctx.limits.headersTimeoutSeconds * 1000);
+    deadline.unref();
+    tls.once('secure', () => clearTimeout(deadline));
+    socket.once('close', () => clearTimeout(deadline));
     ctx.tunnels.set(tls, { ...t, proto: 'https' });
     ctx.adopt(tls);
   });
@@ -129,6 +148,7 @@ function openInnerConnection(
 
 function blindTunnel(
   ctx: ProxyContext,
+  refuse: Refuse,
   socket: Duplex,
   head: Buffer,
   host: string,
@@ -148,7 +168,6 @@ function blindTunnel(
     if (!established) {
       const denied = (err as NodeJS.ErrnoException).code === 'ERR_EGRESS_DENIED';
       refuse(
-        socket,
         new ProxyError(
           denied ? 'egress_denied' : 'upstream_unreachable',
           denied ? err.message : `cannot reach ${host}:${port}: ${err.message}`,

@@ -1,6 +1,6 @@
 /**
- * The state the proxy listener's handlers share (server.ts, resolve.ts, connect.ts, upgrade.ts,
- * detached.ts). Types only, and nothing imported from those handlers, so none of them has to
+ * The state the proxy listener's handlers share (server.ts, admit.ts, connect.ts, upgrade.ts,
+ * forward.ts). Types only, and nothing imported from those handlers, so none of them has to
  * import another just for a type.
  */
 import type { Duplex } from 'node:stream';
@@ -9,7 +9,10 @@ import type { InboundJwtValidator } from '../inbound/jwt-validator.js';
 import type { CertificateAuthority } from '../mitm/certificate-authority.js';
 import type { Drain } from './drain.js';
 import type { EgressPolicy } from './egress.js';
-import type { Upstream } from './forwarder.js';
+import type { Upstream } from './upstream.js';
+import type { Answers } from './respond.js';
+import type { AuthThrottle } from './auth-throttle.js';
+import type { ReplayBudget } from './replay-budget.js';
 import type { ForwardRouter } from './forward-router.js';
 import type { InboundGuard } from './inbound-guard.js';
 import type { ReverseRouter } from './router.js';
@@ -26,8 +29,15 @@ export interface ProxyContext {
   /**
    * Client sockets the HTTP server let go of (CONNECT tunnels, upgraded connections): its own
    * timeouts and closeAllConnections() no longer reach them, so shutdown closes these itself.
+   * Each maps to its re-admission check: a reload closes those the new configuration refuses.
    */
-  readonly detached: Set<Duplex>;
+  readonly detached: Map<Duplex, (routing: Routing) => boolean>;
+  /** Every answer the proxy makes itself, and the refusal log and count. */
+  readonly answers: Answers;
+  /** Failed proxy credentials per client address (kept across reloads). */
+  readonly authThrottle: AuthThrottle;
+  /** Bytes held in replay buffers, process-wide. */
+  readonly replayBudget: ReplayBudget;
 }
 
 export interface ListenerLimits {
@@ -35,6 +45,9 @@ export interface ListenerLimits {
   readonly headersTimeoutSeconds: number;
   readonly requestTimeoutSeconds: number;
   readonly tunnelIdleTimeoutSeconds: number;
+  /** A client that reads none of its answer for this long is cut off, freeing the upstream connection. */
+  readonly responseIdleTimeoutSeconds: number;
+  readonly maxReplayBufferBytes: number;
 }
 
 /** Everything routing needs; replaced as a whole when the config is reloaded. */

@@ -1,4 +1,4 @@
-import type { Upstream } from './forwarder.js';
+import type { Upstream } from './upstream.js';
 import { nameMatches, parseHostPattern, type HostPattern } from './host-pattern.js';
 
 /** Ports a `hosts` entry without a port answers on. */

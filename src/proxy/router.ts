@@ -1,4 +1,4 @@
-import type { Upstream } from './forwarder.js';
+import type { Upstream } from './upstream.js';
 
 export interface ReverseRoute<U = Upstream> {
   readonly upstream: U;
@@ -26,6 +26,15 @@ function escapesPrefix(rest: string): boolean {
 }
 
 /**
+ * `path` (origin-form, with query) under `basePath`, or null when it would climb out of it. The
+ * rule of every way to an upstream: reverse mode after its prefix, forward mode and tunnels whole.
+ */
+export function confine(basePath: string, path: string): string | null {
+  if (escapesPrefix(path)) return null;
+  return basePath === '' ? path : basePath + path;
+}
+
+/**
  * Reverse-mode routing: the longest configured path prefix that the request path starts with,
  * at a segment boundary (`/partner` matches `/partner/x` and `/partner?q`, not `/partnerx`).
  */
@@ -44,9 +53,8 @@ export class ReverseRouter<U extends { readonly basePath: string } = Upstream> {
       // end of string, '/', or '?'
       if (!(Number.isNaN(next) || next === 47 || next === 63)) continue;
       const rest = url.slice(prefix.length);
-      if (escapesPrefix(rest)) return null;
-      const path = upstream.basePath + (rest === '' || rest.charCodeAt(0) === 63 ? `/${rest}` : rest);
-      return { upstream, path };
+      const path = confine(upstream.basePath, rest === '' || rest.charCodeAt(0) === 63 ? `/${rest}` : rest);
+      return path === null ? null : { upstream, path };
     }
     return undefined;
   }

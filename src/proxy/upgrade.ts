@@ -1,13 +1,14 @@
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import { ProxyError, TokenError, errorResponseBytes } from '../errors.js';
+import { ProxyError } from '../errors.js';
+import type { Token } from '../tokens/token.js';
+import { admit, type Admission, type Admitted } from './admit.js';
+import type { ProxyContext, Routing } from './context.js';
+import { closeWhenIdle, detach } from './detached.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
-import { admitCaller, resolve } from './resolve.js';
-import type { Target, Upstream } from './forwarder.js';
-import type { TokenReader } from '../tokens/reader.js';
-import { answerAndClose, closeWhenIdle, detach } from './detached.js';
-import type { ProxyContext } from './context.js';
+import { CLIENT_LEFT, logAnswer, tokenUnavailable, type RequestRecord } from './respond.js';
 
 /**
  * A response head from raw headers. A 101 keeps Connection and Upgrade: they are the switch itself.
@@ -22,9 +23,10 @@ function head(status: number, statusText: string, raw: readonly Buffer[]): strin
 }
 
 /**
- * WebSocket upgrades (RFC 6455 §4, RFC 9110 §7.8): routed like any request, the token is injected
- * on the handshake, and after a 101 the two sockets are joined. A handshake the target refuses
- * (401, 403, ...) goes back to the client as an ordinary response.
+ * WebSocket upgrades (RFC 6455 §4, RFC 9110 §7.8): admitted like any request (admit()), the token
+ * is injected on the handshake, and after a 101 the two sockets are joined. A handshake the
+ * target refuses (401, 403, ...) goes back to the client as an ordinary response. Answers,
+ * refusals, the access line and metrics are those of every other request (respond.ts).
  *
  * Any other protocol is never switched to: after its 101 the client would speak through the
  * proxy's connection (and its mTLS identity) with requests that no route, token or policy sees,
@@ -38,118 +40,190 @@ function head(status: number, statusText: string, raw: readonly Buffer[]): strin
  */
 export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, early: Buffer): void {
   socket.on('error', () => undefined);
-  detach(ctx, socket);
+  const client = ctx.tunnels.get(req.socket)?.clientAddress ?? req.socket.remoteAddress;
+  const credentials = req.headers['proxy-authorization'];
+  detach(
+    ctx,
+    socket,
+    (r: Routing) =>
+      r.guard.clientAllowed(client) && (credentials === undefined || r.guard.authenticate(credentials) !== undefined),
+  );
   closeWhenIdle(socket, ctx.limits.tunnelIdleTimeoutSeconds);
   const websocket = (req.headers.upgrade ?? '').trim().toLowerCase() === 'websocket';
   if (
     !websocket &&
     (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) !== 0)
   ) {
-    answerAndClose(
+    ctx.answers.errorOnSocket(
       socket,
-      errorResponseBytes(
-        new ProxyError(
-          'bad_request',
-          'a request with a body cannot offer a protocol upgrade here: send it without Upgrade (only WebSocket is relayed)',
-        ),
+      new ProxyError(
+        'bad_request',
+        'a request with a body cannot offer a protocol upgrade here: send it without Upgrade (only WebSocket is relayed)',
       ),
+      req.method,
     );
     return;
   }
-  const callerAuth = ctx.routing.callerAuth;
-  const where = resolve(ctx, req);
-  if (where instanceof ProxyError) {
-    answerAndClose(socket, errorResponseBytes(where));
-    return;
+  const admitted = (a: Admission): void => {
+    if (a instanceof ProxyError) ctx.answers.errorOnSocket(socket, a, req.method);
+    else new UpgradeRelay(ctx, req, socket, early, websocket, a).start();
+  };
+  try {
+    const a = admit(ctx, req);
+    if (a instanceof Promise) a.then(admitted, () => socket.destroy());
+    else admitted(a);
+  } catch {
+    socket.destroy();
   }
-  if (where.verifyCaller === undefined || callerAuth === undefined) {
-    relay(req, socket, early, websocket, where.upstream, where.target, where.tokens);
-    return;
-  }
-  // Gateway mode: the handshake is a request like any other; the caller's JWT is checked first.
-  admitCaller(callerAuth, req, where).then(
-    (admitted) => {
-      if (admitted instanceof ProxyError) answerAndClose(socket, errorResponseBytes(admitted));
-      else if ('error' in admitted)
-        answerAndClose(socket, errorResponseBytes(admitted.error, { 'www-authenticate': admitted.wwwAuthenticate }));
-      else relay(req, socket, early, websocket, where.upstream, admitted.target, admitted.tokens);
-    },
-    () => socket.destroy(),
-  );
 }
 
-/** To the target: a WebSocket handshake (then joined on a 101), or else an ordinary request whose answer ends the connection. */
-function relay(
-  req: IncomingMessage,
-  socket: Duplex,
-  early: Buffer,
-  websocket: boolean,
-  upstream: Upstream,
-  target: Target,
-  tokens: TokenReader | undefined,
-): void {
-  const tokenReady =
-    tokens === undefined ? Promise.resolve(undefined) : Promise.resolve(tokens.current() ?? tokens.obtain());
-  tokenReady.then(
-    (token) => {
-      // Upgrade and Connection are hop-by-hop: undici writes its own from `upgrade`.
-      const headers = upstreamRequestHeaders(
-        req.rawHeaders,
-        {
-          clientAddress: req.socket.remoteAddress ?? '',
-          proto: target.clientProto,
-          strip: target.stripHeaders,
-          add: target.addHeaders,
-        },
-        token?.header,
-      );
-      const handler: Dispatcher.DispatchHandler = {
-        onConnect: (abort) => {
-          socket.once('close', () => abort());
-        },
-        onUpgrade: (statusCode, rawHeaders, upstreamSocket) => {
-          socket.write(head(statusCode, 'Switching Protocols', rawHeaders as Buffer[]));
-          if (early.length > 0) upstreamSocket.write(early);
-          upstreamSocket.on('error', () => socket.destroy());
-          socket.once('close', () => upstreamSocket.destroy());
-          upstreamSocket.once('close', () => socket.destroy());
-          upstreamSocket.pipe(socket);
-          socket.pipe(upstreamSocket);
-        },
-        onHeaders: (statusCode, rawHeaders, _resume, statusText) => {
-          socket.write(head(statusCode, statusText, rawHeaders));
-          return true;
-        },
-        onData: (chunk) => socket.write(chunk),
-        onComplete: () => {
-          socket.end(() => socket.destroy());
-        },
-        onError: (err) => {
-          if (socket.writable)
-            answerAndClose(
-              socket,
-              errorResponseBytes(
-                new ProxyError('upstream_unreachable', `upgrade to ${upstream.name} failed: ${err.message}`, {
-                  upstream: upstream.name,
-                }),
-              ),
-            );
-        },
-      };
-      const request = { origin: target.origin, path: target.path, method: req.method ?? 'GET', headers };
-      upstream.dispatcher.dispatch(websocket ? { ...request, upgrade: 'websocket' } : request, handler);
-    },
-    (err: unknown) => {
-      const reason = err instanceof TokenError ? err.reason : 'bad_response';
-      answerAndClose(
+/**
+ * To the target: a WebSocket handshake (then joined on a 101), or else an ordinary request whose
+ * answer ends the connection. Back-pressure both ways; an error after the answer began cuts the
+ * connection (never a second answer in the body); a client that leaves at any point frees the
+ * upstream connection.
+ */
+class UpgradeRelay implements Dispatcher.DispatchHandler {
+  readonly #ctx: ProxyContext;
+  readonly #req: IncomingMessage;
+  readonly #socket: Duplex;
+  readonly #early: Buffer;
+  readonly #websocket: boolean;
+  readonly #a: Admitted;
+  readonly #rec: RequestRecord;
+  #token: Token | undefined;
+  #status = 0;
+  #logged = false;
+
+  constructor(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, early: Buffer, websocket: boolean, a: Admitted) {
+    this.#ctx = ctx;
+    this.#req = req;
+    this.#socket = socket;
+    this.#early = early;
+    this.#websocket = websocket;
+    this.#a = a;
+    this.#rec = {
+      req,
+      upstream: a.upstream,
+      tenant: a.tokens?.tenant,
+      started: performance.now(),
+      requestId: randomUUID(),
+    };
+  }
+
+  start(): void {
+    const tokens = this.#a.tokens;
+    const current = tokens?.current();
+    if (tokens === undefined || current !== undefined) {
+      this.#dispatch(current);
+      return;
+    }
+    tokens.obtain().then(
+      (token) => this.#dispatch(token),
+      (err: unknown) => {
+        if (this.#socket.destroyed) this.#log(CLIENT_LEFT);
+        else
+          this.#log(
+            this.#ctx.answers.errorOnSocket(this.#socket, tokenUnavailable(this.#a.upstream, err), this.#req.method),
+          );
+      },
+    );
+  }
+
+  #dispatch(token: Token | undefined): void {
+    if (this.#socket.destroyed) {
+      this.#log(CLIENT_LEFT);
+      return;
+    }
+    this.#token = token;
+    const { upstream, target } = this.#a;
+    // Upgrade and Connection are hop-by-hop: undici writes its own from `upgrade`.
+    const headers = upstreamRequestHeaders(
+      this.#req.rawHeaders,
+      {
+        clientAddress: this.#req.socket.remoteAddress ?? '',
+        proto: target.clientProto,
+        requestId: this.#rec.requestId,
+        strip: target.stripHeaders,
+        add: target.addHeaders,
+      },
+      token?.header,
+    );
+    const request = {
+      origin: target.origin,
+      path: target.path,
+      method: this.#req.method ?? 'GET',
+      headers,
+      headersTimeout: upstream.timeoutMs,
+    };
+    upstream.dispatcher.dispatch(this.#websocket ? { ...request, upgrade: 'websocket' } : request, this);
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    // The client may have left while its token was fetched: then there is nothing to connect.
+    if (this.#socket.destroyed) abort(new Error('client closed the connection'));
+    else this.#socket.once('close', () => abort(new Error('client closed the connection')));
+  }
+
+  onUpgrade(statusCode: number, rawHeaders: Buffer[] | string[] | null, upstreamSocket: Duplex): void {
+    const socket = this.#socket;
+    this.#status = statusCode;
+    if (socket.destroyed) {
+      upstreamSocket.destroy();
+      this.#log(CLIENT_LEFT);
+      return;
+    }
+    socket.write(head(statusCode, 'Switching Protocols', (rawHeaders ?? []) as Buffer[]));
+    if (this.#early.length > 0) upstreamSocket.write(this.#early);
+    upstreamSocket.on('error', () => socket.destroy());
+    socket.once('close', () => upstreamSocket.destroy());
+    upstreamSocket.once('close', () => socket.destroy());
+    // pipe() pauses and resumes each side with the other's back-pressure.
+    upstreamSocket.pipe(socket);
+    socket.pipe(upstreamSocket);
+    this.#log(statusCode);
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (statusCode < 200) return true;
+    this.#status = statusCode;
+    this.#socket.on('drain', resume);
+    return this.#socket.write(head(statusCode, statusText, rawHeaders));
+  }
+
+  onData(chunk: Buffer): boolean {
+    return this.#socket.write(chunk);
+  }
+
+  onComplete(): void {
+    const socket = this.#socket;
+    socket.end(() => socket.destroy());
+    this.#log(this.#status);
+  }
+
+  onError(err: Error): void {
+    const socket = this.#socket;
+    if (this.#status !== 0 || socket.destroyed) {
+      // The answer began (or the client left): cut the connection, never append a second answer.
+      const status = this.#status === 0 ? CLIENT_LEFT : this.#status;
+      socket.destroy();
+      this.#log(status);
+      return;
+    }
+    const u = this.#a.upstream;
+    u.logger.warn({ event: 'upgrade_failed', upstream: u.name, err: err.message }, 'upgrade request failed');
+    this.#log(
+      this.#ctx.answers.errorOnSocket(
         socket,
-        errorResponseBytes(
-          new ProxyError('token_unavailable', `no token for upstream ${upstream.name}: ${reason}`, {
-            upstream: upstream.name,
-            reason,
-          }),
-        ),
-      );
-    },
-  );
+        new ProxyError('upgrade_failed', `upgrade to ${u.name} failed: ${err.message}`, { upstream: u.name }),
+        this.#req.method,
+      ),
+    );
+  }
+
+  #log(status: number): void {
+    if (this.#logged) return;
+    this.#logged = true;
+    logAnswer(this.#rec, status, this.#token, false);
+  }
 }

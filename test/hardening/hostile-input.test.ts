@@ -197,7 +197,7 @@ describe('oversized requests', () => {
   it('answers 431 to headers larger than limits.maxRequestHeaderBytes', async () => {
     const res = await rawRequest(port, req(['GET /partner/x HTTP/1.1', 'Host: p', `X-Big: ${'a'.repeat(20_000)}`]));
     await expectRefused(res, 431);
-    expect(JSON.parse(res.body)).toMatchObject({ error: 'bad_request', message: 'request headers too large' });
+    expect(JSON.parse(res.body)).toMatchObject({ error: 'headers_too_large', message: 'request headers too large' });
   });
 
   it('answers 431 to many small headers adding up to more than the limit', async () => {

@@ -1,0 +1,50 @@
+import type { Dispatcher } from 'undici';
+import type { Logger } from 'pino';
+import type { AccessLog } from '../logger.js';
+import type { RequestMetrics } from '../metrics.js';
+import type { TokenReader } from '../tokens/reader.js';
+import type { UpstreamQueue } from './upstream-queue.js';
+
+/**
+ * Everything the request path needs about one upstream, built once per configuration. The egress
+ * passthrough is an Upstream too, one without tokens: it never injects anything.
+ */
+export interface Upstream {
+  readonly name: string;
+  /** `https://host:port` of the target. */
+  readonly origin: string;
+  /** Path of the target URL without a trailing slash ('' for the root). */
+  readonly basePath: string;
+  readonly dispatcher: Dispatcher;
+  /** The token source, or one per tenant; undefined for the egress passthrough (no tokens ever). */
+  readonly tokens: TokenReader | TenantTokens | undefined;
+  readonly metrics: RequestMetrics;
+  readonly retryBodyLimitBytes: number;
+  readonly timeoutMs: number;
+  /** Requests dispatched and not yet answered: bounded, so a stalled target cannot pile them up. */
+  readonly queue: UpstreamQueue;
+  readonly logger: Logger;
+  /** One info line per request, or undefined when off (access logs cost throughput; see BENCHMARKS.md). */
+  readonly accessLog: AccessLog | undefined;
+}
+
+/** Token sources by tenant, and where a request's tenant name comes from. */
+export interface TenantTokens {
+  readonly from:
+    | { readonly kind: 'proxyAuthUser' }
+    | { readonly kind: 'header'; readonly name: string }
+    | { readonly kind: 'jwtClaim'; readonly claim: string };
+  readonly byTenant: ReadonlyMap<string, TokenReader>;
+}
+
+/** Where one request goes: the origin (scheme, host, port) and the path with query. */
+export interface Target {
+  readonly origin: string;
+  readonly path: string;
+  /** The scheme the client used towards the proxy, for X-Forwarded-Proto. */
+  readonly clientProto: 'http' | 'https';
+  /** Client headers never forwarded (names the proxy sets from validated claims), lower case. */
+  readonly stripHeaders?: ReadonlySet<string>;
+  /** Headers the proxy adds (validated caller claims). */
+  readonly addHeaders?: readonly (readonly [string, string])[];
+}
