@@ -71,7 +71,7 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
     }),
     inboundAuth: new Counter({
       name: 'token_proxy_inbound_auth_total',
-      help: 'Caller JWT validations in gateway mode, by result (valid, expired, bad_signature, bad_claims, missing, jwks_error).',
+      help: 'Caller JWT validations in gateway mode, by result (valid, expired, bad_signature, bad_claims, bad_type, missing, jwks_error).',
       labelNames: ['result'] as const,
       registers,
     }),

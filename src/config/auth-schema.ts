@@ -210,7 +210,7 @@ export const tenantsSchema = z
         'proxyAuthUser, header:<Header-Name> or jwtClaim:<claim>',
       )
       .describe(
-        'where the tenant name comes from: the proxy user (forward mode), a header set by a trusted gateway, or a claim of the validated caller JWT (inbound.jwt)',
+        'where the tenant name comes from: the proxy user (forward mode), a header set by a trusted gateway (not with inbound.jwt), or a claim of the validated caller JWT (inbound.jwt)',
       ),
     credentials: z.record(
       z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'tenant names: letters, digits, "_", "." and "-"'),
@@ -220,6 +220,22 @@ export const tenantsSchema = z
   .describe(
     'one token (and credentials) per tenant; unknown tenants are refused. What the tenants share (endpoint, clientAuth, scope, timing, mtls) stays at auth; a credential set there is the default of a tenant that sets none',
   );
+
+/**
+ * Where tenants may come from, given how callers are identified. With inbound.jwt the caller is
+ * who its validated JWT says; a `header:` source would let it name any tenant by a header it
+ * writes itself, whatever its token says. Runs on the raw document, like credentialProblems.
+ */
+export function tenantSourceProblems(upstreams: readonly unknown[], callerJwt: boolean): string[] {
+  if (!callerJwt) return [];
+  return upstreams.flatMap((u, i) => {
+    const from = isFields(u) && isFields(u['tenants']) ? u['tenants']['from'] : undefined;
+    if (typeof from !== 'string' || !from.startsWith('header:')) return [];
+    return [
+      `upstreams[${i}].tenants.from: ${from} lets a caller name any tenant in a request header, whatever its validated JWT says: with inbound.jwt, use jwtClaim:<claim> (e.g. jwtClaim:client_id)`,
+    ];
+  });
+}
 
 export type ParsedAuth = z.output<typeof authSchema>;
 export type TenantCredentials = z.output<typeof tenantCredentialsSchema>;

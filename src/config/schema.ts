@@ -1,8 +1,9 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { HostList, parseAddressList, parseHostPattern } from '../proxy/host-pattern.js';
-import { INBOUND_JWT_ALGORITHMS } from '../inbound/jwt-validator.js';
-import { authSchema, credentialProblems, mtlsSchema, tenantsSchema } from './auth-schema.js';
+import { forwardClaimHeaderProblem } from '../inbound/forward-claims.js';
+import { INBOUND_JWT_ALGORITHMS, MEDIA_TYPE } from '../inbound/jwt-validator.js';
+import { authSchema, credentialProblems, mtlsSchema, tenantSourceProblems, tenantsSchema } from './auth-schema.js';
 import { redisSchema } from './redis-schema.js';
 import { isLoopbackHost, secureUrl } from './url.js';
 
@@ -183,10 +184,28 @@ const inboundJwtSchema = z
       .record(z.string(), z.string())
       .default({})
       .describe('claim → value it must equal (or contain, for scope-like lists)'),
+    requiredTyp: z
+      .string()
+      .regex(MEDIA_TYPE, 'a media type such as at+jwt')
+      .optional()
+      .describe(
+        'JOSE typ the token must carry, e.g. at+jwt (RFC 9068): refuses the same IdP\'s ID tokens; compared case-insensitively, "application/" optional',
+      ),
     forwardClaims: z
-      .record(z.string(), z.string().regex(/^[A-Za-z0-9-]+$/, 'a header name'))
+      .record(
+        z.string(),
+        z
+          .string()
+          .regex(/^[A-Za-z0-9-]+$/, 'a header name')
+          .superRefine((header, ctx) => {
+            const problem = forwardClaimHeaderProblem(header);
+            if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+          }),
+      )
       .default({})
-      .describe('claim → request header that carries it to the partner'),
+      .describe(
+        'claim → request header that carries it to the partner; not a header the proxy sets, a hop-by-hop, body or credential header',
+      ),
     ca: z.string().min(1).optional().describe('PEM file of a private CA for the JWKS endpoint'),
   })
   .describe('gateway mode: validate the caller bearer JWT before spending a partner token on it');
@@ -352,6 +371,7 @@ export function crossFieldProblems(doc: unknown): string[] {
     }
   }
   problems.push(...credentialProblems(upstreams));
+  problems.push(...tenantSourceProblems(upstreams, inbound?.jwt !== undefined));
   return problems;
 }
 

@@ -12,6 +12,7 @@ import {
 import { LRUCache } from 'lru-cache';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { tlsOptions } from '../tls-options.js';
+import { forwardClaimHeaderProblem } from './forward-claims.js';
 
 /**
  * Validation of the caller's bearer JWT in gateway (reverse) mode: signature against the IdP's
@@ -44,6 +45,11 @@ export interface InboundJwtSettings {
   readonly requiredClaims: Readonly<Record<string, string>>;
   /** Claim name → request header name the claim's value is forwarded in. */
   readonly forwardClaims: Readonly<Record<string, string>>;
+  /**
+   * JOSE `typ` the token must carry, e.g. `at+jwt` (RFC 9068 §2.1): tells access tokens from the
+   * same issuer's ID tokens (RFC 8725 §3.11). Unset: `typ` is not checked.
+   */
+  readonly requiredTyp?: string | undefined;
   /** PEM of a private CA that signed the JWKS endpoint's certificate (added to the system roots). */
   readonly ca: string | undefined;
   /** Successful validations kept, by token hash. Default 10000. */
@@ -52,7 +58,8 @@ export interface InboundJwtSettings {
   readonly jwksCooldownMs?: number;
 }
 
-export type InboundAuthResult = 'valid' | 'expired' | 'bad_signature' | 'bad_claims' | 'missing' | 'jwks_error';
+export type InboundAuthResult =
+  'valid' | 'expired' | 'bad_signature' | 'bad_claims' | 'bad_type' | 'missing' | 'jwks_error';
 
 export type Validation =
   | { ok: true; claims: JWTPayload; forwardHeaders: [string, string][] }
@@ -80,6 +87,8 @@ const MAX_CACHE_TTL_MS = 300_000;
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Printable ASCII only: no CR/LF (header injection), no controls, nothing Node would refuse. */
 const SAFE_HEADER_VALUE = /^[\x20-\x7e]*$/;
+/** RFC 6838 §4.2 type[/subtype] names: what a JOSE `typ` media type may be (RFC 7515 §4.1.9). */
+export const MEDIA_TYPE = /^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(?:\/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*)?$/;
 /** RFC 6750 §2.1: `Bearer` 1*SP b64token (the scheme is case-insensitive, RFC 9110 §11.1). */
 const BEARER_SCHEME = /^Bearer(?: |$)/i;
 
@@ -118,7 +127,7 @@ function challenge(description?: string): string {
   return `Bearer realm="${REALM}", error="invalid_token", error_description="${quoteDescription(description)}"`;
 }
 
-function failure(result: 'expired' | 'bad_signature' | 'bad_claims', description: string): Validation {
+function failure(result: 'expired' | 'bad_signature' | 'bad_claims' | 'bad_type', description: string): Validation {
   return {
     ok: false,
     result,
@@ -215,7 +224,13 @@ function assertSettings(s: InboundJwtSettings): void {
   for (const [claim, header] of Object.entries(s.forwardClaims)) {
     if (!HEADER_NAME.test(header))
       problems.push(`forwardClaims.${claim}: ${JSON.stringify(header)} is not a valid header name`);
+    else {
+      const problem = forwardClaimHeaderProblem(header);
+      if (problem !== undefined) problems.push(`forwardClaims.${claim}: ${problem}`);
+    }
   }
+  if (s.requiredTyp !== undefined && (typeof s.requiredTyp !== 'string' || !MEDIA_TYPE.test(s.requiredTyp)))
+    problems.push('requiredTyp must be a media type such as at+jwt');
   for (const [claim, value] of Object.entries(s.requiredClaims)) {
     if (typeof value !== 'string' || value === '') problems.push(`requiredClaims.${claim} must be a non-empty string`);
   }
@@ -258,6 +273,9 @@ function classify(err: unknown): Validation {
   }
   // RFC 7519 §4.1.4: a token at or past `exp` (beyond the allowed skew) must not be accepted.
   if (err instanceof errors.JWTExpired) return failure('expired', 'token expired');
+  // RFC 9068 §4 / RFC 8725 §3.11: not an access token (an ID token, say): its own stable result.
+  if (err instanceof errors.JWTClaimValidationFailed && err.claim === 'typ')
+    return failure('bad_type', 'token type not accepted (typ)');
   // RFC 7519 §7.2 step 10, §4.1.1/§4.1.3/§4.1.5; RFC 8725 §3.8/§3.9: iss, aud, nbf.
   if (err instanceof errors.JWTClaimValidationFailed) return failure('bad_claims', claimProblem(err));
   // RFC 8725 §3.1: an `alg` outside the configured list (`none`, HS*) is refused before any key is used.
@@ -321,6 +339,9 @@ export class InboundJwtValidator {
       clockTolerance: settings.clockSkewSeconds,
       // A token without `exp` would be valid forever (and cacheable without bound): refused.
       requiredClaims: ['exp'],
+      // RFC 9068 §4: the `typ` header, checked after the signature; jose compares it as a media
+      // type (case-insensitive, `application/` optional, RFC 7515 §4.1.9) and requires it present.
+      ...(settings.requiredTyp === undefined ? {} : { typ: settings.requiredTyp }),
     };
   }
 

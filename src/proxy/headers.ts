@@ -2,7 +2,7 @@
  * Header hygiene, pure functions. RFC 9110 §7.6.1: hop-by-hop fields (and every field named in
  * Connection) apply to one connection only and are never forwarded.
  */
-const HOP_BY_HOP: ReadonlySet<string> = new Set([
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'connection',
   'keep-alive',
   'proxy-connection',
@@ -18,7 +18,7 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
  * Request fields the proxy sets itself, or has already acted on: `Expect: 100-continue` was
  * answered to the client by this hop (RFC 9110 §10.1.1), and undici refuses to send it anyway.
  */
-const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set([
+export const REPLACED_ON_REQUEST: ReadonlySet<string> = new Set([
   'host',
   'x-forwarded-for',
   'x-forwarded-proto',

@@ -22,6 +22,8 @@ interface TokenOptions {
   /** Claims set (or, when undefined, removed) over the issuer's defaults and `aud`. */
   readonly claims?: Record<string, unknown>;
   readonly withoutKid?: boolean;
+  /** JOSE `typ` header (RFC 7515 §4.1.9); null removes it. The issuer's default is `JWT`. */
+  readonly typ?: string | null;
 }
 
 /** A caller token signed by the issuer: iss, iat, nbf (now - 10 s), exp, aud = token-proxy. */
@@ -36,6 +38,8 @@ async function issue(ts: TokenServer, options: TokenOptions = {}): Promise<strin
         else payload[name] = value;
       }
       if (options.withoutKid === true) Reflect.deleteProperty(header, 'kid');
+      if (options.typ === null) Reflect.deleteProperty(header, 'typ');
+      else if (options.typ !== undefined) header['typ'] = options.typ;
     },
   });
 }
@@ -335,6 +339,36 @@ describe('InboundJwtValidator against a real issuer', () => {
     expect(ts.jwksFetches()).toBe(before);
   });
 
+  it('with requiredTyp at+jwt, answers an ID token (typ JWT) or a token without typ with bad_type, and accepts at+jwt in any spelling', async () => {
+    const v = validator(settingsFor(ts, { requiredTyp: 'at+jwt' }));
+    // RFC 9068 §2.1/§4, RFC 8725 §3.11: an ID token of the same issuer and audience is no access token.
+    const idToken = await issue(ts, { claims: { sub: 'caller-1', nonce: 'n-1' } });
+    expectFailure(await v.validate(`Bearer ${idToken}`), 'bad_type', 401, 'token type not accepted (typ)');
+    expectFailure(await v.validate(`Bearer ${await issue(ts, { typ: null })}`), 'bad_type', 401, /typ/);
+    expectFailure(await v.validate(`Bearer ${await issue(ts, { typ: 'id+jwt' })}`), 'bad_type', 401, /typ/);
+    // RFC 7515 §4.1.9: "application/" may be left out, and media types compare case-insensitively.
+    for (const typ of ['at+jwt', 'AT+JWT', 'application/at+jwt', 'Application/At+Jwt']) {
+      const result = await v.validate(`Bearer ${await issue(ts, { typ, claims: { sub: typ } })}`);
+      expect([typ, result.ok]).toEqual([typ, true]);
+    }
+    // The same check against a setting written with the media type prefix.
+    const prefixed = validator(settingsFor(ts, { requiredTyp: 'application/at+jwt' }));
+    expect((await prefixed.validate(`Bearer ${await issue(ts, { typ: 'at+jwt' })}`)).ok).toBe(true);
+    expectFailure(await prefixed.validate(`Bearer ${idToken}`), 'bad_type', 401, /typ/);
+    // Without the setting, the ID token passes as before (typ is not checked).
+    expect((await validator(settingsFor(ts)).validate(`Bearer ${idToken}`)).ok).toBe(true);
+  });
+
+  it('checks the signature before the type: a forged at+jwt token is bad_signature', async () => {
+    const v = validator(settingsFor(ts, { requiredTyp: 'at+jwt' }));
+    const { privateKey } = await generateKeyPair('RS256');
+    const forged = await new SignJWT({ aud: AUDIENCE, iss: ts.url })
+      .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: firstKid(ts) })
+      .setExpirationTime('5m')
+      .sign(privateKey);
+    expectFailure(await v.validate(`Bearer ${forged}`), 'bad_signature', 401, 'invalid signature');
+  });
+
   it('answers a burst of the same token on a cold validator with a single JWKS fetch', async () => {
     const v = validator(settingsFor(ts));
     const token = await issue(ts);
@@ -524,6 +558,29 @@ describe('settings', () => {
     expect(construct({ algorithms: ['NONE'] })).toThrow(/"none" is never accepted/);
     expect(construct({ algorithms: [] })).toThrow(/at least one algorithm/);
     expect(construct({ algorithms: ['RS1'] })).toThrow(/RS1 is not supported/);
+  });
+
+  it('refuses a claim forwarded in a header the proxy sets, that frames the body, carries credentials or is hop-by-hop', () => {
+    for (const header of [
+      'Authorization',
+      'host',
+      'Content-Length',
+      'Transfer-Encoding',
+      'Cookie',
+      'Connection',
+      'TE',
+      'X-Forwarded-For',
+    ])
+      expect(construct({ forwardClaims: { sub: header } })).toThrow(
+        `forwardClaims.sub: a claim cannot be forwarded in ${header}`,
+      );
+    expect(construct({ forwardClaims: { sub: 'X-Caller-Sub' } })).not.toThrow();
+  });
+
+  it('refuses an empty or malformed requiredTyp', () => {
+    expect(construct({ requiredTyp: '' })).toThrow(/requiredTyp/);
+    expect(construct({ requiredTyp: 'at+jwt; q=1' })).toThrow(/requiredTyp/);
+    expect(construct({ requiredTyp: 'at+jwt' })).not.toThrow();
   });
 
   it('refuses a plain-http JWKS URL off loopback, bad header names and empty values', () => {

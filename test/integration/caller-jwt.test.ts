@@ -13,17 +13,19 @@ let partner: PartnerApi;
 let proxy: RunningProxy;
 const client = new Agent();
 
-async function callerToken(claims: Record<string, unknown> = {}, expiresIn = 300): Promise<string> {
+async function callerToken(claims: Record<string, unknown> = {}, expiresIn = 300, typ?: string): Promise<string> {
   return idp.server.issuer.buildToken({
     expiresIn,
-    scopesOrTransform: (_header, payload) =>
+    scopesOrTransform: (header, payload) => {
+      if (typ !== undefined) header['typ'] = typ; // the issuer's default is JWT
       Object.assign(payload, {
         sub: 'caller-42',
         aud: 'token-proxy',
         scope: 'partner.read other',
         client_id: 'app-a',
         ...claims,
-      }),
+      });
+    },
   });
 }
 
@@ -33,10 +35,11 @@ async function call(headers: Record<string, string>, path = '/partner/x') {
   return { status: res.statusCode, headers: res.headers, text };
 }
 
-function proxyConfig(extra: Record<string, unknown> = {}) {
+function proxyConfig(extra: Record<string, unknown> = {}, jwt: Record<string, unknown> = {}) {
   return {
     inbound: {
       jwt: {
+        ...jwt,
         jwksUrl: idp.jwksUrl,
         issuer: idp.url,
         audience: 'token-proxy',
@@ -163,6 +166,32 @@ describe('gateway mode: callers must present a valid JWT', () => {
     expect(partner.seen).toHaveLength(1);
     expect(partner.seen[0]?.claims?.['client_id']).toBe('proxy-client');
     expect(partner.seen[0]?.headers['x-caller-sub']).toBe('caller-42');
+  });
+
+  it('with requiredTyp at+jwt, refuses an ID token (typ JWT) with 401 invalid_token and lets an at+jwt access token through', async () => {
+    await proxy.close();
+    proxy = await startProxy(proxyConfig({}, { requiredTyp: 'at+jwt' }));
+    // Same issuer, audience, scope and signature: only the JOSE typ tells the ID token apart (RFC 9068 §4).
+    const idToken = await callerToken({ nonce: 'n-1' });
+    const refused = await call({ authorization: `Bearer ${idToken}` });
+    expect(refused.status).toBe(401);
+    expect(refused.headers['www-authenticate']).toBe(
+      'Bearer realm="token-proxy", error="invalid_token", error_description="token type not accepted (typ)"',
+    );
+    expect(JSON.parse(refused.text)).toMatchObject({ error: 'caller_unauthorized', reason: 'bad_type' });
+    expect(refused.text).not.toContain(idToken.split('.')[2] as string);
+    expect(partner.seen).toHaveLength(0);
+    const accessToken = await callerToken({}, 300, 'at+jwt');
+    const passed = await call({ authorization: `Bearer ${accessToken}` });
+    expect(passed.status).toBe(200);
+    expect(partner.seen).toHaveLength(1);
+    expect(partner.seen[0]?.headers['x-caller-sub']).toBe('caller-42');
+    expect((await call({ authorization: `Bearer ${await callerToken({}, 300, 'application/AT+JWT')}` })).status).toBe(
+      200,
+    );
+    const metrics = await (await request(`${proxy.adminUrl}/metrics`)).body.text();
+    expect(metrics).toContain('token_proxy_inbound_auth_total{result="bad_type"} 1');
+    expect(metrics).toContain('token_proxy_inbound_auth_total{result="valid"} 2');
   });
 
   it('selects the tenant from a caller claim', async () => {
