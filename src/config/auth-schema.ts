@@ -162,7 +162,9 @@ const responseFields = z
 
 const jsonTemplate = z
   .record(z.string(), z.unknown())
-  .describe('JSON body; the strings {{username}}, {{password}} and {{refreshToken}} are filled in');
+  .describe(
+    'JSON body; the strings {{username}}, {{password}} and {{refreshToken}} are filled in. Values under fields named like a credential (key, token, secret, auth, pass, sig, …) are kept out of logs and errors',
+  );
 
 const login = z
   .strictObject({

@@ -8,6 +8,11 @@ import { SignJWT, importPKCS8, type CryptoKey } from 'jose';
 export interface TokenRequestParts {
   readonly headers: Record<string, string>;
   readonly body: URLSearchParams;
+  /**
+   * Secrets made for this one request (a client assertion), to be cut out of whatever the token
+   * endpoint answers: no configured list can hold them. requestToken always supplies it.
+   */
+  readonly secrets?: string[];
 }
 
 export type ClientAuth = (parts: TokenRequestParts) => void | Promise<void>;
@@ -80,5 +85,9 @@ export function privateKeyJwt(
     parts.body.set('client_id', clientId);
     parts.body.set('client_assertion_type', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
     parts.body.set('client_assertion', assertion);
+    // The assertion is a credential until it expires: it, its signing input and each of its
+    // parts (RFC 7515 §7.1) are scrubbed from the answer. Form-encoding leaves base64url as it is.
+    const [header = '', payload = '', signature = ''] = assertion.split('.');
+    parts.secrets?.push(assertion, `${header}.${payload}`, signature, payload, header);
   };
 }

@@ -10,7 +10,7 @@ import {
   type ClientAuth,
 } from './client-auth.js';
 import type { Grant } from './grant.js';
-import { loginApiGrant } from './login-api.js';
+import { CREDENTIAL_NAME, loginApiGrant, templateSecrets } from './login-api.js';
 import { TokenError } from '../errors.js';
 import { requestToken, type TokenEndpoint } from './token-endpoint.js';
 
@@ -46,8 +46,13 @@ export function createGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () 
   return withoutSecrets(grantFor(auth, dispatcher, now), secretsOf(auth));
 }
 
-/** Header names that carry credentials: API keys, tokens, secrets, signatures, passwords, authorization. */
-const CREDENTIAL_HEADER = /key|token|secret|auth|pass|sig|credential|session|cookie/i;
+/**
+ * A secret as sent or as a partner may quote it: plain or JSON-escaped (inside a JSON text), each
+ * also form-encoded or URI-encoded (a JSON body re-encoded into a query or form).
+ */
+function formsOf(secret: string): string[] {
+  return [secret, JSON.stringify(secret).slice(1, -1)].flatMap((s) => [s, formEncode(s), encodeURIComponent(s)]);
+}
 
 /**
  * Every secret an auth block holds, in every form it is sent in (plain, form-encoded, inside the
@@ -62,11 +67,13 @@ function secretsOf(auth: ResolvedAuth): string[] {
     // credential are secrets (not, say, Accept, whose value would be blanked in every message).
     ...(auth.type === 'login'
       ? Object.entries(auth.headers)
-          .filter(([name]) => CREDENTIAL_HEADER.test(name))
+          .filter(([name]) => CREDENTIAL_NAME.test(name))
           .map(([, value]) => value)
       : []),
+    // Secrets written into the login API's body templates (a client secret, an API key).
+    ...(auth.type === 'login' ? [...templateSecrets(auth.loginBody), ...templateSecrets(auth.refreshBody)] : []),
   ].filter((s): s is string => s !== undefined && s !== '');
-  const forms = plain.flatMap((s) => [s, formEncode(s), encodeURIComponent(s), JSON.stringify(s).slice(1, -1)]);
+  const forms = plain.flatMap(formsOf);
   if (auth.type !== 'login' && auth.clientSecret !== undefined)
     forms.push(basicCredentials(auth.clientId, auth.clientSecret));
   return [...new Set(forms)];
@@ -84,7 +91,9 @@ function withoutSecrets(grant: Grant, secrets: readonly string[]): Grant {
       refresh === undefined
         ? undefined
         : (rt) =>
-            refresh(rt).catch((err: unknown) => clean(err instanceof TokenError ? err.withoutSecrets([rt]) : err)),
+            refresh(rt).catch((err: unknown) =>
+              clean(err instanceof TokenError ? err.withoutSecrets(formsOf(rt)) : err),
+            ),
   };
 }
 

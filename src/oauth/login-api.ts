@@ -21,15 +21,36 @@ export function pick(obj: unknown, path: string): unknown {
   return node;
 }
 
+/** A `{{name}}` placeholder of a body template. */
+const PLACEHOLDER = /\{\{(\w+)\}\}/g;
+
+/** Names of fields and headers that carry credentials: API keys, tokens, secrets, signatures, passwords. */
+export const CREDENTIAL_NAME = /key|token|secret|auth|pass|sig|credential|session|cookie/i;
+
 /** Fills `{{username}}`-style placeholders in every string of a JSON template. */
 export function fillTemplate(template: unknown, values: Readonly<Record<string, string>>): unknown {
   if (typeof template === 'string')
-    return template.replace(/\{\{(\w+)\}\}/g, (whole, name: string) => values[name] ?? whole);
+    return template.replace(PLACEHOLDER, (whole, name: string) => values[name] ?? whole);
   if (Array.isArray(template)) return template.map((t) => fillTemplate(t, values));
   if (template !== null && typeof template === 'object') {
     return Object.fromEntries(Object.entries(template).map(([k, v]) => [k, fillTemplate(v, values)]));
   }
   return template;
+}
+
+/**
+ * The secrets written into a body template itself (`client_secret: ${SECRET}`, an API key):
+ * every value under a field named like a credential, at any depth, without its placeholders
+ * (their values, the password say, are secrets of their own).
+ */
+export function templateSecrets(template: unknown, underCredential = false): string[] {
+  if (typeof template === 'string')
+    return underCredential ? template.split(PLACEHOLDER).filter((piece, i) => i % 2 === 0 && piece !== '') : [];
+  if (typeof template === 'number') return underCredential ? [String(template)] : [];
+  if (Array.isArray(template)) return template.flatMap((t) => templateSecrets(t, underCredential));
+  if (template !== null && typeof template === 'object')
+    return Object.entries(template).flatMap(([k, v]) => templateSecrets(v, underCredential || CREDENTIAL_NAME.test(k)));
+  return [];
 }
 
 /** Numbers this large are already milliseconds: 1e12 ms is 2001, 1e12 s is year 33658. */

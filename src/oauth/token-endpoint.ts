@@ -149,17 +149,25 @@ export async function requestToken(
       string
     >,
     body: new URLSearchParams(params),
+    secrets: [] as string[],
   };
   await endpoint.clientAuth(parts);
-  const res = await postForText(
-    endpoint.dispatcher,
-    endpoint.url,
-    parts.headers,
-    parts.body.toString(),
-    endpoint.timeoutMs,
-    'token endpoint',
-  );
-  return parseTokenResponse(res.status, res.headers, res.text, nowMs());
+  try {
+    const res = await postForText(
+      endpoint.dispatcher,
+      endpoint.url,
+      parts.headers,
+      parts.body.toString(),
+      endpoint.timeoutMs,
+      'token endpoint',
+    );
+    return parseTokenResponse(res.status, res.headers, res.text, nowMs());
+  } catch (err) {
+    // A client assertion (RFC 7523) is new for each request, so only this call knows it: a server
+    // that echoes it must not put it into logs or error bodies (the configured secrets are cut
+    // out by the grant, see grants.ts).
+    throw err instanceof TokenError && parts.secrets.length > 0 ? err.withoutSecrets(parts.secrets) : err;
+  }
 }
 
 /**

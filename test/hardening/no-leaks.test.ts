@@ -1,6 +1,7 @@
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { createServer, type IncomingHttpHeaders } from 'node:http';
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -423,6 +424,236 @@ describe('partner text that echoes a credential', () => {
       } finally {
         await echoing.close();
         await endpoint.close();
+      }
+    },
+  );
+});
+
+/** The request body a scripted partner received, as text. */
+async function bodyOf(req: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Every string inside a JSON text (log lines and error bodies are JSON), decoded, or the text itself. */
+function decodedStrings(text: string): string[] {
+  const out = [text];
+  const walk = (node: unknown): void => {
+    if (typeof node === 'string') out.push(node);
+    else if (node !== null && typeof node === 'object') for (const v of Object.values(node)) walk(v);
+  };
+  try {
+    walk(JSON.parse(text));
+  } catch {
+    // not JSON: the raw text is searched as it is
+  }
+  return out;
+}
+
+/** `form in the 502 body: …` for each needle found in the client's answer or a log line. */
+function leaks(needles: Record<string, string>, answer: string, logs: readonly string[]): string[] {
+  return [answer, ...logs].flatMap((text) =>
+    Object.entries(needles)
+      .filter(([, needle]) => decodedStrings(text).some((s) => s.includes(needle)))
+      .map(([form]) => `${form} in ${text === answer ? 'the 502 body' : 'a log line'}: ${text.slice(0, 300)}`),
+  );
+}
+
+describe('secrets made or filled in for one request', () => {
+  const formEncoded = (v: string) => new URLSearchParams({ v }).toString().slice(2);
+
+  /** The client assertion (RFC 7523) the token endpoint got, in each way a careless server repeats it. */
+  const assertionEchoes: [string, (assertion: string, body: string) => { error: string; error_description: string }][] =
+    [
+      [
+        'the assertion in error_description',
+        (a) => ({ error: 'invalid_client', error_description: `bad assertion ${a}` }),
+      ],
+      [
+        'the form parameters as received, the assertion first, in error_description',
+        (_a, body) => {
+          const form = new URLSearchParams(body);
+          form.sort(); // client_assertion comes first, where the 200-character cut does not hide it
+          return { error: 'invalid_client', error_description: form.toString() };
+        },
+      ],
+      [
+        'each part on its own, signature first',
+        (a) => ({ error: 'invalid_client', error_description: a.split('.').reverse().join(' and ') }),
+      ],
+      ['the assertion as the error code', (a) => ({ error: `bad_assertion:${a}`, error_description: 'see error' })],
+      [
+        'the assertion after a long text that is cut short',
+        (a) => ({ error: 'invalid_client', error_description: `${'x'.repeat(120)} ${a}` }),
+      ],
+    ];
+
+  it.each(assertionEchoes)(
+    'a token endpoint that echoes the private_key_jwt client assertion (%s): no piece of it appears in the 502 body or a log line',
+    async (_style, echo) => {
+      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const keyFile = join(dir, `assertion-key-${randomUUID()}.pem`);
+      writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }));
+      const assertions: string[] = [];
+      const endpoint = await startScriptedServer((req, res) => {
+        void bodyOf(req).then((body) => {
+          const assertion = new URLSearchParams(body).get('client_assertion') ?? '';
+          assertions.push(assertion);
+          res.writeHead(401, { 'content-type': 'application/json' });
+          res.end(JSON.stringify(echo(assertion, body)));
+        });
+      });
+      const echoing = await startProxy({
+        upstreams: [
+          {
+            name: 'echo',
+            target: partner.url,
+            pathPrefix: '/echo',
+            ca: pki.caFile,
+            tokenWaitTimeoutSeconds: 2,
+            auth: {
+              type: 'client_credentials',
+              tokenUrl: `${endpoint.url}/token`,
+              clientId: 'nl-jwt-client',
+              clientAuth: 'private_key_jwt',
+              privateKey: { file: keyFile, alg: 'ES256', kid: 'nl-key-1' },
+            },
+          },
+        ],
+      });
+      try {
+        const res = await client.request({ origin: echoing.url, path: '/echo/x', method: 'GET' });
+        const text = await res.body.text();
+        expect(res.statusCode).toBe(502);
+        expect(JSON.parse(text)).toMatchObject({ error: 'token_unavailable' });
+        expect(assertions.length).toBeGreaterThan(0);
+        const needles: Record<string, string> = {};
+        assertions.forEach((a, i) => {
+          const [header = '', payload = '', signature = ''] = a.split('.');
+          expect([header, payload, signature].every((part) => part.length > 20)).toBe(true);
+          Object.assign(needles, {
+            [`assertion #${i}`]: a,
+            [`assertion #${i}, form-encoded`]: formEncoded(a),
+            [`signing input of #${i}`]: `${header}.${payload}`,
+            [`header of #${i}`]: header,
+            [`payload of #${i}`]: payload,
+            [`signature of #${i}`]: signature,
+            [`the first 12 characters of the payload of #${i}`]: payload.slice(0, 12),
+            [`the first 12 characters of the signature of #${i}`]: signature.slice(0, 12),
+          });
+        });
+        expect(leaks(needles, text, echoing.logs)).toEqual([]);
+        // What is left is still told: the reason, and that the partner said something.
+        expect(echoing.logs.some((l) => l.includes('"reason":"invalid_client"'))).toBe(true);
+      } finally {
+        await echoing.close();
+        await endpoint.close();
+      }
+    },
+  );
+
+  // Characters that form-encoding, URI-encoding and JSON escaping each change.
+  const LOGIN_PASSWORD = 'nl-login "pass\\word"/+%é';
+  const BODY_CLIENT_SECRET = 'nl-body-secret "q\\z"/+%ü';
+  const BODY_API_KEY = 'nl-body-api-key+Zq8/Ww==';
+  const NESTED_SIGNATURE = 'nl-nested-sig Hy7\\Tq"';
+  const loginEchoes: [string, (body: string) => unknown][] = [
+    ['the JSON body as received in message', (body) => ({ message: `rejected ${body}` })],
+    [
+      'each value decoded, in error_description',
+      (body) => ({ error_description: `rejected ${JSON.stringify(Object.values(JSON.parse(body) as object))}` }),
+    ],
+    [
+      'the body re-encoded as a form, in detail',
+      (body) => ({
+        detail: `rejected ${new URLSearchParams(
+          Object.entries(JSON.parse(body) as Record<string, unknown>).map(([k, v]): [string, string] => [
+            k,
+            typeof v === 'string' ? v : JSON.stringify(v),
+          ]),
+        ).toString()}`,
+      }),
+    ],
+    [
+      'each value URI-encoded, as the error',
+      (body) => ({
+        error: Object.values(JSON.parse(body) as Record<string, unknown>)
+          .map((v) => encodeURIComponent(typeof v === 'string' ? v : JSON.stringify(v)))
+          .join(' '),
+      }),
+    ],
+  ];
+
+  it.each(loginEchoes)(
+    'a login API that echoes the secrets of its loginBody template (%s): none appears in the 502 body or a log line',
+    async (_style, echo) => {
+      const bodies: string[] = [];
+      const loginApi = await startScriptedServer((req, res) => {
+        void bodyOf(req).then((body) => {
+          bodies.push(body);
+          res.writeHead(401, { 'content-type': 'application/json' });
+          res.end(JSON.stringify(echo(body)));
+        });
+      });
+      const echoing = await startProxy({
+        upstreams: [
+          {
+            name: 'login-echo',
+            target: partner.url,
+            pathPrefix: '/login-echo',
+            ca: pki.caFile,
+            tokenWaitTimeoutSeconds: 2,
+            auth: {
+              type: 'login',
+              loginUrl: `${loginApi.url}/auth/login`,
+              username: 'nl-login-user',
+              password: LOGIN_PASSWORD,
+              loginBody: {
+                user: '{{username}}',
+                pass: '{{password}}',
+                client_secret: BODY_CLIENT_SECRET,
+                apiKey: BODY_API_KEY,
+                proof: { signature: NESTED_SIGNATURE, algorithm: 'plain' },
+              },
+            },
+          },
+        ],
+      });
+      try {
+        const res = await client.request({ origin: echoing.url, path: '/login-echo/x', method: 'GET' });
+        const text = await res.body.text();
+        expect(res.statusCode).toBe(502);
+        expect(JSON.parse(text)).toMatchObject({ error: 'token_unavailable' });
+        expect(bodies.length).toBeGreaterThan(0);
+        // The template was filled in and sent as written: the secrets did reach the login API.
+        expect(JSON.parse(bodies[0] ?? '{}')).toEqual({
+          user: 'nl-login-user',
+          pass: LOGIN_PASSWORD,
+          client_secret: BODY_CLIENT_SECRET,
+          apiKey: BODY_API_KEY,
+          proof: { signature: NESTED_SIGNATURE, algorithm: 'plain' },
+        });
+        const needles: Record<string, string> = {};
+        for (const [name, secret] of Object.entries({
+          password: LOGIN_PASSWORD,
+          'client_secret in the template': BODY_CLIENT_SECRET,
+          'apiKey in the template': BODY_API_KEY,
+          'nested signature in the template': NESTED_SIGNATURE,
+        })) {
+          Object.assign(needles, {
+            [name]: secret,
+            [`${name}, form-encoded`]: formEncoded(secret),
+            [`${name}, URI-encoded`]: encodeURIComponent(secret),
+            [`${name}, JSON-escaped`]: JSON.stringify(secret).slice(1, -1),
+            [`${name}, first 10 characters`]: secret.slice(0, 10),
+          });
+        }
+        expect(leaks(needles, text, echoing.logs)).toEqual([]);
+        expect(echoing.logs.some((l) => l.includes('"event":"token_refresh_failed"'))).toBe(true);
+      } finally {
+        await echoing.close();
+        await loginApi.close();
       }
     },
   );
