@@ -4,7 +4,7 @@ import { hideBin } from 'yargs/helpers';
 import { createApp, type App } from './app.js';
 import { loadConfigFile, type Config, type ConfigOverrides } from './config/load.js';
 import { DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, LOG_LEVELS } from './config/defaults.js';
-import { startDemo } from './demo/demo.js';
+import { DEMO_TOKEN_SECONDS, startDemo, type Demo } from './demo/demo.js';
 import { createCaFiles } from './mitm/certificate-authority.js';
 import { runTokenCommand } from './token-command.js';
 import { ConfigError } from './errors.js';
@@ -180,21 +180,28 @@ await yargs(hideBin(process.argv))
   )
   .command(
     'demo',
-    'DEMO: run the proxy with a local OAuth2 server and partner API on loopback',
+    'DEMO: run the proxy with a local OAuth2 token server and partner API on loopback',
     (y) =>
       y
         .option('listen', { type: 'string', default: DEFAULT_LISTEN })
         .option('admin-listen', { type: 'string', default: DEFAULT_ADMIN_LISTEN })
         .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'info' }),
     async (args) => {
-      const demo = await startDemo({ proxy: args.listen, admin: args.adminListen }, args.logLevel);
+      let demo: Demo;
+      try {
+        demo = await startDemo({ proxy: args.listen, admin: args.adminListen }, args.logLevel);
+      } catch (err) {
+        console.error(`token-proxy: demo: ${(err as Error).message}`);
+        process.exit(1);
+      }
       onShutdown(() => demo.close());
       console.log(
         [
           '',
-          '=== token-proxy DEMO (loopback only, throwaway keys) ===',
-          `token server (oauth2-mock-server) and a partner API that verifies every token are running.`,
-          `The proxy injects a client-credentials token into every call under ${demo.proxyUrl}/partner.`,
+          '=== token-proxy DEMO (throwaway keys and secret, made up at start) ===',
+          `An OAuth2 token server (client credentials, RS256 JWTs) and a partner API that verifies`,
+          `every token against its JWKS are running on loopback. The proxy injects a token into`,
+          `every call under ${demo.proxyUrl}/partner.`,
           '',
           'Try:',
           `  curl -s ${demo.proxyUrl}/partner/hello                # 200: the partner saw a verified token`,
@@ -202,7 +209,7 @@ await yargs(hideBin(process.argv))
           `  curl -s -X POST --data-binary @package.json ${demo.proxyUrl}/partner/upload`,
           `  curl -s ${demo.adminUrl}/metrics | grep token_proxy_   # cache hits, refreshes, expiry`,
           '',
-          'Tokens live 120 s here; watch the log for the background refresh. Ctrl-C stops the demo.',
+          `Tokens live ${DEMO_TOKEN_SECONDS} s here; watch the log for the background refresh. Ctrl-C stops the demo.`,
           '',
         ].join('\n'),
       );

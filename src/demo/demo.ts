@@ -1,83 +1,92 @@
-import { randomUUID } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
-import type { MutableResponse, MutableToken, TokenRequestIncomingMessage } from 'oauth2-mock-server';
+import { randomBytes } from 'node:crypto';
 import { createApp, type App } from '../app.js';
 import { buildConfig } from '../config/load.js';
+import { isLoopbackHost, parseListen } from '../config/schema.js';
 import { startPartnerApi, type PartnerApi } from './partner-api.js';
+import { startTokenServer, type TokenServer } from './token-server.js';
 
 /** Demo token lifetime: short, so a background refresh shows in the log within a minute. */
-const DEMO_TOKEN_SECONDS = 120;
+export const DEMO_TOKEN_SECONDS = 120;
+
+/**
+ * Who may use the demo proxy when it listens beyond loopback, as it does in the container image
+ * (TOKEN_PROXY_LISTEN=0.0.0.0:8080): loopback and private addresses (RFC 1918, RFC 4193), where a
+ * published container port's connections come from, never the internet. Its only token is for a
+ * partner on the container's own loopback, and egress stays closed (`egress.default: deny`).
+ */
+const DEMO_PEERS = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7'];
 
 export interface Demo {
   readonly app: App;
+  readonly tokenServer: TokenServer;
   readonly partner: PartnerApi;
   readonly proxyUrl: string;
   readonly adminUrl: string;
   close(): Promise<void>;
 }
 
-function basicClientId(req: IncomingMessage): string | undefined {
-  const header = req.headers.authorization;
-  if (header?.startsWith('Basic ') !== true) return undefined;
-  return decodeURIComponent(Buffer.from(header.slice(6), 'base64').toString('utf8').split(':')[0] ?? '');
+export interface DemoOptions {
+  readonly tokenSeconds?: number;
 }
 
 /**
- * A self-contained demo on loopback: a real OAuth2 server (oauth2-mock-server, a development
- * dependency, hence `npm ci` first), a partner API that verifies tokens against its JWKS, and
- * the proxy between them.
+ * A self-contained demo on loopback, from production dependencies only: a client-credentials
+ * token server (./token-server.ts), a partner API that verifies each token's signature against
+ * that server's JWKS (./partner-api.ts), and the proxy between them, which fetches, caches and
+ * renews the token. The client secret is made up at start and never printed.
  */
-export async function startDemo(listen: { proxy: string; admin: string }, logLevel: string): Promise<Demo> {
-  const { OAuth2Server } = await import('oauth2-mock-server').catch(() => {
-    throw new Error('the demo needs the development dependencies: run `npm ci` in the repository first');
+export async function startDemo(
+  listen: { proxy: string; admin: string },
+  logLevel: string,
+  options: DemoOptions = {},
+): Promise<Demo> {
+  const audience = 'demo-partner';
+  const client = { clientId: 'demo-client', clientSecret: randomBytes(24).toString('base64url'), scope: 'demo.read' };
+  const tokenServer = await startTokenServer({
+    ...client,
+    audience,
+    tokenSeconds: options.tokenSeconds ?? DEMO_TOKEN_SECONDS,
   });
-  const issuer = new OAuth2Server();
-  await issuer.issuer.keys.generate('RS256');
-  await issuer.start(0, '127.0.0.1');
-  const issuerUrl = `http://127.0.0.1:${issuer.address().port}`;
-  issuer.issuer.url = issuerUrl;
-  issuer.service.on('beforeTokenSigning', (token: MutableToken, req: TokenRequestIncomingMessage) => {
-    token.payload['jti'] = randomUUID();
-    token.payload['client_id'] = basicClientId(req) ?? req.body['client_id'];
-    token.payload.exp = Math.floor(Date.now() / 1000) + DEMO_TOKEN_SECONDS;
-  });
-  issuer.service.on('beforeResponse', (response: MutableResponse) => {
-    if (response.statusCode === 200) (response.body as Record<string, unknown>)['expires_in'] = DEMO_TOKEN_SECONDS;
-  });
-  const partner = await startPartnerApi({ jwksUrl: `${issuerUrl}/jwks`, issuer: issuerUrl });
-  const config = buildConfig(
-    {
-      listen: listen.proxy,
-      admin: { listen: listen.admin },
-      logLevel,
-      upstreams: [
-        {
-          name: 'partner',
-          target: partner.url,
-          pathPrefix: '/partner',
-          auth: {
-            type: 'client_credentials',
-            tokenUrl: `${issuerUrl}/token`,
-            clientId: 'demo-client',
-            clientSecret: 'demo-only-secret',
-            scope: 'demo.read',
+  const partner = await startPartnerApi({ jwksUrl: tokenServer.jwksUrl, issuer: tokenServer.issuer, audience });
+  const host = parseListen(listen.proxy)?.host;
+  try {
+    const config = buildConfig(
+      {
+        listen: listen.proxy,
+        admin: { listen: listen.admin },
+        logLevel,
+        ...(host === undefined || isLoopbackHost(host) ? {} : { inbound: { allowCidrs: DEMO_PEERS } }),
+        upstreams: [
+          {
+            name: 'partner',
+            target: partner.url,
+            pathPrefix: '/partner',
+            auth: { type: 'client_credentials', tokenUrl: tokenServer.tokenUrl, ...client },
           },
-        },
-      ],
-    },
-    { env: {} },
-  );
-  const app = createApp(config);
-  const { proxy, admin } = await app.listen();
-  return {
-    app,
-    partner,
-    proxyUrl: `http://${proxy.address}:${proxy.port}`,
-    adminUrl: `http://${admin.address}:${admin.port}`,
-    async close() {
+        ],
+      },
+      { env: {} },
+    );
+    const app = createApp(config);
+    const { proxy, admin } = await app.listen().catch(async (err: unknown) => {
       await app.close();
-      await partner.close();
-      await issuer.stop();
-    },
-  };
+      throw err;
+    });
+    return {
+      app,
+      tokenServer,
+      partner,
+      proxyUrl: `http://${proxy.address}:${proxy.port}`,
+      adminUrl: `http://${admin.address}:${admin.port}`,
+      async close() {
+        await app.close();
+        await partner.close();
+        await tokenServer.close();
+      },
+    };
+  } catch (err) {
+    await partner.close();
+    await tokenServer.close();
+    throw err;
+  }
 }

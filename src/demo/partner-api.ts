@@ -42,6 +42,8 @@ export interface PartnerApi {
 export interface PartnerOptions {
   readonly jwksUrl: string;
   readonly issuer?: string;
+  /** The `aud` claim a token must carry for this partner (RFC 9068 §4); unchecked when absent. */
+  readonly audience?: string;
   readonly tls?: {
     readonly key: string;
     readonly cert: string;
@@ -102,7 +104,11 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
       };
     } else {
       try {
-        claims = (await jwtVerify(token, jwks, options.issuer === undefined ? {} : { issuer: options.issuer })).payload;
+        const expected = {
+          ...(options.issuer === undefined ? {} : { issuer: options.issuer }),
+          ...(options.audience === undefined ? {} : { audience: options.audience }),
+        };
+        claims = (await jwtVerify(token, jwks, expected)).payload;
       } catch (err) {
         const description = (err as Error).message.replace(/"/g, "'");
         answer = {
