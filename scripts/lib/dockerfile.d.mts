@@ -49,4 +49,4 @@ export declare function plan(stages: readonly Stage[]): string;
 export declare function parseDockerignore(text: string): IgnorePattern[];
 export declare function isExcluded(patterns: readonly IgnorePattern[], relPath: string): boolean;
 export declare function copyContext(src: string, dst: string, patterns: readonly IgnorePattern[]): void;
-export declare function unresolvedImports(appDir: string): { missingStatic: string[]; missingDynamic: string[] };
+export declare function unresolvedImports(appDir: string): string[];

@@ -22,10 +22,11 @@ import {
   readdirSync,
   statSync,
 } from 'node:fs';
-import { builtinModules, createRequire } from 'node:module';
+import { createRequire } from 'node:module';
 import { basename, dirname, join, posix, relative, sep } from 'node:path';
 import process from 'node:process';
 import { pathToFileURL } from 'node:url';
+import { importSpecifiers, isBuiltin, isRelative, packageName } from './imports.mjs';
 
 class DockerfileError extends Error {}
 
@@ -532,9 +533,6 @@ export function copyStep({ sourceRoot, sourceLabel, stageRoot, dest, sources, ch
 // Imports of the shipped code
 // ---------------------------------------------------------------------------------------------
 
-const STATIC_IMPORT = /(?:^|[;\n])\s*(?:import|export)\s*(?:[\w*${}\s,]+?\s*from\s*)?['"]([^'"]+)['"]/g;
-const DYNAMIC_IMPORT = /\bimport\(\s*['"]([^'"]+)['"]\s*\)/g;
-
 function jsFiles(dir) {
   const out = [];
   for (const entry of readdirSync(dir, { withFileTypes: true })) {
@@ -547,33 +545,28 @@ function jsFiles(dir) {
 
 /**
  * Bare package specifiers imported by the JavaScript under `appDir/dist` that do not resolve from
- * where the file is (static imports), and those of literal dynamic `import()`s, which the code may
- * guard (reported apart).
+ * where the file is, static imports and literal `import()`s alike: a "guarded" dynamic import of a
+ * package the image lacks still breaks the command that reaches it (issue 19, finding 12).
  */
 export function unresolvedImports(appDir) {
-  const missingStatic = [];
-  const missingDynamic = [];
+  const missing = [];
   for (const file of jsFiles(join(appDir, 'dist'))) {
-    const code = readFileSync(file, 'utf8');
     const require = createRequire(file);
-    const check = (spec, list) => {
-      if (spec.startsWith('.') || spec.startsWith('/') || spec.startsWith('node:') || builtinModules.includes(spec))
-        return;
-      const name = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0];
+    for (const { spec, dynamic } of importSpecifiers(readFileSync(file, 'utf8'))) {
+      if (isRelative(spec) || isBuiltin(spec)) continue;
+      const name = packageName(spec);
       try {
         require.resolve(`${name}/package.json`);
       } catch {
         try {
           require.resolve(name);
         } catch {
-          list.push(`${name} (${relative(appDir, file).split(sep).join('/')})`);
+          missing.push(`${name} (${relative(appDir, file).split(sep).join('/')}${dynamic ? ', import()' : ''})`);
         }
       }
-    };
-    for (const m of code.matchAll(STATIC_IMPORT)) check(m[1], missingStatic);
-    for (const m of code.matchAll(DYNAMIC_IMPORT)) check(m[1], missingDynamic);
+    }
   }
-  return { missingStatic, missingDynamic };
+  return [...new Set(missing)];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -625,9 +618,7 @@ function main(argv) {
         break;
       }
       case 'imports': {
-        const { missingStatic, missingDynamic } = unresolvedImports(rest[0]);
-        for (const m of missingDynamic) process.stdout.write(`dynamic ${m}\n`);
-        for (const m of missingStatic) process.stdout.write(`static ${m}\n`);
+        for (const m of unresolvedImports(rest[0])) process.stdout.write(`${m}\n`);
         break;
       }
       default:

@@ -163,4 +163,35 @@ describe('scripts/verify-image.sh', () => {
       expect(code).not.toBe(0);
     },
   );
+
+  it(
+    'fails when the shipped code loads a package the runtime stage does not install through import(), guarded or not',
+    { timeout: 60_000 },
+    async () => {
+      // The shape of finding 12 (issue 19): dist/demo/demo.js loaded oauth2-mock-server with a
+      // guarded import(), so `token-proxy demo` could only fail in the image.
+      const file = writeDockerfile(
+        'Dockerfile.dynamic',
+        [
+          'FROM node:24.21.0-bookworm-slim AS build',
+          'WORKDIR /app',
+          `RUN mkdir -p dist/demo && echo "export const load = () => import('oauth2-mock-server').catch(() => undefined);" > dist/demo/demo.js`,
+          'FROM node:24.21.0-bookworm-slim',
+          'WORKDIR /app',
+          'COPY package.json package-lock.json ./',
+          'COPY --from=build /app/dist ./dist',
+          'USER 1000',
+          'EXPOSE 8080',
+          'HEALTHCHECK CMD ["true"]',
+          'ENTRYPOINT ["node", "dist/cli.js"]',
+          '',
+        ].join('\n'),
+      );
+      const { code, output } = await verifyImage({ DOCKERFILE: file, VERIFY_NODE: 'host', VERIFY_IMAGE_CONTEXT: ROOT });
+      expect(output).toMatch(
+        /imports packages that are not installed in the runtime stage \(a devDependency\?\): oauth2-mock-server \(dist\/demo\/demo\.js, import\(\)\)/,
+      );
+      expect(code).not.toBe(0);
+    },
+  );
 });
