@@ -185,7 +185,10 @@ await yargs(hideBin(process.argv))
       y
         .option('listen', { type: 'string', default: DEFAULT_LISTEN })
         .option('admin-listen', { type: 'string', default: DEFAULT_ADMIN_LISTEN })
-        .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'info' }),
+        .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'info' })
+        // The image sets TOKEN_PROXY_CONFIG, which .env() turns into --config: accepted and unused
+        // (the demo configures itself), so that `docker run IMAGE demo` is not refused by .strict().
+        .option('config', { type: 'string', hidden: true }),
     async (args) => {
       let demo: Demo;
       try {

@@ -1,9 +1,15 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startDemo, type Demo } from '../../src/demo/demo.js';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { startTokenServer, type TokenServer } from '../../src/demo/token-server.js';
+import { parseDockerfile } from '../../scripts/lib/dockerfile.mjs';
 import { pollUntil } from '../helpers/time.js';
 
 /**
@@ -11,6 +17,7 @@ import { pollUntil } from '../helpers/time.js';
  * dependencies only: issue 19, finding 12): a client-credentials token server made with jose, a
  * partner that verifies each token's signature, issuer and audience, and the proxy between them.
  */
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const LOOPBACK = { proxy: '127.0.0.1:0', admin: '127.0.0.1:0' };
 const open: { close(): Promise<void> }[] = [];
 afterEach(async () => {
@@ -130,6 +137,48 @@ describe('demo', () => {
     expect(await res.body.json()).toMatchObject({ ok: true, client: 'demo-client' });
     expect((await demo()).app.config.inbound.allowCidrs).toBeUndefined();
   });
+});
+
+describe('token-proxy demo', () => {
+  it(
+    'runs with the container image ENV (TOKEN_PROXY_CONFIG among it) and exits 0 on SIGTERM',
+    { timeout: 30_000 },
+    async () => {
+      const stages = parseDockerfile(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'));
+      const imageEnv = Object.fromEntries(stages[stages.length - 1]!.env);
+      expect(imageEnv['TOKEN_PROXY_CONFIG']).toBe('/etc/token-proxy/config.yaml');
+      const child = spawn(process.execPath, [join(ROOT, 'dist', 'cli.js'), 'demo'], {
+        env: {
+          PATH: process.env['PATH'] ?? '',
+          ...imageEnv,
+          TOKEN_PROXY_LISTEN: '127.0.0.1:0',
+          TOKEN_PROXY_ADMIN_LISTEN: '127.0.0.1:0',
+        },
+      });
+      let output = '';
+      const exited = once(child, 'exit') as Promise<[number | null, string | null]>;
+      const ready = new Promise<string | undefined>((resolve) => {
+        const onData = (chunk: Buffer) => {
+          output += chunk.toString();
+          const m = /curl -s (http:\/\/127\.0\.0\.1:\d+)\/partner\/hello/.exec(output);
+          if (m) resolve(m[1]);
+        };
+        child.stdout.on('data', onData);
+        child.stderr.on('data', onData);
+        void exited.then(() => resolve(undefined));
+      });
+      const proxyUrl = await ready;
+      try {
+        expect(proxyUrl, output).toBeDefined();
+        const res = await request(`${proxyUrl}/partner/hello`);
+        expect(res.statusCode).toBe(200);
+        expect(await res.body.json()).toMatchObject({ ok: true, client: 'demo-client', scope: 'demo.read' });
+      } finally {
+        child.kill('SIGTERM');
+      }
+      expect(await exited).toEqual([0, null]);
+    },
+  );
 });
 
 describe('demo token server', () => {
