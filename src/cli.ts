@@ -160,13 +160,23 @@ await yargs(hideBin(process.argv))
   .command(
     'ca init',
     'create a CA for TLS interception (writes DIR/ca.pem and DIR/ca-key.pem, mode 0600)',
-    (y) => y.option('out', { type: 'string', demandOption: true, describe: 'directory to write into' }),
+    (y) =>
+      y.option('out', { type: 'string', demandOption: true, describe: 'directory to write into' }).option('permit', {
+        type: 'string',
+        array: true,
+        describe:
+          "add X.509 name constraints: clients accept its certificates only for these hosts (repeat it for each of your upstreams' hosts: *.partner.example, api.example)",
+      }),
     async (args) => {
       try {
-        const { certFile, keyFile } = await createCaFiles(args.out);
+        const permit = args.permit?.map(String);
+        const { certFile, keyFile } = await createCaFiles(args.out, { permit });
         console.log(
           [
             `wrote ${certFile} and ${keyFile}`,
+            permit === undefined
+              ? 'name constraints: none (add --permit HOST for each upstream host to limit what the CA can vouch for)'
+              : `name constraints: only ${permit.join(', ')} (and the names below them)`,
             'configure:  mitm: { caCert: ' + certFile + ', caKey: ' + keyFile + ' }',
             `trust it:   curl --cacert ${certFile} | NODE_EXTRA_CA_CERTS=${certFile} | REQUESTS_CA_BUNDLE=${certFile} (Python requests) | SSL_CERT_FILE=${certFile} (Python urllib)`,
             `            keytool -importcert -alias token-proxy -file ${certFile} -keystore <truststore> (Java)`,

@@ -7,6 +7,7 @@ import { InboundJwtValidator } from './inbound/jwt-validator.js';
 import { CertificateAuthority } from './mitm/certificate-authority.js';
 import { EgressPolicy } from './proxy/egress.js';
 import { ForwardRouter } from './proxy/forward-router.js';
+import { parseHostPattern } from './proxy/host-pattern.js';
 import { Drain } from './proxy/drain.js';
 import { InboundGuard } from './proxy/inbound-guard.js';
 import { ReverseRouter } from './proxy/router.js';
@@ -74,7 +75,13 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
       accessLog,
     },
     interception:
-      config.mitm === undefined ? undefined : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem),
+      config.mitm === undefined
+        ? undefined
+        : CertificateAuthority.fromPem(config.mitm.caCertPem, config.mitm.caKeyPem, {
+            leafValidityDays: config.mitm.leafValidityDays,
+            wildcardSuffixes: wildcardSuffixes(config),
+            now: () => deps.clock.now(),
+          }),
     maxRequestBodyBytes: config.limits.maxRequestBodyBytes,
     drain: new Drain(),
     callerAuth:
@@ -100,4 +107,14 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
       await validator?.close();
     },
   };
+}
+
+/** The suffixes of the upstreams' `*.suffix` host patterns: their names share wildcard leaves. */
+function wildcardSuffixes(config: Config): string[] {
+  return config.upstreams.flatMap((u) =>
+    (u.hosts ?? []).flatMap((text) => {
+      const pattern = parseHostPattern(text);
+      return typeof pattern !== 'string' && pattern.wildcard ? [pattern.host] : [];
+    }),
+  );
 }

@@ -274,6 +274,20 @@ describe('token-proxy command line', () => {
     );
   });
 
+  it('ca init --permit writes name constraints for the given hosts, and refuses a bad one', async () => {
+    const out = join(dir, 'ca-permit');
+    const made = await cli(['ca', 'init', '--out', out, '--permit', '*.partner.example', '--permit', '10.1.2.3']);
+    expect(made.code).toBe(0);
+    expect(made.stdout).toContain('name constraints: only *.partner.example, 10.1.2.3');
+    const text = await promisify(execFile)('openssl', ['x509', '-in', join(out, 'ca.pem'), '-noout', '-text']);
+    expect(text.stdout).toMatch(
+      /Name Constraints: critical\s+Permitted:\s+DNS:partner\.example\s+IP:10\.1\.2\.3\/255\.255\.255\.255\s+Excluded:\s+IP:0:0:0:0:0:0:0:0\/0:0:0:0:0:0:0:0\s/,
+    );
+    const bad = await cli(['ca', 'init', '--out', join(dir, 'ca-bad'), '--permit', 'a b']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('token-proxy: ca init: --permit "a b" is not');
+  });
+
   it('ca init writes a CA usable as mitm (mode 0600), and refuses to overwrite it', async () => {
     const out = join(dir, 'ca');
     const made = await cli(['ca', 'init', '--out', out]);

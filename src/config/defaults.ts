@@ -27,6 +27,11 @@ export const DEFAULT_TOKEN_LIFETIME_SECONDS = 300;
 export const DEFAULT_CLOCK_SKEW_SECONDS = 30;
 /** In-flight requests get this long to finish after SIGTERM. */
 export const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 25;
+/**
+ * Interception leaves live a week: a leaked leaf key is useful for days, not the year TLS server
+ * certificates may last, and a leaf is renewed in use long before it expires.
+ */
+export const DEFAULT_LEAF_VALIDITY_DAYS = 7;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 /**

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 
 /** Reads a file named in the config; a failure becomes a problem at `path`, never an exception. */
@@ -17,4 +17,39 @@ export function readSecretFile(file: string, baseDir: string, path: string, prob
   const secret = readText(resolve(baseDir, file), path, problems)?.replace(/\r?\n$/, '');
   if (secret === '') problems.push(`${path}: ${file} is empty`);
   return secret;
+}
+
+/**
+ * Who besides the owner may touch a private key file with `mode`, or undefined when nobody may.
+ * A key owned by root may be readable (only readable) by its group: the layout of /etc/ssl/private
+ * (group ssl-cert) and of a Kubernetes Secret mounted with an fsGroup, which PostgreSQL accepts
+ * for its own key for the same reason.
+ */
+export function privateKeyModeProblem(mode: number, ownerUid: number): string | undefined {
+  const group = (mode & (ownerUid === 0 ? 0o030 : 0o070)) !== 0;
+  const others = (mode & 0o007) !== 0;
+  if (group && others) return 'its group and others';
+  if (group) return 'its group';
+  return others ? 'others' : undefined;
+}
+
+/**
+ * Reads a private key file, refusing one that others than its owner can read or change: the CA
+ * key of TLS interception can impersonate any site to the clients that trust it.
+ */
+export function readPrivateKeyFile(file: string, path: string, problems: string[]): string | undefined {
+  if (process.platform !== 'win32') {
+    try {
+      const { mode, uid } = statSync(file);
+      const who = privateKeyModeProblem(mode, uid);
+      if (who !== undefined) {
+        const octal = `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
+        problems.push(`${path}: ${file} is accessible to ${who} (mode ${octal}): chmod 600 ${file}`);
+        return undefined;
+      }
+    } catch {
+      // readText reports a missing or unreadable file
+    }
+  }
+  return readText(file, path, problems);
 }

@@ -4,7 +4,7 @@ import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import type { InboundJwtSettings } from '../inbound/jwt-validator.js';
-import { readSecretFile, readText } from './files.js';
+import { readPrivateKeyFile, readSecretFile, readText } from './files.js';
 import {
   resolveAuth,
   resolveMtls,
@@ -60,7 +60,8 @@ export interface Config extends Omit<ParsedConfig, 'upstreams' | 'mitm' | 'inbou
   };
   readonly upstreams: readonly UpstreamConfig[];
   /** PEM text of the interception CA, read at load time. */
-  readonly mitm: { readonly caCertPem: string; readonly caKeyPem: string } | undefined;
+  readonly mitm:
+    { readonly caCertPem: string; readonly caKeyPem: string; readonly leafValidityDays: number } | undefined;
   readonly inbound: {
     /** Validation settings of caller JWTs (gateway mode), with the CA file read. */
     readonly jwt: InboundJwtSettings | undefined;
@@ -166,7 +167,7 @@ function resolveRedis(
 function resolveMitm(mitm: ParsedConfig['mitm'], baseDir: string, problems: string[]): Config['mitm'] {
   if (mitm === undefined) return undefined;
   const caCertPem = readText(resolve(baseDir, mitm.caCert), 'mitm.caCert', problems);
-  const caKeyPem = readText(resolve(baseDir, mitm.caKey), 'mitm.caKey', problems);
+  const caKeyPem = readPrivateKeyFile(resolve(baseDir, mitm.caKey), 'mitm.caKey', problems);
   if (caCertPem === undefined || caKeyPem === undefined) return undefined;
   try {
     const cert = new X509Certificate(caCertPem);
@@ -176,7 +177,7 @@ function resolveMitm(mitm: ParsedConfig['mitm'], baseDir: string, problems: stri
   } catch (err) {
     problems.push(`mitm: cannot read the CA certificate or key (${(err as Error).message})`);
   }
-  return { caCertPem, caKeyPem };
+  return { caCertPem, caKeyPem, leafValidityDays: mitm.leafValidityDays };
 }
 
 function resolveInbound(inbound: ParsedConfig['inbound'], baseDir: string, problems: string[]): Config['inbound'] {

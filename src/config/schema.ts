@@ -11,6 +11,7 @@ export { isLoopbackHost } from './url.js';
 import {
   DEFAULT_ADMIN_LISTEN,
   DEFAULT_CACHE_MAX_ENTRIES,
+  DEFAULT_LEAF_VALIDITY_DAYS,
   DEFAULT_LISTEN,
   DEFAULT_LOG_LEVEL,
   DEFAULT_REFRESH_BEFORE_EXPIRY_SECONDS,
@@ -315,7 +316,17 @@ export const configSchema = z.strictObject({
         .string()
         .min(1)
         .describe('PEM file of the CA that signs interception certificates (token-proxy ca init)'),
-      caKey: z.string().min(1).describe('PEM file of its private key'),
+      caKey: z
+        .string()
+        .min(1)
+        .describe('PEM file of its private key: refused when its group or others can read it (chmod 600)'),
+      leafValidityDays: z
+        .number()
+        .int()
+        .min(1)
+        .max(397)
+        .default(DEFAULT_LEAF_VALIDITY_DAYS)
+        .describe('days an interception certificate is valid; renewed in use once two thirds have passed'),
     })
     .optional()
     .describe('TLS interception of CONNECT tunnels to upstream hosts'),

@@ -10,6 +10,7 @@ import { connect, createServer, TLSSocket } from 'node:tls';
 import type { ConnectionOptions, SecureContext } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateAuthority, createCaFiles } from '../../src/mitm/certificate-authority.js';
+import { offsetClock } from '../helpers/time.js';
 
 let dir: string;
 let ca: CertificateAuthority;
@@ -137,10 +138,11 @@ describe('CertificateAuthority leaves', () => {
 
     const text = execFileSync('openssl', ['x509', '-in', leafFile, '-noout', '-text'], { encoding: 'utf8' });
     expect(text).toMatch(/Basic Constraints: critical\s+CA:FALSE/);
-    expect(text).toMatch(/Key Usage: critical\s+Digital Signature, Key Encipherment/);
+    expect(text).toMatch(/Key Usage: critical\s+Digital Signature\n/);
     expect(text).toMatch(/Extended Key Usage:\s+TLS Web Server Authentication/);
     expect(text).toMatch(/Authority Key Identifier:/);
-    expect(text).toContain('Signature Algorithm: sha256WithRSAEncryption');
+    expect(text).toMatch(/Subject Key Identifier:/);
+    expect(text).toContain('Signature Algorithm: ecdsa-with-SHA256');
 
     const leaf = new X509Certificate(leafPem);
     const caCert = new X509Certificate(ca.certPem);
@@ -150,8 +152,7 @@ describe('CertificateAuthority leaves', () => {
     expect(leaf.verify(caCert.publicKey)).toBe(true);
     expect(leaf.serialNumber).toMatch(/^[4-7][0-9A-F]{31}$/); // 16 bytes, positive, minimal DER
     const days = (Date.parse(leaf.validTo) - Date.parse(leaf.validFrom)) / 86_400_000;
-    expect(days).toBeGreaterThan(397);
-    expect(days).toBeLessThanOrEqual(397 + 1 / 24 + 1 / 86_400);
+    expect(days).toBe(7 + 1 / 24);
     expect(Date.parse(leaf.validTo)).toBeLessThanOrEqual(Date.parse(caCert.validTo));
     expect(Date.parse(leaf.validFrom)).toBeLessThan(Date.now() - 50 * 60_000);
   });
@@ -269,6 +270,25 @@ describe('CertificateAuthority.fromPem', () => {
     );
   });
 
+  it('rejects a CA key TLS clients do not take certificate signatures from (Ed25519)', () => {
+    const cwd = join(dir, 'ed25519');
+    mkdirSync(cwd);
+    execFileSync(
+      'openssl',
+      [
+        ...['req', '-x509', '-newkey', 'ed25519', '-nodes', '-keyout', 'key.pem', '-out', 'cert.pem', '-days', '1'],
+        ...['-subj', '/CN=ed', '-addext', 'basicConstraints=critical,CA:TRUE'],
+      ],
+      { cwd, stdio: 'pipe' },
+    );
+    expect(() =>
+      CertificateAuthority.fromPem(
+        readFileSync(join(cwd, 'cert.pem'), 'utf8'),
+        readFileSync(join(cwd, 'key.pem'), 'utf8'),
+      ),
+    ).toThrow('CA key must be an RSA key or an EC key on P-256, P-384 or P-521, not ed25519');
+  });
+
   it('rejects unreadable PEM', () => {
     expect(() => CertificateAuthority.fromPem('not a cert', other.key)).toThrow(
       /^CA certificate is not a readable PEM X\.509 certificate: /,
@@ -276,5 +296,204 @@ describe('CertificateAuthority.fromPem', () => {
     expect(() => CertificateAuthority.fromPem(ca.certPem, 'not a key')).toThrow(
       /^CA key is not a readable unencrypted PEM private key: /,
     );
+  });
+});
+
+/** Distinct random names under `suffix`, as a hostile client would CONNECT to. */
+function randomNames(count: number, suffix: string): string[] {
+  return Array.from({ length: count }, (_, i) => `r${i}${Math.random().toString(36).slice(2, 8)}.${suffix}`);
+}
+
+describe('CertificateAuthority under *.suffix host patterns', () => {
+  it('signs one wildcard leaf for any number of names one label under a configured *.suffix', async () => {
+    const wild = CertificateAuthority.fromPem(ca.certPem, readFileSync(join(dir, 'ca', 'ca-key.pem'), 'utf8'), {
+      wildcardSuffixes: ['partner.example'],
+    });
+    const names = randomNames(50, 'partner.example');
+    const contexts = new Set(names.map((name) => wild.secureContextFor(name)));
+    expect(wild.issued).toBe(1);
+    expect(wild.cachedHosts).toBe(1);
+    expect(contexts.size).toBe(1);
+    const leaf = new X509Certificate(wild.leafPemFor(names[7] ?? ''));
+    expect(leaf.subjectAltName).toBe('DNS:*.partner.example');
+    expect(leaf.subject).toBe('CN=*.partner.example');
+
+    // A client connecting to any of the names accepts that one leaf (RFC 6125 §6.4.3).
+    const socket = await handshake((name) => wild.secureContextFor(name), names[42] ?? '');
+    expect((socket as TLSSocket).authorized).toBe(true);
+    expect(wild.issued).toBe(1);
+  });
+
+  it('covers exactly one label: a deeper name gets the wildcard of its parent, the suffix itself its own leaf', async () => {
+    const wild = CertificateAuthority.fromPem(ca.certPem, readFileSync(join(dir, 'ca', 'ca-key.pem'), 'utf8'), {
+      wildcardSuffixes: ['partner.example'],
+    });
+    expect(new X509Certificate(wild.leafPemFor('a.b.partner.example')).subjectAltName).toBe('DNS:*.b.partner.example');
+    expect(new X509Certificate(wild.leafPemFor('c.b.partner.example')).subjectAltName).toBe('DNS:*.b.partner.example');
+    expect(new X509Certificate(wild.leafPemFor('partner.example')).subjectAltName).toBe('DNS:partner.example');
+    expect(new X509Certificate(wild.leafPemFor('api.other.example')).subjectAltName).toBe('DNS:api.other.example');
+    expect(wild.issued).toBe(3);
+
+    // The one-label wildcard leaf does not cover a name two labels down: clients refuse it.
+    const oneLabel = wild.secureContextFor('x.partner.example');
+    const outcome = await handshake(() => oneLabel, 'a.b.partner.example');
+    expect((outcome as NodeJS.ErrnoException).code).toBe('ERR_TLS_CERT_ALTNAME_INVALID');
+  });
+
+  it('gives names under a one-label suffix (*.example) their own leaves: clients refuse *.example', () => {
+    const wild = CertificateAuthority.fromPem(ca.certPem, readFileSync(join(dir, 'ca', 'ca-key.pem'), 'utf8'), {
+      wildcardSuffixes: ['example'],
+    });
+    expect(new X509Certificate(wild.leafPemFor('a.example')).subjectAltName).toBe('DNS:a.example');
+    expect(new X509Certificate(wild.leafPemFor('b.example')).subjectAltName).toBe('DNS:b.example');
+    expect(wild.issued).toBe(2);
+  });
+});
+
+describe('CertificateAuthority leaf keys and lifetime', () => {
+  let rsaCa: { cert: string; key: string; file: string };
+
+  beforeAll(() => {
+    const cwd = join(dir, 'rsa-ca');
+    mkdirSync(cwd);
+    execFileSync(
+      'openssl',
+      [
+        ...['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'key.pem', '-out', 'cert.pem'],
+        ...['-days', '30', '-subj', '/CN=rsa interception CA'],
+        ...['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign'],
+      ],
+      { cwd, stdio: 'pipe' },
+    );
+    const file = join(cwd, 'cert.pem');
+    rsaCa = { cert: readFileSync(file, 'utf8'), key: readFileSync(join(cwd, 'key.pem'), 'utf8'), file };
+  });
+
+  it.each([
+    ['an EC P-256 CA (ca init)', 'ecdsa-with-SHA256'],
+    ['an RSA CA (openssl)', 'sha256WithRSAEncryption'],
+  ])('issues ECDSA P-256 leaves, one key for all, signed by %s', (label, algorithm) => {
+    const rsa = label.includes('RSA');
+    const authority = rsa
+      ? CertificateAuthority.fromPem(rsaCa.cert, rsaCa.key)
+      : CertificateAuthority.fromPem(ca.certPem, readFileSync(join(dir, 'ca', 'ca-key.pem'), 'utf8'));
+    const pems = ['one.example', 'two.example'].map((name) => authority.leafPemFor(name));
+    const leaves = pems.map((pem) => new X509Certificate(pem));
+    for (const leaf of leaves) {
+      expect(leaf.publicKey.asymmetricKeyType).toBe('ec');
+      expect(leaf.publicKey.asymmetricKeyDetails?.namedCurve).toBe('prime256v1');
+    }
+    const spki = (x: X509Certificate) => x.publicKey.export({ type: 'spki', format: 'der' });
+    expect(spki(leaves[0] as X509Certificate).equals(spki(leaves[1] as X509Certificate))).toBe(true);
+
+    const leafFile = join(dir, `leaf-${rsa ? 'rsa' : 'ec'}.pem`);
+    writeFileSync(leafFile, pems[0] ?? '');
+    const result = spawnSync(
+      'openssl',
+      ['verify', '-purpose', 'sslserver', '-CAfile', rsa ? rsaCa.file : caFile, leafFile],
+      { encoding: 'utf8' },
+    );
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+    const text = execFileSync('openssl', ['x509', '-in', leafFile, '-noout', '-text'], { encoding: 'utf8' });
+    expect(text).toContain(`Signature Algorithm: ${algorithm}`);
+    expect(text).toContain('NIST CURVE: P-256');
+    // RFC 8813 §3: an ECDSA key signs; keyEncipherment is for RSA key transport only.
+    expect(text).toMatch(/Key Usage: critical\s+Digital Signature\n/);
+  });
+
+  it('keeps leaves valid for leafValidityDays (7 by default), starting an hour back', () => {
+    const clock = offsetClock();
+    const key = readFileSync(join(dir, 'ca', 'ca-key.pem'), 'utf8');
+    const days = (pem: string) => {
+      const x = new X509Certificate(pem);
+      return (Date.parse(x.validTo) - Date.parse(x.validFrom)) / 86_400_000;
+    };
+    const byDefault = CertificateAuthority.fromPem(ca.certPem, key, { now: clock.now });
+    const startedAt = clock.now();
+    const leaf = new X509Certificate(byDefault.leafPemFor('a.example'));
+    expect(days(leaf.toString())).toBeCloseTo(7 + 1 / 24, 3);
+    expect(Math.abs(Date.parse(leaf.validFrom) - (startedAt - 3_600_000))).toBeLessThan(2_000);
+    const short = CertificateAuthority.fromPem(ca.certPem, key, { now: clock.now, leafValidityDays: 2 });
+    expect(days(short.leafPemFor('a.example'))).toBeCloseTo(2 + 1 / 24, 3);
+  });
+
+  it('renews a leaf on its first use after two thirds of its lifetime, not before', () => {
+    const clock = offsetClock();
+    const authority = CertificateAuthority.fromPem(ca.certPem, readFileSync(join(dir, 'ca', 'ca-key.pem'), 'utf8'), {
+      now: clock.now,
+      leafValidityDays: 3,
+      wildcardSuffixes: ['partner.example'],
+    });
+    const first = authority.leafPemFor('a.partner.example');
+    clock.offsetMs = 2 * 86_400_000 - 60_000; // a minute before two of the three days are over
+    expect(authority.leafPemFor('b.partner.example')).toBe(first);
+    expect(authority.issued).toBe(1);
+
+    clock.offsetMs = 2 * 86_400_000 + 60_000;
+    const renewed = authority.leafPemFor('c.partner.example');
+    expect(renewed).not.toBe(first);
+    expect(authority.issued).toBe(2);
+    expect(Date.parse(new X509Certificate(renewed).validTo)).toBeGreaterThan(
+      Date.parse(new X509Certificate(first).validTo) + 2 * 86_400_000 - 120_000,
+    );
+    expect(authority.leafPemFor('d.partner.example')).toBe(renewed);
+    expect(authority.issued).toBe(2);
+  });
+});
+
+describe('createCaFiles name constraints', () => {
+  let constrained: { certFile: string; authority: CertificateAuthority };
+
+  beforeAll(async () => {
+    const files = await createCaFiles(join(dir, 'constrained'), {
+      permit: ['*.partner.example', 'api.other.example:8443'],
+    });
+    constrained = {
+      certFile: files.certFile,
+      authority: CertificateAuthority.fromPem(
+        readFileSync(files.certFile, 'utf8'),
+        readFileSync(files.keyFile, 'utf8'),
+      ),
+    };
+  });
+
+  function verify(name: string): { status: number | null; stderr: string; stdout: string } {
+    const leafFile = join(dir, `nc-${name.replaceAll(':', '_')}.pem`);
+    writeFileSync(leafFile, constrained.authority.leafPemFor(name));
+    return spawnSync('openssl', ['verify', '-purpose', 'sslserver', '-CAfile', constrained.certFile, leafFile], {
+      encoding: 'utf8',
+    });
+  }
+
+  it('writes critical RFC 5280 name constraints: the permitted names pass, any other name fails', () => {
+    const text = execFileSync('openssl', ['x509', '-in', constrained.certFile, '-noout', '-text'], {
+      encoding: 'utf8',
+    });
+    expect(text).toMatch(
+      /X509v3 Name Constraints: critical\s+Permitted:\s+DNS:partner\.example\s+DNS:api\.other\.example\s+Excluded:\s+IP:0\.0\.0\.0\/0\.0\.0\.0\s+IP:0:0:0:0:0:0:0:0\/0:0:0:0:0:0:0:0\s/,
+    );
+    expect(verify('x.partner.example').status).toBe(0);
+    expect(verify('api.other.example').status).toBe(0);
+    for (const name of ['bank.example', 'partner.example.evil', 'other.example', '10.0.0.1']) {
+      const result = verify(name);
+      expect(result.status, name).toBe(2);
+      expect(result.stderr, name).toMatch(/(permitted|excluded) subtree violation/);
+    }
+  });
+
+  it('is enforced by a TLS client: a handshake for an unpermitted name fails', async () => {
+    const trust = { ca: [readFileSync(constrained.certFile, 'utf8')] };
+    const ok = await handshake((name) => constrained.authority.secureContextFor(name), 'x.partner.example', trust);
+    expect((ok as TLSSocket).authorized).toBe(true);
+    const refused = await handshake((name) => constrained.authority.secureContextFor(name), 'bank.example', trust);
+    expect(refused).toBeInstanceOf(Error);
+    expect((refused as Error).message).toBe('permitted subtree violation'); // X509_V_ERR_PERMITTED_VIOLATION
+  });
+
+  it('writes no name constraints unless asked', () => {
+    const text = execFileSync('openssl', ['x509', '-in', caFile, '-noout', '-text'], { encoding: 'utf8' });
+    expect(text).not.toContain('Name Constraints');
+    expect(text).toContain('Public Key Algorithm: id-ecPublicKey');
   });
 });
