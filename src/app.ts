@@ -11,6 +11,7 @@ import { createMetrics, type Metrics } from './metrics.js';
 import { createProxyServer } from './proxy/server.js';
 import { readmitDetached } from './proxy/detached.js';
 import { REFUSAL_REASONS } from './proxy/respond.js';
+import { SelfAddresses } from './proxy/self-addresses.js';
 import { buildGeneration, type Generation } from './generation.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
 import { systemClock, type Clock } from './tokens/clock.js';
@@ -96,7 +97,9 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
           refreshTokenTtlMs: initial.tokenCache.redis.refreshTokenTtlSeconds * 1000,
         };
   const providers = new TokenProviders({ cache, clock, backoff: options.backoff, shared });
-  const deps = { metrics, clock, logger, sharedTier: shared !== undefined, providers };
+  // The listeners' bound addresses, known after listen; every generation's egress guard reads them.
+  const self = new SelfAddresses();
+  const deps = { metrics, clock, logger, sharedTier: shared !== undefined, providers, self };
   for (const warning of configWarnings(initial)) logger.warn({ event: 'config_warning', warning }, warning);
   let generation: Generation = buildGeneration(initial, deps);
   const sources = new Map(generation.sources);
@@ -137,7 +140,9 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     const { host, port } = parseListen(address) ?? { host: '127.0.0.1', port: 0 };
     server.listen(port, host);
     await once(server, 'listening');
-    return server.address() as AddressInfo;
+    const bound = server.address() as AddressInfo;
+    self.add(bound); // before any request is served: the guard knows the address from the start
+    return bound;
   }
 
   /** Settings that live in listeners and process-wide objects: they change only with a restart. */

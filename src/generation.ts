@@ -6,12 +6,13 @@ import { bindRequestMetrics } from './metrics.js';
 import { InboundJwtValidator } from './inbound/jwt-validator.js';
 import { CertificateAuthority } from './mitm/certificate-authority.js';
 import { EgressPolicy } from './proxy/egress.js';
+import { egressConnector } from './proxy/egress-connector.js';
 import { ForwardRouter } from './proxy/forward-router.js';
-import { parseHostPattern } from './proxy/host-pattern.js';
 import { Drain } from './proxy/drain.js';
 import { InboundGuard } from './proxy/inbound-guard.js';
 import { ReverseRouter } from './proxy/router.js';
 import { UpstreamQueue } from './proxy/upstream-queue.js';
+import type { SelfAddresses } from './proxy/self-addresses.js';
 import type { Routing } from './proxy/context.js';
 import type { TokenProvider } from './tokens/provider.js';
 import { UpstreamFactory, type UpstreamDeps } from './upstreams.js';
@@ -19,8 +20,11 @@ import { UpstreamFactory, type UpstreamDeps } from './upstreams.js';
 /** The metrics label of traffic forwarded by the egress policy (no upstream, no token). */
 export const EGRESS_UPSTREAM = '_egress';
 
-/** What every generation shares: metrics, the token cache (so reloads keep tokens), clock, logger. */
-export type GenerationDeps = UpstreamDeps;
+/**
+ * What every generation shares: metrics, the token cache (so reloads keep tokens), clock, logger,
+ * and the addresses the listeners are bound to (the egress guard keeps them out of reach).
+ */
+export type GenerationDeps = UpstreamDeps & { readonly self: SelfAddresses };
 
 /**
  * Everything built from one configuration: routing, upstream pools, token sources. A reload
@@ -43,10 +47,10 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
   const { metrics, logger } = deps;
   const factory = new UpstreamFactory(config, deps);
   const built = factory.build();
-  const egress = new EgressPolicy(config.egress);
-  // Egress traffic resolves names through the policy, so a name pointing at loopback or
-  // link-local addresses (SSRF) is refused unless explicitly allowed.
-  const egressAgent = new Agent({ connect: { lookup: egress.lookup } });
+  const egress = new EgressPolicy(config.egress, deps.self);
+  // Egress traffic resolves names through the policy, so a name pointing at loopback, link-local
+  // or metadata addresses, or at the proxy's own listeners (SSRF), is refused unless allowed.
+  const egressAgent = new Agent({ connect: egressConnector(egress) });
   const dispatchers: Dispatcher[] = [...factory.dispatchers, egressAgent];
   const accessLog = accessLogFor(logger, config.accessLog);
   const validator = config.inbound.jwt === undefined ? undefined : new InboundJwtValidator(config.inbound.jwt);
@@ -111,10 +115,5 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
 
 /** The suffixes of the upstreams' `*.suffix` host patterns: their names share wildcard leaves. */
 function wildcardSuffixes(config: Config): string[] {
-  return config.upstreams.flatMap((u) =>
-    (u.hosts ?? []).flatMap((text) => {
-      const pattern = parseHostPattern(text);
-      return typeof pattern !== 'string' && pattern.wildcard ? [pattern.host] : [];
-    }),
-  );
+  return config.upstreams.flatMap((u) => (u.hosts ?? []).flatMap((p) => (p.wildcard ? [p.host] : [])));
 }

@@ -4,6 +4,7 @@ import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import type { InboundJwtSettings } from '../inbound/jwt-validator.js';
+import type { AddressList } from '../proxy/host-pattern.js';
 import { readPrivateKeyFile, readSecretFile, readText } from './files.js';
 import {
   resolveAuth,
@@ -65,7 +66,8 @@ export interface Config extends Omit<ParsedConfig, 'upstreams' | 'mitm' | 'inbou
   readonly inbound: {
     /** Validation settings of caller JWTs (gateway mode), with the CA file read. */
     readonly jwt: InboundJwtSettings | undefined;
-    readonly allowCidrs: readonly string[] | undefined;
+    /** Parsed with the configuration. */
+    readonly allowCidrs: AddressList | undefined;
     readonly proxyAuth: { readonly users: readonly ProxyUser[] } | undefined;
     readonly allowAnyone: boolean;
   };

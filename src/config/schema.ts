@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { HostList, parseAddressList, parseHostPattern } from '../proxy/host-pattern.js';
+import { AddressList, HostList, parseHostPattern } from '../proxy/host-pattern.js';
 import { forwardClaimHeaderProblem } from '../inbound/forward-claims.js';
 import { INBOUND_JWT_ALGORITHMS, MEDIA_TYPE } from '../inbound/jwt-validator.js';
 import { authSchema, credentialProblems, mtlsSchema, tenantSourceProblems, tenantsSchema } from './auth-schema.js';
@@ -46,22 +46,29 @@ const listenAddress = z
 
 const positiveSeconds = z.number().positive().max(MAX_TIMER_SECONDS, TIMER_LIMIT_MESSAGE);
 
-const hostPattern = z.string().superRefine((value, ctx) => {
+/** A `hosts` entry, parsed into its runtime shape (IP hosts canonical) once, here. */
+const hostPattern = z.string().transform((value, ctx) => {
   const parsed = parseHostPattern(value);
-  if (typeof parsed === 'string') ctx.addIssue({ code: 'custom', message: parsed });
+  if (typeof parsed !== 'string') return parsed;
+  ctx.addIssue({ code: 'custom', message: parsed });
+  return z.NEVER;
 });
 
 const port = z.number().int().min(1).max(65_535);
 
-/** A list checked as a whole by a parser that reports `[i]: problem` per bad entry. */
-function listOf(parse: (entries: readonly string[]) => unknown) {
-  return z.array(z.string()).superRefine((entries, ctx) => {
+/**
+ * A list parsed as a whole into its runtime shape, by a parser that reports `[i]: problem` per
+ * bad entry: routers, guard and egress policy get the built object and parse nothing.
+ */
+function listOf<T extends object>(parse: (entries: readonly string[]) => T | string[]) {
+  return z.array(z.string()).transform((entries, ctx) => {
     const result = parse(entries);
-    if (!Array.isArray(result)) return;
-    for (const problem of result as string[]) {
+    if (!Array.isArray(result)) return result;
+    for (const problem of result) {
       const m = /^\[(\d+)\]: (.*)$/.exec(problem);
       ctx.addIssue({ code: 'custom', path: m ? [Number(m[1])] : [], message: m ? m[2] : problem });
     }
+    return z.NEVER;
   });
 }
 
@@ -152,8 +159,9 @@ const upstreamSchema = z
 
 const egressSchema = z.strictObject({
   default: z.enum(['deny', 'allow']).default('deny').describe('what happens to traffic for hosts no upstream serves'),
+  // prefault, not default: the default goes through the parser too (zod 4's default skips it).
   allow: listOf((entries) => HostList.parse(entries))
-    .default([])
+    .prefault([])
     .describe('hosts (exact or *.suffix, optional :port), IPs and CIDR ranges reachable without a token'),
   connectPorts: z.array(port).default([443]).describe('ports an unmatched host may be tunnelled to with CONNECT'),
 });
@@ -213,7 +221,7 @@ const inboundJwtSchema = z
 
 const inboundSchema = z.strictObject({
   jwt: inboundJwtSchema.optional(),
-  allowCidrs: listOf(parseAddressList)
+  allowCidrs: listOf((entries) => AddressList.parse(entries))
     .optional()
     .describe('client addresses allowed to use the proxy (every request on the listener)'),
   proxyAuth: z
@@ -330,8 +338,8 @@ export const configSchema = z.strictObject({
     })
     .optional()
     .describe('TLS interception of CONNECT tunnels to upstream hosts'),
-  egress: egressSchema.default({ default: 'deny', allow: [], connectPorts: [443] }),
-  inbound: inboundSchema.default({ allowAnyone: false }),
+  egress: egressSchema.prefault({ default: 'deny', allow: [], connectPorts: [443] }),
+  inbound: inboundSchema.prefault({ allowAnyone: false }),
 });
 
 /**

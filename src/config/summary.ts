@@ -21,7 +21,7 @@ export function describeAuth(a: ResolvedAuth | SharedAuth): string {
 export function summary(config: Config): string {
   const lines = [`listen ${config.listen}, admin ${config.admin.listen}, log level ${config.logLevel}`];
   for (const u of config.upstreams) {
-    const routes = [u.pathPrefix, ...(u.hosts ?? [])].filter((r) => r !== undefined).join(', ');
+    const routes = [u.pathPrefix, ...(u.hosts ?? []).map((h) => h.text)].filter((r) => r !== undefined).join(', ');
     lines.push(
       `upstream ${u.name}: ${routes} -> ${u.target}${u.ca === undefined ? '' : ' (extra CA)'}${u.mtls === undefined ? '' : ' (client certificate)'}`,
     );
@@ -34,11 +34,11 @@ export function summary(config: Config): string {
   lines.push(`TLS interception: ${config.mitm === undefined ? 'off (CONNECT to upstream hosts is refused)' : 'on'}`);
   const e = config.egress;
   lines.push(
-    `egress: default ${e.default}, allow [${e.allow.join(', ')}], CONNECT ports [${e.connectPorts.join(', ')}]`,
+    `egress: default ${e.default}, allow [${e.allow.entries.join(', ')}], CONNECT ports [${e.connectPorts.join(', ')}]`,
   );
   const i = config.inbound;
   lines.push(
-    `inbound: ${i.allowCidrs === undefined ? 'any address' : `from ${i.allowCidrs.join(', ')}`}, ` +
+    `inbound: ${i.allowCidrs === undefined ? 'any address' : `from ${i.allowCidrs.entries.join(', ')}`}, ` +
       `${i.proxyAuth === undefined ? 'no proxy credentials' : `proxy users ${i.proxyAuth.users.map((u) => u.name).join(', ')}`}`,
   );
   return lines.join('\n');

@@ -90,7 +90,7 @@ export function handleConnect(ctx: ProxyContext, req: IncomingMessage, socket: D
     return;
   }
   closeWhenIdle(socket, ctx.limits.tunnelIdleTimeoutSeconds);
-  blindTunnel(ctx, refuse, socket, head, host, port, r.egress.lookup);
+  blindTunnel(ctx, refuse, socket, head, host, port, r.egress.lookupFor(port));
 }
 
 type Refuse = (err: ProxyError) => void;

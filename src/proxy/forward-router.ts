@@ -1,5 +1,5 @@
 import type { Upstream } from './upstream.js';
-import { nameMatches, parseHostPattern, type HostPattern } from './host-pattern.js';
+import { nameMatches, type HostPattern } from './host-pattern.js';
 
 /** Ports a `hosts` entry without a port answers on. */
 const DEFAULT_PORTS: readonly number[] = [80, 443];
@@ -7,17 +7,16 @@ const DEFAULT_PORTS: readonly number[] = [80, 443];
 /**
  * Forward-mode routing: (host, port) of an absolute-form request or a CONNECT to the upstream
  * that lists the host. Exact names are a map lookup; `*.suffix` entries are scanned after, in
- * configuration order. The first upstream to list a name wins.
+ * configuration order. The first upstream to list a name wins. Patterns come parsed from the
+ * configuration, IP hosts canonical, as request-target.ts gives the request's host.
  */
 export class ForwardRouter<U = Upstream> {
   readonly #exact = new Map<string, U>();
   readonly #wildcards: { pattern: HostPattern; upstream: U }[] = [];
 
-  constructor(entries: readonly { hosts: readonly string[]; upstream: U }[]) {
+  constructor(entries: readonly { hosts: readonly HostPattern[]; upstream: U }[]) {
     for (const { hosts, upstream } of entries) {
-      for (const text of hosts) {
-        const pattern = parseHostPattern(text);
-        if (typeof pattern === 'string') throw new Error(pattern); // validated with the config
+      for (const pattern of hosts) {
         if (pattern.wildcard) {
           this.#wildcards.push({ pattern, upstream });
           continue;
@@ -34,7 +33,7 @@ export class ForwardRouter<U = Upstream> {
     return this.#exact.size === 0 && this.#wildcards.length === 0;
   }
 
-  /** `host` in lower case. */
+  /** `host` in lower case, an IP address canonical (request-target.ts). */
   route(host: string, port: number): U | undefined {
     const exact = this.#exact.get(`${host}:${port}`);
     if (exact !== undefined) return exact;

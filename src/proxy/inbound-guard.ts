@@ -1,7 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { BlockList } from 'node:net';
 import type { ProxyUser } from '../config/load.js';
-import { addressAllowed, parseAddressList } from './host-pattern.js';
+import type { AddressList } from './host-pattern.js';
 
 function digest(text: string): Buffer {
   return createHash('sha256').update(text).digest();
@@ -9,26 +8,23 @@ function digest(text: string): Buffer {
 
 /** Who may use the proxy: client address ranges, and Basic Proxy-Authorization for forward mode. */
 export class InboundGuard {
-  readonly #cidrs: BlockList | undefined;
+  readonly #cidrs: AddressList | undefined;
   /** user name → sha256 of "name:password"; digests have equal length, so comparison is constant-time. */
   readonly #users: Map<string, Buffer> | undefined;
 
   constructor(settings: {
-    allowCidrs: readonly string[] | undefined;
+    /** Parsed with the configuration. */
+    allowCidrs: AddressList | undefined;
     proxyAuth: { users: readonly ProxyUser[] } | undefined;
   }) {
-    if (settings.allowCidrs !== undefined) {
-      const list = parseAddressList(settings.allowCidrs);
-      if (Array.isArray(list)) throw new Error(list.join('; ')); // validated with the config
-      this.#cidrs = list;
-    }
+    this.#cidrs = settings.allowCidrs;
     if (settings.proxyAuth !== undefined) {
       this.#users = new Map(settings.proxyAuth.users.map((u) => [u.name, digest(`${u.name}:${u.password}`)]));
     }
   }
 
   clientAllowed(address: string | undefined): boolean {
-    return this.#cidrs === undefined || (address !== undefined && addressAllowed(this.#cidrs, address));
+    return this.#cidrs === undefined || (address !== undefined && this.#cidrs.allows(address));
   }
 
   get requiresProxyAuth(): boolean {

@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { isValidHostname, splitHostPort } from './host-pattern.js';
+import { canonicalIp } from './ip-literal.js';
 
 /** A last label that is all digits or hex makes the WHATWG host parser read the name as IPv4. */
 const NUMERIC_LABEL = /(?:^|\.)(?:0x[0-9a-f]*|\d+)\.?$/i;
@@ -8,9 +9,14 @@ const NUMERIC_LABEL = /(?:^|\.)(?:0x[0-9a-f]*|\d+)\.?$/i;
  * The host as clients and undici will see it. Numeric shorthands (`127.1`, `2130706433`,
  * `0x7f000001`, `0177.0.0.1`) are IPv4 addresses in disguise (WHATWG URL host parsing, inet_aton):
  * they are turned into the address they mean, so egress rules judge the address, not the disguise.
+ * IPv6 literals take their one canonical spelling, IPv4-mapped ones their IPv4 address
+ * (ip-literal.ts): routing, the allow list and its port pins, and the guard see one address.
+ * Names pay for one isIP and one regex test; only IPv6 literals are parsed further.
  */
 export function canonicalHost(host: string): string | null {
-  if (isIP(host) !== 0 || !NUMERIC_LABEL.test(host)) return host;
+  const family = isIP(host);
+  if (family === 6) return canonicalIp(host) ?? null;
+  if (family === 4 || !NUMERIC_LABEL.test(host)) return host;
   try {
     const parsed = new URL(`http://${host}/`).hostname;
     return isIP(parsed) === 4 ? parsed : null;
@@ -20,7 +26,7 @@ export function canonicalHost(host: string): string | null {
 }
 
 export interface Authority {
-  /** Lower case; IPv6 without brackets. */
+  /** Lower case; an IP address in its canonical form (ip-literal.ts), IPv6 without brackets. */
   readonly host: string;
   readonly port: number;
 }

@@ -4,6 +4,7 @@ import { createServer, type IncomingHttpHeaders } from 'node:http';
 import { connect, createServer as createTcpServer, type AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { EgressPolicy } from '../../src/proxy/egress.js';
+import { HostList } from '../../src/proxy/host-pattern.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { rawRequest, type RawResponse } from '../helpers/raw-http.js';
 
@@ -244,10 +245,14 @@ describe('with an explicit allow entry', () => {
 });
 
 describe('EgressPolicy on its own', () => {
-  const policy = (allow: string[] = []) => new EgressPolicy({ default: 'allow', allow, connectPorts: [443] });
+  const policy = (entries: string[] = []) => {
+    const allow = HostList.parse(entries);
+    if (Array.isArray(allow)) throw new Error(allow.join('; '));
+    return new EgressPolicy({ default: 'allow', allow, connectPorts: [443] });
+  };
   const lookup = (p: EgressPolicy, name: string, all = false) =>
     new Promise<{ err: NodeJS.ErrnoException | null; address: unknown }>((resolve) => {
-      p.lookup(name, all ? { all: true } : {}, (err, address) => resolve({ err, address }));
+      p.lookupFor(443)(name, all ? { all: true } : {}, (err, address) => resolve({ err, address }));
     });
 
   it('decide() refuses loopback, "this host" and link-local addresses unless allowed', () => {

@@ -1,11 +1,23 @@
 import { describe, expect, it } from 'vitest';
 import { EgressPolicy } from '../../src/proxy/egress.js';
 import { ForwardRouter } from '../../src/proxy/forward-router.js';
-import { HostList, parseHostPattern } from '../../src/proxy/host-pattern.js';
+import { AddressList, HostList, parseHostPattern, type HostPattern } from '../../src/proxy/host-pattern.js';
 import { InboundGuard } from '../../src/proxy/inbound-guard.js';
 import { parseAbsoluteForm, parseConnectAuthority } from '../../src/proxy/request-target.js';
 
 const up = (name: string) => ({ name });
+/** Entries parsed as the configuration parses them. */
+const patterns = (entries: string[]) => entries.map((e) => parseHostPattern(e) as HostPattern);
+function hostList(entries: string[]): HostList {
+  const list = HostList.parse(entries);
+  if (Array.isArray(list)) throw new Error(list.join('; '));
+  return list;
+}
+function addressList(entries: string[]): AddressList {
+  const list = AddressList.parse(entries);
+  if (Array.isArray(list)) throw new Error(list.join('; '));
+  return list;
+}
 
 describe('request targets', () => {
   it('parses absolute-form http URLs and refuses userinfo, other schemes and bad hosts', () => {
@@ -51,8 +63,8 @@ describe('request targets', () => {
 
 describe('forward routing by host', () => {
   const router = new ForwardRouter([
-    { hosts: ['api.partner.example', '*.partner.example', 'alt.example:8443'], upstream: up('partner') },
-    { hosts: ['api.partner.example', 'other.example'], upstream: up('second') },
+    { hosts: patterns(['api.partner.example', '*.partner.example', 'alt.example:8443']), upstream: up('partner') },
+    { hosts: patterns(['api.partner.example', 'other.example']), upstream: up('second') },
   ]);
 
   it('matches exact names on 80 and 443, wildcards below the suffix, and named ports only', () => {
@@ -81,7 +93,7 @@ describe('forward routing by host', () => {
 describe('egress policy', () => {
   const policy = new EgressPolicy({
     default: 'deny',
-    allow: ['*.internal.example:443', 'status.partner.example', '10.20.0.0/16', '192.0.2.7:8443'],
+    allow: hostList(['*.internal.example:443', 'status.partner.example', '10.20.0.0/16', '192.0.2.7:8443']),
     connectPorts: [443],
   });
 
@@ -100,7 +112,7 @@ describe('egress policy', () => {
   });
 
   it('with default allow still keeps CONNECT to connectPorts', () => {
-    const open = new EgressPolicy({ default: 'allow', allow: [], connectPorts: [443] });
+    const open = new EgressPolicy({ default: 'allow', allow: hostList([]), connectPorts: [443] });
     expect(open.decide('anything.example', 443, 'connect')).toEqual({ allowed: true, rule: 'egress.default: allow' });
     expect(open.decide('anything.example', 25, 'connect')).toEqual({ allowed: false, rule: 'egress.connectPorts' });
     expect(open.decide('anything.example', 8080, 'http').allowed).toBe(true);
@@ -110,7 +122,7 @@ describe('egress policy', () => {
 describe('inbound guard', () => {
   const basic = (s: string) => `Basic ${Buffer.from(s).toString('base64')}`;
   it('checks client ranges, including IPv4 clients on dual-stack sockets', () => {
-    const guard = new InboundGuard({ allowCidrs: ['10.0.0.0/8', '::1'], proxyAuth: undefined });
+    const guard = new InboundGuard({ allowCidrs: addressList(['10.0.0.0/8', '::1']), proxyAuth: undefined });
     expect(guard.clientAllowed('10.9.8.7')).toBe(true);
     expect(guard.clientAllowed('::ffff:10.9.8.7')).toBe(true);
     expect(guard.clientAllowed('::1')).toBe(true);

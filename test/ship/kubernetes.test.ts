@@ -288,7 +288,7 @@ describe('config/kubernetes', () => {
     const text = configMap.data['config.yaml'] as string;
     const config = buildConfig(parse(text), { env: TEST_ENV });
     expect(config.tokenCache.redis?.connection.url).toBe('redis://redis:6379/0');
-    expect(config.inbound.allowCidrs).toEqual(['10.0.0.0/8']);
+    expect(config.inbound.allowCidrs?.entries).toEqual(['10.0.0.0/8']);
     const [upstream] = config.upstreams;
     expect(upstream?.hosts?.length).toBeGreaterThan(0);
     expect(upstream?.pathPrefix).toBeDefined();
