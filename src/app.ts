@@ -6,6 +6,10 @@ import { Registry } from 'prom-client';
 import { createAdminServer } from './admin/server.js';
 import type { Config } from './config/load.js';
 import { parseListen } from './config/schema.js';
+import { exposureProblem } from './config/exposure.js';
+import { ConfigError } from './errors.js';
+import { canonicalIp } from './proxy/ip-literal.js';
+import { urlHost } from './proxy/request-target.js';
 import { createLogger } from './logger.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { createProxyServer } from './proxy/server.js';
@@ -48,7 +52,9 @@ export interface App {
   /**
    * Swaps in a new configuration without dropping requests: new requests use it at once, requests
    * in flight finish on the old one. Listener addresses, Redis and tenant-label changes need a
-   * restart and are reported in the returned warnings.
+   * restart and are reported in the returned warnings. A configuration that would leave the
+   * listener, as bound, reachable from other machines without a guard is rejected (ConfigError,
+   * logged as config_reload_rejected) and the running one stays.
    */
   reload(next: Config): Promise<string[]>;
   /** Stops accepting, lets in-flight requests finish for up to `shutdownTimeoutSeconds`, then closes. */
@@ -145,6 +151,20 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     return bound;
   }
 
+  let proxyBound: AddressInfo | undefined;
+  /**
+   * The inbound rule for a listener reachable from other machines, judged on the address the
+   * proxy listener is actually bound to: at start-up (a name may resolve elsewhere than its text
+   * says) and on every reload (which cannot move the listener: a new file naming 127.0.0.1 leaves
+   * the socket bound to 0.0.0.0). Undefined before listen: the config's own check then holds.
+   */
+  function boundExposure(config: Config): string | undefined {
+    if (proxyBound === undefined) return undefined;
+    const address = canonicalIp(proxyBound.address) ?? proxyBound.address;
+    const reverseMode = config.upstreams.some((u) => u.pathPrefix !== undefined);
+    return exposureProblem(`${urlHost(address)}:${proxyBound.port}`, address, config.inbound, reverseMode);
+  }
+
   /** Settings that live in listeners and process-wide objects: they change only with a restart. */
   function restartOnly(prev: Config, next: Config): string[] {
     const notes: string[] = [];
@@ -169,6 +189,12 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     sharedCacheUp: () => store?.up,
     async listen() {
       const proxyAddress = await listenOn(proxy, initial.listen);
+      proxyBound = proxyAddress;
+      const exposed = boundExposure(initial);
+      if (exposed !== undefined) {
+        await new Promise<void>((resolve) => proxy.close(() => resolve()));
+        throw new ConfigError([exposed]);
+      }
       const adminAddress = await listenOn(admin, initial.admin.listen);
       listening = true;
       for (const source of generation.warm) warmUp(source);
@@ -184,6 +210,14 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       return { proxy: proxyAddress, admin: adminAddress };
     },
     async reload(next) {
+      const exposed = boundExposure(next);
+      if (exposed !== undefined) {
+        logger.error(
+          { event: 'config_reload_rejected', problems: [exposed] },
+          'new configuration rejected: the running one stays',
+        );
+        throw new ConfigError([exposed]);
+      }
       const warnings = [...restartOnly(generation.config, next), ...configWarnings(next)];
       const previous = generation;
       generation = buildGeneration(next, deps);

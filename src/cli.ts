@@ -67,11 +67,11 @@ function onReload(app: App, args: CommonArgs): void {
       );
       return;
     }
-    app
-      .reload(next)
-      .catch((err: unknown) =>
-        app.logger.error({ event: 'config_reload_failed', err: (err as Error).message }, 'reload failed'),
-      );
+    app.reload(next).catch((err: unknown) => {
+      // A configuration the running listeners rule out was logged as rejected by the app.
+      if (!(err instanceof ConfigError))
+        app.logger.error({ event: 'config_reload_failed', err: (err as Error).message }, 'reload failed');
+    });
   });
 }
 

@@ -5,7 +5,8 @@ import { forwardClaimHeaderProblem } from '../inbound/forward-claims.js';
 import { INBOUND_JWT_ALGORITHMS, MEDIA_TYPE } from '../inbound/jwt-validator.js';
 import { authSchema, credentialProblems, mtlsSchema, tenantSourceProblems, tenantsSchema } from './auth-schema.js';
 import { redisSchema } from './redis-schema.js';
-import { isLoopbackHost, secureUrl } from './url.js';
+import { exposureProblem } from './exposure.js';
+import { secureUrl } from './url.js';
 
 export { isLoopbackHost } from './url.js';
 import {
@@ -371,23 +372,10 @@ export function crossFieldProblems(doc: unknown): string[] {
     problems.push('admin.listen: must differ from listen');
   }
   const host = typeof listen === 'string' ? parseListen(listen)?.host : undefined;
-  if (
-    typeof listen === 'string' &&
-    host !== undefined &&
-    !isLoopbackHost(host) &&
-    inbound?.allowCidrs === undefined &&
-    inbound?.allowAnyone !== true
-  ) {
-    if (inbound?.proxyAuth === undefined) {
-      problems.push(
-        `inbound: listen ${listen} is reachable from other machines: set inbound.allowCidrs or inbound.proxyAuth (or write inbound.allowAnyone: true)`,
-      );
-    } else if (inbound.jwt === undefined && upstreams.some((u) => typeof u?.pathPrefix === 'string')) {
-      // Reverse mode asks for no proxy credentials: its tokens would be open to anyone.
-      problems.push(
-        `inbound: listen ${listen} is reachable from other machines, and inbound.proxyAuth guards forward mode only: the upstreams with a pathPrefix (reverse mode) would inject their tokens for anyone; set inbound.allowCidrs or inbound.jwt (or write inbound.allowAnyone: true)`,
-      );
-    }
+  if (typeof listen === 'string' && host !== undefined) {
+    const reverseMode = upstreams.some((u) => typeof u?.pathPrefix === 'string');
+    const exposed = exposureProblem(listen, host, inbound, reverseMode);
+    if (exposed !== undefined) problems.push(exposed);
   }
   problems.push(...credentialProblems(upstreams));
   problems.push(...tenantSourceProblems(upstreams, inbound?.jwt !== undefined));

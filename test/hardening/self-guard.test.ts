@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import { createServer as createTcpServer, type AddressInfo } from 'node:net';
 import { networkInterfaces, type NetworkInterfaceInfo } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
+import { buildConfig } from '../../src/config/load.js';
 import { EgressPolicy } from '../../src/proxy/egress.js';
 import { HostList } from '../../src/proxy/host-pattern.js';
 import { SelfAddresses } from '../../src/proxy/self-addresses.js';
@@ -11,7 +12,8 @@ import { rawRequest, type RawResponse } from '../helpers/raw-http.js';
 /**
  * Issue 19, finding 2: the egress guard covers the proxy's own listeners wherever they are bound
  * (with `admin.listen: 0.0.0.0`, the pod's own address on the admin port) and the cloud metadata
- * endpoints outside link-local. Only loopback traffic flows in these tests: every non-loopback destination is one
+ * endpoints outside link-local. Finding 7: a reload cannot leave a non-loopback listener
+ * unguarded. Only loopback traffic flows in these tests: every non-loopback destination is one
  * the proxy must refuse before connecting, and its 403 names the rule that refused it.
  */
 const SELF_RULE = "egress: the proxy's own listeners need an allow entry naming the address";
@@ -136,6 +138,62 @@ describe('cloud metadata endpoints outside link-local', () => {
       await proxy.close();
       proxy = undefined;
     }
+  });
+});
+
+describe('a reload while the proxy listener is bound to a non-loopback address', () => {
+  /** The proxy bound to 0.0.0.0, open to 10.0.0.0/8 only: a loopback client is refused. */
+  async function startGuarded(): Promise<RunningProxy> {
+    return startProxy({
+      listen: '0.0.0.0:0',
+      inbound: { allowCidrs: ['10.0.0.0/8'] },
+      upstreams: [UPSTREAM],
+      egress: { default: 'deny' },
+    });
+  }
+  const reloadDoc = (inbound: Record<string, unknown>, upstreams: Record<string, unknown>[] = [UPSTREAM]) =>
+    buildConfig(
+      { listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'debug', upstreams, inbound },
+      { env: {} },
+    );
+  const probe = (p: RunningProxy) =>
+    rawRequest(
+      portOf(p),
+      'GET http://api.partner.example/x HTTP/1.1\r\nHost: api.partner.example\r\nConnection: close\r\n\r\n',
+    );
+
+  it('rejects a new config that drops allowCidrs, judged on the address bound (0.0.0.0), not the new listen text', async () => {
+    proxy = await startGuarded();
+    expect((await probe(proxy)).status).toBe(403); // loopback is outside 10.0.0.0/8
+    // The new file says 127.0.0.1 (a restart-only change) and drops allowCidrs: valid on its own.
+    const next = reloadDoc({});
+    await expect(proxy.app.reload(next)).rejects.toThrow(
+      /inbound: listen 0\.0\.0\.0:\d+ is reachable from other machines: set inbound\.allowCidrs or inbound\.proxyAuth/,
+    );
+    expect(proxy.app.config.inbound.allowCidrs?.entries).toEqual(['10.0.0.0/8']); // the old config stays
+    const still = await probe(proxy);
+    expect([still.status, (JSON.parse(still.body) as { error: string }).error]).toEqual([403, 'client_not_allowed']);
+    expect(proxy.logs.some((l) => l.includes('"event":"config_reloaded"'))).toBe(false);
+    const rejected = proxy.logs.filter((l) => l.includes('"event":"config_reload_rejected"'));
+    expect(rejected).toHaveLength(1);
+    expect(rejected[0]).toMatch(/"level":50.*inbound: listen 0\.0\.0\.0:\d+ is reachable from other machines/);
+  });
+
+  it('rejects proxyAuth alone when an upstream serves reverse mode, and accepts proxyAuth or allowAnyone otherwise', async () => {
+    proxy = await startGuarded();
+    const users = { users: [{ name: 'app', password: 'pw' }] };
+    const reverse = { ...UPSTREAM, pathPrefix: '/partner' };
+    await expect(proxy.app.reload(reloadDoc({ proxyAuth: users }, [reverse]))).rejects.toThrow(
+      /inbound\.proxyAuth guards forward mode only/,
+    );
+    expect(proxy.app.config.inbound.proxyAuth).toBeUndefined();
+    expect(await proxy.app.reload(reloadDoc({ proxyAuth: users }))).toEqual([
+      'listen changed: takes effect after a restart',
+    ]);
+    expect(proxy.app.config.inbound.proxyAuth?.users.map((u) => u.name)).toEqual(['app']);
+    expect((await probe(proxy)).status).toBe(407); // now the proxy credentials guard it
+    await proxy.app.reload(reloadDoc({ allowAnyone: true }));
+    expect(proxy.app.config.inbound.allowAnyone).toBe(true);
   });
 });
 
