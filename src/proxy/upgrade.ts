@@ -22,6 +22,10 @@ function head(status: number, statusText: string, raw: readonly Buffer[]): strin
   return `${text}\r\n`;
 }
 
+function LEAVE(this: Duplex): void {
+  this.destroy();
+}
+
 /**
  * WebSocket upgrades (RFC 6455 §4, RFC 9110 §7.8): admitted like any request (admit()), the token
  * is injected on the handshake, and after a 101 the two sockets are joined. A handshake the
@@ -49,6 +53,10 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
       r.guard.clientAllowed(client) && (credentials === undefined || r.guard.authenticate(credentials) !== undefined),
   );
   closeWhenIdle(socket, ctx.limits.tunnelIdleTimeoutSeconds);
+  // The HTTP server's sockets allow half-open: a client that ends its side before the switch has
+  // left (it cannot speak the protocol it asked for without sending), so the socket goes now and
+  // nothing is opened upstream for it. After the switch, the joined pipes carry an end across.
+  socket.once('end', LEAVE);
   const websocket = (req.headers.upgrade ?? '').trim().toLowerCase() === 'websocket';
   if (
     !websocket &&
@@ -173,6 +181,7 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
       this.#log(CLIENT_LEFT);
       return;
     }
+    socket.off('end', LEAVE);
     socket.write(head(statusCode, 'Switching Protocols', (rawHeaders ?? []) as Buffer[]));
     if (this.#early.length > 0) upstreamSocket.write(this.#early);
     upstreamSocket.on('error', () => socket.destroy());

@@ -7,6 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { testPki } from '../helpers/certs.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { startScriptedServer } from '../helpers/scripted-server.js';
+import { eventually } from '../helpers/time.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
 const pki = testPki();
@@ -15,6 +17,7 @@ let proxy: RunningProxy;
 let wsUrl: string;
 const handshakes: { token: string | undefined; clientId: unknown }[] = [];
 let close: () => void;
+let partnerPort: number;
 /** Upgrade requests the partner received (any protocol). */
 let partnerUpgrades = 0;
 /** Ordinary requests the partner received, with the token's client. */
@@ -79,6 +82,7 @@ beforeAll(async () => {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const port = (server.address() as AddressInfo).port;
+  partnerPort = port;
   close = () => {
     wss.close();
     server.close();
@@ -167,5 +171,55 @@ describe('WebSocket through the proxy', () => {
     const ws = new WebSocket(`${proxy.url.replace('http:', 'ws:')}/nowhere`);
     const [, res] = (await once(ws, 'unexpected-response')) as [unknown, { statusCode: number }];
     expect(res.statusCode).toBe(404);
+  });
+
+  it('opens nothing upstream for a client that left while its token was fetched, and logs it as 499', async () => {
+    let release = (): void => undefined;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    // A token endpoint that answers only when told: the client leaves before it does.
+    const tokenEndpoint = await startScriptedServer((_req, res) => {
+      void held.then(() =>
+        res
+          .writeHead(200, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ access_token: 'late-token', token_type: 'Bearer', expires_in: 300 })),
+      );
+    });
+    const late = await startProxy({
+      upstreams: [
+        {
+          name: 'late',
+          target: `https://127.0.0.1:${partnerPort}`,
+          pathPrefix: '/late',
+          ca: pki.caFile,
+          auth: {
+            type: 'client_credentials',
+            tokenUrl: `${tokenEndpoint.url}/token`,
+            clientId: 'late',
+            clientSecret: 'late-secret',
+          },
+        },
+      ],
+    });
+    try {
+      const upgradesBefore = partnerUpgrades;
+      const socket = connect({ host: '127.0.0.1', port: Number(new URL(late.url).port) });
+      socket.write(
+        'GET /late/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+          'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      );
+      await eventually(() => tokenEndpoint.hits === 1, { timeoutMs: 10_000, what: 'the token request' });
+      socket.destroy();
+      await once(socket, 'close');
+      release();
+      await eventually(() => late.logs.some((l) => l.includes('"event":"request"') && l.includes('"status":499')), {
+        timeoutMs: 10_000,
+        what: 'the 499 access line',
+      });
+      expect(partnerUpgrades).toBe(upgradesBefore);
+    } finally {
+      release();
+      await late.close();
+      await tokenEndpoint.close();
+    }
   });
 });

@@ -123,7 +123,7 @@ describe('demo', () => {
   it('listens on all interfaces when told to, as in the container image, admitting only loopback and private addresses', async () => {
     const d = await startDemo({ proxy: '0.0.0.0:0', admin: '127.0.0.1:0' }, 'silent');
     open.push(d);
-    expect(d.app.config.inbound.allowCidrs).toEqual([
+    expect(d.app.config.inbound.allowCidrs?.entries).toEqual([
       '127.0.0.0/8',
       '::1/128',
       '10.0.0.0/8',
