@@ -69,17 +69,10 @@ export class UpstreamFactory {
     if (u.tenants === undefined) {
       tokens = this.#source(u, u.auth, undefined, tokenAgent);
     } else {
-      const f = u.tenants.from;
-      const from: TenantTokens['from'] =
-        f === 'proxyAuthUser'
-          ? { kind: 'proxyAuthUser' }
-          : f.startsWith('jwtClaim:')
-            ? { kind: 'jwtClaim', claim: f.slice('jwtClaim:'.length) }
-            : { kind: 'header', name: f.slice('header:'.length).toLowerCase() };
       const byTenant = new Map(
         Object.entries(u.tenants.auth).map(([tenant, auth]) => [tenant, this.#source(u, auth, tenant, tokenAgent)]),
       );
-      tokens = { from, byTenant };
+      tokens = { from: u.tenants.from, byTenant };
     }
     return {
       name: u.name,

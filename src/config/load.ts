@@ -6,6 +6,8 @@ import { ConfigError } from '../errors.js';
 import type { InboundJwtSettings } from '../inbound/jwt-validator.js';
 import type { AddressList } from '../proxy/host-pattern.js';
 import { readPrivateKeyFile, readSecretFile, readText } from './files.js';
+import { parseTenantSource, type TenantSource } from './tenant-source.js';
+import { redisNodes } from './redis-schema.js';
 import {
   resolveAuth,
   resolveMtls,
@@ -33,7 +35,7 @@ export type UpstreamConfig = UpstreamSettings &
         /** What the tenants share; the credentials are in each tenant's auth. */
         readonly auth: SharedAuth;
         /** Per-tenant auth (the upstream's with each tenant's credentials). */
-        readonly tenants: { readonly from: string; readonly auth: Readonly<Record<string, ResolvedAuth>> };
+        readonly tenants: { readonly from: TenantSource; readonly auth: Readonly<Record<string, ResolvedAuth>> };
       }
   );
 
@@ -141,7 +143,7 @@ function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems
     if (resolved !== undefined) byName[name] = resolved;
   }
   const auth = resolveSharedAuth(u.auth, `${at}.auth`, baseDir, problems);
-  return { ...u, ca, mtls, auth, tenants: { from: u.tenants.from, auth: byName } };
+  return { ...u, ca, mtls, auth, tenants: { from: parseTenantSource(u.tenants.from), auth: byName } };
 }
 
 function resolveRedis(
@@ -163,7 +165,13 @@ function resolveRedis(
   if (key !== '') check(key, 'tokenCache.redis.encryptionKey');
   rest.previousEncryptionKeys.forEach((k, i) => check(k, `tokenCache.redis.previousEncryptionKeys[${i}]`));
   const caPem = readCaBundle(ca, baseDir, 'tokenCache.redis.ca', problems);
-  return { ...rest, encryptionKey: key, connection: { url, sentinel, cluster, caPem } };
+  const connection = {
+    url,
+    sentinel: sentinel === undefined ? undefined : { ...sentinel, sentinels: redisNodes(sentinel.sentinels) },
+    cluster: cluster === undefined ? undefined : { ...cluster, nodes: redisNodes(cluster.nodes) },
+    caPem,
+  };
+  return { ...rest, encryptionKey: key, connection };
 }
 
 function resolveMitm(mitm: ParsedConfig['mitm'], baseDir: string, problems: string[]): Config['mitm'] {

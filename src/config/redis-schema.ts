@@ -2,11 +2,27 @@ import { z } from 'zod';
 import { isValidHostname, splitHostPort } from '../proxy/host-pattern.js';
 import { MAX_TIMER_SECONDS, TIMER_LIMIT_MESSAGE } from './defaults.js';
 
-/** A Redis node or Sentinel: `host:port` or `[v6]:port`, the port required. */
-export function parseRedisNode(text: string): { host: string; port: number } | undefined {
+/**
+ * A Redis node or Sentinel: `host:port` or `[v6]:port`, the port required. The schema checks the
+ * text; the loader turns it into this shape once, for the connection code to take as it is.
+ */
+export function parseRedisNode(text: string): RedisNode | undefined {
   const parts = splitHostPort(text);
   if (parts === null || parts.port === undefined || !isValidHostname(parts.host)) return undefined;
   return { host: parts.host, port: parts.port };
+}
+
+/** Node texts the schema accepted, as host and port. */
+export function redisNodes(list: readonly string[]): RedisNode[] {
+  return list.flatMap((text) => {
+    const node = parseRedisNode(text);
+    return node === undefined ? [] : [node];
+  });
+}
+
+export interface RedisNode {
+  readonly host: string;
+  readonly port: number;
 }
 
 const redisNode = z.string().refine((v) => parseRedisNode(v) !== undefined, 'must be host:port, e.g. 10.0.0.1:26379');

@@ -27,7 +27,7 @@ export function summary(config: Config): string {
     );
     lines.push(`  ${describeAuth(u.auth)}`);
     if (u.tenants !== undefined) {
-      lines.push(`  tenants from ${u.tenants.from}:`);
+      lines.push(`  tenants from ${u.tenants.from.text}:`);
       for (const [name, auth] of Object.entries(u.tenants.auth)) lines.push(`    ${name}: ${describeAuth(auth)}`);
     }
   }

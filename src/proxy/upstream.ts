@@ -1,5 +1,6 @@
 import type { Dispatcher } from 'undici';
 import type { Logger } from 'pino';
+import type { TenantSource } from '../config/tenant-source.js';
 import type { AccessLog } from '../logger.js';
 import type { RequestMetrics } from '../metrics.js';
 import type { TokenReader } from '../tokens/reader.js';
@@ -30,10 +31,7 @@ export interface Upstream {
 
 /** Token sources by tenant, and where a request's tenant name comes from. */
 export interface TenantTokens {
-  readonly from:
-    | { readonly kind: 'proxyAuthUser' }
-    | { readonly kind: 'header'; readonly name: string }
-    | { readonly kind: 'jwtClaim'; readonly claim: string };
+  readonly from: TenantSource;
   readonly byTenant: ReadonlyMap<string, TokenReader>;
 }
 

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type { ConnectionOptions } from 'node:tls';
 import { VERIFIED } from '../tls-options.js';
 import type * as IoRedis from 'ioredis';
-import { parseRedisNode } from '../config/redis-schema.js';
+import type { RedisNode } from '../config/redis-schema.js';
 
 /** Access to the data nodes in the Sentinel and Cluster forms. */
 interface NodeAccess {
@@ -17,13 +17,13 @@ export interface RedisConnection {
   readonly sentinel?:
     | (NodeAccess & {
         readonly masterName: string;
-        readonly sentinels: readonly string[];
+        readonly sentinels: readonly RedisNode[];
         readonly db: number;
         readonly sentinelUsername?: string | undefined;
         readonly sentinelPassword?: string | undefined;
       })
     | undefined;
-  readonly cluster?: (NodeAccess & { readonly nodes: readonly string[] }) | undefined;
+  readonly cluster?: (NodeAccess & { readonly nodes: readonly RedisNode[] }) | undefined;
   /** PEM text of a private CA for TLS connections; verification is never off. */
   readonly caPem?: string | undefined;
 }
@@ -49,14 +49,6 @@ function ioredis(): typeof IoRedis {
   return createRequire(import.meta.url)('ioredis') as typeof IoRedis;
 }
 
-function nodes(list: readonly string[]): { host: string; port: number }[] {
-  return list.map((n) => {
-    const node = parseRedisNode(n);
-    if (node === undefined) throw new Error(`not a Redis node address: ${n}`); // the schema rejects these first
-    return node;
-  });
-}
-
 /**
  * Opens a client for the configured form. In the Sentinel form ioredis asks the Sentinels for the
  * master and, with `failoverDetector`, reconnects as soon as they announce a new one; in the
@@ -70,7 +62,7 @@ export function connectRedis(connection: RedisConnection, behaviour: ClientBehav
     return new Redis({
       ...behaviour,
       name: s.masterName,
-      sentinels: nodes(s.sentinels),
+      sentinels: [...s.sentinels],
       db: s.db,
       username: s.username,
       password: s.password,
@@ -84,7 +76,7 @@ export function connectRedis(connection: RedisConnection, behaviour: ClientBehav
   if (connection.cluster !== undefined) {
     const c = connection.cluster;
     const { retryStrategy, enableOfflineQueue, ...perNode } = behaviour;
-    return new Cluster(nodes(c.nodes), {
+    return new Cluster([...c.nodes], {
       enableOfflineQueue,
       clusterRetryStrategy: retryStrategy,
       redisOptions: { ...perNode, username: c.username, password: c.password, ...(c.tls ? { tls } : {}) },

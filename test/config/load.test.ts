@@ -185,7 +185,10 @@ describe('shared cache settings (tokenCache.redis)', () => {
     ).tokenCache.redis;
     expect(sentinel?.connection.sentinel).toEqual({
       masterName: 'tokens',
-      sentinels: ['10.0.0.1:26379', '[fd00::2]:26379'],
+      sentinels: [
+        { host: '10.0.0.1', port: 26379 },
+        { host: 'fd00::2', port: 26379 },
+      ],
       db: 0,
       password: 'pw',
       tls: false,
@@ -194,7 +197,13 @@ describe('shared cache settings (tokenCache.redis)', () => {
       withRedis({ cluster: { nodes: ['redis-0.redis:6379', 'redis-1.redis:6379'], tls: true } }),
       { env: {} },
     ).tokenCache.redis;
-    expect(cluster?.connection.cluster).toEqual({ nodes: ['redis-0.redis:6379', 'redis-1.redis:6379'], tls: true });
+    expect(cluster?.connection.cluster).toEqual({
+      nodes: [
+        { host: 'redis-0.redis', port: 6379 },
+        { host: 'redis-1.redis', port: 6379 },
+      ],
+      tls: true,
+    });
     expect(cluster?.keyPrefix).toBe('token-proxy:');
   });
 
