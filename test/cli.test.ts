@@ -6,7 +6,8 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startPartnerApi, type PartnerApi } from '../src/demo/partner-api.js';
+import type { PartnerApi } from '../src/demo/partner-api.js';
+import { startVerifyingPartner } from './helpers/partner.js';
 import { testPki } from './helpers/certs.js';
 import { startTokenServer, type TokenServer } from './helpers/token-server.js';
 
@@ -82,12 +83,7 @@ async function exitCode(child: ChildProcessWithoutNullStreams): Promise<number |
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({
-    jwksUrl: tokenServer.jwksUrl,
-    issuer: tokenServer.url,
-    tls: { key: pki.key, cert: pki.cert },
-    issuerCa: pki.ca,
-  });
+  partner = await startVerifyingPartner(tokenServer);
   writeFileSync(
     join(dir, 'proxy.yaml'),
     [

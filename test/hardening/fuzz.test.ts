@@ -2,7 +2,8 @@ import { isIP } from 'node:net';
 import fc from 'fast-check';
 import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import type { PartnerApi } from '../../src/demo/partner-api.js';
+import { startVerifyingPartner } from '../helpers/partner.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders, type ForwardedInfo } from '../../src/proxy/headers.js';
 import { parseAbsoluteForm, urlHost } from '../../src/proxy/request-target.js';
 import { ReverseRouter } from '../../src/proxy/router.js';
@@ -386,12 +387,7 @@ describe('a live proxy under random valid requests', () => {
 
   beforeAll(async () => {
     tokenServer = await startTokenServer();
-    partner = await startPartnerApi({
-      jwksUrl: tokenServer.jwksUrl,
-      issuer: tokenServer.url,
-      tls: { key: pki.key, cert: pki.cert },
-      issuerCa: pki.ca,
-    });
+    partner = await startVerifyingPartner(tokenServer);
     const auth = {
       type: 'client_credentials',
       tokenUrl: tokenServer.tokenUrl,

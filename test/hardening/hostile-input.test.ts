@@ -2,7 +2,8 @@ import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { Agent } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import type { PartnerApi } from '../../src/demo/partner-api.js';
+import { startVerifyingPartner } from '../helpers/partner.js';
 import { testPki } from '../helpers/certs.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { rawRequest, type RawResponse } from '../helpers/raw-http.js';
@@ -26,12 +27,7 @@ const GUARDED_RULE = 'egress: loopback and link-local addresses need an explicit
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({
-    jwksUrl: tokenServer.jwksUrl,
-    issuer: tokenServer.url,
-    tls: { key: pki.key, cert: pki.cert },
-    issuerCa: pki.ca,
-  });
+  partner = await startVerifyingPartner(tokenServer);
   const auth = {
     type: 'client_credentials',
     tokenUrl: tokenServer.tokenUrl,

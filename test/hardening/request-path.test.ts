@@ -2,7 +2,8 @@ import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import type { PartnerApi } from '../../src/demo/partner-api.js';
+import { startVerifyingPartner } from '../helpers/partner.js';
 import { testPki } from '../helpers/certs.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { rawRequest } from '../helpers/raw-http.js';
@@ -25,12 +26,7 @@ let broken: Server; // a target that breaks its answer after the head (a failure
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({
-    jwksUrl: tokenServer.jwksUrl,
-    issuer: tokenServer.url,
-    tls: { key: pki.key, cert: pki.cert },
-    issuerCa: pki.ca,
-  });
+  partner = await startVerifyingPartner(tokenServer);
   broken = createServer((_req, res) => {
     res.writeHead(200, { 'content-length': '1000' });
     res.write('0123456789');

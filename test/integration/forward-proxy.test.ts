@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { ProxyAgent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { buildConfig } from '../../src/config/load.js';
-import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import type { PartnerApi } from '../../src/demo/partner-api.js';
+import { startVerifyingPartner } from '../helpers/partner.js';
 import { ConfigError } from '../../src/errors.js';
 import { createCaFiles } from '../../src/mitm/certificate-authority.js';
 import { testPki } from '../helpers/certs.js';
@@ -62,12 +63,7 @@ async function proxyWith(doc: Record<string, unknown> = {}) {
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({
-    jwksUrl: tokenServer.jwksUrl,
-    issuer: tokenServer.url,
-    tls: { key: pki.key, cert: pki.cert },
-    issuerCa: pki.ca,
-  });
+  partner = await startVerifyingPartner(tokenServer);
   mitmCaFile = (await createCaFiles(dir)).certFile;
   const seen: IncomingHttpHeaders[] = [];
   const plain = createHttpServer((req, res) => {

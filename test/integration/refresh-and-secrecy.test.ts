@@ -1,6 +1,7 @@
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import type { PartnerApi } from '../../src/demo/partner-api.js';
+import { startVerifyingPartner } from '../helpers/partner.js';
 import { testPki } from '../helpers/certs.js';
 import { nextToken, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { FASTEST_BACKOFF, offsetClock } from '../helpers/time.js';
@@ -22,12 +23,7 @@ async function get(path = '/partner/x') {
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({
-    jwksUrl: tokenServer.jwksUrl,
-    issuer: tokenServer.url,
-    tls: { key: pki.key, cert: pki.cert },
-    issuerCa: pki.ca,
-  });
+  partner = await startVerifyingPartner(tokenServer);
 });
 
 afterAll(async () => {

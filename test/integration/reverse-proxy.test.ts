@@ -2,7 +2,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import type { PartnerApi } from '../../src/demo/partner-api.js';
+import { startVerifyingPartner } from '../helpers/partner.js';
 import { testPki } from '../helpers/certs.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
@@ -56,12 +57,7 @@ async function call(
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({
-    jwksUrl: tokenServer.jwksUrl,
-    issuer: tokenServer.url,
-    tls: { key: pki.key, cert: pki.cert },
-    issuerCa: pki.ca,
-  });
+  partner = await startVerifyingPartner(tokenServer);
 });
 
 afterAll(async () => {

@@ -3,7 +3,8 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import type { PartnerApi } from '../../src/demo/partner-api.js';
+import { startVerifyingPartner } from '../helpers/partner.js';
 import { testPki } from '../helpers/certs.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startScriptedServer } from '../helpers/scripted-server.js';
@@ -59,12 +60,7 @@ async function get(path = '/partner/x') {
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({
-    jwksUrl: tokenServer.jwksUrl,
-    issuer: tokenServer.url,
-    tls: { key: pki.key, cert: pki.cert },
-    issuerCa: pki.ca,
-  });
+  partner = await startVerifyingPartner(tokenServer);
 });
 
 afterAll(async () => {

@@ -8,7 +8,8 @@ import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildConfig, loadConfigFile } from '../../src/config/load.js';
 import { privateKeyModeProblem } from '../../src/config/files.js';
-import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import type { PartnerApi } from '../../src/demo/partner-api.js';
+import { startVerifyingPartner } from '../helpers/partner.js';
 import { ConfigError } from '../../src/errors.js';
 import { createCaFiles, type CaFiles } from '../../src/mitm/certificate-authority.js';
 import { testPki } from '../helpers/certs.js';
@@ -44,12 +45,7 @@ function doc(mitm: Record<string, unknown> = {}) {
 
 beforeAll(async () => {
   tokenServer = await startTokenServer();
-  partner = await startPartnerApi({
-    jwksUrl: tokenServer.jwksUrl,
-    issuer: tokenServer.url,
-    tls: { key: pki.key, cert: pki.cert },
-    issuerCa: pki.ca,
-  });
+  partner = await startVerifyingPartner(tokenServer);
   ca = await createCaFiles(join(dir, 'ca'));
 });
 

@@ -8,7 +8,8 @@ import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { Redis } from 'ioredis';
-import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
+import type { PartnerApi } from '../../src/demo/partner-api.js';
+import { startVerifyingPartner } from '../helpers/partner.js';
 import { EntryCipher, cipherKey } from '../../src/tokens/entry-cipher.js';
 import { testPki } from '../helpers/certs.js';
 import { sharedCacheState, startProxy, type RunningProxy } from '../helpers/proxy.js';
@@ -285,12 +286,7 @@ async function sharedCacheUp(p: RunningProxy, want: 0 | 1): Promise<Scrape> {
 beforeAll(async () => {
   tokenServer = await startTokenServer();
   tokenServer.lifetimeSeconds = TOKEN_LIFETIME_SECONDS;
-  partner = await startPartnerApi({
-    jwksUrl: tokenServer.jwksUrl,
-    issuer: tokenServer.url,
-    tls: { key: pki.key, cert: pki.cert },
-    issuerCa: pki.ca,
-  });
+  partner = await startVerifyingPartner(tokenServer);
   redis = await startRedis();
   const upstreams = () => [upstream('partner', 'observability-client'), upstream('broken', 'broken-client')];
   proxy = await startProxy(proxyConfig(SHARED_KEY, upstreams()));
