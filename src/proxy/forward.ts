@@ -133,8 +133,7 @@ function dispatch(x: Exchange, body: RequestBody, token: Token | undefined): voi
     );
     return;
   }
-  const relay = new ResponseRelay(x.rec, x.res, x.ctx.answers, x.ctx.limits.responseIdleTimeoutSeconds * 1000);
-  x.res.once('close', () => {
+  const relay = new ResponseRelay(x.rec, x.res, x.ctx.answers, x.ctx.limits.responseIdleTimeoutSeconds * 1000, () => {
     upstream.queue.release();
     release(x, body);
   });

@@ -26,12 +26,15 @@ export class ResponseRelay implements Dispatcher.DispatchHandler {
   #idle: NodeJS.Timeout | undefined;
   #logged = false;
 
-  constructor(rec: RequestRecord, res: ServerResponse, answers: Answers, idleTimeoutMs: number) {
+  /** `closed` runs once, when the client's response closes, however the exchange ended. */
+  constructor(rec: RequestRecord, res: ServerResponse, answers: Answers, idleTimeoutMs: number, closed: () => void) {
     this.#rec = rec;
     this.#res = res;
     this.#answers = answers;
     this.#idleTimeoutMs = idleTimeoutMs;
+    // One plain listener ('close' comes once per response) rather than once()'s wrapper.
     res.on('close', () => {
+      closed();
       clearTimeout(this.#idle);
       // The client went away before the answer was complete: free the upstream socket.
       if (!res.writableFinished) this.#abort?.(new Error('client closed the connection'));
