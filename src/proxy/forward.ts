@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
+import type { Logger } from 'pino';
 import { ProxyError } from '../errors.js';
 import type { Token } from '../tokens/token.js';
 import type { TokenReader } from '../tokens/reader.js';
@@ -10,7 +11,8 @@ import { upstreamRequestHeaders } from './headers.js';
 import { readRequestBody, type RequestBody } from './request-body.js';
 import { CLIENT_LEFT, logAnswer, tokenUnavailable, type RequestRecord } from './respond.js';
 import { ResponseRelay } from './response-relay.js';
-import { UnauthorizedReplay } from './unauthorized-replay.js';
+import { UnauthorizedReplay, type ReplaySettings } from './unauthorized-replay.js';
+import type { Target, Upstream } from './upstream.js';
 
 /** Seconds a client is told to wait when an upstream's queue is full (RFC 9110 §10.2.3). */
 const QUEUE_FULL_RETRY_AFTER = '1';
@@ -29,117 +31,174 @@ export function forward(
   res: ServerResponse,
   admitted: Admitted,
 ): Promise<void> | undefined {
-  const { upstream, tokens } = admitted;
-  const rec: RequestRecord = {
-    req,
-    upstream,
-    tenant: tokens?.tenant,
-    started: performance.now(),
-    requestId: requestIdOf(req),
-  };
-  const exchange: Exchange = { ctx, rec, req, res, admitted };
+  const f = new Forwarding(ctx, req, res, admitted);
+  const tokens = admitted.tokens;
   const token = tokens?.current();
-  if (tokens !== undefined && token === undefined) return forwardOnceObtained(exchange, tokens);
-  return sendWith(exchange, token);
-}
-
-interface Exchange {
-  readonly ctx: ProxyContext;
-  readonly rec: RequestRecord;
-  readonly req: IncomingMessage;
-  readonly res: ServerResponse;
-  readonly admitted: Admitted;
-}
-
-async function forwardOnceObtained(x: Exchange, tokens: TokenReader): Promise<void> {
-  let token: Token;
-  try {
-    token = await tokens.obtain();
-  } catch (err) {
-    x.req.resume();
-    answerFailure(x, undefined, tokenUnavailable(x.admitted.upstream, err));
-    return;
-  }
-  await sendWith(x, token);
-}
-
-/** Reads the body as the upstream's replay rule says (nothing to wait for without one), then sends. */
-function sendWith(x: Exchange, token: Token | undefined): Promise<void> | undefined {
-  const u = x.admitted.upstream;
-  let read: RequestBody | Promise<RequestBody>;
-  try {
-    read = readRequestBody(x.req, u.retryBodyLimitBytes, x.ctx.routing.maxRequestBodyBytes, x.ctx.replayBudget);
-  } catch (err) {
-    refuseBody(x, token, err);
-    return undefined;
-  }
-  if (read instanceof Promise) {
-    return read.then(
-      (body) => sendWithUsableToken(x, body, token),
-      (err: unknown) => refuseBody(x, token, err),
-    );
-  }
-  dispatch(x, read, token);
-  return undefined;
+  if (tokens !== undefined && token === undefined) return f.onceObtained(tokens);
+  return f.sendWith(token);
 }
 
 /**
- * After a body was read into the replay buffer: a slow client may have taken long enough for the
- * token picked at the start to pass its use-by moment, which is never sent; the current one is.
+ * One forwarded request: what the access line records (RequestRecord), what the replay handler
+ * needs (ReplaySettings), and the steps from token to dispatch. One object per request, so the
+ * hot path allocates little beyond the two handlers.
  */
-function sendWithUsableToken(x: Exchange, body: RequestBody, token: Token | undefined): Promise<void> | undefined {
-  const tokens = x.admitted.tokens;
-  if (tokens === undefined || token === undefined || tokens.usable(token)) {
-    dispatch(x, body, token);
+class Forwarding implements RequestRecord, ReplaySettings {
+  readonly req: IncomingMessage;
+  readonly upstream: Upstream;
+  readonly tenant: string | undefined;
+  readonly started: number;
+  readonly requestId: string;
+  readonly #ctx: ProxyContext;
+  readonly #res: ServerResponse;
+  readonly #target: Target;
+  readonly #tokens: TokenReader | undefined;
+  #body: RequestBody | undefined;
+
+  constructor(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse, admitted: Admitted) {
+    this.req = req;
+    this.upstream = admitted.upstream;
+    this.tenant = admitted.tokens?.tenant;
+    this.started = performance.now();
+    this.requestId = requestIdOf(req);
+    this.#ctx = ctx;
+    this.#res = res;
+    this.#target = admitted.target;
+    this.#tokens = admitted.tokens;
+  }
+
+  // ReplaySettings
+  get tokens(): TokenReader {
+    return this.#tokens as TokenReader; // read only by the replay handler, made only with tokens
+  }
+
+  get path(): string {
+    return this.#target.path;
+  }
+
+  get replayable(): boolean {
+    return this.#body?.kind !== 'streamed';
+  }
+
+  get logger(): Logger {
+    return this.upstream.logger;
+  }
+
+  async onceObtained(tokens: TokenReader): Promise<void> {
+    let token: Token;
+    try {
+      token = await tokens.obtain();
+    } catch (err) {
+      this.req.resume();
+      this.#answerFailure(undefined, tokenUnavailable(this.upstream, err));
+      return;
+    }
+    await this.sendWith(token);
+  }
+
+  /** Reads the body as the upstream's replay rule says (nothing to wait for without one), then sends. */
+  sendWith(token: Token | undefined): Promise<void> | undefined {
+    let read: RequestBody | Promise<RequestBody>;
+    try {
+      read = readRequestBody(
+        this.req,
+        this.upstream.retryBodyLimitBytes,
+        this.#ctx.routing.maxRequestBodyBytes,
+        this.#ctx.replayBudget,
+      );
+    } catch (err) {
+      this.#refuseBody(token, err);
+      return undefined;
+    }
+    if (read instanceof Promise) {
+      return read.then(
+        (body) => this.#sendWithUsableToken(body, token),
+        (err: unknown) => this.#refuseBody(token, err),
+      );
+    }
+    this.#dispatch(read, token);
     return undefined;
   }
-  return tokens.obtain().then(
-    (current) => dispatch(x, body, current),
-    (err: unknown) => {
-      release(x, body);
-      answerFailure(x, undefined, tokenUnavailable(x.admitted.upstream, err));
-    },
-  );
-}
 
-function refuseBody(x: Exchange, token: Token | undefined, err: unknown): void {
-  const refusal = err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body');
-  answerFailure(x, token, refusal);
-}
-
-/** An answer of the proxy's own for a request that reached no upstream; 499 when its client has left. */
-function answerFailure(x: Exchange, token: Token | undefined, err: ProxyError): void {
-  logAnswer(x.rec, x.res.destroyed ? CLIENT_LEFT : x.ctx.answers.error(x.res, err, x.req), token, false);
-}
-
-function release(x: Exchange, body: RequestBody): void {
-  if (body.kind === 'buffered') x.ctx.replayBudget.release(body.data.length);
-}
-
-function dispatch(x: Exchange, body: RequestBody, token: Token | undefined): void {
-  const { upstream, target, tokens } = x.admitted;
-  if (!upstream.queue.enter()) {
-    release(x, body);
-    if (body.kind === 'streamed') body.stream.resume();
-    answerFailure(
-      x,
-      token,
-      new ProxyError(
-        'overloaded',
-        `upstream ${upstream.name} has ${upstream.queue.limit} requests in hand already (maxConnections + maxQueuedRequests)`,
-        { upstream: upstream.name },
-        { headers: { 'retry-after': QUEUE_FULL_RETRY_AFTER } },
-      ),
+  /**
+   * After a body was read into the replay buffer: a slow client may have taken long enough for
+   * the token picked at the start to pass its use-by moment, which is never sent; the current one is.
+   */
+  #sendWithUsableToken(body: RequestBody, token: Token | undefined): Promise<void> | undefined {
+    const tokens = this.#tokens;
+    if (tokens === undefined || token === undefined || tokens.usable(token)) {
+      this.#dispatch(body, token);
+      return undefined;
+    }
+    return tokens.obtain().then(
+      (current) => this.#dispatch(body, current),
+      (err: unknown) => {
+        this.#release(body);
+        this.#answerFailure(undefined, tokenUnavailable(this.upstream, err));
+      },
     );
-    return;
   }
-  const relay = new ResponseRelay(x.rec, x.res, x.ctx.answers, x.ctx.limits.responseIdleTimeoutSeconds * 1000, () => {
-    upstream.queue.release();
-    release(x, body);
-  });
-  const req = x.req;
-  const send = (current: Token | undefined, handler: Dispatcher.DispatchHandler): void => {
-    upstream.dispatcher.dispatch(
+
+  #refuseBody(token: Token | undefined, err: unknown): void {
+    const refusal = err instanceof ProxyError ? err : new ProxyError('bad_request', 'unreadable request body');
+    this.#answerFailure(token, refusal);
+  }
+
+  /** An answer of the proxy's own for a request that reached no upstream; 499 when its client has left. */
+  #answerFailure(token: Token | undefined, err: ProxyError): void {
+    logAnswer(
+      this,
+      this.#res.destroyed ? CLIENT_LEFT : this.#ctx.answers.error(this.#res, err, this.req),
+      token,
+      false,
+    );
+  }
+
+  #release(body: RequestBody): void {
+    if (body.kind === 'buffered') this.#ctx.replayBudget.release(body.data.length);
+  }
+
+  #dispatch(body: RequestBody, token: Token | undefined): void {
+    const upstream = this.upstream;
+    if (!upstream.queue.enter()) {
+      this.#release(body);
+      if (body.kind === 'streamed') body.stream.resume();
+      this.#answerFailure(
+        token,
+        new ProxyError(
+          'overloaded',
+          `upstream ${upstream.name} has ${upstream.queue.limit} requests in hand already (maxConnections + maxQueuedRequests)`,
+          { upstream: upstream.name },
+          { headers: { 'retry-after': QUEUE_FULL_RETRY_AFTER } },
+        ),
+      );
+      return;
+    }
+    this.#body = body;
+    const relay = new ResponseRelay(
+      this,
+      this.#res,
+      this.#ctx.answers,
+      this.#ctx.limits.responseIdleTimeoutSeconds * 1000,
+      () => {
+        upstream.queue.release();
+        this.#release(body);
+      },
+    );
+    if (this.#tokens === undefined || token === undefined) {
+      relay.attempt(undefined, false);
+      this.send(undefined, relay);
+      return;
+    }
+    new UnauthorizedReplay(relay, this, token).start();
+  }
+
+  /** Sends the request with `token` (again, for a replay), answering to `handler`. */
+  send(token: Token | undefined, handler: Dispatcher.DispatchHandler): void {
+    const req = this.req;
+    const target = this.#target;
+    const body = this.#body as RequestBody;
+    this.upstream.dispatcher.dispatch(
       {
         origin: target.origin,
         path: target.path,
@@ -149,35 +208,18 @@ function dispatch(x: Exchange, body: RequestBody, token: Token | undefined): voi
           {
             clientAddress: req.socket.remoteAddress ?? '',
             proto: target.clientProto,
-            requestId: x.rec.requestId,
+            requestId: this.requestId,
             strip: target.stripHeaders,
             add: target.addHeaders,
           },
-          current?.header,
+          token?.header,
         ),
         body: body.kind === 'none' ? null : body.kind === 'buffered' ? body.data : body.stream,
-        headersTimeout: upstream.timeoutMs,
+        headersTimeout: this.upstream.timeoutMs,
       },
       handler,
     );
-  };
-  if (tokens === undefined || token === undefined) {
-    relay.attempt(undefined, false);
-    send(undefined, relay);
-    return;
   }
-  new UnauthorizedReplay(
-    relay,
-    {
-      tokens,
-      upstream: upstream.name,
-      path: target.path,
-      replayable: body.kind !== 'streamed',
-      logger: upstream.logger,
-      send,
-    },
-    token,
-  ).start();
 }
 
 const SANE_REQUEST_ID = /^[\w.:@/+=-]{1,128}$/;

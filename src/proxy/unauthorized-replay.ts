@@ -7,7 +7,7 @@ import type { ResponseRelay } from './response-relay.js';
 
 export interface ReplaySettings {
   readonly tokens: TokenReader;
-  readonly upstream: string;
+  readonly upstream: { readonly name: string };
   /** The request path, for the per-path renewal backoff. */
   readonly path: string;
   /** The body can be sent twice (none, or held in the replay buffer). */
@@ -79,7 +79,8 @@ export class UnauthorizedReplay implements Dispatcher.DispatchHandler {
   }
 
   #outcome(statusCode: number): void {
-    const { tokens, logger, upstream } = this.#s;
+    const { tokens, logger } = this.#s;
+    const upstream = this.#s.upstream.name;
     const outcome = statusCode === 401 ? 'still_unauthorized' : 'recovered';
     tokens.metrics.unauthorizedRetry(outcome);
     logger.info(
@@ -96,7 +97,8 @@ export class UnauthorizedReplay implements Dispatcher.DispatchHandler {
   }
 
   #replay(): void {
-    const { tokens, logger, upstream } = this.#s;
+    const { tokens, logger } = this.#s;
+    const upstream = this.#s.upstream.name;
     this.#relay.attempt(this.#token, true);
     logger.info(
       { event: 'unauthorized_retry', upstream, tenant: tokens.tenant, token: this.#token.fingerprint },
