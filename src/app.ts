@@ -110,6 +110,12 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   let generation: Generation = buildGeneration(initial, deps);
   const sources = new Map(generation.sources);
 
+  // Read at scrape time: the current generation's upstreams (an old one's last requests drain unseen).
+  metrics.sampleHeld((inHand, replayBytes) => {
+    inHand.reset();
+    for (const u of generation.upstreams) inHand.labels(u.name).set(u.queue.held);
+    replayBytes.set(ctx.replayBudget.held);
+  });
   // Every reason exported from the start at 0, so a rate() or an alert sees the first refusal.
   for (const reason of REFUSAL_REASONS) metrics.refusals.labels(reason).inc(0);
   const {

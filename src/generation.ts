@@ -14,6 +14,7 @@ import { ReverseRouter } from './proxy/router.js';
 import { UpstreamQueue } from './proxy/upstream-queue.js';
 import type { SelfAddresses } from './proxy/self-addresses.js';
 import type { Routing } from './proxy/context.js';
+import type { Upstream } from './proxy/upstream.js';
 import type { TokenProvider } from './tokens/provider.js';
 import { UpstreamFactory, type UpstreamDeps } from './upstreams.js';
 
@@ -35,6 +36,8 @@ export type GenerationDeps = UpstreamDeps & { readonly self: SelfAddresses };
 export interface Generation {
   readonly config: Config;
   readonly routing: Routing;
+  /** Every upstream, the egress passthrough last: what the held-now gauges read. */
+  readonly upstreams: readonly Upstream[];
   /** Token sources by `upstream` or `upstream/tenant`. */
   readonly sources: ReadonlyMap<string, TokenProvider>;
   /** Sources whose upstream asks for warm-up (/readyz waits for them). */
@@ -101,6 +104,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
   return {
     config,
     routing,
+    upstreams: [...built.map((b) => b.upstream), routing.passthrough],
     sources: factory.sources,
     warm: [...factory.sources.values()].filter((s) => warmNames.has(s.upstream)),
     close: async (graceMs = 0) => {

@@ -21,10 +21,29 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
   // A label-less gauge would export 0 from the start: without Redis the series must not exist at
   // all, or "shared cache down" would fire on every proxy that does not use Redis.
   sharedCacheUp.remove();
+  // What the proxy holds right now, read when scraped (nothing on the request path): the app sets
+  // `sampleHeld` once it has its listener.
+  const held: { sample: ((inHand: Gauge<'upstream'>, replayBytes: Gauge) => void) | undefined } = { sample: undefined };
+  const inHand: Gauge<'upstream'> = new Gauge({
+    name: 'token_proxy_upstream_requests_in_hand',
+    help: 'Requests an upstream holds now: on its connections or waiting for one (at most maxConnections + maxQueuedRequests; past it, 503).',
+    labelNames: ['upstream'] as const,
+    registers,
+    collect: () => held.sample?.(inHand, replayBytes),
+  });
+  const replayBytes: Gauge = new Gauge({
+    name: 'token_proxy_replay_buffer_bytes',
+    help: 'Bytes of request bodies held for a 401 replay, process-wide (at most limits.maxReplayBufferBytes; past it, bodies stream once).',
+    registers,
+  });
   // Token metrics carry a `tenant` label only when tenants are configured (bounded by the config).
   const token = (options.tenantLabel === true ? ['upstream', 'tenant'] : ['upstream']) as ['upstream'];
   return {
     tenantLabel: options.tenantLabel === true,
+    /** Sets how the held-now gauges are read at scrape time. */
+    sampleHeld(sample: (inHand: Gauge<'upstream'>, replayBytes: Gauge) => void): void {
+      held.sample = sample;
+    },
     cacheHits: new Counter({
       name: 'token_proxy_token_cache_hits_total',
       help: 'Requests that found a valid token in the cache, by tier (memory, or redis after a miss in memory).',

@@ -7,7 +7,7 @@ import { startVerifyingPartner } from '../helpers/partner.js';
 import { testPki } from '../helpers/certs.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { rawRequest } from '../helpers/raw-http.js';
-import { eventually, withTimeout } from '../helpers/time.js';
+import { eventually, pollUntil, withTimeout } from '../helpers/time.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
 
 /**
@@ -220,6 +220,24 @@ describe('the upgrade relay behaves like the main path (finding 6)', () => {
     );
     const metrics = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
     expect(metrics).toMatch(/token_proxy_requests_total\{upstream="partner",code="200"\} [1-9]/);
+  });
+});
+
+describe('nothing is left held (finding 4)', () => {
+  it('gives back every queue place and replay byte: the held-now gauges read 0 once the requests above are done', async () => {
+    const read = async () => {
+      const text = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
+      return [
+        ...text.matchAll(/^token_proxy_(upstream_requests_in_hand\{upstream="[^"]+"\}|replay_buffer_bytes) (\d+)$/gm),
+      ].map((m) => `${m[1]} ${m[2]}`);
+    };
+    const settled = await pollUntil(read, (lines) => lines.every((l) => l.endsWith(' 0')), 10_000);
+    expect(settled.sort()).toEqual([
+      'replay_buffer_bytes 0',
+      'upstream_requests_in_hand{upstream="_egress"} 0',
+      'upstream_requests_in_hand{upstream="broken"} 0',
+      'upstream_requests_in_hand{upstream="partner"} 0',
+    ]);
   });
 });
 
