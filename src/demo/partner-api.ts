@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { createRemoteJWKSet, customFetch, jwtVerify, type JWTPayload } from 'jose';
 import { Agent, fetch as undiciFetch } from 'undici';
 
@@ -19,6 +20,8 @@ export interface SeenRequest {
   readonly status: number;
   /** The client's port: tells the connections a proxy used apart. */
   readonly remotePort: number | undefined;
+  /** RFC 8705 §3.1 `x5t#S256` of the client certificate presented on the connection, if any. */
+  readonly clientCertificate: string | undefined;
 }
 
 export interface ScriptedAnswer {
@@ -53,6 +56,27 @@ export interface PartnerOptions {
   readonly issuerCa?: string;
   readonly host?: string;
   readonly port?: number;
+  /**
+   * RFC 8705 §3: accept only certificate-bound tokens, presented over a connection with the very
+   * certificate they are bound to (`cnf.x5t#S256`); any other answers 401 invalid_token.
+   */
+  readonly certificateBound?: boolean;
+}
+
+/** RFC 8705 §3.1: base64url SHA-256 of the DER certificate the client presented on this connection. */
+function presentedThumbprint(req: IncomingMessage): string | undefined {
+  const socket = req.socket as Partial<TLSSocket>;
+  const raw = socket.getPeerCertificate?.().raw;
+  return raw === undefined ? undefined : createHash('sha256').update(raw).digest('base64url');
+}
+
+/** RFC 8705 §3: a bound token's `cnf.x5t#S256` must name the certificate it came with. */
+function bindingProblem(claims: JWTPayload, presented: string | undefined): string | undefined {
+  const cnf = claims['cnf'];
+  const bound = cnf !== null && typeof cnf === 'object' ? (cnf as Record<string, unknown>)['x5t#S256'] : undefined;
+  if (typeof bound !== 'string') return 'token is not certificate-bound';
+  if (presented === undefined) return 'no client certificate presented';
+  return bound === presented ? undefined : 'token is bound to another certificate';
 }
 
 function send(res: ServerResponse, answer: ScriptedAnswer): void {
@@ -120,6 +144,17 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
           body: JSON.stringify({ error: 'invalid_token' }),
         };
       }
+      const unbound =
+        answer === undefined && claims !== undefined && options.certificateBound === true
+          ? bindingProblem(claims, presentedThumbprint(req))
+          : undefined;
+      if (unbound !== undefined) {
+        answer = {
+          status: 401,
+          headers: { 'www-authenticate': `Bearer error="invalid_token", error_description="${unbound}"` },
+          body: '{"error":"invalid_token"}',
+        };
+      }
       if (answer === undefined && revoked.has(token)) {
         answer = {
           status: 401,
@@ -139,6 +174,7 @@ export async function startPartnerApi(options: PartnerOptions): Promise<PartnerA
       bodySha256: hash.copy().digest('hex'),
       status,
       remotePort: req.socket.remotePort,
+      clientCertificate: presentedThumbprint(req),
     });
     if (answer === undefined) answer = api.script?.(record(0));
     if (answer === undefined) {

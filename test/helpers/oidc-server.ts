@@ -43,6 +43,11 @@ export interface ClientSpec {
   readonly grantTypes: readonly string[];
   /** Space-separated scopes the client may get in its access tokens. */
   readonly scope?: string;
+  /**
+   * RFC 8705 §3: this client's access tokens are bound to the certificate it presents at the token
+   * endpoint (`cnf.x5t#S256`); needs the server's `certificateBoundAccessTokens` option.
+   */
+  readonly certificateBoundAccessTokens?: boolean;
 }
 
 export interface OidcCall {
@@ -99,6 +104,11 @@ export interface OidcServerOptions {
   readonly refreshTokenTtlSeconds?: number;
   /** Resource owners for the password grant: username → password. */
   readonly users?: Record<string, string>;
+  /**
+   * features.mTLS.certificateBoundAccessTokens (RFC 8705 §3): clients that ask for it get access
+   * tokens bound to their certificate. Off unless set.
+   */
+  readonly certificateBoundAccessTokens?: boolean;
 }
 
 /** The single resource server every access token is issued for (its `aud`). */
@@ -116,6 +126,7 @@ function toClientMetadata(spec: ClientSpec): ClientMetadata {
   if (spec.scope !== undefined) metadata.scope = spec.scope;
   if (spec.jwks !== undefined) metadata.jwks = spec.jwks;
   if (spec.tlsSubjectDn !== undefined) metadata.tls_client_auth_subject_dn = spec.tlsSubjectDn;
+  if (spec.certificateBoundAccessTokens === true) metadata.tls_client_certificate_bound_access_tokens = true;
   return metadata;
 }
 
@@ -304,7 +315,7 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
         enabled: true,
         tlsClientAuth: true,
         selfSignedTlsClientAuth: false,
-        certificateBoundAccessTokens: false,
+        certificateBoundAccessTokens: options.certificateBoundAccessTokens ?? false,
         getCertificate: peerCertificatePem,
         certificateAuthorized: (ctx) => (ctx.socket as TLSSocket).authorized === true,
         certificateSubjectMatches: (ctx, property, expected) => {
@@ -341,6 +352,12 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
 
       const at = new provider.AccessToken({ accountId: username, client, grantId, gty: 'password', scope });
       at.resourceServer = new provider.ResourceServer(RESOURCE, info);
+      // RFC 8705 §3, as the built-in grants do it: bound to the certificate the client presented.
+      if (client.tlsClientCertificateBoundAccessTokens === true) {
+        const certificate = peerCertificatePem(ctx);
+        if (certificate === undefined) throw new errors.InvalidGrant('mutual TLS client certificate not provided');
+        at.setThumbprint('x5t', certificate);
+      }
       ctx.oidc.entity('AccessToken', at);
       const accessToken = await at.save();
 
