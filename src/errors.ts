@@ -37,7 +37,9 @@ export type TokenFailureReason =
   | 'network'
   | 'bad_response'
   | 'server_error'
-  | 'rate_limited';
+  | 'rate_limited'
+  /** RFC 8705 §3: the token is bound to a certificate other than the one the target is presented. */
+  | 'certificate_mismatch';
 
 /** Partner text in logs and error bodies is cut to this length. */
 const MAX_PARTNER_TEXT = 200;
@@ -51,6 +53,8 @@ const PERMANENT_REASONS: ReadonlySet<TokenFailureReason> = new Set([
   'invalid_request',
   'unauthorized_client',
   'forbidden',
+  // Only a configuration change (the certificates) makes the token endpoint's answer usable.
+  'certificate_mismatch',
 ]);
 
 export class ProxyError extends Error {

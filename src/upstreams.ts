@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { Agent, Pool, type Dispatcher } from 'undici';
 import type { Config, ResolvedAuth, UpstreamConfig } from './config/load.js';
+import { certificateThumbprint } from './certificate-thumbprint.js';
 import { accessLogFor } from './logger.js';
 import { bindRequestMetrics, bindTokenMetrics, type Metrics } from './metrics.js';
 import { createGrant } from './oauth/grants.js';
@@ -58,6 +59,8 @@ export class UpstreamFactory {
   #upstream(u: UpstreamConfig): Upstream {
     const { logger, metrics } = this.#deps;
     const target = new URL(u.target);
+    // u.mtls is the target's certificate as configured, or auth.mtls by default (see
+    // config/certificate-binding.ts): certificate-bound tokens (RFC 8705 §3) need that one.
     const pool = new Pool(target.origin, {
       connect: tlsOptions(u.ca, u.mtls),
       keepAliveTimeout: 30_000,
@@ -65,12 +68,17 @@ export class UpstreamFactory {
     });
     const tokenAgent = new Agent({ connect: tlsOptions(u.ca, u.auth.mtls) });
     this.dispatchers.push(pool, tokenAgent);
+    const presented = u.mtls === undefined ? undefined : certificateThumbprint(u.mtls.cert);
     let tokens: TokenProvider | TenantTokens;
     if (u.tenants === undefined) {
-      tokens = this.#source(u, u.auth, undefined, tokenAgent);
+      tokens = this.#source(u, u.auth, undefined, tokenAgent, presented);
     } else {
+      // Every tenant's token goes through the one pool, so all are checked against its certificate.
       const byTenant = new Map(
-        Object.entries(u.tenants.auth).map(([tenant, auth]) => [tenant, this.#source(u, auth, tenant, tokenAgent)]),
+        Object.entries(u.tenants.auth).map(([tenant, auth]) => [
+          tenant,
+          this.#source(u, auth, tenant, tokenAgent, presented),
+        ]),
       );
       tokens = { from: u.tenants.from, byTenant };
     }
@@ -89,7 +97,13 @@ export class UpstreamFactory {
     };
   }
 
-  #source(u: UpstreamConfig, auth: ResolvedAuth, tenant: string | undefined, tokenAgent: Dispatcher): TokenProvider {
+  #source(
+    u: UpstreamConfig,
+    auth: ResolvedAuth,
+    tenant: string | undefined,
+    tokenAgent: Dispatcher,
+    presentedCertificate: string | undefined,
+  ): TokenProvider {
     const { clock, logger, metrics, sharedTier, providers } = this.#deps;
     const provider = providers.provide(cacheKey(u.name, tokenShape(auth, tenant)), {
       upstream: u.name,
@@ -109,6 +123,7 @@ export class UpstreamFactory {
       },
       metrics: bindTokenMetrics(metrics, u.name, tenant),
       logger,
+      presentedCertificate,
     });
     this.sources.set(tenant === undefined ? u.name : `${u.name}/${tenant}`, provider);
     return provider;

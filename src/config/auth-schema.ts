@@ -46,6 +46,14 @@ export const mtlsSchema = z
   })
   .describe('client certificate for mutual TLS');
 
+/** RFC 8705 §3; what follows from it is decided in certificate-binding.ts. */
+const certificateBoundTokens = z
+  .boolean()
+  .optional()
+  .describe(
+    'the token server binds its tokens to the mtls certificate (RFC 8705 §3, cnf x5t#S256), so the target must be presented that same certificate: it is by default (without upstreams[].mtls), and an upstreams[].mtls that differs is refused at start. Default: true when mtls is set. Whatever this says, a token that names another certificate than the target is presented is never sent (token_unavailable, reason certificate_mismatch)',
+  );
+
 const privateKeySchema = z
   .strictObject({
     file: z.string().min(1).describe('PEM (PKCS#8) private key that signs client assertions'),
@@ -75,6 +83,7 @@ const oauthClient = {
     ),
   privateKey: privateKeySchema.optional(),
   mtls: mtlsSchema.optional(),
+  certificateBoundTokens,
   scope: z.string().min(1).optional().describe('space-separated scopes to request'),
   audience: z.string().min(1).optional().describe('audience parameter sent with the token request'),
   ...timing,
@@ -179,6 +188,7 @@ const login = z
     headers: z.record(z.string(), z.string()).default({}).describe('extra request headers, e.g. an API key'),
     responseFields,
     mtls: mtlsSchema.optional(),
+    certificateBoundTokens,
     ...timing,
   })
   .superRefine((auth, ctx) => notBoth(ctx, auth.password, auth.passwordFile, 'password'))

@@ -5,6 +5,7 @@ import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import type { InboundJwtSettings } from '../inbound/jwt-validator.js';
 import type { AddressList } from '../proxy/host-pattern.js';
+import { targetCertificate } from './certificate-binding.js';
 import { readPrivateKeyFile, readSecretFile, readText } from './files.js';
 import { parseTenantSource, type TenantSource } from './tenant-source.js';
 import { redisNodes } from './redis-schema.js';
@@ -133,9 +134,13 @@ function readCaBundle(file: string | undefined, baseDir: string, path: string, p
 function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems: string[]): UpstreamConfig {
   const at = `upstreams[${i}]`;
   const ca = readCaBundle(u.ca, baseDir, `${at}.ca`, problems);
-  const mtls = resolveMtls(u.mtls, `${at}.mtls`, baseDir, problems);
+  const own = resolveMtls(u.mtls, `${at}.mtls`, baseDir, problems);
+  // The target's certificate: its own, or the one certificate-bound tokens need (RFC 8705 §3).
+  const targetMtls = (tokenMtls: Mtls | undefined) =>
+    targetCertificate(own, tokenMtls, u.auth.certificateBoundTokens, at, problems);
   if (u.tenants === undefined) {
-    return { ...u, ca, mtls, auth: resolveAuth(u.auth, `${at}.auth`, baseDir, problems), tenants: undefined };
+    const auth = resolveAuth(u.auth, `${at}.auth`, baseDir, problems);
+    return { ...u, ca, mtls: targetMtls(auth.mtls), auth, tenants: undefined };
   }
   const byName: Record<string, ResolvedAuth> = {};
   for (const [name, override] of Object.entries(u.tenants.credentials)) {
@@ -143,7 +148,8 @@ function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems
     if (resolved !== undefined) byName[name] = resolved;
   }
   const auth = resolveSharedAuth(u.auth, `${at}.auth`, baseDir, problems);
-  return { ...u, ca, mtls, auth, tenants: { from: parseTenantSource(u.tenants.from), auth: byName } };
+  const tenants = { from: parseTenantSource(u.tenants.from), auth: byName };
+  return { ...u, ca, mtls: targetMtls(auth.mtls), auth, tenants };
 }
 
 function resolveRedis(

@@ -144,7 +144,11 @@ const upstreamSchema = z
     tokenWaitTimeoutSeconds: positiveSeconds
       .default(DEFAULT_TOKEN_WAIT_TIMEOUT_SECONDS)
       .describe('how long a request may wait for a token when none is cached (502 after it)'),
-    mtls: mtlsSchema.optional().describe('client certificate towards the target'),
+    mtls: mtlsSchema
+      .optional()
+      .describe(
+        'client certificate towards the target. Without it, the target is presented auth.mtls when the tokens are bound to that certificate (auth.certificateBoundTokens, RFC 8705 §3: the default when auth.mtls is set), else none; a different certificate is refused at start while tokens are bound',
+      ),
     auth: authSchema,
     tenants: tenantsSchema.optional(),
   })

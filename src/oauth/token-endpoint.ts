@@ -11,6 +11,11 @@ export interface TokenResponse {
   readonly expiresAt?: number | undefined;
   readonly scope: string | undefined;
   readonly refreshToken: string | undefined;
+  /**
+   * RFC 8705 §3.1 `cnf.x5t#S256` stated in the answer itself (a server may state the binding of an
+   * opaque token there); a JWT access token states it in its own claims.
+   */
+  readonly certificateThumbprint?: string | undefined;
 }
 
 export interface TokenEndpoint {
@@ -123,12 +128,24 @@ export function parseTokenResponse(
   }
   const refreshToken = obj['refresh_token'];
   const scope = obj['scope'];
+  const certificateThumbprint = x5tS256(obj['cnf']);
   return {
     accessToken,
     expiresIn: parseExpiresIn(obj['expires_in']),
     scope: typeof scope === 'string' ? scope : undefined,
     refreshToken: typeof refreshToken === 'string' && refreshToken !== '' ? refreshToken : undefined,
+    ...(certificateThumbprint === undefined ? {} : { certificateThumbprint }),
   };
+}
+
+/**
+ * RFC 8705 §3.1: the `x5t#S256` member of a `cnf` (RFC 7800) object, when there is one. A member
+ * that is not a string is kept as its JSON text: it names no certificate, so it matches none.
+ */
+export function x5tS256(cnf: unknown): string | undefined {
+  if (cnf === null || typeof cnf !== 'object' || Array.isArray(cnf)) return undefined;
+  const value = (cnf as Record<string, unknown>)['x5t#S256'];
+  return value === undefined || typeof value === 'string' ? value : JSON.stringify(value);
 }
 
 export function transportReason(err: unknown): TokenFailureReason {

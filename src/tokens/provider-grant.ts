@@ -16,4 +16,9 @@ export interface ProviderGrant {
   readonly renewalBackoff?: RenewalBackoff;
   readonly metrics: TokenMetrics;
   readonly logger: Logger;
+  /**
+   * RFC 8705 §3.1 `x5t#S256` of the client certificate the target is presented, undefined for
+   * none: a token bound to any other certificate is refused (`certificate_mismatch`), never injected.
+   */
+  readonly presentedCertificate?: string | undefined;
 }

@@ -87,6 +87,12 @@ export class TokenProvider extends EventEmitter implements TokenReader {
     if (JSON.stringify(grant.renewalBackoff) !== JSON.stringify(this.#g.renewalBackoff)) {
       this.#policy = new RenewalPolicy(grant.renewalBackoff ?? DEFAULT_RENEWAL_BACKOFF);
     }
+    // Another certificate towards the target (RFC 8705 §3): a cached token may be bound to the
+    // previous one, so the next request fetches anew and the new token's binding is checked.
+    if (grant.presentedCertificate !== this.#g.presentedCertificate) {
+      this.#cache.delete(this.key);
+      this.#dropped = undefined;
+    }
     this.#g = grant;
   }
 

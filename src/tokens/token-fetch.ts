@@ -1,4 +1,5 @@
 import { TokenError } from '../errors.js';
+import { boundCertificates, certificateMismatch } from './certificate-binding.js';
 import type { Clock } from './clock.js';
 import type { ProviderGrant } from './provider-grant.js';
 import { renewWithPlan } from './refresh-chain.js';
@@ -29,6 +30,8 @@ export class TokenFetch {
    * its predecessor).
    */
   #refreshToken: string | undefined;
+  /** A token bound to another certificate was refused, and said so in the log (once, until a token is usable). */
+  #mismatchLogged = false;
 
   constructor(key: string, clock: Clock, shared: SharedSettings | undefined) {
     this.#key = key;
@@ -95,7 +98,30 @@ export class TokenFetch {
     // Rotation: the new refresh token replaces the old one at once, even if this answer turns
     // out unusable below, because the partner has already revoked the old one.
     if (response.refreshToken !== undefined) this.#refreshToken = response.refreshToken;
-    return { token: tokenFromResponse(response, this.#clock.now(), g.lifetime), fromShared: false };
+    const mismatch = certificateMismatch(
+      boundCertificates(response.accessToken, response.certificateThumbprint),
+      g.presentedCertificate,
+    );
+    if (mismatch !== undefined) throw this.#refused(g, mismatch);
+    const token = tokenFromResponse(response, this.#clock.now(), g.lifetime);
+    this.#mismatchLogged = false;
+    return { token, fromShared: false };
+  }
+
+  /**
+   * A token bound to another certificate than the target's is never cached or sent: each fetch
+   * fails (the provider logs and backs off as for any permanent failure), and the first one also
+   * says at error level which certificates differ, since only a configuration change fixes it.
+   */
+  #refused(g: ProviderGrant, mismatch: TokenError): TokenError {
+    if (!this.#mismatchLogged) {
+      this.#mismatchLogged = true;
+      g.logger.error(
+        { event: 'token_certificate_mismatch', upstream: g.upstream, tenant: g.tenant, detail: mismatch.message },
+        'certificate-bound token not sent: the target is presented another certificate',
+      );
+    }
+    return mismatch;
   }
 
   #sharedParty(g: ProviderGrant, previous: Token | undefined): SharedRefreshParty {
@@ -124,6 +150,9 @@ export class TokenFetch {
       throw err;
     }
     if (this.#clock.now() >= token.usableUntil) return undefined;
+    // A sibling configured with another target certificate: its token is not for this replica's target.
+    if (certificateMismatch(boundCertificates(entry.accessToken, undefined), g.presentedCertificate) !== undefined)
+      return undefined;
     this.#view.holds(entry.version);
     return token;
   }
