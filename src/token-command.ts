@@ -5,6 +5,7 @@ import type { Config } from './config/load.js';
 import { describeAuth } from './config/summary.js';
 import { TokenError } from './errors.js';
 import { createMetrics } from './metrics.js';
+import { boundCertificates } from './tokens/certificate-binding.js';
 import { TokenCache } from './tokens/token-cache.js';
 import { systemClock } from './tokens/clock.js';
 import { TokenProviders } from './tokens/provider-registry.js';
@@ -75,6 +76,10 @@ export async function runTokenCommand(config: Config, o: TokenCommandOptions): P
       `refreshed at ${iso(token.refreshAt)} (refresh ahead)`,
       `refresh token ${token.refreshToken === undefined ? 'none' : 'received (kept in memory)'}`,
     );
+    // Only a token bound to the target's own certificate gets this far (RFC 8705 §3).
+    const [bound] = boundCertificates(token.value, undefined);
+    if (bound !== undefined)
+      lines.push(`bound to     client certificate x5t#S256=${bound} (RFC 8705), the one the target is presented`);
     const jwt = jwtParts(token.value);
     if (jwt === undefined) {
       lines.push('token is opaque (not a JWT): no claims to show');

@@ -7,6 +7,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { buildConfig } from '../../src/config/load.js';
 import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js';
 import { ConfigError } from '../../src/errors.js';
+import { runTokenCommand } from '../../src/token-command.js';
 import { createCaFiles } from '../../src/mitm/certificate-authority.js';
 import { testPki } from '../helpers/certs.js';
 import { curl } from '../helpers/clients.js';
@@ -172,6 +173,29 @@ describe('with only auth.mtls set, the target is presented the certificate the t
       ['/v1/plain', 200, tokenCert.thumbprint, tokenCert.thumbprint],
       ['/v1/tls', 200, tokenCert.thumbprint, tokenCert.thumbprint],
     ]);
+  });
+});
+
+describe('the token command', () => {
+  it('says which certificate the token is bound to, and why a mismatched one is not used', async () => {
+    const ok = await runTokenCommand(buildConfig({ upstreams: [upstreamDoc()] }, { env: {} }), {
+      upstream: 'partner',
+      tenant: undefined,
+      showToken: false,
+    });
+    expect(ok.code).toBe(0);
+    expect(ok.text).toContain(
+      `bound to     client certificate x5t#S256=${tokenCert.thumbprint} (RFC 8705), the one the target is presented`,
+    );
+    const mismatched = buildConfig(
+      { upstreams: [upstreamDoc({ mtls: mtlsOf(otherCert), auth: boundAuth({ certificateBoundTokens: false }) })] },
+      { env: {} },
+    );
+    const failed = await runTokenCommand(mismatched, { upstream: 'partner', tenant: undefined, showToken: false });
+    expect(failed.code).toBe(1);
+    expect(failed.text).toContain(
+      `FAILED: certificate_mismatch: token is bound to client certificate x5t#S256=${tokenCert.thumbprint} (RFC 8705 §3) but the target is presented certificate x5t#S256=${otherCert.thumbprint}: not sent`,
+    );
   });
 });
 
