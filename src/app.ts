@@ -102,7 +102,11 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
           lockTimeoutMs: initial.tokenCache.redis.lockTimeoutMs,
           refreshTokenTtlMs: initial.tokenCache.redis.refreshTokenTtlSeconds * 1000,
         };
-  const providers = new TokenProviders({ cache, clock, backoff: options.backoff, shared });
+  // Callers' providers (token exchange) are bounded like the tokens they hold.
+  const providers = new TokenProviders(
+    { cache, clock, backoff: options.backoff, shared },
+    initial.tokenCache.maxEntries,
+  );
   // The listeners' bound addresses, known after listen; every generation's egress guard reads them.
   const self = new SelfAddresses();
   const deps = { metrics, clock, logger, sharedTier: shared !== undefined, providers, self };
@@ -227,7 +231,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       const warnings = [...restartOnly(generation.config, next), ...configWarnings(next)];
       const previous = generation;
       generation = buildGeneration(next, deps);
-      deps.providers.keepOnly([...generation.sources.values()].map((source) => source.key));
+      deps.providers.keepOnly(generation.keys);
       ctx.routing = generation.routing; // new requests route with the new config from here on
       const closed = readmitDetached(ctx); // tunnels and WebSockets the new config refuses
       if (closed > 0)

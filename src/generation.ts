@@ -40,6 +40,8 @@ export interface Generation {
   readonly upstreams: readonly Upstream[];
   /** Token sources by `upstream` or `upstream/tenant`. */
   readonly sources: ReadonlyMap<string, TokenProvider>;
+  /** Every cache key this configuration uses, callers' keys by the key of their upstream's settings. */
+  readonly keys: readonly string[];
   /** Sources whose upstream asks for warm-up (/readyz waits for them). */
   readonly warm: readonly TokenProvider[];
   /** Waits (at most `graceMs`) for the requests that started on this generation, then closes its pools. */
@@ -106,6 +108,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
     routing,
     upstreams: [...built.map((b) => b.upstream), routing.passthrough],
     sources: factory.sources,
+    keys: [...[...factory.sources.values()].map((source) => source.key), ...factory.callerKeys],
     warm: [...factory.sources.values()].filter((s) => warmNames.has(s.upstream)),
     close: async (graceMs = 0) => {
       // A request may still be waiting for its token or reading its body before it dispatches:

@@ -46,6 +46,11 @@ export async function runTokenCommand(config: Config, o: TokenCommandOptions): P
   if (u.tenants !== undefined && (o.tenant === undefined || u.tenants.auth[o.tenant] === undefined)) {
     return { text: `upstream ${u.name} needs --tenant, one of: ${Object.keys(u.tenants.auth).join(', ')}`, code: 1 };
   }
+  if (u.auth.type === 'token_exchange')
+    return {
+      text: `upstream ${u.name}: ${describeAuth(u.auth)}\nexchanges each caller's token (RFC 8693): there is no token to obtain without a caller`,
+      code: 1,
+    };
   const factory = new UpstreamFactory(
     { ...config, upstreams: [u] },
     {

@@ -2,9 +2,13 @@ import type { Logger } from 'pino';
 import { Agent, Pool, type Dispatcher } from 'undici';
 import type { Config, ResolvedAuth, UpstreamConfig } from './config/load.js';
 import { certificateThumbprint } from './certificate-thumbprint.js';
+import type { TokenExchangeSettings } from './config/resolve-auth.js';
+import { CallerTokenSources } from './tokens/caller-tokens.js';
+import type { ProviderGrant } from './tokens/provider-grant.js';
+import type { CallerTokens } from './tokens/reader.js';
 import { accessLogFor } from './logger.js';
 import { bindRequestMetrics, bindTokenMetrics, type Metrics } from './metrics.js';
-import { createGrant } from './oauth/grants.js';
+import { createExchangeGrant, createGrant, type Grant } from './oauth/grants.js';
 import type { TenantTokens, Upstream } from './proxy/upstream.js';
 import type { Clock } from './tokens/clock.js';
 import type { TokenProvider } from './tokens/provider.js';
@@ -46,6 +50,8 @@ export class UpstreamFactory {
   readonly dispatchers: Dispatcher[] = [];
   /** Token sources by `upstream` or `upstream/tenant`. */
   readonly sources = new Map<string, TokenProvider>();
+  /** The keys of token exchange upstreams' settings, which their callers' keys extend. */
+  readonly callerKeys: string[] = [];
 
   constructor(config: Config, deps: UpstreamDeps) {
     this.#config = config;
@@ -69,8 +75,10 @@ export class UpstreamFactory {
     const tokenAgent = new Agent({ connect: tlsOptions(u.ca, u.auth.mtls) });
     this.dispatchers.push(pool, tokenAgent);
     const presented = u.mtls === undefined ? undefined : certificateThumbprint(u.mtls.cert);
-    let tokens: TokenProvider | TenantTokens;
-    if (u.tenants === undefined) {
+    let tokens: TokenProvider | TenantTokens | CallerTokens;
+    if (u.tenants === undefined && u.auth.type === 'token_exchange') {
+      tokens = this.#callers(u, u.auth, tokenAgent, presented);
+    } else if (u.tenants === undefined) {
       tokens = this.#source(u, u.auth, undefined, tokenAgent, presented);
     } else {
       // Every tenant's token goes through the one pool, so all are checked against its certificate.
@@ -104,11 +112,67 @@ export class UpstreamFactory {
     tokenAgent: Dispatcher,
     presentedCertificate: string | undefined,
   ): TokenProvider {
-    const { clock, logger, metrics, sharedTier, providers } = this.#deps;
-    const provider = providers.provide(cacheKey(u.name, tokenShape(auth, tenant)), {
+    const { clock, metrics, providers } = this.#deps;
+    const provider = providers.provide(
+      cacheKey(u.name, tokenShape(auth, tenant)),
+      this.#providerGrant(
+        u,
+        auth,
+        tenant,
+        createGrant(auth, tokenAgent, () => clock.now()),
+        bindTokenMetrics(metrics, u.name, tenant),
+        presentedCertificate,
+      ),
+    );
+    this.sources.set(tenant === undefined ? u.name : `${u.name}/${tenant}`, provider);
+    return provider;
+  }
+
+  /**
+   * RFC 8693: one source per caller, each with its own grant (the caller's token as the subject)
+   * and its own cache key, sharing the upstream's metrics (no label names a caller).
+   */
+  #callers(
+    u: UpstreamConfig,
+    auth: TokenExchangeSettings,
+    tokenAgent: Dispatcher,
+    presentedCertificate: string | undefined,
+  ): CallerTokens {
+    const { clock, metrics, providers } = this.#deps;
+    const base = cacheKey(u.name, tokenShape(auth, undefined));
+    this.callerKeys.push(base);
+    const tokenMetrics = bindTokenMetrics(metrics, u.name, undefined);
+    return new CallerTokenSources({
+      base,
+      providers,
+      clock,
+      grant: (subjectToken, notAfter) => ({
+        ...this.#providerGrant(
+          u,
+          auth,
+          undefined,
+          createExchangeGrant(auth, tokenAgent, () => clock.now(), subjectToken),
+          tokenMetrics,
+          presentedCertificate,
+        ),
+        notAfter,
+      }),
+    });
+  }
+
+  #providerGrant(
+    u: UpstreamConfig,
+    auth: ResolvedAuth,
+    tenant: string | undefined,
+    grant: Grant,
+    tokenMetrics: ProviderGrant['metrics'],
+    presentedCertificate: string | undefined,
+  ): ProviderGrant {
+    const { logger, sharedTier } = this.#deps;
+    return {
       upstream: u.name,
       tenant,
-      grant: createGrant(auth, tokenAgent, () => clock.now()),
+      grant,
       lifetime: {
         refreshBeforeExpiryMs: this.#config.tokenCache.refreshBeforeExpirySeconds * 1000,
         clockSkewMs: auth.clockSkewSeconds * 1000,
@@ -121,11 +185,9 @@ export class UpstreamFactory {
         maxMs: Math.max(u.unauthorizedBackoff.initialSeconds, u.unauthorizedBackoff.maxSeconds) * 1000,
         maxPaths: DEFAULT_RENEWAL_BACKOFF.maxPaths,
       },
-      metrics: bindTokenMetrics(metrics, u.name, tenant),
+      metrics: tokenMetrics,
       logger,
       presentedCertificate,
-    });
-    this.sources.set(tenant === undefined ? u.name : `${u.name}/${tenant}`, provider);
-    return provider;
+    };
   }
 }

@@ -194,7 +194,40 @@ const login = z
   .superRefine((auth, ctx) => notBoth(ctx, auth.password, auth.passwordFile, 'password'))
   .describe("a partner's own JSON login API");
 
-export const authSchema = z.discriminatedUnion('type', [clientCredentials, password, refreshToken, login]);
+/** RFC 8693 §3: the token type identifiers the proxy may name. */
+const tokenType = z
+  .string()
+  .regex(/^[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]+$/, 'a token type URI, e.g. urn:ietf:params:oauth:token-type:jwt');
+export const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
+
+const tokenExchange = z
+  .strictObject({
+    type: z.literal('token_exchange'),
+    ...oauthClient,
+    subjectToken: z
+      .literal('caller')
+      .default('caller')
+      .describe("the subject token: the caller's validated JWT (inbound.jwt), one exchanged token per caller"),
+    subjectTokenType: tokenType.default(JWT_TOKEN_TYPE).describe('RFC 8693 §2.1 subject_token_type'),
+    resource: z.string().min(1).optional().describe('RFC 8693 §2.1 resource: the URI of the target service'),
+    requestedTokenType: tokenType.optional().describe('RFC 8693 §2.1 requested_token_type'),
+    actorTokenFile: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("file holding the proxy's own actor token (RFC 8693 §2.1 actor_token), read for every exchange"),
+    actorTokenType: tokenType.default(JWT_TOKEN_TYPE).describe('actor_token_type of the actor token'),
+  })
+  .superRefine(checkClient)
+  .describe("RFC 8693 token exchange of each caller's validated JWT (gateway mode: needs inbound.jwt)");
+
+export const authSchema = z.discriminatedUnion('type', [
+  clientCredentials,
+  password,
+  refreshToken,
+  login,
+  tokenExchange,
+]);
 
 /** What a tenant may set differently from the upstream's auth. */
 export const tenantCredentialsSchema = z
@@ -249,6 +282,28 @@ export function tenantSourceProblems(upstreams: readonly unknown[], callerJwt: b
   });
 }
 
+/**
+ * Token exchange (RFC 8693) spends the caller's own token: it exists only in gateway mode, where
+ * that token has been validated, and one exchanged token per caller rules out tenants and warm-up.
+ * Runs on the raw document, like credentialProblems.
+ */
+export function tokenExchangeProblems(upstreams: readonly unknown[], callerJwt: boolean): string[] {
+  return upstreams.flatMap((u, i) => {
+    if (!isFields(u) || !isFields(u['auth']) || u['auth']['type'] !== 'token_exchange') return [];
+    const at = `upstreams[${i}]`;
+    const problems: string[] = [];
+    if (!callerJwt)
+      problems.push(
+        `${at}.auth.type: token_exchange exchanges the caller's validated JWT and needs inbound.jwt (gateway mode): without it there is no caller token to exchange`,
+      );
+    if (u['tenants'] !== undefined)
+      problems.push(`${at}.tenants: not with auth.type token_exchange (each caller gets its own token already)`);
+    if (u['warmup'] === true)
+      problems.push(`${at}.warmup: not with auth.type token_exchange (no token exists before a caller asks)`);
+    return problems;
+  });
+}
+
 export type ParsedAuth = z.output<typeof authSchema>;
 export type TenantCredentials = z.output<typeof tenantCredentialsSchema>;
 
@@ -290,7 +345,7 @@ function missingCredentials(auth: Fields): MissingCredential[] {
       missing.push({ field, neededBy });
   };
   const type = auth['type'];
-  if (type === 'client_credentials' || type === 'password' || type === 'refresh_token') {
+  if (type === 'client_credentials' || type === 'password' || type === 'refresh_token' || type === 'token_exchange') {
     need('clientId', `grant ${type}`);
     const clientAuth = auth['clientAuth'] ?? 'client_secret_basic';
     if (secretAuth(clientAuth)) need('clientSecret', `clientAuth ${clientAuth}`);

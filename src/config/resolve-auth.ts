@@ -50,8 +50,20 @@ export interface LoginSettings extends Timing {
   readonly mtls: Mtls | undefined;
 }
 
+/** RFC 8693 token exchange of the caller's token (gateway mode). */
+export interface TokenExchangeSettings extends OAuthClientSettings {
+  readonly type: 'token_exchange';
+  readonly subjectTokenType: string;
+  readonly resource: string | undefined;
+  readonly requestedTokenType: string | undefined;
+  /** Absolute path, read for every exchange (a platform may rotate it); undefined: no actor token. */
+  readonly actorTokenFile: string | undefined;
+  readonly actorTokenType: string;
+}
+
 /** Auth settings with every file read and every secret in hand. */
 export type ResolvedAuth =
+  | TokenExchangeSettings
   | (OAuthClientSettings & { readonly type: 'client_credentials' })
   | (OAuthClientSettings & { readonly type: 'password'; readonly username: string; readonly password: string })
   | (OAuthClientSettings & { readonly type: 'refresh_token'; readonly refreshToken: string })
@@ -63,7 +75,7 @@ export type ResolvedAuth =
  */
 export type SharedAuth =
   | (Omit<OAuthClientSettings, 'clientId' | 'clientSecret' | 'privateKey'> & {
-      readonly type: 'client_credentials' | 'password' | 'refresh_token';
+      readonly type: 'client_credentials' | 'password' | 'refresh_token' | 'token_exchange';
     })
   | Omit<LoginSettings, 'username' | 'password'>;
 
@@ -192,6 +204,20 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
         type: a.type,
         refreshToken: required(a.refreshToken, a.refreshTokenFile, 'refreshToken'),
       };
+    case 'token_exchange': {
+      // Read now only to fail `check` on a missing file; each exchange reads it again.
+      const actorTokenFile = a.actorTokenFile === undefined ? undefined : resolve(baseDir, a.actorTokenFile);
+      if (actorTokenFile !== undefined) readSecretFile(actorTokenFile, baseDir, `${at}.actorTokenFile`, problems);
+      return {
+        ...client,
+        type: a.type,
+        subjectTokenType: a.subjectTokenType,
+        resource: a.resource,
+        requestedTokenType: a.requestedTokenType,
+        actorTokenFile,
+        actorTokenType: a.actorTokenType,
+      };
+    }
   }
 }
 

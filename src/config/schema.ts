@@ -3,7 +3,14 @@ import { z } from 'zod';
 import { AddressList, HostList, parseHostPattern } from '../proxy/host-pattern.js';
 import { forwardClaimHeaderProblem } from '../inbound/forward-claims.js';
 import { INBOUND_JWT_ALGORITHMS, MEDIA_TYPE } from '../inbound/jwt-validator.js';
-import { authSchema, credentialProblems, mtlsSchema, tenantSourceProblems, tenantsSchema } from './auth-schema.js';
+import {
+  authSchema,
+  credentialProblems,
+  mtlsSchema,
+  tenantSourceProblems,
+  tenantsSchema,
+  tokenExchangeProblems,
+} from './auth-schema.js';
 import { redisSchema } from './redis-schema.js';
 import { exposureProblem } from './exposure.js';
 import { secureUrl } from './url.js';
@@ -383,6 +390,7 @@ export function crossFieldProblems(doc: unknown): string[] {
   }
   problems.push(...credentialProblems(upstreams));
   problems.push(...tenantSourceProblems(upstreams, inbound?.jwt !== undefined));
+  problems.push(...tokenExchangeProblems(upstreams, inbound?.jwt !== undefined));
   return problems;
 }
 

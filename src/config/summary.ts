@@ -12,6 +12,7 @@ export function describeAuth(a: ResolvedAuth | SharedAuth): string {
     'username' in a ? `user ${a.username}` : undefined,
     a.scope === undefined ? undefined : `scope "${a.scope}"`,
     a.audience === undefined ? undefined : `audience ${a.audience}`,
+    a.type === 'token_exchange' ? "subject: the caller's token" : undefined,
     a.mtls === undefined ? undefined : 'client certificate',
   ].filter((x) => x !== undefined);
   return `grant ${a.type} at ${a.tokenUrl}, client ${'clientId' in a ? a.clientId : 'per tenant'} (${a.clientAuth})${extra.length > 0 ? `, ${extra.join(', ')}` : ''}`;

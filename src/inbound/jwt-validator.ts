@@ -121,7 +121,13 @@ function quoteDescription(description: string): string {
     .slice(0, 120);
 }
 
-function challenge(description?: string): string {
+/** The bearer token of an Authorization header value (RFC 6750 §2.1), '' when there is none. */
+export function bearerToken(authorization: string | undefined): string {
+  const field = authorization?.trim() ?? '';
+  return BEARER_SCHEME.test(field) ? field.slice(6).trim() : '';
+}
+
+export function challenge(description?: string): string {
   // RFC 6750 §3.1: a request without any authentication information gets no error code.
   if (description === undefined) return `Bearer realm="${REALM}"`;
   return `Bearer realm="${REALM}", error="invalid_token", error_description="${quoteDescription(description)}"`;
@@ -348,8 +354,7 @@ export class InboundJwtValidator {
   /** Authorization header value (or undefined) → result; never throws. */
   async validate(authorization: string | undefined): Promise<Validation> {
     try {
-      const field = authorization?.trim() ?? '';
-      const token = BEARER_SCHEME.test(field) ? field.slice(6).trim() : '';
+      const token = bearerToken(authorization);
       // RFC 6750 §3.1: no (bearer) credentials at all → a challenge without an error code.
       if (token === '') return MISSING;
       // RFC 6750 §2.1: a b64token is one word; anything else is not a compact JWS (RFC 7515 §7.1).

@@ -1,5 +1,5 @@
 import type { Dispatcher } from 'undici';
-import type { OAuthClientSettings, ResolvedAuth } from '../config/resolve-auth.js';
+import type { OAuthClientSettings, ResolvedAuth, TokenExchangeSettings } from '../config/resolve-auth.js';
 import {
   basicCredentials,
   clientIdOnly,
@@ -13,6 +13,7 @@ import type { Grant } from './grant.js';
 import { CREDENTIAL_NAME, loginApiGrant, templateSecrets } from './login-api.js';
 import { TokenError } from '../errors.js';
 import { requestToken, type TokenEndpoint } from './token-endpoint.js';
+import { exchangeParams, readActorToken } from './token-exchange.js';
 
 // Still imported from here by tokens/token-source.ts.
 export type { Grant } from './grant.js';
@@ -44,6 +45,41 @@ function withOptional(
 /** Builds the grant for an auth block. `dispatcher` carries the CA and client certificate, if any. */
 export function createGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): Grant {
   return withoutSecrets(grantFor(auth, dispatcher, now), secretsOf(auth));
+}
+
+/**
+ * RFC 8693: the grant of one caller, its validated JWT the subject token. The caller's token is a
+ * secret like the client's: a partner that echoes it in an error never gets it into a log. No
+ * refresh: a renewal is the exchange again (while the caller's token lives).
+ */
+export function createExchangeGrant(
+  auth: TokenExchangeSettings,
+  dispatcher: Dispatcher,
+  now: () => number,
+  subjectToken: string,
+): Grant {
+  const endpoint = endpointFor(auth, dispatcher);
+  const obtain = async () => {
+    const actor = auth.actorTokenFile === undefined ? undefined : await readActorToken(auth.actorTokenFile);
+    const call = requestToken(endpoint, exchangeParams(auth, subjectToken, actor), now);
+    return actor === undefined ? call : call.catch(clean(formsOf(actor)));
+  };
+  return withoutSecrets({ obtain, refresh: undefined }, [...secretsOf(auth), ...formsOf(subjectToken)]);
+}
+
+function clean(secrets: readonly string[]): (err: unknown) => never {
+  return (err) => {
+    throw err instanceof TokenError ? err.withoutSecrets(secrets) : err;
+  };
+}
+
+function endpointFor(auth: OAuthClientSettings, dispatcher: Dispatcher): TokenEndpoint {
+  return {
+    url: new URL(auth.tokenUrl),
+    dispatcher,
+    clientAuth: clientAuthFor(auth),
+    timeoutMs: auth.requestTimeoutSeconds * 1000,
+  };
 }
 
 /**
@@ -99,12 +135,7 @@ function withoutSecrets(grant: Grant, secrets: readonly string[]): Grant {
 
 function grantFor(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): Grant {
   if (auth.type === 'login') return loginApiGrant(auth, dispatcher, now);
-  const endpoint: TokenEndpoint = {
-    url: new URL(auth.tokenUrl),
-    dispatcher,
-    clientAuth: clientAuthFor(auth),
-    timeoutMs: auth.requestTimeoutSeconds * 1000,
-  };
+  const endpoint = endpointFor(auth, dispatcher);
   const call = (params: Record<string, string>) => requestToken(endpoint, params, now);
   // RFC 6749 §6: a refresh may narrow the scope but never needs to repeat it.
   const refresh = (refreshToken: string) => call({ grant_type: 'refresh_token', refresh_token: refreshToken });
@@ -138,5 +169,8 @@ function grantFor(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number)
           ),
         refresh,
       };
+    case 'token_exchange':
+      // One grant per caller, made with the caller's token (createExchangeGrant).
+      throw new Error('token_exchange grants are made per caller');
   }
 }

@@ -1,7 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import type { JWTPayload } from 'jose';
 import { ProxyError } from '../errors.js';
-import type { TokenReader } from '../tokens/reader.js';
+import { bearerToken, challenge } from '../inbound/jwt-validator.js';
+import type { CallerTokens, TokenReader } from '../tokens/reader.js';
 import type { CallerAuth, ProxyContext, Routing, Tunnel } from './context.js';
 import { parseAbsoluteForm, urlHost } from './request-target.js';
 import { confine } from './router.js';
@@ -203,7 +204,9 @@ export function tokensFor(
   claims?: JWTPayload,
 ): TokenReader | undefined | ProxyError {
   const t = upstream.tokens;
-  if (t === undefined || !('byTenant' in t)) return t;
+  if (t === undefined) return undefined;
+  if ('forCaller' in t) return exchangedFor(upstream, t, req, claims);
+  if (!('byTenant' in t)) return t;
   const raw =
     t.from.kind === 'proxyAuthUser'
       ? user
@@ -225,6 +228,31 @@ export function tokensFor(
       ? `upstream ${upstream.name} needs a tenant (from ${where})`
       : `unknown tenant for upstream ${upstream.name}`,
     { upstream: upstream.name },
+  );
+}
+
+/**
+ * Token exchange (RFC 8693): the source of this caller's own token. Only a validated caller token
+ * gets one (the loader allows token_exchange only with inbound.jwt; without a token here, nothing
+ * is exchanged), and one past its `exp` none: it is refused as expired, whatever leeway the
+ * validation gave, before any token request is made for it.
+ */
+function exchangedFor(
+  upstream: Upstream,
+  callers: CallerTokens,
+  req: IncomingMessage,
+  claims: JWTPayload | undefined,
+): TokenReader | ProxyError {
+  // The claims are those of this very header's token, validated by verifyCaller.
+  const subjectToken = claims === undefined ? '' : bearerToken(req.headers.authorization);
+  const reader = subjectToken === '' || claims === undefined ? undefined : callers.forCaller(subjectToken, claims);
+  if (reader !== undefined) return reader;
+  const description = claims === undefined ? `upstream ${upstream.name} exchanges the caller's token` : 'token expired';
+  return new ProxyError(
+    'caller_unauthorized',
+    description,
+    { reason: claims === undefined ? 'missing' : 'expired' },
+    { headers: { 'www-authenticate': challenge(claims === undefined ? undefined : description) } },
   );
 }
 

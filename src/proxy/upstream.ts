@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { TenantSource } from '../config/tenant-source.js';
 import type { AccessLog } from '../logger.js';
 import type { RequestMetrics } from '../metrics.js';
-import type { TokenReader } from '../tokens/reader.js';
+import type { CallerTokens, TokenReader } from '../tokens/reader.js';
 import type { UpstreamQueue } from './upstream-queue.js';
 
 /**
@@ -17,8 +17,11 @@ export interface Upstream {
   /** Path of the target URL without a trailing slash ('' for the root). */
   readonly basePath: string;
   readonly dispatcher: Dispatcher;
-  /** The token source, or one per tenant; undefined for the egress passthrough (no tokens ever). */
-  readonly tokens: TokenReader | TenantTokens | undefined;
+  /**
+   * The token source, or one per tenant, or one per caller (token exchange, gateway mode);
+   * undefined for the egress passthrough (no tokens ever).
+   */
+  readonly tokens: TokenReader | TenantTokens | CallerTokens | undefined;
   readonly metrics: RequestMetrics;
   readonly retryBodyLimitBytes: number;
   readonly timeoutMs: number;

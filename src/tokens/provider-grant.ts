@@ -21,4 +21,6 @@ export interface ProviderGrant {
    * none: a token bound to any other certificate is refused (`certificate_mismatch`), never injected.
    */
   readonly presentedCertificate?: string | undefined;
+  /** RFC 8693: the caller token's expiry (epoch ms); no token of this key is used past it. */
+  readonly notAfter?: number | undefined;
 }

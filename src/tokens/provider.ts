@@ -58,6 +58,8 @@ export class TokenProvider extends EventEmitter implements TokenReader {
   #lastError: TokenError | undefined;
   /** The token a 401 made us drop; put back if no replacement can be had and it has not expired. */
   #dropped: Token | undefined;
+  /** Let go by a bounded registry (see dispose): a fetch still under way no longer fills the cache. */
+  #disposed = false;
 
   constructor(options: ProviderOptions, grant: ProviderGrant) {
     super();
@@ -159,6 +161,16 @@ export class TokenProvider extends EventEmitter implements TokenReader {
     this.#policy.onAccepted(path, token.header);
   }
 
+  /**
+   * Let go by the registry (a per-caller provider evicted from its bounded set): its token leaves
+   * the memory tier, and a fetch still under way serves only the requests waiting on it.
+   */
+  dispose(): void {
+    this.#disposed = true;
+    this.#cache.delete(this.key);
+    this.removeAllListeners();
+  }
+
   /** The state of this key for /readyz: no token values, no metrics counted. */
   status(): TokenProviderStatus {
     const token = this.#cache.get(this.key);
@@ -214,7 +226,7 @@ export class TokenProvider extends EventEmitter implements TokenReader {
    */
   #restoreDropped(): void {
     const dropped = this.#dropped;
-    if (dropped === undefined || this.#cache.get(this.key) !== undefined) return;
+    if (dropped === undefined || this.#disposed || this.#cache.get(this.key) !== undefined) return;
     if (this.#clock.now() < lastUsableMoment(dropped)) this.#cache.set(this.key, dropped);
     else this.#dropped = undefined;
   }
@@ -254,7 +266,7 @@ export class TokenProvider extends EventEmitter implements TokenReader {
     this.#lastError = undefined;
     this.#nextAttemptAt = 0;
     this.#dropped = undefined;
-    this.#cache.set(this.key, token);
+    if (!this.#disposed) this.#cache.set(this.key, token);
     this.#g.metrics.tokenExpiry.set(token.expiresAt / 1000);
     logTokenObtained(this.#g, trigger, token, previous, from, ms);
     this.emit('token', token);

@@ -1,3 +1,4 @@
+import type { JWTPayload } from 'jose';
 import type { TokenMetrics } from '../metrics.js';
 import type { Token } from './token.js';
 
@@ -27,4 +28,12 @@ export interface TokenReader {
   onUnauthorized(token: Token, path: string, canReplay: boolean): 'replay' | 'pass';
   /** The target answered anything but 401 to a request that carried `token`: evidence for the renewal policy. */
   onAccepted(token: Token, path: string): void;
+}
+
+/**
+ * RFC 8693 token exchange: one token source per caller, chosen by the caller's validated token.
+ * Undefined when that token has expired (no token exchanged for it is used past its `exp`).
+ */
+export interface CallerTokens {
+  forCaller(subjectToken: string, claims: JWTPayload): TokenReader | undefined;
 }

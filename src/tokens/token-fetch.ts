@@ -65,7 +65,15 @@ export class TokenFetch {
       if (shared !== undefined && !outcome.fromShared) this.#view.renewedWithout();
     }
     if (outcome.fromShared && outcome.token.refreshToken !== undefined) this.#refreshToken = outcome.token.refreshToken;
-    return outcome;
+    return g.notAfter === undefined ? outcome : { ...outcome, token: this.#capped(outcome.token, g.notAfter) };
+  }
+
+  /** A caller's exchanged token (RFC 8693), fresh or adopted, ends with the caller's own token. */
+  #capped(token: Token, notAfter: number): Token {
+    const capped = token.cappedAt(notAfter);
+    if (capped === undefined || this.#clock.now() >= capped.usableUntil)
+      throw new TokenError('invalid_grant', "the caller's token has expired: no token exchanged for it is used");
+    return capped;
   }
 
   /** One renewal by the refresh plan; a new refresh token replaces ours at once (rotation). */

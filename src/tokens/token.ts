@@ -92,6 +92,20 @@ export class Token {
     return this.expiresAt - this.#leadMs;
   }
 
+  /**
+   * The same token, never used at or after `at` (epoch ms): RFC 8693, the expiry of the caller
+   * token it was exchanged for. When that comes first, renewing cannot take the token further (a
+   * new exchange of the same caller token ends there too): it is used up to `at`, without the
+   * clock-skew margin (the token itself lives on past it) and without a refresh ahead. Undefined
+   * when `at` leaves nothing of it.
+   */
+  cappedAt(at: number): Token | undefined {
+    const end = Math.floor(at / 1000) * 1000;
+    if (end >= this.usableUntil) return this;
+    const lifetimeMs = end - this.obtainedAt;
+    return lifetimeMs <= 0 ? undefined : new Token(this.header, this.refreshToken, end, lifetimeMs, 0, 0);
+  }
+
   /** The same token, refreshed no earlier than `at`. */
   refreshNotBefore(at: number): Token {
     const leadMs = Math.min(this.#leadMs, Math.floor(this.expiresAt - at));

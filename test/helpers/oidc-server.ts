@@ -7,7 +7,16 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import { exportJWK, exportPKCS8, generateKeyPair, type JSONWebKeySet, type JWK } from 'jose';
+import {
+  createRemoteJWKSet,
+  customFetch,
+  exportJWK,
+  exportPKCS8,
+  generateKeyPair,
+  jwtVerify,
+  type JSONWebKeySet,
+  type JWK,
+} from 'jose';
 import type * as OidcProviderModule from 'oidc-provider';
 import type {
   Adapter,
@@ -18,7 +27,7 @@ import type {
   ResourceServer,
 } from 'oidc-provider';
 import { testPki } from './certs.js';
-import { Agent } from 'undici';
+import { Agent, fetch as undiciFetch } from 'undici';
 
 /**
  * A real OAuth2 authorization server for integration tests: panva's certified `oidc-provider`
@@ -75,6 +84,8 @@ export interface OidcServer {
   readonly usedRefreshTokens: string[];
   /** Refresh tokens the server handed out, in order. */
   readonly issuedRefreshTokens: string[];
+  /** Token exchanges answered with a token (with `tokenExchange`), in order. */
+  readonly exchanges: TokenExchangeSeen[];
   /** The newest refresh token handed out (to act behind a client's back in reuse tests). */
   lastIssuedRefreshToken(): string;
   /** Runs (and awaits) `hook` before each token request is processed, e.g. to make one hang. */
@@ -109,7 +120,34 @@ export interface OidcServerOptions {
    * tokens bound to their certificate. Off unless set.
    */
   readonly certificateBoundAccessTokens?: boolean;
+  /** Adds the RFC 8693 token exchange grant (off by default). */
+  readonly tokenExchange?: TokenExchangeOptions;
 }
+
+/** RFC 8693 token exchange: subject tokens are JWTs of another issuer (the callers' IdP). */
+export interface TokenExchangeOptions {
+  /** The callers' IdP: its JWKS verifies each subject token's signature. */
+  readonly subjectJwksUrl: string;
+  /** The `iss` a subject token must carry. */
+  readonly subjectIssuer: string;
+  /** CA of the JWKS endpoint, when it is served over https with a private CA. */
+  readonly subjectCa?: string;
+}
+
+/** One token exchange the server answered (RFC 8693 §2.1 parameters, the verified subject). */
+export interface TokenExchangeSeen {
+  /** `sub` of the verified subject token, which the issued token carries too. */
+  readonly sub: string;
+  readonly subjectTokenType: string | undefined;
+  readonly audience: string | undefined;
+  readonly resource: string | undefined;
+  readonly scope: string | undefined;
+  readonly requestedTokenType: string | undefined;
+  readonly actorToken: string | undefined;
+  readonly actorTokenType: string | undefined;
+}
+
+export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange';
 
 /** The single resource server every access token is issued for (its `aud`). */
 const RESOURCE = 'https://api.partner.test/';
@@ -387,6 +425,11 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     ['username', 'password', 'scope'],
   );
 
+  const exchanges: TokenExchangeSeen[] = [];
+  if (options.tokenExchange !== undefined) {
+    registerTokenExchange(provider, errors, options.tokenExchange, resourceServerInfo, exchanges);
+  }
+
   const calls: OidcCall[] = [];
   const usedRefreshTokens: string[] = [];
   const issuedRefreshTokens: string[] = [];
@@ -462,6 +505,7 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     calls,
     usedRefreshTokens,
     issuedRefreshTokens,
+    exchanges,
     beforeToken: (hook) => {
       tokenHook = hook;
     },
@@ -487,6 +531,99 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
       }),
   };
 }
+
+type TokenExchangeParams = Record<
+  | 'subject_token'
+  | 'subject_token_type'
+  | 'actor_token'
+  | 'actor_token_type'
+  | 'requested_token_type'
+  | 'audience'
+  | 'resource'
+  | 'scope',
+  string | undefined
+>;
+
+/**
+ * RFC 8693 token exchange as a security token service does it: the subject token's signature is
+ * verified against the callers' IdP JWKS (and its issuer and expiry), then a JWT access token for
+ * the resource server is issued to the client with the subject's `sub`.
+ */
+function registerTokenExchange(
+  provider: InstanceType<typeof OidcProviderModule.default>,
+  errors: typeof OidcProviderModule.errors,
+  options: TokenExchangeOptions,
+  resourceServerInfo: (clientScope: string | undefined) => ResourceServer,
+  exchanges: TokenExchangeSeen[],
+): void {
+  const agent = options.subjectCa === undefined ? undefined : new Agent({ connect: { ca: options.subjectCa } });
+  const jwks = createRemoteJWKSet(
+    new URL(options.subjectJwksUrl),
+    agent === undefined
+      ? {}
+      : { [customFetch]: (url, init) => undiciFetch(url, { ...(init as object), dispatcher: agent }) },
+  );
+  provider.registerGrantType<TokenExchangeParams>(
+    TOKEN_EXCHANGE_GRANT,
+    async (ctx) => {
+      const { client, params } = ctx.oidc;
+      if (typeof params.subject_token !== 'string' || params.subject_token_type !== JWT_TOKEN_TYPE) {
+        throw new errors.InvalidRequest('subject_token of type urn:ietf:params:oauth:token-type:jwt is required');
+      }
+      if ((params.actor_token === undefined) !== (params.actor_token_type === undefined)) {
+        throw new errors.InvalidRequest('actor_token and actor_token_type go together (RFC 8693 §2.1)');
+      }
+      let sub: string;
+      try {
+        const { payload } = await jwtVerify(params.subject_token, jwks, { issuer: options.subjectIssuer });
+        if (typeof payload.sub !== 'string') throw new Error('no sub');
+        sub = payload.sub;
+      } catch {
+        throw new errors.InvalidGrant('subject_token is not valid');
+      }
+      const info = resourceServerInfo(client.scope);
+      const allowed = new Set(info.scope.split(' ').filter(Boolean));
+      const requested = params.scope !== undefined ? params.scope.split(' ').filter(Boolean) : [...allowed];
+      const scope = requested.filter((s) => allowed.has(s)).join(' ');
+      const grant = new provider.Grant({ accountId: sub, clientId: client.clientId });
+      grant.addResourceScope(RESOURCE, scope);
+      const grantId = await grant.save();
+      const at = new provider.AccessToken({ accountId: sub, client, grantId, gty: 'token_exchange', scope });
+      at.resourceServer = new provider.ResourceServer(RESOURCE, info);
+      ctx.oidc.entity('AccessToken', at);
+      const accessToken = await at.save();
+      exchanges.push({
+        sub,
+        subjectTokenType: params.subject_token_type,
+        audience: params.audience,
+        resource: params.resource,
+        scope: params.scope,
+        requestedTokenType: params.requested_token_type,
+        actorToken: params.actor_token,
+        actorTokenType: params.actor_token_type,
+      });
+      ctx.body = {
+        access_token: accessToken,
+        issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+        token_type: at.tokenType,
+        expires_in: at.expiration,
+        scope: scope || undefined,
+      };
+    },
+    [
+      'subject_token',
+      'subject_token_type',
+      'actor_token',
+      'actor_token_type',
+      'requested_token_type',
+      'audience',
+      'resource',
+      'scope',
+    ],
+  );
+}
+
+const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
 
 /** A key pair for private_key_jwt clients: the private key as PKCS#8 PEM, the public one as a JWK with kid/alg/use. */
 export async function generateClientKey(
