@@ -9,6 +9,7 @@ import { startPartnerApi, type PartnerApi } from '../../src/demo/partner-api.js'
 import { buildConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import { testPki } from '../helpers/certs.js';
+import { curl } from '../helpers/clients.js';
 import { startOidcServer, TOKEN_EXCHANGE_GRANT, type OidcServer } from '../helpers/oidc-server.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
@@ -286,6 +287,28 @@ describe('token exchange (RFC 8693) in gateway mode', () => {
       ],
     );
     expectNoCrossOver();
+  });
+
+  it('exchanges the token of forward-mode callers too (HTTP_PROXY), each with its own', async () => {
+    const doc = exchangeConfig();
+    (doc.upstreams[0] as Record<string, unknown>)['hosts'] = ['api.partner.example'];
+    const running = await start(doc);
+    for (const caller of ['olga', 'piet']) {
+      const token = await callerToken(caller);
+      const res = await curl([
+        '--proxy',
+        running.url,
+        '-H',
+        `Authorization: Bearer ${token}`,
+        '-H',
+        `X-Test-Caller: ${caller}`,
+        'http://api.partner.example/orders',
+      ]);
+      expect(res.status).toBe(200);
+    }
+    expect(partner.seen.map((s) => s.claims?.sub)).toEqual(['olga', 'piet']);
+    expectNoCrossOver();
+    expect(sts.exchanges.map((e) => e.sub)).toEqual(['olga', 'piet']);
   });
 
   it("renews a caller's token after a 401 from the partner and replays once with it", async () => {
