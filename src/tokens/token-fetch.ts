@@ -65,15 +65,17 @@ export class TokenFetch {
       if (shared !== undefined && !outcome.fromShared) this.#view.renewedWithout();
     }
     if (outcome.fromShared && outcome.token.refreshToken !== undefined) this.#refreshToken = outcome.token.refreshToken;
-    return g.notAfter === undefined ? outcome : { ...outcome, token: this.#capped(outcome.token, g.notAfter) };
+    return outcome;
   }
 
-  /** A caller's exchanged token (RFC 8693), fresh or adopted, ends with the caller's own token. */
-  #capped(token: Token, notAfter: number): Token {
-    const capped = token.cappedAt(notAfter);
-    if (capped === undefined || this.#clock.now() >= capped.usableUntil)
-      throw new TokenError('invalid_grant', "the caller's token has expired: no token exchanged for it is used");
-    return capped;
+  /**
+   * A caller's exchanged token (RFC 8693) ends with the caller's own token: capped before it is
+   * used or written to the shared tier (whose entry then expires with the caller's token too).
+   */
+  #capped(g: ProviderGrant, token: Token): Token | undefined {
+    if (g.notAfter === undefined) return token;
+    const capped = token.cappedAt(g.notAfter);
+    return capped === undefined || this.#clock.now() >= capped.usableUntil ? undefined : capped;
   }
 
   /** One renewal by the refresh plan; a new refresh token replaces ours at once (rotation). */
@@ -111,7 +113,9 @@ export class TokenFetch {
       g.presentedCertificate,
     );
     if (mismatch !== undefined) throw this.#refused(g, mismatch);
-    const token = tokenFromResponse(response, this.#clock.now(), g.lifetime);
+    const token = this.#capped(g, tokenFromResponse(response, this.#clock.now(), g.lifetime));
+    if (token === undefined)
+      throw new TokenError('invalid_grant', "the caller's token has expired: no token exchanged for it is used");
     this.#mismatchLogged = false;
     return { token, fromShared: false };
   }
@@ -157,11 +161,12 @@ export class TokenFetch {
       if (err instanceof TokenError) return undefined; // not usable at all: the lock holder replaces it
       throw err;
     }
-    if (this.#clock.now() >= token.usableUntil) return undefined;
+    const capped = this.#capped(g, token);
+    if (capped === undefined || this.#clock.now() >= capped.usableUntil) return undefined;
     // A sibling configured with another target certificate: its token is not for this replica's target.
     if (certificateMismatch(boundCertificates(entry.accessToken, undefined), g.presentedCertificate) !== undefined)
       return undefined;
     this.#view.holds(entry.version);
-    return token;
+    return capped;
   }
 }

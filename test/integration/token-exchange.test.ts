@@ -398,7 +398,7 @@ describe('token exchange with the shared tier', () => {
     await redis.stop();
   });
 
-  it("shares a caller's exchanged token between replicas under a hash of the caller's token, never the token", async () => {
+  it("shares a caller's exchanged token between replicas under a hash of the caller's token, never the token, until the caller token's exp", async () => {
     const doc = exchangeConfig({}, { tokenCache: { redis: { url: redis.url, encryptionKey: key } } });
     const first = await start(doc);
     const second = await startProxy(doc, { clock, backoff: FASTEST_BACKOFF });
@@ -415,7 +415,12 @@ describe('token exchange with the shared tier', () => {
         const hash = createHash('sha256').update(token).digest('base64url');
         // The entry's name is an HMAC (under the encryption key) of the cache key, which itself
         // holds only the SHA-256 of the caller's token.
-        expect(names.filter((n) => n.includes('t:{'))).toHaveLength(1);
+        const entries = names.filter((n) => n.includes('t:{'));
+        expect(entries).toHaveLength(1);
+        // The entry ends with the caller's token (300 s), not with the exchanged one (3600 s).
+        const ttl = await cli.pttl(entries[0] as string);
+        expect(ttl).toBeGreaterThan(0);
+        expect(ttl).toBeLessThanOrEqual(300_000);
         for (const name of names) {
           expect(name).not.toContain(hash);
           for (const part of token.split('.')) expect(name).not.toContain(part);
