@@ -10,12 +10,14 @@ import type { TLSSocket } from 'node:tls';
 import {
   createRemoteJWKSet,
   customFetch,
+  createLocalJWKSet,
   exportJWK,
   exportPKCS8,
   generateKeyPair,
   jwtVerify,
   type JSONWebKeySet,
   type JWK,
+  type JWTPayload,
 } from 'jose';
 import type * as OidcProviderModule from 'oidc-provider';
 import type {
@@ -37,7 +39,13 @@ import { Agent, fetch as undiciFetch } from 'undici';
  * private_key_jwt (RFC 7523) and tls_client_auth (RFC 8705).
  */
 
-export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'tls_client_auth';
+export type ClientAuthMethod =
+  | 'client_secret_basic'
+  | 'client_secret_post'
+  | 'private_key_jwt'
+  | 'tls_client_auth'
+  /** A public client (only with the `jwtBearer` option, which enables it at the token endpoint). */
+  | 'none';
 
 export interface ClientSpec {
   readonly clientId: string;
@@ -80,6 +88,11 @@ export interface OidcServer {
   readonly audience: string;
   /** Every token endpoint call, in order. */
   readonly calls: OidcCall[];
+  /**
+   * With the `jwtBearer` option: the claims of every assertion the jwt-bearer grant verified, in
+   * order (empty otherwise).
+   */
+  readonly bearerAssertions: JWTPayload[];
   /** Refresh tokens presented to the server (grant_type=refresh_token), in order, for reuse assertions. */
   readonly usedRefreshTokens: string[];
   /** Refresh tokens the server handed out, in order. */
@@ -122,6 +135,12 @@ export interface OidcServerOptions {
   readonly certificateBoundAccessTokens?: boolean;
   /** Adds the RFC 8693 token exchange grant (off by default). */
   readonly tokenExchange?: TokenExchangeOptions;
+  /**
+   * Enables the RFC 7523 §2.1 jwt-bearer grant (and public clients, token_endpoint_auth_method
+   * none): an assertion is accepted only when it verifies against `jwks` with this `issuer` and
+   * `audience`; the access token's `sub` is the assertion's. Off by default.
+   */
+  readonly jwtBearer?: { readonly issuer: string; readonly audience: string; readonly jwks: JSONWebKeySet };
 }
 
 /** RFC 8693 token exchange: subject tokens are JWTs of another issuer (the callers' IdP). */
@@ -148,6 +167,8 @@ export interface TokenExchangeSeen {
 }
 
 export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange';
+
+export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 
 /** The single resource server every access token is issued for (its `aud`). */
 const RESOURCE = 'https://api.partner.test/';
@@ -321,7 +342,13 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
   const provider = new Provider(issuer, {
     adapter: memoryAdapter(),
     clients: options.clients.map(toClientMetadata),
-    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth'],
+    clientAuthMethods: [
+      'client_secret_basic',
+      'client_secret_post',
+      'private_key_jwt',
+      'tls_client_auth',
+      ...(options.jwtBearer === undefined ? [] : (['none'] as const)),
+    ],
     jwks: { keys: [signingKey] },
     cookies: { keys: [randomBytes(32).toString('base64url')] },
     findAccount: (_ctx, sub) => (Object.hasOwn(users, sub) ? { accountId: sub, claims: () => ({ sub }) } : undefined),
@@ -430,6 +457,54 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     registerTokenExchange(provider, errors, options.tokenExchange, resourceServerInfo, exchanges);
   }
 
+  const bearerAssertions: JWTPayload[] = [];
+  const jwtBearer = options.jwtBearer;
+  if (jwtBearer !== undefined) {
+    const trusted = createLocalJWKSet(jwtBearer.jwks);
+    // RFC 7523 §2.1 / §3: the assertion is the grant; it must be signed by the trusted issuer, name
+    // this server as its audience, and carry iss, sub, aud and exp. No refresh token is issued:
+    // renewal is the grant again with a fresh assertion (RFC 7521 §4.1 leaves it to the server).
+    provider.registerGrantType<{ assertion?: string; scope?: string }>(
+      JWT_BEARER_GRANT,
+      async (ctx) => {
+        const { client, params } = ctx.oidc;
+        if (typeof params.assertion !== 'string') throw new errors.InvalidRequest('assertion is required');
+        let claims: JWTPayload;
+        try {
+          claims = (
+            await jwtVerify(params.assertion, trusted, {
+              issuer: jwtBearer.issuer,
+              audience: jwtBearer.audience,
+              requiredClaims: ['iss', 'sub', 'aud', 'exp'],
+            })
+          ).payload;
+        } catch (err) {
+          throw new errors.InvalidGrant(`assertion rejected: ${(err as Error).message}`);
+        }
+        bearerAssertions.push(claims);
+        const info = resourceServerInfo(client.scope);
+        const allowed = new Set(info.scope.split(' ').filter(Boolean));
+        const requested = params.scope !== undefined ? params.scope.split(' ').filter(Boolean) : [...allowed];
+        const scope = requested.filter((s) => allowed.has(s)).join(' ');
+        const accountId = String(claims.sub);
+        const grant = new provider.Grant({ accountId, clientId: client.clientId });
+        grant.addResourceScope(RESOURCE, scope);
+        const grantId = await grant.save();
+        ctx.oidc.entity('Grant', grant);
+        const at = new provider.AccessToken({ accountId, client, grantId, gty: 'jwt_bearer', scope });
+        at.resourceServer = new provider.ResourceServer(RESOURCE, info);
+        ctx.oidc.entity('AccessToken', at);
+        ctx.body = {
+          access_token: await at.save(),
+          token_type: at.tokenType,
+          expires_in: at.expiration,
+          scope: scope || undefined,
+        };
+      },
+      ['assertion', 'scope'],
+    );
+  }
+
   const calls: OidcCall[] = [];
   const usedRefreshTokens: string[] = [];
   const issuedRefreshTokens: string[] = [];
@@ -503,6 +578,7 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
     jwksUrl: `${issuer}/jwks`,
     audience: RESOURCE,
     calls,
+    bearerAssertions,
     usedRefreshTokens,
     issuedRefreshTokens,
     exchanges,
