@@ -39,7 +39,15 @@ export type TokenFailureReason =
   | 'server_error'
   | 'rate_limited'
   /** RFC 8705 §3: the token is bound to a certificate other than the one the target is presented. */
-  | 'certificate_mismatch';
+  | 'certificate_mismatch'
+  /**
+   * RFC 7523 assertions read from a file the platform rotates (a projected service-account token):
+   * it has expired or is about to, or the file cannot be used (missing, not a JWT, no exp). Not
+   * sent, and not permanent: the provider retries with its transient backoff, reading the file
+   * again each time, so the platform's next rotation ends the failure without a restart.
+   */
+  | 'assertion_expired'
+  | 'assertion_unavailable';
 
 /** Partner text in logs and error bodies is cut to this length. */
 const MAX_PARTNER_TEXT = 200;

@@ -4,6 +4,7 @@ import { Registry } from 'prom-client';
 import type { Config } from './config/load.js';
 import { describeAuth } from './config/summary.js';
 import { TokenError } from './errors.js';
+import type { AssertionInfo } from './oauth/assertion-file.js';
 import { createMetrics } from './metrics.js';
 import { boundCertificates } from './tokens/certificate-binding.js';
 import { TokenCache } from './tokens/token-cache.js';
@@ -24,6 +25,18 @@ function jwtParts(token: string): { header: unknown; payload: unknown } | undefi
   } catch {
     return undefined;
   }
+}
+
+/** A platform-issued assertion as the next token request would send it: its claims, never its text. */
+function assertionLine(a: AssertionInfo): string {
+  const claims = [
+    a.iss === undefined ? undefined : `iss ${a.iss}`,
+    a.sub === undefined ? undefined : `sub ${a.sub}`,
+    a.aud === undefined ? undefined : `aud ${a.aud}`,
+    a.expiresAt === undefined ? undefined : `expires ${a.expiresAt} (in ${a.expiresInSeconds} s)`,
+    a.problem === undefined ? undefined : `NOT USABLE: ${a.problem}`,
+  ].filter((x) => x !== undefined);
+  return `assertion    ${a.file}: ${claims.join(', ')}`;
 }
 
 function iso(ms: number): string {
@@ -69,6 +82,8 @@ export async function runTokenCommand(config: Config, o: TokenCommandOptions): P
   const source = factory.sources.get(o.tenant === undefined ? u.name : `${u.name}/${o.tenant}`);
   const auth = o.tenant === undefined ? u.auth : (u.tenants?.auth[o.tenant] ?? u.auth);
   const lines = [`upstream ${u.name}${o.tenant === undefined ? '' : `, tenant ${o.tenant}`}: ${describeAuth(auth)}`];
+  const assertion = source?.status().assertion;
+  if (assertion !== undefined) lines.push(assertionLine(assertion));
   try {
     const started = performance.now();
     const token = await (source as NonNullable<typeof source>).obtain();

@@ -62,6 +62,26 @@ const privateKeySchema = z
   })
   .describe('for clientAuth private_key_jwt');
 
+const clientAuthMethod = z.enum([
+  'client_secret_basic',
+  'client_secret_post',
+  'private_key_jwt',
+  'client_assertion',
+  'tls_client_auth',
+  'none',
+]);
+const CLIENT_AUTH_TEXT =
+  'client authentication at the token endpoint: RFC 6749 §2.3.1, RFC 7523 (private_key_jwt; client_assertion: an externally issued JWT from clientAssertionFile), RFC 8705 (tls_client_auth), or none (public client)';
+
+/** A JWT the platform issues and rotates in a file: read at every token request, never at load. */
+const assertionFile = (what: string) =>
+  z
+    .string()
+    .min(1)
+    .describe(
+      `file holding ${what} (a Kubernetes projected service-account token, SPIFFE JWT-SVID or CI OIDC token), read again for every token request; not read at load, not a secret in the config`,
+    );
+
 /** The note on a credential the schema leaves optional so that tenants may bring their own. */
 const PER_TENANT = 'required, unless every tenant sets its own (tenants.credentials)';
 
@@ -75,13 +95,9 @@ const oauthClient = {
   clientId: z.string().min(1).optional().describe(`OAuth2 client id; ${PER_TENANT}`),
   clientSecret: z.string().min(1).optional().describe('client secret; use ${ENV_VAR} rather than writing it here'),
   clientSecretFile: z.string().min(1).optional().describe('path to a file holding the secret (e.g. a mounted secret)'),
-  clientAuth: z
-    .enum(['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth', 'none'])
-    .default('client_secret_basic')
-    .describe(
-      'client authentication at the token endpoint: RFC 6749 §2.3.1, RFC 7523 (private_key_jwt), RFC 8705 (tls_client_auth), or none (public client)',
-    ),
+  clientAuth: clientAuthMethod.default('client_secret_basic').describe(CLIENT_AUTH_TEXT),
   privateKey: privateKeySchema.optional(),
+  clientAssertionFile: assertionFile('the client assertion (RFC 7523 §2.2) for clientAuth client_assertion').optional(),
   mtls: mtlsSchema.optional(),
   certificateBoundTokens,
   scope: z.string().min(1).optional().describe('space-separated scopes to request'),
@@ -98,10 +114,25 @@ function checkClient(
     clientAuth: string;
     clientSecret?: string | undefined;
     clientSecretFile?: string | undefined;
+    clientAssertionFile?: string | undefined;
     mtls?: unknown;
   },
   ctx: z.RefinementCtx,
 ): void {
+  if (auth.clientAuth === 'client_assertion' && auth.clientAssertionFile === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['clientAssertionFile'],
+      message: 'clientAuth client_assertion needs clientAssertionFile',
+    });
+  }
+  if (auth.clientAuth !== 'client_assertion' && auth.clientAssertionFile !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['clientAssertionFile'],
+      message: `not used with clientAuth ${auth.clientAuth}: remove it`,
+    });
+  }
   notBoth(ctx, auth.clientSecret, auth.clientSecretFile, 'clientSecret');
   if (!secretAuth(auth.clientAuth) && (auth.clientSecret !== undefined || auth.clientSecretFile !== undefined)) {
     ctx.addIssue({
@@ -154,6 +185,24 @@ const refreshToken = z
     notBoth(ctx, auth.refreshToken, auth.refreshTokenFile, 'refreshToken');
   })
   .describe('RFC 6749 §6 refresh token grant with a configured refresh token');
+
+const jwtBearer = z
+  .strictObject({
+    type: z.literal('jwt_bearer'),
+    ...oauthClient,
+    clientId: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('OAuth2 client id, when the server wants one (required with any clientAuth but none)'),
+    // No client authentication unless the server asks for it: the assertion is the credential.
+    clientAuth: clientAuthMethod.default('none').describe(CLIENT_AUTH_TEXT),
+    assertionFile: assertionFile('the assertion that is the grant (RFC 7523 §2.1)'),
+  })
+  .superRefine(checkClient)
+  .describe(
+    'RFC 7523 §2.1 JWT bearer grant: a platform-issued JWT (workload identity) is exchanged for a token; renewed by the grant again with the file as it is then',
+  );
 
 /** Dotted paths into the login API's JSON answer. */
 const responseFields = z
@@ -225,6 +274,7 @@ export const authSchema = z.discriminatedUnion('type', [
   clientCredentials,
   password,
   refreshToken,
+  jwtBearer,
   login,
   tokenExchange,
 ]);
@@ -345,9 +395,17 @@ function missingCredentials(auth: Fields): MissingCredential[] {
       missing.push({ field, neededBy });
   };
   const type = auth['type'];
-  if (type === 'client_credentials' || type === 'password' || type === 'refresh_token' || type === 'token_exchange') {
-    need('clientId', `grant ${type}`);
-    const clientAuth = auth['clientAuth'] ?? 'client_secret_basic';
+  if (
+    type === 'client_credentials' ||
+    type === 'password' ||
+    type === 'refresh_token' ||
+    type === 'token_exchange' ||
+    type === 'jwt_bearer'
+  ) {
+    // The jwt-bearer grant needs a client only when the server authenticates one (RFC 7523 §3.1).
+    const clientAuth = auth['clientAuth'] ?? (type === 'jwt_bearer' ? 'none' : 'client_secret_basic');
+    if (type !== 'jwt_bearer') need('clientId', `grant ${type}`);
+    else if (typeof clientAuth === 'string' && clientAuth !== 'none') need('clientId', `clientAuth ${clientAuth}`);
     if (secretAuth(clientAuth)) need('clientSecret', `clientAuth ${clientAuth}`);
     if (clientAuth === 'private_key_jwt') need('privateKey', 'clientAuth private_key_jwt');
   }

@@ -18,7 +18,7 @@ interface Timing {
 }
 
 export type ClientAuthMethod =
-  'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'tls_client_auth' | 'none';
+  'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'client_assertion' | 'tls_client_auth' | 'none';
 
 export interface OAuthClientSettings extends Timing {
   readonly tokenUrl: string;
@@ -30,7 +30,17 @@ export interface OAuthClientSettings extends Timing {
   readonly mtls: Mtls | undefined;
   readonly scope: string | undefined;
   readonly audience: string | undefined;
+  /** clientAuth client_assertion: the absolute path of the platform's JWT, read at each token request. */
+  readonly clientAssertionFile: string | undefined;
 }
+
+/** RFC 7523 §2.1: the grant is the platform's JWT; a client only when the server authenticates one. */
+export type JwtBearerSettings = Omit<OAuthClientSettings, 'clientId'> & {
+  readonly type: 'jwt_bearer';
+  readonly clientId: string | undefined;
+  /** Absolute path, read at each token request. */
+  readonly assertionFile: string;
+};
 
 export interface LoginSettings extends Timing {
   readonly type: 'login';
@@ -67,6 +77,7 @@ export type ResolvedAuth =
   | (OAuthClientSettings & { readonly type: 'client_credentials' })
   | (OAuthClientSettings & { readonly type: 'password'; readonly username: string; readonly password: string })
   | (OAuthClientSettings & { readonly type: 'refresh_token'; readonly refreshToken: string })
+  | JwtBearerSettings
   | LoginSettings;
 
 /**
@@ -75,7 +86,8 @@ export type ResolvedAuth =
  */
 export type SharedAuth =
   | (Omit<OAuthClientSettings, 'clientId' | 'clientSecret' | 'privateKey'> & {
-      readonly type: 'client_credentials' | 'password' | 'refresh_token' | 'token_exchange';
+      readonly type: 'client_credentials' | 'password' | 'refresh_token' | 'token_exchange' | 'jwt_bearer';
+      readonly assertionFile?: string;
     })
   | Omit<LoginSettings, 'username' | 'password'>;
 
@@ -131,7 +143,18 @@ export function resolveSharedAuth(a: ParsedAuth, at: string, baseDir: string, pr
     return { type: a.type, loginUrl, refreshUrl, loginBody, refreshBody, headers, responseFields, mtls, ...timing };
   }
   const { type, tokenUrl, clientAuth, scope, audience } = a;
-  return { type, tokenUrl, clientAuth, mtls, scope, audience, ...timing };
+  const clientAssertionFile = a.clientAssertionFile === undefined ? undefined : resolve(baseDir, a.clientAssertionFile);
+  return {
+    type,
+    tokenUrl,
+    clientAuth,
+    mtls,
+    scope,
+    audience,
+    clientAssertionFile,
+    ...(a.type === 'jwt_bearer' ? { assertionFile: resolve(baseDir, a.assertionFile) } : {}),
+    ...timing,
+  };
 }
 
 /** An auth block with every credential it needs (`credentialProblems` has checked they are there). */
@@ -175,20 +198,26 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
           alg: a.privateKey.alg,
           kid: a.privateKey.kid,
         };
+  // The jwt-bearer grant may name no client (credentialProblems has checked when it must).
+  const clientId = a.type === 'jwt_bearer' ? a.clientId : required(a.clientId, undefined, 'clientId');
   const client: OAuthClientSettings = {
     tokenUrl: a.tokenUrl,
-    clientId: required(a.clientId, undefined, 'clientId'),
+    clientId: clientId ?? '',
     clientAuth: a.clientAuth,
     clientSecret: secret(a.clientSecret, a.clientSecretFile, 'clientSecret'),
     privateKey,
     mtls,
     scope: a.scope,
     audience: a.audience,
+    // Paths only: the platform writes and rotates these files, they are read per token request.
+    clientAssertionFile: a.clientAssertionFile === undefined ? undefined : resolve(baseDir, a.clientAssertionFile),
     defaultTokenLifetimeSeconds: a.defaultTokenLifetimeSeconds,
     clockSkewSeconds: a.clockSkewSeconds,
     requestTimeoutSeconds: a.requestTimeoutSeconds,
   };
   switch (a.type) {
+    case 'jwt_bearer':
+      return { ...client, type: a.type, clientId, assertionFile: resolve(baseDir, a.assertionFile) };
     case 'client_credentials':
       return { ...client, type: a.type };
     case 'password':

@@ -14,8 +14,16 @@ export function describeAuth(a: ResolvedAuth | SharedAuth): string {
     a.audience === undefined ? undefined : `audience ${a.audience}`,
     a.type === 'token_exchange' ? "subject: the caller's token" : undefined,
     a.mtls === undefined ? undefined : 'client certificate',
+    a.type === 'jwt_bearer' && a.assertionFile !== undefined ? `assertion from ${a.assertionFile}` : undefined,
   ].filter((x) => x !== undefined);
-  return `grant ${a.type} at ${a.tokenUrl}, client ${'clientId' in a ? a.clientId : 'per tenant'} (${a.clientAuth})${extra.length > 0 ? `, ${extra.join(', ')}` : ''}`;
+  // The jwt-bearer grant may name no client at all (the assertion is the credential).
+  const client = !('clientId' in a)
+    ? 'client per tenant'
+    : a.clientId === undefined
+      ? 'no client'
+      : `client ${a.clientId}`;
+  const how = a.clientAssertionFile === undefined ? a.clientAuth : `${a.clientAuth} from ${a.clientAssertionFile}`;
+  return `grant ${a.type} at ${a.tokenUrl}, ${client} (${how})${extra.length > 0 ? `, ${extra.join(', ')}` : ''}`;
 }
 
 /** What `token-proxy check` prints: everything a config sets up, and no secret. */

@@ -1,3 +1,4 @@
+import type { AssertionInfo } from './assertion-file.js';
 import type { TokenResponse } from './token-endpoint.js';
 
 /**
@@ -7,4 +8,6 @@ import type { TokenResponse } from './token-endpoint.js';
 export interface Grant {
   readonly obtain: () => Promise<TokenResponse>;
   readonly refresh: ((refreshToken: string) => Promise<TokenResponse>) | undefined;
+  /** With a platform-issued assertion file (RFC 7523): its claims now, never the assertion itself. */
+  readonly assertion?: () => AssertionInfo;
 }

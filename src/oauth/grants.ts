@@ -9,17 +9,22 @@ import {
   privateKeyJwt,
   type ClientAuth,
 } from './client-auth.js';
+import { describeAssertionFile, JWT_BEARER_GRANT_TYPE } from './assertion-file.js';
 import type { Grant } from './grant.js';
 import { CREDENTIAL_NAME, loginApiGrant, templateSecrets } from './login-api.js';
 import { TokenError } from '../errors.js';
 import { requestToken, type TokenEndpoint } from './token-endpoint.js';
 import { exchangeParams, readActorToken } from './token-exchange.js';
+import { bearerAssertion, clientAssertion } from './workload-assertion.js';
 
 // Still imported from here by tokens/token-source.ts.
 export type { Grant } from './grant.js';
 
-export function clientAuthFor(c: OAuthClientSettings): ClientAuth {
+export function clientAuthFor(c: OAuthClientSettings, now: () => number = Date.now): ClientAuth {
   switch (c.clientAuth) {
+    case 'client_assertion':
+      // The loader requires the file with this method.
+      return clientAssertion(c.clientId, c.clientAssertionFile ?? '', now);
     case 'client_secret_post':
       return clientSecretPost(c.clientId, c.clientSecret ?? '');
     case 'client_secret_basic':
@@ -44,7 +49,11 @@ function withOptional(
 
 /** Builds the grant for an auth block. `dispatcher` carries the CA and client certificate, if any. */
 export function createGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): Grant {
-  return withoutSecrets(grantFor(auth, dispatcher, now), secretsOf(auth));
+  const grant = withoutSecrets(grantFor(auth, dispatcher, now), secretsOf(auth));
+  // A platform-issued assertion: what it says (never what it is) for /readyz and the token command.
+  const file =
+    auth.type === 'jwt_bearer' ? auth.assertionFile : auth.type === 'login' ? undefined : auth.clientAssertionFile;
+  return file === undefined ? grant : { ...grant, assertion: () => describeAssertionFile(file, now()) };
 }
 
 /**
@@ -58,7 +67,7 @@ export function createExchangeGrant(
   now: () => number,
   subjectToken: string,
 ): Grant {
-  const endpoint = endpointFor(auth, dispatcher);
+  const endpoint = endpointFor(auth, dispatcher, now);
   const obtain = async () => {
     const actor = auth.actorTokenFile === undefined ? undefined : await readActorToken(auth.actorTokenFile);
     const call = requestToken(endpoint, exchangeParams(auth, subjectToken, actor), now);
@@ -73,11 +82,11 @@ function clean(secrets: readonly string[]): (err: unknown) => never {
   };
 }
 
-function endpointFor(auth: OAuthClientSettings, dispatcher: Dispatcher): TokenEndpoint {
+function endpointFor(auth: OAuthClientSettings, dispatcher: Dispatcher, now: () => number): TokenEndpoint {
   return {
     url: new URL(auth.tokenUrl),
     dispatcher,
-    clientAuth: clientAuthFor(auth),
+    clientAuth: clientAuthFor(auth, now),
     timeoutMs: auth.requestTimeoutSeconds * 1000,
   };
 }
@@ -110,7 +119,7 @@ function secretsOf(auth: ResolvedAuth): string[] {
     ...(auth.type === 'login' ? [...templateSecrets(auth.loginBody), ...templateSecrets(auth.refreshBody)] : []),
   ].filter((s): s is string => s !== undefined && s !== '');
   const forms = plain.flatMap(formsOf);
-  if (auth.type !== 'login' && auth.clientSecret !== undefined)
+  if (auth.type !== 'login' && auth.clientId !== undefined && auth.clientSecret !== undefined)
     forms.push(basicCredentials(auth.clientId, auth.clientSecret));
   return [...new Set(forms)];
 }
@@ -135,7 +144,20 @@ function withoutSecrets(grant: Grant, secrets: readonly string[]): Grant {
 
 function grantFor(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): Grant {
   if (auth.type === 'login') return loginApiGrant(auth, dispatcher, now);
-  const endpoint = endpointFor(auth, dispatcher);
+  const clientId = auth.clientId;
+  const endpoint: TokenEndpoint = {
+    url: new URL(auth.tokenUrl),
+    dispatcher,
+    clientAuth:
+      auth.type === 'jwt_bearer'
+        ? bearerAssertion(
+            auth.assertionFile,
+            now,
+            clientId === undefined ? undefined : clientAuthFor({ ...auth, clientId }, now),
+          )
+        : clientAuthFor(auth, now),
+    timeoutMs: auth.requestTimeoutSeconds * 1000,
+  };
   const call = (params: Record<string, string>) => requestToken(endpoint, params, now);
   // RFC 6749 §6: a refresh may narrow the scope but never needs to repeat it.
   const refresh = (refreshToken: string) => call({ grant_type: 'refresh_token', refresh_token: refreshToken });
@@ -157,6 +179,14 @@ function grantFor(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number)
             ),
           ),
         refresh,
+      };
+    case 'jwt_bearer':
+      // RFC 7523 §2.1. No refresh: a refresh token would outlive the platform's rotating assertion
+      // (and the identity's revocation); renewal is the grant again with the file as it is then.
+      return {
+        obtain: () =>
+          call(withOptional({ grant_type: JWT_BEARER_GRANT_TYPE }, { scope: auth.scope, audience: auth.audience })),
+        refresh: undefined,
       };
     case 'refresh_token':
       return {

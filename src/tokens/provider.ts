@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { TokenError } from '../errors.js';
+import type { AssertionInfo } from '../oauth/assertion-file.js';
 import type { RefreshTrigger, TokenMetrics } from '../metrics.js';
 import { backoffDelayMs, DEFAULT_BACKOFF, type BackoffPolicy } from './backoff.js';
 import { systemClock, type Clock } from './clock.js';
@@ -22,6 +23,8 @@ export interface TokenProviderStatus {
   readonly state: 'valid' | 'failing' | 'none';
   readonly expiresInSeconds?: number;
   readonly lastError?: string;
+  /** With a platform-issued assertion file: its claims and expiry, never the assertion. */
+  readonly assertion?: AssertionInfo;
 }
 
 /** What lives as long as the process: the key, the tiers, the clock. */
@@ -183,6 +186,7 @@ export class TokenProvider extends EventEmitter implements TokenReader {
       state: valid ? 'valid' : this.#lastError !== undefined ? 'failing' : 'none',
       ...(valid ? { expiresInSeconds: Math.round((token.expiresAt - now) / 1000) } : {}),
       ...(this.#lastError === undefined ? {} : { lastError: this.#lastError.reason }),
+      ...(g.grant.assertion === undefined ? {} : { assertion: g.grant.assertion() }),
     };
   }
 
