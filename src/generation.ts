@@ -82,6 +82,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
       queue: new UpstreamQueue(EGRESS_MAX_REQUESTS),
       logger,
       accessLog,
+      dpop: undefined,
     },
     interception:
       config.mitm === undefined

@@ -8,6 +8,7 @@ import type { ProviderGrant } from './tokens/provider-grant.js';
 import type { CallerTokens } from './tokens/reader.js';
 import { accessLogFor } from './logger.js';
 import { bindRequestMetrics, bindTokenMetrics, type Metrics } from './metrics.js';
+import { DpopSigner } from './oauth/dpop-signer.js';
 import { createExchangeGrant, createGrant, type Grant } from './oauth/grants.js';
 import type { TenantTokens, Upstream } from './proxy/upstream.js';
 import type { Clock } from './tokens/clock.js';
@@ -37,9 +38,19 @@ function trimSlash(path: string): string {
   return path.endsWith('/') ? path.slice(0, -1) : path;
 }
 
-/** Everything that shapes a token, so a change to any of it (a secret, a scope) means a new cache entry. */
+/**
+ * Everything that shapes a token, so a change to any of it (a secret, a scope) means a new cache
+ * entry. A DPoP-bound token is useful only with its key (RFC 9449 §6): the key's thumbprint names
+ * it, here and in the shared tier, and the key itself never enters the hash. Without DPoP the
+ * shape is what it always was (entries of earlier releases stay found).
+ */
 function tokenShape(auth: ResolvedAuth, tenant: string | undefined): Record<string, string | undefined> {
-  return { tenant, auth: JSON.stringify(auth) };
+  if (auth.type === 'login' || auth.dpop === undefined) return { tenant, auth: JSON.stringify(auth) };
+  return {
+    tenant,
+    auth: JSON.stringify({ ...auth, dpop: undefined }),
+    dpop: `${auth.dpop.alg}:${auth.dpop.thumbprint}`,
+  };
 }
 
 /** Builds the runtime objects of every upstream: pools, token sources (one per tenant), bound metrics. */
@@ -75,17 +86,20 @@ export class UpstreamFactory {
     const tokenAgent = new Agent({ connect: tlsOptions(u.ca, u.auth.mtls) });
     this.dispatchers.push(pool, tokenAgent);
     const presented = u.mtls === undefined ? undefined : certificateThumbprint(u.mtls.cert);
+    // One signer per upstream: its tenants share the key, and it remembers each server's nonce.
+    const dpopKey = u.auth.type === 'login' ? undefined : u.auth.dpop;
+    const dpop = dpopKey === undefined ? undefined : new DpopSigner(dpopKey, () => this.#deps.clock.now());
     let tokens: TokenProvider | TenantTokens | CallerTokens;
     if (u.tenants === undefined && u.auth.type === 'token_exchange') {
       tokens = this.#callers(u, u.auth, tokenAgent, presented);
     } else if (u.tenants === undefined) {
-      tokens = this.#source(u, u.auth, undefined, tokenAgent, presented);
+      tokens = this.#source(u, u.auth, undefined, tokenAgent, presented, dpop);
     } else {
       // Every tenant's token goes through the one pool, so all are checked against its certificate.
       const byTenant = new Map(
         Object.entries(u.tenants.auth).map(([tenant, auth]) => [
           tenant,
-          this.#source(u, auth, tenant, tokenAgent, presented),
+          this.#source(u, auth, tenant, tokenAgent, presented, dpop),
         ]),
       );
       tokens = { from: u.tenants.from, byTenant };
@@ -102,6 +116,7 @@ export class UpstreamFactory {
       queue: new UpstreamQueue(u.maxConnections + u.maxQueuedRequests),
       logger,
       accessLog: accessLogFor(logger, this.#config.accessLog),
+      dpop,
     };
   }
 
@@ -111,6 +126,7 @@ export class UpstreamFactory {
     tenant: string | undefined,
     tokenAgent: Dispatcher,
     presentedCertificate: string | undefined,
+    dpop: DpopSigner | undefined,
   ): TokenProvider {
     const { clock, metrics, providers } = this.#deps;
     const provider = providers.provide(
@@ -119,7 +135,7 @@ export class UpstreamFactory {
         u,
         auth,
         tenant,
-        createGrant(auth, tokenAgent, () => clock.now()),
+        createGrant(auth, tokenAgent, () => clock.now(), dpop),
         bindTokenMetrics(metrics, u.name, tenant),
         presentedCertificate,
       ),

@@ -6,6 +6,7 @@ import {
   MAX_TIMER_SECONDS,
   TIMER_LIMIT_MESSAGE,
 } from './defaults.js';
+import { dpopSchema } from './dpop.js';
 import { secureUrl } from './url.js';
 
 const positiveSeconds = z.number().positive().max(MAX_TIMER_SECONDS, TIMER_LIMIT_MESSAGE);
@@ -102,6 +103,7 @@ const oauthClient = {
   certificateBoundTokens,
   scope: z.string().min(1).optional().describe('space-separated scopes to request'),
   audience: z.string().min(1).optional().describe('audience parameter sent with the token request'),
+  dpop: dpopSchema.optional(),
   ...timing,
 };
 

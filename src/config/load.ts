@@ -11,6 +11,7 @@ import { parseTenantSource, type TenantSource } from './tenant-source.js';
 import { redisNodes } from './redis-schema.js';
 import {
   resolveAuth,
+  resolveAuthDpop,
   resolveMtls,
   resolveSharedAuth,
   tenantAuth,
@@ -138,16 +139,18 @@ function resolveUpstream(u: ParsedUpstream, i: number, baseDir: string, problems
   // The target's certificate: its own, or the one certificate-bound tokens need (RFC 8705 §3).
   const targetMtls = (tokenMtls: Mtls | undefined) =>
     targetCertificate(own, tokenMtls, u.auth.certificateBoundTokens, at, problems);
+  // Once per upstream: its tenants' tokens are all bound to the one key (one proof signer).
+  const dpop = resolveAuthDpop(u.auth, `${at}.auth`, baseDir, problems);
   if (u.tenants === undefined) {
-    const auth = resolveAuth(u.auth, `${at}.auth`, baseDir, problems);
+    const auth = resolveAuth(u.auth, `${at}.auth`, baseDir, problems, dpop);
     return { ...u, ca, mtls: targetMtls(auth.mtls), auth, tenants: undefined };
   }
   const byName: Record<string, ResolvedAuth> = {};
   for (const [name, override] of Object.entries(u.tenants.credentials)) {
-    const resolved = tenantAuth(u.auth, override, `${at}.tenants.credentials.${name}`, baseDir, problems);
+    const resolved = tenantAuth(u.auth, override, `${at}.tenants.credentials.${name}`, baseDir, problems, dpop);
     if (resolved !== undefined) byName[name] = resolved;
   }
-  const auth = resolveSharedAuth(u.auth, `${at}.auth`, baseDir, problems);
+  const auth = resolveSharedAuth(u.auth, `${at}.auth`, baseDir, problems, dpop);
   const tenants = { from: parseTenantSource(u.tenants.from), auth: byName };
   return { ...u, ca, mtls: targetMtls(auth.mtls), auth, tenants };
 }

@@ -2,6 +2,7 @@ import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { z } from 'zod';
 import { authSchema, withTenant, type ParsedAuth, type TenantCredentials } from './auth-schema.js';
+import { resolveDpop, type DpopKey } from './dpop.js';
 import { readSecretFile, readText } from './files.js';
 
 /** A client certificate, as PEM text read at load time. */
@@ -32,6 +33,8 @@ export interface OAuthClientSettings extends Timing {
   readonly audience: string | undefined;
   /** clientAuth client_assertion: the absolute path of the platform's JWT, read at each token request. */
   readonly clientAssertionFile: string | undefined;
+  /** RFC 9449: the upstream's DPoP key, shared by its tenants; undefined for bearer tokens. */
+  readonly dpop: DpopKey | undefined;
 }
 
 /** RFC 7523 §2.1: the grant is the platform's JWT; a client only when the server authenticates one. */
@@ -124,8 +127,19 @@ function mtlsProblem(cert: string, key: string, passphrase: string | undefined):
   }
 }
 
+/** An upstream's DPoP key, read or generated once (its tenants share it): see resolveDpop. */
+export function resolveAuthDpop(a: ParsedAuth, at: string, baseDir: string, problems: string[]): DpopKey | undefined {
+  return a.type === 'login' ? undefined : resolveDpop(a.dpop, `${at}.dpop`, baseDir, problems);
+}
+
 /** An upstream's auth as its tenants share it, with the certificate read; no credential is read. */
-export function resolveSharedAuth(a: ParsedAuth, at: string, baseDir: string, problems: string[]): SharedAuth {
+export function resolveSharedAuth(
+  a: ParsedAuth,
+  at: string,
+  baseDir: string,
+  problems: string[],
+  dpop: DpopKey | undefined = resolveAuthDpop(a, at, baseDir, problems),
+): SharedAuth {
   const mtls = resolveMtls(a.mtls, `${at}.mtls`, baseDir, problems);
   const timing = {
     defaultTokenLifetimeSeconds: a.defaultTokenLifetimeSeconds,
@@ -152,13 +166,20 @@ export function resolveSharedAuth(a: ParsedAuth, at: string, baseDir: string, pr
     scope,
     audience,
     clientAssertionFile,
+    dpop,
     ...(a.type === 'jwt_bearer' ? { assertionFile: resolve(baseDir, a.assertionFile) } : {}),
     ...timing,
   };
 }
 
 /** An auth block with every credential it needs (`credentialProblems` has checked they are there). */
-export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems: string[]): ResolvedAuth {
+export function resolveAuth(
+  a: ParsedAuth,
+  at: string,
+  baseDir: string,
+  problems: string[],
+  dpop: DpopKey | undefined = resolveAuthDpop(a, at, baseDir, problems),
+): ResolvedAuth {
   const secret = (value: string | undefined, file: string | undefined, name: string) =>
     value ?? (file === undefined ? undefined : readSecretFile(file, baseDir, `${at}.${name}File`, problems));
   // Checked before: a gap found here still fails the load, never sends an empty credential.
@@ -211,6 +232,7 @@ export function resolveAuth(a: ParsedAuth, at: string, baseDir: string, problems
     audience: a.audience,
     // Paths only: the platform writes and rotates these files, they are read per token request.
     clientAssertionFile: a.clientAssertionFile === undefined ? undefined : resolve(baseDir, a.clientAssertionFile),
+    dpop,
     defaultTokenLifetimeSeconds: a.defaultTokenLifetimeSeconds,
     clockSkewSeconds: a.clockSkewSeconds,
     requestTimeoutSeconds: a.requestTimeoutSeconds,
@@ -260,6 +282,7 @@ export function tenantAuth(
   at: string,
   baseDir: string,
   problems: string[],
+  dpop?: DpopKey,
 ): ResolvedAuth | undefined {
   const parsed = authSchema.safeParse(withTenant(base, override));
   if (!parsed.success) {
@@ -270,5 +293,5 @@ export function tenantAuth(
     );
     return undefined;
   }
-  return resolveAuth(parsed.data, at, baseDir, problems);
+  return resolveAuth(parsed.data, at, baseDir, problems, dpop);
 }

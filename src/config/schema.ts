@@ -11,6 +11,7 @@ import {
   tenantsSchema,
   tokenExchangeProblems,
 } from './auth-schema.js';
+import { dpopSharedTierProblems } from './dpop.js';
 import { redisSchema } from './redis-schema.js';
 import { exposureProblem } from './exposure.js';
 import { secureUrl } from './url.js';
@@ -391,6 +392,7 @@ export function crossFieldProblems(doc: unknown): string[] {
   problems.push(...credentialProblems(upstreams));
   problems.push(...tenantSourceProblems(upstreams, inbound?.jwt !== undefined));
   problems.push(...tokenExchangeProblems(upstreams, inbound?.jwt !== undefined));
+  problems.push(...dpopSharedTierProblems(doc));
   return problems;
 }
 

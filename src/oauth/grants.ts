@@ -10,6 +10,7 @@ import {
   type ClientAuth,
 } from './client-auth.js';
 import { describeAssertionFile, JWT_BEARER_GRANT_TYPE } from './assertion-file.js';
+import type { DpopSigner } from './dpop-signer.js';
 import type { Grant } from './grant.js';
 import { CREDENTIAL_NAME, loginApiGrant, templateSecrets } from './login-api.js';
 import { TokenError } from '../errors.js';
@@ -47,9 +48,12 @@ function withOptional(
   return params;
 }
 
-/** Builds the grant for an auth block. `dispatcher` carries the CA and client certificate, if any. */
-export function createGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): Grant {
-  const grant = withoutSecrets(grantFor(auth, dispatcher, now), secretsOf(auth));
+/**
+ * Builds the grant for an auth block. `dispatcher` carries the CA and client certificate, if any;
+ * `dpop`, the upstream's proof signer when its tokens are DPoP-bound (RFC 9449).
+ */
+export function createGrant(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number, dpop?: DpopSigner): Grant {
+  const grant = withoutSecrets(grantFor(auth, dispatcher, now, dpop), secretsOf(auth));
   // A platform-issued assertion: what it says (never what it is) for /readyz and the token command.
   const file =
     auth.type === 'jwt_bearer' ? auth.assertionFile : auth.type === 'login' ? undefined : auth.clientAssertionFile;
@@ -142,7 +146,7 @@ function withoutSecrets(grant: Grant, secrets: readonly string[]): Grant {
   };
 }
 
-function grantFor(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number): Grant {
+function grantFor(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number, dpop: DpopSigner | undefined): Grant {
   if (auth.type === 'login') return loginApiGrant(auth, dispatcher, now);
   const clientId = auth.clientId;
   const endpoint: TokenEndpoint = {
@@ -157,6 +161,7 @@ function grantFor(auth: ResolvedAuth, dispatcher: Dispatcher, now: () => number)
           )
         : clientAuthFor(auth, now),
     timeoutMs: auth.requestTimeoutSeconds * 1000,
+    dpop,
   };
   const call = (params: Record<string, string>) => requestToken(endpoint, params, now);
   // RFC 6749 §6: a refresh may narrow the scope but never needs to repeat it.

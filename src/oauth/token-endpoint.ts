@@ -1,6 +1,7 @@
 import { errors as undiciErrors, type Dispatcher } from 'undici';
 import { TokenError, type TokenFailureReason } from '../errors.js';
 import type { ClientAuth } from './client-auth.js';
+import { htuOf, type DpopSigner } from './dpop-signer.js';
 
 /** What a token endpoint handed out, as far as the proxy cares. */
 export interface TokenResponse {
@@ -23,6 +24,8 @@ export interface TokenEndpoint {
   readonly dispatcher: Dispatcher;
   readonly clientAuth: ClientAuth;
   readonly timeoutMs: number;
+  /** RFC 9449: every request carries a DPoP proof, and only DPoP tokens are accepted. */
+  readonly dpop?: DpopSigner | undefined;
 }
 
 /** RFC 6749 §5.2 error codes we map one to one; anything else is classified by status. */
@@ -87,6 +90,7 @@ export function parseTokenResponse(
   headers: Record<string, string | string[] | undefined>,
   text: string,
   nowMs: number,
+  expectedType: 'Bearer' | 'DPoP' = 'Bearer',
 ): TokenResponse {
   const json = parseJson(text);
   const obj =
@@ -117,9 +121,19 @@ export function parseTokenResponse(
   if (typeof accessToken !== 'string' || accessToken === '') {
     throw new TokenError('bad_response', 'token response has no access_token', { status });
   }
-  // RFC 6749 §7.1 / RFC 6750: we can only inject bearer tokens.
   const tokenType = obj['token_type'];
-  if (tokenType !== undefined && (typeof tokenType !== 'string' || tokenType.toLowerCase() !== 'bearer')) {
+  if (expectedType === 'DPoP') {
+    // RFC 9449 §5: a token bound to the key says so; a Bearer one (a server that ignored the
+    // proof) would be sent unbound, which is what the configuration asked to avoid.
+    if (typeof tokenType !== 'string' || tokenType.toLowerCase() !== 'dpop') {
+      throw new TokenError(
+        'bad_response',
+        `token_type ${describe(typeof tokenType === 'string' ? tokenType : (JSON.stringify(tokenType) ?? 'absent'))} is not DPoP: the token endpoint did not bind the token to the DPoP key (RFC 9449 §5)`,
+        { status },
+      );
+    }
+  } else if (tokenType !== undefined && (typeof tokenType !== 'string' || tokenType.toLowerCase() !== 'bearer')) {
+    // RFC 6749 §7.1 / RFC 6750: without DPoP we can only inject bearer tokens.
     throw new TokenError(
       'bad_response',
       `token_type ${describe(typeof tokenType === 'string' ? tokenType : JSON.stringify(tokenType))} is not Bearer`,
@@ -154,36 +168,74 @@ export function transportReason(err: unknown): TokenFailureReason {
   return 'network';
 }
 
-/** One POST to the token endpoint (RFC 6749 §4.4.2 and friends). Throws TokenError. */
+/** The first value of a response header. */
+function headerValue(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * RFC 9449 §8: the server wants a nonce in the proof (400 `use_dpop_nonce` with a `DPoP-Nonce`
+ * header). Any nonce it sends is remembered, on success too (§8.2: it may rotate them there).
+ */
+function nonceChallenge(
+  dpop: DpopSigner,
+  origin: string,
+  res: { status: number; headers: Record<string, string | string[] | undefined>; text: string },
+): boolean {
+  const nonce = headerValue(res.headers, 'dpop-nonce');
+  if (nonce === undefined || !dpop.rememberNonce(origin, nonce)) return false;
+  if (res.status !== 400) return false;
+  const body = parseJson(res.text);
+  return body !== null && typeof body === 'object' && (body as Record<string, unknown>)['error'] === 'use_dpop_nonce';
+}
+
+/**
+ * One POST to the token endpoint (RFC 6749 §4.4.2 and friends). Throws TokenError. With DPoP
+ * (RFC 9449 §5), a nonce challenge is answered by exactly one more POST, with a fresh client
+ * authentication (a client assertion's `jti` is single use) and a proof carrying the nonce.
+ */
 export async function requestToken(
   endpoint: TokenEndpoint,
   params: Record<string, string>,
   nowMs: () => number,
 ): Promise<TokenResponse> {
-  const parts = {
-    headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' } as Record<
-      string,
-      string
-    >,
-    body: new URLSearchParams(params),
-    secrets: [] as string[],
-  };
-  await endpoint.clientAuth(parts);
-  try {
-    const res = await postForText(
-      endpoint.dispatcher,
-      endpoint.url,
-      parts.headers,
-      parts.body.toString(),
-      endpoint.timeoutMs,
-      'token endpoint',
-    );
-    return parseTokenResponse(res.status, res.headers, res.text, nowMs());
-  } catch (err) {
-    // A client assertion (RFC 7523) is new for each request, so only this call knows it: a server
-    // that echoes it must not put it into logs or error bodies (the configured secrets are cut
-    // out by the grant, see grants.ts).
-    throw err instanceof TokenError && parts.secrets.length > 0 ? err.withoutSecrets(parts.secrets) : err;
+  const dpop = endpoint.dpop;
+  const origin = endpoint.url.origin;
+  for (let attempt = 1; ; attempt++) {
+    const parts = {
+      headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' } as Record<
+        string,
+        string
+      >,
+      body: new URLSearchParams(params),
+      secrets: [] as string[],
+    };
+    await endpoint.clientAuth(parts);
+    if (dpop !== undefined) {
+      const proof = dpop.proof('POST', origin, htuOf(origin, endpoint.url.pathname));
+      parts.headers['dpop'] = proof;
+      // A proof is a credential while its iat window lasts: never echoed into logs or errors.
+      parts.secrets.push(proof, ...proof.split('.'));
+    }
+    try {
+      const res = await postForText(
+        endpoint.dispatcher,
+        endpoint.url,
+        parts.headers,
+        parts.body.toString(),
+        endpoint.timeoutMs,
+        'token endpoint',
+      );
+      // Evaluated first, so the nonce of every answer is remembered; only the first is retried.
+      if (dpop !== undefined && nonceChallenge(dpop, origin, res) && attempt === 1) continue;
+      return parseTokenResponse(res.status, res.headers, res.text, nowMs(), dpop === undefined ? 'Bearer' : 'DPoP');
+    } catch (err) {
+      // A client assertion (RFC 7523) is new for each request, so only this call knows it: a server
+      // that echoes it must not put it into logs or error bodies (the configured secrets are cut
+      // out by the grant, see grants.ts).
+      throw err instanceof TokenError && parts.secrets.length > 0 ? err.withoutSecrets(parts.secrets) : err;
+    }
   }
 }
 

@@ -3,11 +3,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { Logger } from 'pino';
 import { ProxyError } from '../errors.js';
+import type { DpopSigner } from '../oauth/dpop-signer.js';
 import type { Token } from '../tokens/token.js';
 import type { TokenReader } from '../tokens/reader.js';
 import type { Admitted } from './admit.js';
 import type { ProxyContext } from './context.js';
-import { upstreamRequestHeaders } from './headers.js';
+import { addProof } from './dpop-request.js';
+import { DpopReplay, type DpopReplaySettings } from './dpop-replay.js';
+import { upstreamRequestHeaders, type ForwardedInfo } from './headers.js';
 import { readRequestBody, type RequestBody } from './request-body.js';
 import { CLIENT_LEFT, logAnswer, tokenUnavailable, type RequestRecord } from './respond.js';
 import { ResponseRelay } from './response-relay.js';
@@ -43,7 +46,7 @@ export function forward(
  * needs (ReplaySettings), and the steps from token to dispatch. One object per request, so the
  * hot path allocates little beyond the two handlers.
  */
-class Forwarding implements RequestRecord, ReplaySettings {
+class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
   readonly req: IncomingMessage;
   readonly upstream: Upstream;
   readonly tenant: string | undefined;
@@ -74,6 +77,10 @@ class Forwarding implements RequestRecord, ReplaySettings {
 
   get path(): string {
     return this.#target.path;
+  }
+
+  get targetOrigin(): string {
+    return this.#target.origin;
   }
 
   get replayable(): boolean {
@@ -190,30 +197,50 @@ class Forwarding implements RequestRecord, ReplaySettings {
       this.send(undefined, relay);
       return;
     }
-    new UnauthorizedReplay(relay, this, token).start();
+    // The one check a bearer upstream pays for DPoP: the rest of its path is as it was.
+    const dpop = upstream.dpop;
+    if (dpop === undefined) new UnauthorizedReplay(relay, this, token).start();
+    else new DpopReplay(relay, this, token, dpop).start();
   }
 
   /** Sends the request with `token` (again, for a replay), answering to `handler`. */
   send(token: Token | undefined, handler: Dispatcher.DispatchHandler): void {
-    const req = this.req;
+    this.#dispatchWith(upstreamRequestHeaders(this.req.rawHeaders, this.#forwarded(), token?.header), handler);
+  }
+
+  /**
+   * Sends the request of a DPoP upstream with `token` as `DPoP <token>` and a fresh proof of this
+   * very request (RFC 9449 §7.1), each attempt its own (a new `jti`, the latest nonce).
+   */
+  sendWithProof(token: Token, handler: Dispatcher.DispatchHandler): void {
+    const dpop = this.upstream.dpop as DpopSigner; // made only for DPoP upstreams (#dispatch)
+    const target = this.#target;
+    const bound = dpop.binding(token);
+    const headers = upstreamRequestHeaders(this.req.rawHeaders, this.#forwarded(), bound.authorization);
+    addProof(headers, dpop, this.req.method ?? 'GET', target.origin, target.path, bound.ath);
+    this.#dispatchWith(headers, handler);
+  }
+
+  #forwarded(): ForwardedInfo {
+    const target = this.#target;
+    return {
+      clientAddress: this.req.socket.remoteAddress ?? '',
+      proto: target.clientProto,
+      requestId: this.requestId,
+      strip: target.stripHeaders,
+      add: target.addHeaders,
+    };
+  }
+
+  #dispatchWith(headers: string[], handler: Dispatcher.DispatchHandler): void {
     const target = this.#target;
     const body = this.#body as RequestBody;
     this.upstream.dispatcher.dispatch(
       {
         origin: target.origin,
         path: target.path,
-        method: req.method ?? 'GET',
-        headers: upstreamRequestHeaders(
-          req.rawHeaders,
-          {
-            clientAddress: req.socket.remoteAddress ?? '',
-            proto: target.clientProto,
-            requestId: this.requestId,
-            strip: target.stripHeaders,
-            add: target.addHeaders,
-          },
-          token?.header,
-        ),
+        method: this.req.method ?? 'GET',
+        headers,
         body: body.kind === 'none' ? null : body.kind === 'buffered' ? body.data : body.stream,
         headersTimeout: this.upstream.timeoutMs,
       },

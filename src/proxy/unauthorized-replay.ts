@@ -26,7 +26,7 @@ export interface ReplaySettings {
  * path where renewing has proven futile).
  */
 export class UnauthorizedReplay implements Dispatcher.DispatchHandler {
-  readonly #relay: ResponseRelay;
+  protected readonly relay: ResponseRelay;
   readonly #s: ReplaySettings;
   #token: Token;
   #attempt = 1;
@@ -34,26 +34,40 @@ export class UnauthorizedReplay implements Dispatcher.DispatchHandler {
   #swallowing = false;
 
   constructor(relay: ResponseRelay, settings: ReplaySettings, token: Token) {
-    this.#relay = relay;
+    this.relay = relay;
     this.#s = settings;
     this.#token = token;
   }
 
   start(): void {
-    this.#relay.attempt(this.#token, false);
-    this.#s.send(this.#token, this);
+    this.relay.attempt(this.#token, false);
+    this.send(this.#token);
+  }
+
+  /** The token of the attempt under way. */
+  protected get token(): Token {
+    return this.#token;
+  }
+
+  /** Whether this attempt's answer may still be swallowed for a replay. */
+  protected get canReplay(): boolean {
+    return this.#attempt === 1 && this.#s.replayable;
+  }
+
+  /** Dispatches (again) with `token`, answering to this handler. */
+  protected send(token: Token): void {
+    this.#s.send(token, this);
   }
 
   onConnect(abort: (err?: Error) => void): void {
-    this.#relay.onConnect(abort);
+    this.relay.onConnect(abort);
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (statusCode < 200) return true;
     const { tokens, path } = this.#s;
     if (statusCode === 401 && !tokenNotAtFault(rawHeaders)) {
-      const canReplay = this.#attempt === 1 && this.#s.replayable;
-      if (tokens.onUnauthorized(this.#token, path, canReplay) === 'replay') {
+      if (tokens.onUnauthorized(this.#token, path, this.canReplay) === 'replay') {
         this.#swallowing = true;
         return true;
       }
@@ -61,21 +75,21 @@ export class UnauthorizedReplay implements Dispatcher.DispatchHandler {
       tokens.onAccepted(this.#token, path);
     }
     if (this.#attempt === 2) this.#outcome(statusCode);
-    return this.#relay.onHeaders(statusCode, rawHeaders, resume, statusText);
+    return this.relay.onHeaders(statusCode, rawHeaders, resume, statusText);
   }
 
   onData(chunk: Buffer): boolean {
-    return this.#swallowing || this.#relay.onData(chunk);
+    return this.#swallowing || this.relay.onData(chunk);
   }
 
   onComplete(trailers: string[] | null): void {
     if (this.#swallowing) this.#replay();
-    else this.#relay.onComplete();
+    else this.relay.onComplete();
     void trailers;
   }
 
   onError(err: Error): void {
-    this.#relay.onError(err);
+    this.relay.onError(err);
   }
 
   #outcome(statusCode: number): void {
@@ -99,26 +113,26 @@ export class UnauthorizedReplay implements Dispatcher.DispatchHandler {
   #replay(): void {
     const { tokens, logger } = this.#s;
     const upstream = this.#s.upstream.name;
-    this.#relay.attempt(this.#token, true);
+    this.relay.attempt(this.#token, true);
     logger.info(
       { event: 'unauthorized_retry', upstream, tenant: tokens.tenant, token: this.#token.fingerprint },
       'target answered 401: renewing the token and replaying once',
     );
     tokens.obtain('unauthorized').then(
       (fresh) => {
-        if (this.#relay.clientGone) {
-          this.#relay.clientLeft();
+        if (this.relay.clientGone) {
+          this.relay.clientLeft();
           return;
         }
         this.#token = fresh;
         this.#attempt = 2;
         this.#swallowing = false;
-        this.#relay.attempt(fresh, true);
-        this.#s.send(fresh, this);
+        this.relay.attempt(fresh, true);
+        this.send(fresh);
       },
       (err: unknown) => {
         tokens.metrics.unauthorizedRetry('still_unauthorized');
-        this.#relay.tokenFailed(err);
+        this.relay.tokenFailed(err);
       },
     );
   }

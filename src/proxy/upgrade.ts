@@ -7,6 +7,7 @@ import type { Token } from '../tokens/token.js';
 import { admit, type Admission, type Admitted } from './admit.js';
 import type { ProxyContext, Routing } from './context.js';
 import { closeWhenIdle, detach } from './detached.js';
+import { addProof } from './dpop-request.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
 import { CLIENT_LEFT, logAnswer, tokenUnavailable, type RequestRecord } from './respond.js';
 
@@ -146,6 +147,9 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
     this.#token = token;
     const { upstream, target } = this.#a;
     // Upgrade and Connection are hop-by-hop: undici writes its own from `upgrade`.
+    // RFC 9449 §7.1: a DPoP upstream's upgrade carries its proof like any request.
+    const dpop = token === undefined ? undefined : upstream.dpop;
+    const bound = token === undefined ? undefined : dpop?.binding(token);
     const headers = upstreamRequestHeaders(
       this.#req.rawHeaders,
       {
@@ -155,8 +159,10 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
         strip: target.stripHeaders,
         add: target.addHeaders,
       },
-      token?.header,
+      bound === undefined ? token?.header : bound.authorization,
     );
+    if (dpop !== undefined && bound !== undefined)
+      addProof(headers, dpop, this.#req.method ?? 'GET', target.origin, target.path, bound.ath);
     const request = {
       origin: target.origin,
       path: target.path,

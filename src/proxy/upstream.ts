@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici';
 import type { Logger } from 'pino';
 import type { TenantSource } from '../config/tenant-source.js';
+import type { DpopSigner } from '../oauth/dpop-signer.js';
 import type { AccessLog } from '../logger.js';
 import type { RequestMetrics } from '../metrics.js';
 import type { CallerTokens, TokenReader } from '../tokens/reader.js';
@@ -30,6 +31,11 @@ export interface Upstream {
   readonly logger: Logger;
   /** One info line per request, or undefined when off (access logs cost throughput; see BENCHMARKS.md). */
   readonly accessLog: AccessLog | undefined;
+  /**
+   * RFC 9449: signs a proof for every request of a DPoP upstream; undefined for the others, whose
+   * requests check this once and pay nothing more.
+   */
+  readonly dpop: DpopSigner | undefined;
 }
 
 /** Token sources by tenant, and where a request's tenant name comes from. */

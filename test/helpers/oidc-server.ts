@@ -141,6 +141,12 @@ export interface OidcServerOptions {
    * `audience`; the access token's `sub` is the assertion's. Off by default.
    */
   readonly jwtBearer?: { readonly issuer: string; readonly audience: string; readonly jwks: JSONWebKeySet };
+  /**
+   * RFC 9449 DPoP as oidc-provider's `features.dPoP` does it, with server nonces (`nonceSecret`):
+   * `requireNonce` makes every proof without a current nonce fail with `use_dpop_nonce`. PS256
+   * proofs are accepted too. Without it, the server keeps oidc-provider's defaults.
+   */
+  readonly dpop?: { readonly requireNonce: boolean };
 }
 
 /** RFC 8693 token exchange: subject tokens are JWTs of another issuer (the callers' IdP). */
@@ -364,7 +370,17 @@ export async function startOidcServer(options: OidcServerOptions): Promise<OidcS
       Interaction: 600,
       IdToken: 3600,
     },
+    ...(options.dpop === undefined ? {} : { enabledJWA: { dPoPSigningAlgValues: ['ES256', 'PS256', 'EdDSA'] } }),
     features: {
+      ...(options.dpop === undefined
+        ? {}
+        : {
+            dPoP: {
+              enabled: true,
+              nonceSecret: randomBytes(32),
+              requireNonce: () => options.dpop?.requireNonce === true,
+            },
+          }),
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       resourceIndicators: {
