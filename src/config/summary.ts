@@ -15,6 +15,7 @@ export function describeAuth(a: ResolvedAuth | SharedAuth): string {
     a.type === 'token_exchange' ? "subject: the caller's token" : undefined,
     a.mtls === undefined ? undefined : 'client certificate',
     a.type === 'jwt_bearer' && a.assertionFile !== undefined ? `assertion from ${a.assertionFile}` : undefined,
+    a.dpop === undefined ? undefined : `DPoP ${a.dpop.alg}${a.dpop.generated ? ' with a key generated at start' : ''}`,
   ].filter((x) => x !== undefined);
   // The jwt-bearer grant may name no client at all (the assertion is the credential).
   const client = !('clientId' in a)

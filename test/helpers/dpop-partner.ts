@@ -13,6 +13,7 @@ import {
   type JWTPayload,
 } from 'jose';
 import { Agent, fetch as undiciFetch } from 'undici';
+import { WebSocketServer } from 'ws';
 import { testPki } from './certs.js';
 
 /** What the partner made of one request. */
@@ -59,6 +60,7 @@ const IAT_WINDOW_SECONDS = 60;
  * proof, typ dpop+jwt, signed by the key in its own jwk header; htm, htu (this server's URL
  * without query), iat within a minute, a jti never seen before, ath = SHA-256 of the token, the
  * key's RFC 7638 thumbprint equal to the token's cnf.jkt, and (when on) its current nonce.
+ * WebSocket handshakes are judged the same way.
  */
 export async function startDpopPartner(options: DpopPartnerOptions): Promise<DpopPartner> {
   const pki = testPki();
@@ -72,9 +74,11 @@ export async function startDpopPartner(options: DpopPartnerOptions): Promise<Dpo
   let nonce = randomBytes(16).toString('base64url');
   let origin = '';
 
-  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    let bodyBytes = 0;
-    for await (const chunk of req) bodyBytes += (chunk as Buffer).length;
+  /** Judges one request (or WebSocket handshake) and records it; the answer's status and headers. */
+  const judge = async (
+    req: IncomingMessage,
+    bodyBytes: number,
+  ): Promise<{ status: number; verdict: string; headers: Record<string, string> }> => {
     const path = req.url ?? '/';
     const authorization = req.headers.authorization ?? '';
     const space = authorization.indexOf(' ');
@@ -141,8 +145,15 @@ export async function startDpopPartner(options: DpopPartnerOptions): Promise<Dpo
       proofs: proofValues.length,
       bodyBytes,
     });
+    return { status, verdict, headers };
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    let bodyBytes = 0;
+    for await (const chunk of req) bodyBytes += (chunk as Buffer).length;
+    const { status, verdict, headers } = await judge(req, bodyBytes);
     res.writeHead(status, headers);
-    res.end(JSON.stringify({ verdict, path, bodyBytes }));
+    res.end(JSON.stringify({ verdict, path: req.url, bodyBytes }));
   };
 
   const server = createServer({ key: pki.key, cert: pki.cert }, (req, res) => {
@@ -151,6 +162,17 @@ export async function startDpopPartner(options: DpopPartnerOptions): Promise<Dpo
       else res.destroy();
     });
   });
+  // WebSocket handshakes are judged like any request; an accepted one echoes each message.
+  const wss = new WebSocketServer({
+    server,
+    verifyClient: (info, done) => {
+      judge(info.req, 0).then(
+        ({ status, headers }) => (status === 200 ? done(true) : done(false, status, 'refused', headers)),
+        () => done(false, 500),
+      );
+    },
+  });
+  wss.on('connection', (ws) => ws.on('message', (data: Buffer) => ws.send(`echo ${data.toString()}`)));
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   origin = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -167,6 +189,8 @@ export async function startDpopPartner(options: DpopPartnerOptions): Promise<Dpo
     revoked,
     close: () =>
       new Promise<void>((resolve) => {
+        for (const ws of wss.clients) ws.terminate();
+        wss.close();
         server.close(() => resolve());
         server.closeAllConnections();
         void agent.close();

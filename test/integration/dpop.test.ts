@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import { Agent } from 'undici';
+import { WebSocket } from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resolveDpop, type DpopKey } from '../../src/config/dpop.js';
 import { clientIdOnly } from '../../src/oauth/client-auth.js';
@@ -101,7 +102,7 @@ beforeAll(async () => {
     dpop: { requireNonce: true },
     clients: [
       ...['dpop-es256', 'dpop-ps256', 'dpop-eddsa', 'dpop-generated', 'dpop-nonce', 'dpop-rotate', 'dpop-forward']
-        .concat(['dpop-body', 'dpop-stream', 'dpop-revoked', 'dpop-client-header'])
+        .concat(['dpop-body', 'dpop-stream', 'dpop-revoked', 'dpop-client-header', 'dpop-websocket'])
         .map(secretClient),
       {
         clientId: 'dpop-jwt',
@@ -373,6 +374,23 @@ describe('DPoP requests to the target (RFC 9449 §7, §9)', () => {
     expect(seen?.proofs).toBe(1);
     expect(seen?.verdict).toBe('ok');
     expect(seen?.token).not.toBe('client-token');
+  });
+
+  it('proves a WebSocket handshake like any request', async () => {
+    await start(plain, auth('dpop-websocket', {}));
+    const before = plain.seen.length;
+    const ws = new WebSocket(`${(proxy as RunningProxy).url.replace('http', 'ws')}/partner/stream?x=1`);
+    const reply = await new Promise<string>((resolve, reject) => {
+      ws.once('open', () => ws.send('hello'));
+      ws.once('message', (data: Buffer) => resolve(data.toString()));
+      ws.once('error', reject);
+    });
+    ws.close();
+    expect(reply).toBe('echo hello');
+    const seen = plain.seen.slice(before);
+    expect(seen.map((s) => [s.method, s.verdict, s.scheme, s.proof?.['htu']])).toEqual([
+      ['GET', 'ok', 'DPoP', `${plain.url}/stream`],
+    ]);
   });
 
   it('never writes a proof or the key into its logs', async () => {

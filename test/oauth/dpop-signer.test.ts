@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { EmbeddedJWK, calculateJwkThumbprint, decodeProtectedHeader, jwtVerify, type JWK } from 'jose';
 import { describe, expect, it } from 'vitest';
 import { resolveDpop, type DpopAlg } from '../../src/config/dpop.js';
+import { buildConfig } from '../../src/config/load.js';
+import { summary } from '../../src/config/summary.js';
 import { DpopSigner, htuOf } from '../../src/oauth/dpop-signer.js';
 import { challengeError, asksForDpopNonce, tokenNotAtFault } from '../../src/proxy/bearer-challenge.js';
 import { addProof, dpopNonceOf } from '../../src/proxy/dpop-request.js';
@@ -179,5 +181,32 @@ describe('DPoP keys in the configuration', () => {
     expect(key?.alg).toBe('EdDSA');
     expect(key?.generated).toBe(true);
     expect(key?.thumbprint).toBe(await calculateJwkThumbprint(key?.publicJwk as JWK));
+  });
+
+  it('names DPoP and a generated key in the check summary, never the key', () => {
+    const config = buildConfig(
+      {
+        upstreams: [
+          {
+            name: 'bank',
+            target: 'https://api.bank.example',
+            pathPrefix: '/bank',
+            auth: {
+              type: 'client_credentials',
+              tokenUrl: 'https://auth.bank.example/token',
+              clientId: 'c',
+              clientSecret: 's',
+              dpop: { alg: 'EdDSA' },
+            },
+          },
+        ],
+      },
+      { env: {} },
+    );
+    const text = summary(config);
+    expect(text).toContain(
+      'grant client_credentials at https://auth.bank.example/token, client c (client_secret_basic), DPoP EdDSA with a key generated at start',
+    );
+    expect(text).not.toContain('PRIVATE KEY');
   });
 });
