@@ -44,12 +44,17 @@ function trimSlash(path: string): string {
  * it, here and in the shared tier, and the key itself never enters the hash. Without DPoP the
  * shape is what it always was (entries of earlier releases stay found).
  */
-function tokenShape(auth: ResolvedAuth, tenant: string | undefined): Record<string, string | undefined> {
-  if (auth.type === 'login' || auth.dpop === undefined) return { tenant, auth: JSON.stringify(auth) };
+function tokenShape(
+  auth: ResolvedAuth,
+  tenant: string | undefined,
+  dpop: DpopSigner | undefined,
+): Record<string, string | undefined> {
+  // The signer's thumbprint: the key the tokens are actually bound to (one per upstream).
+  if (auth.type === 'login' || dpop === undefined) return { tenant, auth: JSON.stringify(auth) };
   return {
     tenant,
     auth: JSON.stringify({ ...auth, dpop: undefined }),
-    dpop: `${auth.dpop.alg}:${auth.dpop.thumbprint}`,
+    dpop: dpop.thumbprint,
   };
 }
 
@@ -130,7 +135,7 @@ export class UpstreamFactory {
   ): TokenProvider {
     const { clock, metrics, providers } = this.#deps;
     const provider = providers.provide(
-      cacheKey(u.name, tokenShape(auth, tenant)),
+      cacheKey(u.name, tokenShape(auth, tenant, dpop)),
       this.#providerGrant(
         u,
         auth,
@@ -155,7 +160,7 @@ export class UpstreamFactory {
     presentedCertificate: string | undefined,
   ): CallerTokens {
     const { clock, metrics, providers } = this.#deps;
-    const base = cacheKey(u.name, tokenShape(auth, undefined));
+    const base = cacheKey(u.name, tokenShape(auth, undefined, undefined));
     this.callerKeys.push(base);
     const tokenMetrics = bindTokenMetrics(metrics, u.name, undefined);
     return new CallerTokenSources({

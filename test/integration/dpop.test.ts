@@ -103,6 +103,7 @@ beforeAll(async () => {
     clients: [
       ...['dpop-es256', 'dpop-ps256', 'dpop-eddsa', 'dpop-generated', 'dpop-nonce', 'dpop-rotate', 'dpop-forward']
         .concat(['dpop-body', 'dpop-stream', 'dpop-revoked', 'dpop-client-header', 'dpop-websocket'])
+        .concat(['dpop-tenant-a', 'dpop-tenant-b'])
         .map(secretClient),
       {
         clientId: 'dpop-jwt',
@@ -374,6 +375,32 @@ describe('DPoP requests to the target (RFC 9449 §7, §9)', () => {
     expect(seen?.proofs).toBe(1);
     expect(seen?.verdict).toBe('ok');
     expect(seen?.token).not.toBe('client-token');
+  });
+
+  it("binds every tenant's token to the upstream's one key", async () => {
+    const { file, thumbprint } = await keyFile('tenants.pem', generateKeyPairSync('ed25519').privateKey);
+    const from = oidc.calls.length;
+    const { clientId: _id, clientSecret: _secret, ...shared } = auth('unused', { key: file });
+    await start(plain, shared, {
+      tenants: {
+        from: 'header:X-Tenant',
+        credentials: {
+          a: { clientId: 'dpop-tenant-a', clientSecret: 'dpop-tenant-a-secret' },
+          b: { clientId: 'dpop-tenant-b', clientSecret: 'dpop-tenant-b-secret' },
+        },
+      },
+    });
+    const before = plain.seen.length;
+    for (const tenant of ['a', 'b', 'a', 'b'])
+      expect((await call('/partner/t', { headers: { 'x-tenant': tenant } })).status).toBe(200);
+    const seen = plain.seen.slice(before);
+    expect(seen.map((s) => [s.verdict, s.tokenClaims?.['client_id'], s.tokenClaims?.['cnf']])).toEqual(
+      ['dpop-tenant-a', 'dpop-tenant-b', 'dpop-tenant-a', 'dpop-tenant-b'].map((c) => ['ok', c, { jkt: thumbprint }]),
+    );
+    expect(seen[2]?.token).toBe(seen[0]?.token);
+    expect(seen[1]?.token).not.toBe(seen[0]?.token);
+    expect(tokenCalls('dpop-tenant-a', from).filter((c) => c.status === 200)).toHaveLength(1);
+    expect(tokenCalls('dpop-tenant-b', from).filter((c) => c.status === 200)).toHaveLength(1);
   });
 
   it('proves a WebSocket handshake like any request', async () => {
