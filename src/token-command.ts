@@ -101,6 +101,10 @@ export async function runTokenCommand(config: Config, o: TokenCommandOptions): P
     if (bound !== undefined)
       lines.push(`bound to     client certificate x5t#S256=${bound} (RFC 8705), the one the target is presented`);
     const jwt = jwtParts(token.value);
+    // RFC 9449 §6.1: a DPoP-bound JWT names the key's thumbprint; only the upstream's own key signs proofs for it.
+    const cnf = (jwt?.payload as { cnf?: { jkt?: unknown } } | undefined)?.cnf;
+    if (typeof cnf?.jkt === 'string')
+      lines.push(`bound to     DPoP key jkt=${cnf.jkt} (RFC 9449), this upstream's proof key`);
     if (jwt === undefined) {
       lines.push('token is opaque (not a JWT): no claims to show');
     } else {

@@ -14,6 +14,8 @@ import { testPki } from '../helpers/certs.js';
 import { curl } from '../helpers/clients.js';
 import { startDpopPartner, type DpopPartner } from '../helpers/dpop-partner.js';
 import { generateClientKey, startOidcServer, type OidcCall, type OidcServer } from '../helpers/oidc-server.js';
+import { buildConfig } from '../../src/config/load.js';
+import { runTokenCommand } from '../../src/token-command.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startScriptedServer } from '../helpers/scripted-server.js';
 
@@ -103,7 +105,7 @@ beforeAll(async () => {
     clients: [
       ...['dpop-es256', 'dpop-ps256', 'dpop-eddsa', 'dpop-generated', 'dpop-nonce', 'dpop-rotate', 'dpop-forward']
         .concat(['dpop-body', 'dpop-stream', 'dpop-revoked', 'dpop-client-header', 'dpop-websocket'])
-        .concat(['dpop-tenant-a', 'dpop-tenant-b'])
+        .concat(['dpop-tenant-a', 'dpop-tenant-b', 'dpop-token-command'])
         .map(secretClient),
       {
         clientId: 'dpop-jwt',
@@ -164,6 +166,33 @@ describe('DPoP token requests (RFC 9449 §5, §8)', () => {
     const jkt = await calculateJwkThumbprint(seen?.proofHeader?.['jwk'] as JWK);
     expect(seen?.tokenClaims?.['cnf']).toEqual({ jkt });
     expect(tokenCalls('dpop-generated', from)).toHaveLength(2);
+  });
+
+  it('gets a DPoP-bound token through the token command, naming the key it is bound to', async () => {
+    const from = oidc.calls.length;
+    const config = buildConfig(
+      {
+        upstreams: [
+          {
+            name: 'partner',
+            target: plain.url,
+            pathPrefix: '/partner',
+            ca: pki.caFile,
+            auth: auth('dpop-token-command', {}),
+          },
+        ],
+      },
+      { env: {} },
+    );
+    const result = await runTokenCommand(config, { upstream: 'partner', tenant: undefined, showToken: false });
+    expect(result.code).toBe(0);
+    const jkt = /bound to {5}DPoP key jkt=([\w-]{43}) \(RFC 9449\)/.exec(result.text)?.[1];
+    expect(jkt).toBeDefined();
+    expect(result.text).toContain(`"cnf": {\n`);
+    expect(tokenCalls('dpop-token-command', from)).toEqual([
+      { status: 400, error: 'use_dpop_nonce' },
+      { status: 200, error: undefined },
+    ]);
   });
 
   it('makes a fresh client assertion for the nonce retry (private_key_jwt: its jti is single use)', async () => {
