@@ -17,12 +17,26 @@ import { delay, withDeadline } from './wait.js';
 
 export type { ProviderGrant } from './provider-grant.js';
 
+/**
+ * valid: a token in hand may be injected (a refresh ahead may be under way); failing: none may, and
+ * the last attempt failed; refreshing: none may, and a fetch is under way; expired: the token in
+ * memory is past its last usable moment; none: no token yet.
+ */
+export type TokenState = 'valid' | 'refreshing' | 'expired' | 'failing' | 'none';
+
 export interface TokenProviderStatus {
   readonly upstream: string;
   readonly tenant?: string;
-  readonly state: 'valid' | 'failing' | 'none';
+  readonly state: TokenState;
   readonly expiresInSeconds?: number;
+  /** The reason of the current failure (set from a failed attempt until the next success). */
   readonly lastError?: string;
+  /** When the last token was stored (epoch ms, the injected clock), and how long its fetch took. */
+  readonly lastRefreshAt?: number;
+  readonly lastRefreshDurationMs?: number;
+  /** The stable reason of the last failed attempt and when (kept after a later success). */
+  readonly lastFailureReason?: string;
+  readonly lastFailureAt?: number;
   /** With a platform-issued assertion file: its claims and expiry, never the assertion. */
   readonly assertion?: AssertionInfo;
 }
@@ -59,6 +73,10 @@ export class TokenProvider extends EventEmitter implements TokenReader {
   #failures = 0;
   #nextAttemptAt = 0;
   #lastError: TokenError | undefined;
+  /** For status(): the last stored token's time and fetch duration, the last failure's time. */
+  #lastRefresh: { at: number; durationMs: number } | undefined;
+  #lastFailureAt: number | undefined;
+  #lastFailureReason: string | undefined;
   /** The token a 401 made us drop; put back if no replacement can be had and it has not expired. */
   #dropped: Token | undefined;
   /** Let go by a bounded registry (see dispose): a fetch still under way no longer fills the cache. */
@@ -174,18 +192,32 @@ export class TokenProvider extends EventEmitter implements TokenReader {
     this.removeAllListeners();
   }
 
-  /** The state of this key for /readyz: no token values, no metrics counted. */
+  /** The state of this key for /readyz and the status page: no token values, no metrics counted. */
   status(): TokenProviderStatus {
     const token = this.#cache.get(this.key);
     const now = this.#clock.now();
     const valid = token !== undefined && mayInject(token, now, this.#lastError !== undefined);
     const g = this.#g;
+    const state: TokenState = valid
+      ? 'valid'
+      : this.#lastError !== undefined
+        ? 'failing'
+        : this.#inflight !== undefined
+          ? 'refreshing'
+          : token !== undefined
+            ? 'expired'
+            : 'none';
+    const refresh = this.#lastRefresh;
     return {
       upstream: g.upstream,
       ...(g.tenant === undefined ? {} : { tenant: g.tenant }),
-      state: valid ? 'valid' : this.#lastError !== undefined ? 'failing' : 'none',
+      state,
       ...(valid ? { expiresInSeconds: Math.round((token.expiresAt - now) / 1000) } : {}),
       ...(this.#lastError === undefined ? {} : { lastError: this.#lastError.reason }),
+      ...(refresh === undefined ? {} : { lastRefreshAt: refresh.at, lastRefreshDurationMs: refresh.durationMs }),
+      ...(this.#lastFailureAt === undefined
+        ? {}
+        : { lastFailureReason: this.#lastFailureReason, lastFailureAt: this.#lastFailureAt }),
       ...(g.grant.assertion === undefined ? {} : { assertion: g.grant.assertion() }),
     };
   }
@@ -212,6 +244,8 @@ export class TokenProvider extends EventEmitter implements TokenReader {
             : new TokenError('bad_response', 'token response could not be used', { cause: err });
         this.#failures += 1;
         this.#lastError = error;
+        this.#lastFailureReason = error.reason; // the stable reason only: a message may quote the server
+        this.#lastFailureAt = this.#clock.now();
         const backoff = backoffDelayMs(this.#backoff, this.#failures, error.retryAfterSeconds, error.permanent);
         this.#nextAttemptAt = this.#clock.now() + backoff;
         this.#restoreDropped();
@@ -238,6 +272,7 @@ export class TokenProvider extends EventEmitter implements TokenReader {
   async #fetchOnce(trigger: RefreshTrigger): Promise<Token> {
     const m = this.#g.metrics;
     const started = performance.now();
+    const startedAt = this.#clock.now();
     const previous = this.#cache.get(this.key);
     let outcome: Renewed;
     try {
@@ -251,7 +286,7 @@ export class TokenProvider extends EventEmitter implements TokenReader {
     let token = outcome.token;
     if (outcome.fromShared) {
       m.sharedCacheHit.inc();
-      return this.#store(token, trigger, previous, 'shared', performance.now() - started);
+      return this.#store(token, trigger, previous, 'shared', performance.now() - started, startedAt);
     }
     m.refreshOk.observe((performance.now() - started) / 1000);
     m.refreshes(trigger, 'success');
@@ -261,11 +296,20 @@ export class TokenProvider extends EventEmitter implements TokenReader {
       const now = this.#clock.now();
       token = token.refreshNotBefore(now + (token.usableUntil - now) / 2);
     }
-    return this.#store(token, trigger, previous, 'token endpoint', performance.now() - started);
+    return this.#store(token, trigger, previous, 'token endpoint', performance.now() - started, startedAt);
   }
 
   /** Puts a new token in the memory tier, resets the failure state, and tells logs, metrics and listeners. */
-  #store(token: Token, trigger: RefreshTrigger, previous: Token | undefined, from: string, ms: number): Token {
+  #store(
+    token: Token,
+    trigger: RefreshTrigger,
+    previous: Token | undefined,
+    from: string,
+    ms: number,
+    startedAt: number,
+  ): Token {
+    const at = this.#clock.now();
+    this.#lastRefresh = { at, durationMs: at - startedAt };
     this.#failures = 0;
     this.#lastError = undefined;
     this.#nextAttemptAt = 0;
