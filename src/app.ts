@@ -4,6 +4,10 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { createAdminServer } from './admin/server.js';
+import { readinessView } from './admin/readiness-view.js';
+import { ReloadRecord } from './admin/reload-record.js';
+import { buildStatus, type StatusSources } from './admin/status.js';
+import { upstreamTokens } from './admin/upstream-tokens.js';
 import type { Config } from './config/load.js';
 import { parseListen } from './config/schema.js';
 import { exposureProblem } from './config/exposure.js';
@@ -34,6 +38,13 @@ export interface AppOptions {
   readonly registry?: Registry;
   readonly clock?: Clock;
   readonly backoff?: BackoffPolicy;
+  /** The config file the process was started with: shown on the status page. */
+  readonly configFile?: string;
+  /**
+   * The status page's circuit-breaker and reload sources; without `reload` it shows the start-up
+   * load and App.reload's outcomes, without `breakerState` every breaker as not configured.
+   */
+  readonly statusHooks?: Pick<StatusSources, 'breakerState' | 'reload'>;
 }
 
 export interface App {
@@ -131,13 +142,26 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   });
   let listening = false;
   let closing = false;
-  const admin = createAdminServer(registry, {
-    ready: () => listening && !closing && generation.warm.every((t) => t.status().state === 'valid'),
-    details: () => ({
-      ...(store === undefined ? {} : { sharedCache: store.up ? 'up' : 'down (replicas fetch tokens on their own)' }),
-      tokens: [...generation.sources.values()].map((t) => t.status()),
-    }),
-  });
+  const reloads = new ReloadRecord(options.configFile, clock.now());
+  const statusSources: StatusSources = {
+    now: () => clock.now(),
+    upstreams: () => upstreamTokens(generation.config.upstreams, generation.sources.values()),
+    sharedCacheUp: () => store?.up,
+    configFile: options.configFile,
+    reload: () => reloads.info(),
+    ...options.statusHooks,
+  };
+  const admin = createAdminServer(
+    registry,
+    {
+      ready: () => listening && !closing && generation.warm.every((t) => t.status().state === 'valid'),
+      details: () => ({
+        ...(store === undefined ? {} : { sharedCache: store.up ? 'up' : 'down (replicas fetch tokens on their own)' }),
+        tokens: [...generation.sources.values()].map((t) => readinessView(t.status())),
+      }),
+    },
+    () => buildStatus(statusSources),
+  );
   /** Fetches a warm-up token, retrying with growing pauses until one is in hand. */
   const warmUp = (source: TokenProvider, pauseMs = 1_000): void => {
     source.obtain().catch(() => {
@@ -226,6 +250,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
           { event: 'config_reload_rejected', problems: [exposed] },
           'new configuration rejected: the running one stays',
         );
+        reloads.record('rejected', clock.now());
         throw new ConfigError([exposed]);
       }
       const warnings = [...restartOnly(generation.config, next), ...configWarnings(next)];
@@ -233,6 +258,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       generation = buildGeneration(next, deps);
       deps.providers.keepOnly(generation.keys);
       ctx.routing = generation.routing; // new requests route with the new config from here on
+      reloads.record('success', clock.now());
       const closed = readmitDetached(ctx); // tunnels and WebSockets the new config refuses
       if (closed > 0)
         logger.info(

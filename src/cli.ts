@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { resolve } from 'node:path';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { createApp, type App } from './app.js';
@@ -116,7 +117,7 @@ await yargs(hideBin(process.argv))
     'run the proxy',
     (y) => withServeOptions(y),
     async (args) => {
-      const app = createApp(loadOrExit(args));
+      const app = createApp(loadOrExit(args), { configFile: resolve(args.config ?? '') });
       if (!hasHeapFloor(process.execArgv)) {
         app.logger.info(
           { event: 'runtime_hint', flag: HEAP_FLOOR },

@@ -1,5 +1,7 @@
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
+import { renderStatusPage, STATUS_PAGE_HEADERS } from './status-page.js';
+import type { StatusReport } from './status.js';
 
 export interface Readiness {
   /** True once the config is loaded, the proxy listener is up and warm-up tokens are in hand. */
@@ -18,8 +20,11 @@ function json(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-/** The admin listener: /metrics (Prometheus text format), /healthz (alive), /readyz (serving). */
-export function createAdminServer(registry: Registry, readiness: Readiness): Server {
+/**
+ * The admin listener: /metrics (Prometheus text format), /healthz (alive), /readyz (serving), and
+ * with `status`: / (the status page, HTML) and /status (the same as JSON). GET and HEAD only.
+ */
+export function createAdminServer(registry: Registry, readiness: Readiness, status?: () => StatusReport): Server {
   return createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -39,6 +44,12 @@ export function createAdminServer(registry: Registry, readiness: Readiness): Ser
     } else if (path === '/readyz') {
       const ready = readiness.ready();
       json(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not_ready', ...readiness.details() });
+    } else if (path === '/status' && status !== undefined) {
+      json(res, 200, status());
+    } else if (path === '/' && status !== undefined) {
+      const html = renderStatusPage(status());
+      res.writeHead(200, { ...STATUS_PAGE_HEADERS, 'content-length': Buffer.byteLength(html) });
+      res.end(html);
     } else {
       json(res, 404, { error: 'not_found' });
     }
