@@ -252,7 +252,7 @@ export const configSchema = z.strictObject({
     .strictObject({
       listen: listenAddress
         .default(DEFAULT_ADMIN_LISTEN)
-        .describe('admin listener: /metrics, /healthz, /readyz (--admin-listen)'),
+        .describe('admin listener: /metrics, /healthz, /readyz, / (status page), /status (--admin-listen)'),
     })
     .default({ listen: DEFAULT_ADMIN_LISTEN }),
   logLevel: z.enum(LOG_LEVELS).default(DEFAULT_LOG_LEVEL).describe('JSON logs on stdout (--log-level)'),
