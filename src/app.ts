@@ -68,6 +68,11 @@ export interface App {
    * logged as config_reload_rejected) and the running one stays.
    */
   reload(next: Config): Promise<string[]>;
+  /**
+   * A reload that failed before reload() was reached (the new file could not be read or parsed):
+   * the status page shows it as the last reload, outcome `rejected`.
+   */
+  reloadRejected(): void;
   /** Stops accepting, lets in-flight requests finish for up to `shutdownTimeoutSeconds`, then closes. */
   close(): Promise<void>;
 }
@@ -274,6 +279,9 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       );
       await previous.close(previous.config.shutdownTimeoutSeconds * 1000);
       return warnings;
+    },
+    reloadRejected() {
+      reloads.record('rejected', clock.now());
     },
     async close() {
       closing = true;

@@ -62,6 +62,7 @@ function onReload(app: App, args: CommonArgs): void {
       next = loadConfigFile(args.config ?? '', { overrides: overridesFrom(args) });
     } catch (err) {
       const problems = err instanceof ConfigError ? err.problems : [(err as Error).message];
+      app.reloadRejected();
       app.logger.error(
         { event: 'config_reload_rejected', problems },
         'new configuration rejected: the running one stays',

@@ -6,9 +6,11 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { StatusReport } from '../src/admin/status.js';
 import type { PartnerApi } from '../src/demo/partner-api.js';
 import { startVerifyingPartner } from './helpers/partner.js';
 import { testPki } from './helpers/certs.js';
+import { eventually } from './helpers/time.js';
 import { startTokenServer, type TokenServer } from './helpers/token-server.js';
 
 const run = promisify(execFile);
@@ -173,6 +175,37 @@ describe('token-proxy command line', () => {
       .split('\n')
       .filter((l) => l.includes('"event":"runtime_hint"'));
     expect(hints.map((l) => (JSON.parse(l) as { flag: string }).flag)).toEqual(['--initial-old-space-size=64']);
+  });
+
+  it('names its config file on the status page, and a SIGHUP with a broken file as a rejected reload', async () => {
+    const file = join(dir, 'reloaded.yaml');
+    writeFileSync(file, readFileSync(join(dir, 'proxy.yaml')));
+    const proxy = await start(
+      ['serve'],
+      { ...serveEnv(), TOKEN_PROXY_CONFIG: file },
+      /"proxy":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/,
+    );
+    const adminPort = proxy.match[2] as string;
+    const status = async () =>
+      (JSON.parse((await curl([`http://127.0.0.1:${adminPort}/status`])).stdout) as StatusReport).config;
+    const started = await status();
+    expect(started).toMatchObject({ file, lastReloadOutcome: 'start' });
+    expect(started.lastReloadAt).toBe(started.lastSuccessfulReloadAt);
+    writeFileSync(file, 'upstreams: [');
+    proxy.child.kill('SIGHUP');
+    await eventually(() => proxy.output().includes('"event":"config_reload_rejected"'), {
+      timeoutMs: 10_000,
+      what: 'the rejected reload log line',
+    });
+    const rejected = await status();
+    expect(rejected).toMatchObject({
+      file,
+      lastReloadOutcome: 'rejected',
+      lastSuccessfulReloadAt: started.lastSuccessfulReloadAt,
+    });
+    expect(Date.parse(rejected.lastReloadAt ?? '')).toBeGreaterThan(Date.parse(started.lastReloadAt ?? ''));
+    proxy.child.kill('SIGTERM');
+    expect(await exitCode(proxy.child)).toBe(0);
   });
 
   it('gives no runtime hint when started with the heap floor the image uses', async () => {
