@@ -22,9 +22,10 @@ export interface UpstreamTokens {
 }
 
 /**
- * Everything the status page is built from. The app passes what exists; the breaker and reload
- * hooks are optional, and the page says `not_configured` (breaker) or shows the start-up load
- * (reload) without them.
+ * Everything the status page is built from. Without breakerState() every breaker reads
+ * `not_configured`; without reload() the config's reload fields are null. The app supplies a
+ * reload() of its own (the start-up load, outcome `start`, then App.reload's outcomes), which
+ * AppOptions.statusHooks replaces along with breakerState().
  */
 export interface StatusSources {
   /** Epoch ms, the injected clock. */
