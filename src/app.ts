@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { createAdminServer } from './admin/server.js';
 import { readinessView } from './admin/readiness-view.js';
-import { ReloadRecord } from './admin/reload-record.js';
+import { RELOAD_OUTCOMES, ReloadRecord, type ReloadOutcome } from './admin/reload-record.js';
 import { buildStatus, type StatusSources } from './admin/status.js';
 import { upstreamTokens } from './admin/upstream-tokens.js';
 import type { Config } from './config/load.js';
@@ -148,6 +148,17 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   let listening = false;
   let closing = false;
   const reloads = new ReloadRecord(options.configFile, clock.now());
+  // Every outcome exported from the start at 0, so an alert on rejected reloads sees the first one.
+  for (const outcome of RELOAD_OUTCOMES) metrics.configReloads.labels(outcome).inc(0);
+  metrics.configLastReloadSuccess.set(clock.now() / 1000);
+  metrics.configLastReloadSuccessful.set(1);
+  // As Prometheus and Alertmanager report their own reloads: an alert needs "the newest file is not in force".
+  const recordReload = (outcome: ReloadOutcome): void => {
+    metrics.configReloads.labels(outcome).inc();
+    metrics.configLastReloadSuccessful.set(outcome === 'success' ? 1 : 0);
+    if (outcome === 'success') metrics.configLastReloadSuccess.set(clock.now() / 1000);
+    reloads.record(outcome, clock.now());
+  };
   const statusSources: StatusSources = {
     now: () => clock.now(),
     upstreams: () => upstreamTokens(generation.config.upstreams, generation.sources.values()),
@@ -255,15 +266,20 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
           { event: 'config_reload_rejected', problems: [exposed] },
           'new configuration rejected: the running one stays',
         );
-        reloads.record('rejected', clock.now());
+        recordReload('rejected');
         throw new ConfigError([exposed]);
       }
       const warnings = [...restartOnly(generation.config, next), ...configWarnings(next)];
       const previous = generation;
-      generation = buildGeneration(next, deps);
+      try {
+        generation = buildGeneration(next, deps);
+      } catch (err) {
+        recordReload('failed'); // the running configuration stays; the caller logs why
+        throw err;
+      }
       deps.providers.keepOnly(generation.keys);
       ctx.routing = generation.routing; // new requests route with the new config from here on
-      reloads.record('success', clock.now());
+      recordReload('success');
       const closed = readmitDetached(ctx); // tunnels and WebSockets the new config refuses
       if (closed > 0)
         logger.info(
@@ -281,7 +297,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       return warnings;
     },
     reloadRejected() {
-      reloads.record('rejected', clock.now());
+      recordReload('rejected');
     },
     async close() {
       closing = true;

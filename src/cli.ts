@@ -9,6 +9,8 @@ import { DEMO_TOKEN_SECONDS, startDemo, type Demo } from './demo/demo.js';
 import { createCaFiles } from './mitm/certificate-authority.js';
 import { runTokenCommand } from './token-command.js';
 import { ConfigError } from './errors.js';
+import { recordingReads } from './config/files.js';
+import { ConfigReloader } from './reload/config-reloader.js';
 import { flushLogs } from './logger.js';
 import { summary } from './config/summary.js';
 import { configWarnings } from './config/warnings.js';
@@ -52,29 +54,16 @@ function hasHeapFloor(execArgv: readonly string[]): boolean {
 }
 
 /**
- * SIGHUP: re-read the config file. A bad new config is rejected with every problem logged and the
- * running one stays; a good one is swapped in without dropping requests.
+ * SIGHUP, and a change to the config file or any file it names (unless `watch: false`): re-read
+ * the config file. A bad new config is rejected with every problem logged and the running one
+ * stays; a good one is swapped in without dropping requests.
  */
-function onReload(app: App, args: CommonArgs): void {
-  process.on('SIGHUP', () => {
-    let next: Config;
-    try {
-      next = loadConfigFile(args.config ?? '', { overrides: overridesFrom(args) });
-    } catch (err) {
-      const problems = err instanceof ConfigError ? err.problems : [(err as Error).message];
-      app.reloadRejected();
-      app.logger.error(
-        { event: 'config_reload_rejected', problems },
-        'new configuration rejected: the running one stays',
-      );
-      return;
-    }
-    app.reload(next).catch((err: unknown) => {
-      // A configuration the running listeners rule out was logged as rejected by the app.
-      if (!(err instanceof ConfigError))
-        app.logger.error({ event: 'config_reload_failed', err: (err as Error).message }, 'reload failed');
-    });
+function onReload(app: App, args: CommonArgs, config: Config, files: ReadonlySet<string>): ConfigReloader {
+  const reloader = new ConfigReloader(app, files, config.watch, {
+    load: () => loadConfigFile(args.config ?? '', { overrides: overridesFrom(args) }),
   });
+  process.on('SIGHUP', () => void reloader.reload('SIGHUP'));
+  return reloader;
 }
 
 /** SIGTERM/SIGINT: stop accepting, drain (bounded), exit 0. A second signal exits at once. */
@@ -118,15 +107,21 @@ await yargs(hideBin(process.argv))
     'run the proxy',
     (y) => withServeOptions(y),
     async (args) => {
-      const app = createApp(loadOrExit(args), { configFile: resolve(args.config ?? '') });
+      // Every file the configuration is read from, watched for changes (rotation without a restart).
+      const files = new Set<string>();
+      const config = recordingReads(files, () => loadOrExit(args));
+      const app = createApp(config, { configFile: resolve(args.config ?? '') });
       if (!hasHeapFloor(process.execArgv)) {
         app.logger.info(
           { event: 'runtime_hint', flag: HEAP_FLOOR },
           `started without ${HEAP_FLOOR} (the image's ENTRYPOINT has it): large request bodies after an idle spell can set off a full garbage collection every few requests`,
         );
       }
-      onShutdown(() => app.close());
-      onReload(app, args);
+      const reloader = onReload(app, args, config, files);
+      onShutdown(() => {
+        reloader.close();
+        return app.close();
+      });
       await app.listen();
     },
   )

@@ -113,6 +113,22 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
       labelNames: ['reason'] as const,
       registers,
     }),
+    configReloads: new Counter({
+      name: 'token_proxy_config_reloads_total',
+      help: 'Configuration reloads (SIGHUP or a changed file), by outcome: success, rejected (the running configuration stays), failed.',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+    configLastReloadSuccessful: new Gauge({
+      name: 'token_proxy_config_last_reload_successful',
+      help: '1 when the last configuration reload took effect (or none was tried since start), 0 while the newest file is rejected and an older configuration serves.',
+      registers,
+    }),
+    configLastReloadSuccess: new Gauge({
+      name: 'token_proxy_config_last_reload_success_timestamp_seconds',
+      help: 'Unix time of the last configuration load that took effect (the start-up load, then each successful reload).',
+      registers,
+    }),
     unauthorizedRetries: new Counter({
       name: 'token_proxy_unauthorized_retries_total',
       help: 'Requests replayed with a fresh token after a 401, by outcome (recovered, still_unauthorized).',

@@ -208,6 +208,37 @@ describe('token-proxy command line', () => {
     expect(await exitCode(proxy.child)).toBe(0);
   });
 
+  it('reloads by itself when its config file changes, and logs the file that triggered it', async () => {
+    const file = join(dir, 'watched.yaml');
+    writeFileSync(file, readFileSync(join(dir, 'proxy.yaml')));
+    const proxy = await start(
+      ['serve'],
+      { ...serveEnv(), TOKEN_PROXY_CONFIG: file },
+      /"proxy":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/,
+    );
+    const [proxyPort, adminPort] = [proxy.match[1] as string, proxy.match[2] as string];
+    // A new path prefix: the old one is answered 404 once the new file is in force, with no signal sent.
+    writeFileSync(file, readFileSync(join(dir, 'proxy.yaml'), 'utf8').replace('/partner', '/renamed'));
+    await eventually(() => proxy.output().includes('"event":"config_reloaded"'), {
+      timeoutMs: 10_000,
+      what: 'the reload',
+    });
+    const triggered = proxy
+      .stdout()
+      .split('\n')
+      .filter((l) => l.includes('"event":"config_reload_triggered"'))
+      .map((l) => (JSON.parse(l) as { trigger: string }).trigger);
+    expect(triggered).toEqual([file]);
+    expect((await curl([`http://127.0.0.1:${proxyPort}/renamed/hello`])).stdout).toContain('cli-client');
+    const status = JSON.parse((await curl([`http://127.0.0.1:${adminPort}/status`])).stdout) as StatusReport;
+    expect(status.config.lastReloadOutcome).toBe('success');
+    const metrics = (await curl([`http://127.0.0.1:${adminPort}/metrics`])).stdout;
+    expect(metrics).toContain('token_proxy_config_reloads_total{outcome="success"} 1');
+    expect(metrics).toContain('token_proxy_config_reloads_total{outcome="rejected"} 0');
+    proxy.child.kill('SIGTERM');
+    expect(await exitCode(proxy.child)).toBe(0);
+  });
+
   it('gives no runtime hint when started with the heap floor the image uses', async () => {
     const proxy = await start(['serve'], serveEnv(), /"proxy":"127\.0\.0\.1:(\d+)"/, ['--initial-old-space-size=64']);
     expect((await curl([`http://127.0.0.1:${proxy.match[1]}/partner/hello`])).stdout).toContain('cli-client');

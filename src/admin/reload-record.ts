@@ -1,5 +1,9 @@
 import type { ReloadInfo } from './status.js';
 
+/** How a reload ended: `failed` is a reload that threw past its checks (a bug, logged as config_reload_failed). */
+export const RELOAD_OUTCOMES = ['success', 'rejected', 'failed'] as const;
+export type ReloadOutcome = (typeof RELOAD_OUTCOMES)[number];
+
 /** What the status page shows of the last configuration load until a reloader reports its own. */
 export class ReloadRecord {
   #info: ReloadInfo;
@@ -15,7 +19,7 @@ export class ReloadRecord {
   }
 
   /** A reload through App.reload: `success`, or `rejected` when the running config stays. */
-  record(outcome: 'success' | 'rejected', at: number): void {
+  record(outcome: ReloadOutcome, at: number): void {
     this.#info = {
       ...this.#info,
       lastAttemptAt: at,

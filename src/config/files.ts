@@ -1,8 +1,28 @@
 import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 
+/** The files a configuration load is reading, while one is under way (see recordingReads). */
+let readLog: Set<string> | undefined;
+
+/**
+ * Runs `load` (a synchronous configuration load) and records, into `files`, every file it read or
+ * tried to read: the config file and everything it references. Recorded even when the load
+ * throws, so that a file whose absence made a reload fail is watched until it appears. Every
+ * configuration file is read through readText, so a new file setting is recorded with no more code.
+ */
+export function recordingReads<T>(files: Set<string>, load: () => T): T {
+  const outer = readLog;
+  readLog = files;
+  try {
+    return load();
+  } finally {
+    readLog = outer;
+  }
+}
+
 /** Reads a file named in the config; a failure becomes a problem at `path`, never an exception. */
 export function readText(file: string, path: string, problems: string[]): string | undefined {
+  readLog?.add(resolve(file));
   try {
     return readFileSync(file, 'utf8');
   } catch (err) {

@@ -262,6 +262,12 @@ export const configSchema = z.strictObject({
     .describe(
       'one JSON line per request at info level (request id, upstream, status, duration, retry, token fingerprint)',
     ),
+  watch: z
+    .boolean()
+    .default(true)
+    .describe(
+      'reload, as on SIGHUP, when the config file or a file it names changes (Kubernetes Secret and ConfigMap swaps included); false: SIGHUP only',
+    ),
   shutdownTimeoutSeconds: positiveSeconds
     .default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS)
     .describe('on SIGTERM, requests in flight get this long to finish'),

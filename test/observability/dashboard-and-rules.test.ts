@@ -680,6 +680,7 @@ describe('the Prometheus alert rules', () => {
 
   it('cover the required conditions, each with a for: duration, a severity and runbook annotations', () => {
     expect(rules.map((r) => r.alert).sort()).toEqual([
+      'TokenProxyConfigReloadFailing',
       'TokenProxyGatewayErrors',
       'TokenProxySharedCacheDown',
       'TokenProxySharedCacheErrors',
@@ -711,7 +712,7 @@ describe('the Prometheus alert rules', () => {
     // Like the metrics check: needs promtool (Debian package `prometheus`), else not run.
     if (promtoolAvailable()) {
       const rulesCheck = promtool(['check', 'rules', RULES_FILE]);
-      expect(rulesCheck.output).toContain('SUCCESS: 9 rules found');
+      expect(rulesCheck.output).toContain('SUCCESS: 10 rules found');
       expect(rulesCheck.status).toBe(0);
       const configCheck = promtool(['check', 'config', PROMETHEUS_FILE]);
       expect(configCheck.output).toContain('SUCCESS: 1 rule files found');
@@ -918,6 +919,22 @@ function runAlertScenarios() {
                 alert('warning', { operation: 'read' }),
                 alert('warning', { instance: 'c', operation: 'decrypt' }),
               ],
+            },
+          ],
+        },
+        {
+          interval: '15s',
+          input_series: [
+            // a: the reload at 1m is rejected and stays so. b: rejected at 1m, fixed at 5m.
+            s('token_proxy_config_last_reload_successful', {}, '1x3 0x80'),
+            s('token_proxy_config_last_reload_successful', { instance: 'b' }, '1x3 0x16 1x64'),
+          ],
+          alert_rule_test: [
+            { eval_time: '12m', alertname: 'TokenProxyConfigReloadFailing', exp_alerts: [] },
+            {
+              eval_time: '17m',
+              alertname: 'TokenProxyConfigReloadFailing',
+              exp_alerts: [alert('warning', {})],
             },
           ],
         },
