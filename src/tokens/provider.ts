@@ -116,6 +116,11 @@ export class TokenProvider extends EventEmitter implements TokenReader {
       this.#cache.delete(this.key);
       this.#dropped = undefined;
     }
+    // A reload may have fixed what made the last fetch fail without changing the key: a CA
+    // bundle, a client certificate, a proxy route to the token endpoint. The next request tries
+    // at once instead of waiting out (or, for a permanent failure, being refused for) a backoff
+    // earned under the old configuration; the failure count, and so the next backoff, stays.
+    this.#nextAttemptAt = 0;
     this.#g = grant;
   }
 

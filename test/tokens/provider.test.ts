@@ -137,6 +137,16 @@ describe('TokenProvider', () => {
     expect(provider.status()).toMatchObject({ state: 'failing', lastError: 'invalid_client' });
   });
 
+  it('tries again at once after a reload hands it a new grant, instead of waiting out the old backoff', async () => {
+    provider = make({ waitTimeoutMs: 300 }); // shorter than the first backoff step (1 s)
+    scripted.answers.push(new TokenError('network', 'certificate not trusted'));
+    await expect(settle(provider.obtain())).rejects.toMatchObject({ reason: 'network' });
+    provider.setGrant(grantFor(scripted, { waitTimeoutMs: 300 })); // a reload: same key, a new CA bundle
+    const token = await settle(provider.obtain());
+    expect(token.value).toBe('at-1');
+    expect(scripted.calls).toHaveLength(2);
+  });
+
   it('serves the current token until its actual expiry (less about a second) while the endpoint is down, never after', async () => {
     await settle(provider.obtain());
     scripted.answers.push(
