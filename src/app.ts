@@ -19,6 +19,7 @@ import { createMetrics, type Metrics } from './metrics.js';
 import { createProxyServer } from './proxy/server.js';
 import { readmitDetached } from './proxy/detached.js';
 import { REFUSAL_REASONS } from './proxy/respond.js';
+import { CIRCUIT_STATE_VALUE } from './proxy/circuit-breaker.js';
 import { SelfAddresses } from './proxy/self-addresses.js';
 import { buildGeneration, type Generation } from './generation.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
@@ -133,8 +134,16 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   // Read at scrape time: the current generation's upstreams (an old one's last requests drain unseen).
   metrics.sampleHeld((inHand, replayBytes) => {
     inHand.reset();
-    for (const u of generation.upstreams) inHand.labels(u.name).set(u.queue.held);
+    for (const u of generation.upstreams) inHand.labels(u.name).set(u.guard?.held ?? u.queue.held);
     replayBytes.set(ctx.replayBudget.held);
+  });
+  // Only upstreams with a circuit breaker have the series (0 closed, 1 half-open, 2 open).
+  metrics.sampleCircuits((gauge) => {
+    gauge.reset();
+    for (const u of generation.upstreams) {
+      const breaker = u.guard?.breaker;
+      if (breaker !== undefined) gauge.labels(u.name).set(CIRCUIT_STATE_VALUE[breaker.state]);
+    }
   });
   // Every reason exported from the start at 0, so a rate() or an alert sees the first refusal.
   for (const reason of REFUSAL_REASONS) metrics.refusals.labels(reason).inc(0);

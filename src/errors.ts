@@ -22,7 +22,12 @@ export type ProxyErrorCode =
   | 'headers_too_large'
   | 'too_many_auth_failures'
   | 'overloaded'
-  | 'upgrade_failed';
+  | 'upgrade_failed'
+  /** Partner protection (src/proxy/partner-guard.ts): 503s that spare the partner. */
+  | 'rate_limited'
+  | 'queue_timeout'
+  | 'circuit_open'
+  | 'upstream_retry_after';
 
 /** Why a token could not be obtained (RFC 6749 §5.2 codes, plus transport-level reasons). */
 export type TokenFailureReason =
@@ -167,6 +172,10 @@ const STATUS: Readonly<Record<ProxyErrorCode, number>> = {
   too_many_auth_failures: 429,
   overloaded: 503,
   upgrade_failed: 502,
+  rate_limited: 503,
+  queue_timeout: 503,
+  circuit_open: 503,
+  upstream_retry_after: 503,
 };
 
 /**
@@ -187,6 +196,12 @@ const PROXY_STATUS: Partial<Record<ProxyErrorCode, string>> = {
   too_many_auth_failures: 'token-proxy; error=http_request_denied',
   overloaded: 'token-proxy; error=connection_limit_reached',
   upgrade_failed: 'token-proxy; error=http_upgrade_failed',
+  // RFC 9209 §2.3.15: the proxy holds the request back to keep the partner within its limits.
+  rate_limited: 'token-proxy; error=connection_limit_reached',
+  queue_timeout: 'token-proxy; error=connection_limit_reached',
+  // RFC 9209 §2.3.3: the partner is deemed unavailable (failing, or it asked for a pause).
+  circuit_open: 'token-proxy; error=destination_unavailable',
+  upstream_retry_after: 'token-proxy; error=destination_unavailable',
 };
 
 export function proxyStatusFor(err: ProxyError): string | undefined {

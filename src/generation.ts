@@ -83,6 +83,7 @@ export function buildGeneration(config: Config, deps: GenerationDeps): Generatio
       logger,
       accessLog,
       dpop: undefined,
+      guard: undefined,
     },
     interception:
       config.mitm === undefined

@@ -36,10 +36,35 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
     help: 'Bytes of request bodies held for a 401 replay, process-wide (at most limits.maxReplayBufferBytes; past it, bodies stream once).',
     registers,
   });
+  // Partner protection (issue 21): the breaker's state is read when scraped, like the gauges above.
+  const circuits: { sample: ((gauge: Gauge<'upstream'>) => void) | undefined } = { sample: undefined };
+  const circuitState: Gauge<'upstream'> = new Gauge({
+    name: 'token_proxy_upstream_circuit_state',
+    help: 'Circuit breaker of an upstream with circuitBreaker set: 0 closed, 1 half-open (one probe decides), 2 open (503 circuit_open).',
+    labelNames: ['upstream'] as const,
+    registers,
+    collect: () => circuits.sample?.(circuitState),
+  });
   // Token metrics carry a `tenant` label only when tenants are configured (bounded by the config).
   const token = (options.tenantLabel === true ? ['upstream', 'tenant'] : ['upstream']) as ['upstream'];
   return {
     tenantLabel: options.tenantLabel === true,
+    /** Sets how the circuit state gauge is read at scrape time. */
+    sampleCircuits(sample: (gauge: Gauge<'upstream'>) => void): void {
+      circuits.sample = sample;
+    },
+    upstreamRejected: new Counter({
+      name: 'token_proxy_upstream_rejected_total',
+      help: 'Requests answered 503 to spare an upstream, by reason (queue_full, rate_limited, queue_timeout, circuit_open, retry_after).',
+      labelNames: ['upstream', 'reason'] as const,
+      registers,
+    }),
+    upstreamRetries: new Counter({
+      name: 'token_proxy_upstream_retries_total',
+      help: 'Extra attempts after a connection failure before any response (upstreams[].retry.connectionFailures).',
+      labelNames: ['upstream'] as const,
+      registers,
+    }),
     /** Sets how the held-now gauges are read at scrape time. */
     sampleHeld(sample: (inHand: Gauge<'upstream'>, replayBytes: Gauge) => void): void {
       held.sample = sample;

@@ -18,6 +18,7 @@ import { cacheKey } from './tokens/token-cache.js';
 import { DEFAULT_RENEWAL_BACKOFF } from './tokens/renewal-policy.js';
 import { tlsOptions } from './tls-options.js';
 import { UpstreamQueue } from './proxy/upstream-queue.js';
+import { partnerGuardFor } from './partner-protection.js';
 
 export interface UpstreamDeps {
   readonly metrics: Metrics;
@@ -118,10 +119,14 @@ export class UpstreamFactory {
       metrics: bindRequestMetrics(metrics, u.name),
       retryBodyLimitBytes: u.retryBodyLimitBytes,
       timeoutMs: u.timeoutSeconds * 1000,
-      queue: new UpstreamQueue(u.maxConnections + u.maxQueuedRequests),
+      queue: new UpstreamQueue(
+        u.maxConnections + u.maxQueuedRequests,
+        metrics.upstreamRejected.labels(u.name, 'queue_full'),
+      ),
       logger,
       accessLog: accessLogFor(logger, this.#config.accessLog),
       dpop,
+      guard: partnerGuardFor(u, pool, this.#deps),
     };
   }
 

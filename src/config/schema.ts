@@ -14,6 +14,7 @@ import {
 import { dpopSharedTierProblems } from './dpop.js';
 import { redisSchema } from './redis-schema.js';
 import { exposureProblem } from './exposure.js';
+import { protectionKeys } from './protection-schema.js';
 import { secureUrl } from './url.js';
 
 export { isLoopbackHost } from './url.js';
@@ -159,6 +160,7 @@ const upstreamSchema = z
       ),
     auth: authSchema,
     tenants: tenantsSchema.optional(),
+    ...protectionKeys,
   })
   .superRefine((u, ctx) => {
     if (u.pathPrefix === undefined && u.hosts === undefined) {

@@ -16,7 +16,19 @@ const REDIS_SECONDS_PER_REFRESH = 1.5;
  * refresh token, and a server with reuse detection (RFC 9700 §4.14.2) then revokes the chain.
  */
 export function configWarnings(config: Config): string[] {
-  return [...deprecations(config), ...lockWarnings(config)];
+  return [...deprecations(config), ...lockWarnings(config), ...concurrencyWarnings(config)];
+}
+
+/** Requests let through beyond the pool's connections wait in undici's queue, out of the gate's sight. */
+function concurrencyWarnings(config: Config): string[] {
+  return config.upstreams.flatMap((u) => {
+    const concurrent = u.limits?.maxConcurrentRequests;
+    return concurrent !== undefined && concurrent > u.maxConnections
+      ? [
+          `upstream ${u.name}: limits.maxConcurrentRequests ${concurrent} is above maxConnections ${u.maxConnections}: at most ${u.maxConnections} are in flight, the rest wait for a connection; raise maxConnections`,
+        ]
+      : [];
+  });
 }
 
 function deprecations(config: Config): string[] {

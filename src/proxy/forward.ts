@@ -14,6 +14,8 @@ import { upstreamRequestHeaders, type ForwardedInfo } from './headers.js';
 import { readRequestBody, type RequestBody } from './request-body.js';
 import { CLIENT_LEFT, logAnswer, tokenUnavailable, type RequestRecord } from './respond.js';
 import { ResponseRelay } from './response-relay.js';
+import { GuardedRelay } from './guarded-relay.js';
+import type { GuardedRequest } from './partner-guard.js';
 import { UnauthorizedReplay, type ReplaySettings } from './unauthorized-replay.js';
 import type { Target, Upstream } from './upstream.js';
 
@@ -167,6 +169,12 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
 
   #dispatch(body: RequestBody, token: Token | undefined): void {
     const upstream = this.upstream;
+    // The one check an upstream without partner protection pays (issue 21).
+    const guard = upstream.guard;
+    if (guard !== undefined) {
+      guard.admit(this.#guarded(body, token));
+      return;
+    }
     if (!upstream.queue.enter()) {
       this.#release(body);
       if (body.kind === 'streamed') body.stream.resume();
@@ -182,16 +190,54 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
       return;
     }
     this.#body = body;
-    const relay = new ResponseRelay(
-      this,
-      this.#res,
-      this.#ctx.answers,
-      this.#ctx.limits.responseIdleTimeoutSeconds * 1000,
-      () => {
+    this.#start(
+      new ResponseRelay(this, this.#res, this.#ctx.answers, this.#ctx.limits.responseIdleTimeoutSeconds * 1000, () => {
         upstream.queue.release();
         this.#release(body);
-      },
+      }),
+      token,
     );
+  }
+
+  /** What the partner guard calls back when it lets the request through, refuses it, or its client leaves. */
+  #guarded(body: RequestBody, token: Token | undefined): GuardedRequest {
+    const refused = (err: ProxyError | undefined): void => {
+      this.#release(body);
+      if (body.kind === 'streamed') body.stream.resume();
+      if (err === undefined) logAnswer(this, CLIENT_LEFT, token, false);
+      else this.#answerFailure(token, err);
+    };
+    return {
+      res: this.#res,
+      proceed: (ticket) => {
+        this.#body = body;
+        const relay = new GuardedRelay(
+          this,
+          this.#res,
+          this.#ctx.answers,
+          this.#ctx.limits.responseIdleTimeoutSeconds * 1000,
+          () => {
+            ticket.done();
+            this.#release(body);
+          },
+          ticket,
+        );
+        // A wait in the queue may have outlasted the token picked before it: send the current one.
+        const tokens = this.#tokens;
+        if (tokens === undefined || token === undefined || tokens.usable(token)) this.#start(relay, token);
+        else
+          tokens.obtain().then(
+            (current) => this.#start(relay, current),
+            (err: unknown) => relay.tokenFailed(err),
+          );
+      },
+      refuse: refused,
+      left: () => refused(undefined),
+    };
+  }
+
+  #start(relay: ResponseRelay, token: Token | undefined): void {
+    const upstream = this.upstream;
     if (this.#tokens === undefined || token === undefined) {
       relay.attempt(undefined, false);
       this.send(undefined, relay);
@@ -235,17 +281,16 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
   #dispatchWith(headers: string[], handler: Dispatcher.DispatchHandler): void {
     const target = this.#target;
     const body = this.#body as RequestBody;
-    this.upstream.dispatcher.dispatch(
-      {
-        origin: target.origin,
-        path: target.path,
-        method: this.req.method ?? 'GET',
-        headers,
-        body: body.kind === 'none' ? null : body.kind === 'buffered' ? body.data : body.stream,
-        headersTimeout: this.upstream.timeoutMs,
-      },
-      handler,
-    );
+    const opts: Dispatcher.DispatchOptions = {
+      origin: target.origin,
+      path: target.path,
+      method: this.req.method ?? 'GET',
+      headers,
+      body: body.kind === 'none' ? null : body.kind === 'buffered' ? body.data : body.stream,
+      headersTimeout: this.upstream.timeoutMs,
+    };
+    const guard = this.upstream.guard;
+    this.upstream.dispatcher.dispatch(opts, guard === undefined ? handler : guard.retrying(opts, handler));
   }
 }
 

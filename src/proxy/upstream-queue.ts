@@ -6,10 +6,13 @@
  */
 export class UpstreamQueue {
   readonly limit: number;
+  readonly #full: { inc(): void } | undefined;
   #held = 0;
 
-  constructor(limit: number) {
+  /** `full` counts the requests refused for want of a place (token_proxy_upstream_rejected_total). */
+  constructor(limit: number, full?: { inc(): void }) {
     this.limit = limit;
+    this.#full = full;
   }
 
   get held(): number {
@@ -18,7 +21,10 @@ export class UpstreamQueue {
 
   /** Takes a place, or says there is none. Every true is paired with one release(). */
   enter(): boolean {
-    if (this.#held >= this.limit) return false;
+    if (this.#held >= this.limit) {
+      this.#full?.inc();
+      return false;
+    }
     this.#held += 1;
     return true;
   }

@@ -6,6 +6,7 @@ import type { AccessLog } from '../logger.js';
 import type { RequestMetrics } from '../metrics.js';
 import type { CallerTokens, TokenReader } from '../tokens/reader.js';
 import type { UpstreamQueue } from './upstream-queue.js';
+import type { PartnerGuard } from './partner-guard.js';
 
 /**
  * Everything the request path needs about one upstream, built once per configuration. The egress
@@ -36,6 +37,11 @@ export interface Upstream {
    * requests check this once and pay nothing more.
    */
   readonly dpop: DpopSigner | undefined;
+  /**
+   * Partner protection (limits, circuit breaker, retries, Retry-After), or undefined when none
+   * is configured: then `queue` alone bounds the requests in hand, as before.
+   */
+  readonly guard: PartnerGuard | undefined;
 }
 
 /** Token sources by tenant, and where a request's tenant name comes from. */

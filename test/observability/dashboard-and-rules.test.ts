@@ -288,7 +288,11 @@ beforeAll(async () => {
   tokenServer.lifetimeSeconds = TOKEN_LIFETIME_SECONDS;
   partner = await startVerifyingPartner(tokenServer);
   redis = await startRedis();
-  const upstreams = () => [upstream('partner', 'observability-client'), upstream('broken', 'broken-client')];
+  // 'broken' has a circuit breaker, so the scrape has its state series (closed: a token failure is no verdict).
+  const upstreams = () => [
+    upstream('partner', 'observability-client'),
+    upstream('broken', 'broken-client', { circuitBreaker: { consecutiveFailures: 5 } }),
+  ];
   proxy = await startProxy(proxyConfig(SHARED_KEY, upstreams()));
   await sharedCacheUp(proxy, 1); // else the first fetches would bypass Redis
 
@@ -680,8 +684,10 @@ describe('the Prometheus alert rules', () => {
 
   it('cover the required conditions, each with a for: duration, a severity and runbook annotations', () => {
     expect(rules.map((r) => r.alert).sort()).toEqual([
+      'TokenProxyCircuitOpen',
       'TokenProxyConfigReloadFailing',
       'TokenProxyGatewayErrors',
+      'TokenProxyRequestsRejected',
       'TokenProxySharedCacheDown',
       'TokenProxySharedCacheErrors',
       'TokenProxyTargetDown',
@@ -712,7 +718,7 @@ describe('the Prometheus alert rules', () => {
     // Like the metrics check: needs promtool (Debian package `prometheus`), else not run.
     if (promtoolAvailable()) {
       const rulesCheck = promtool(['check', 'rules', RULES_FILE]);
-      expect(rulesCheck.output).toContain('SUCCESS: 10 rules found');
+      expect(rulesCheck.output).toContain('SUCCESS: 12 rules found');
       expect(rulesCheck.status).toBe(0);
       const configCheck = promtool(['check', 'config', PROMETHEUS_FILE]);
       expect(configCheck.output).toContain('SUCCESS: 1 rule files found');
@@ -935,6 +941,32 @@ function runAlertScenarios() {
               eval_time: '17m',
               alertname: 'TokenProxyConfigReloadFailing',
               exp_alerts: [alert('warning', {})],
+            },
+          ],
+        },
+        {
+          interval: '15s',
+          input_series: [
+            // down: open from 1m on (2, with half-open readings between probes); flapping: open 2 minutes only.
+            s('token_proxy_upstream_circuit_state', { upstream: 'down' }, '0x4 2x10 1x1 2x60'),
+            s('token_proxy_upstream_circuit_state', { upstream: 'flapping' }, '0x4 2x8 0x60'),
+            // busy: 1 rate_limited rejection every 15 s; calm: one queue_full only; open: circuit_open (its own alert).
+            s('token_proxy_upstream_rejected_total', { upstream: 'busy', reason: 'rate_limited' }, '0+1x80'),
+            s('token_proxy_upstream_rejected_total', { upstream: 'calm', reason: 'queue_full' }, '0x10 1x70'),
+            s('token_proxy_upstream_rejected_total', { upstream: 'down', reason: 'circuit_open' }, '0+5x80'),
+          ],
+          alert_rule_test: [
+            { eval_time: '5m', alertname: 'TokenProxyCircuitOpen', exp_alerts: [] },
+            {
+              eval_time: '8m',
+              alertname: 'TokenProxyCircuitOpen',
+              exp_alerts: [alert('critical', { upstream: 'down' })],
+            },
+            { eval_time: '10m', alertname: 'TokenProxyRequestsRejected', exp_alerts: [] },
+            {
+              eval_time: '18m',
+              alertname: 'TokenProxyRequestsRejected',
+              exp_alerts: [alert('warning', { upstream: 'busy', reason: 'rate_limited' })],
             },
           ],
         },
