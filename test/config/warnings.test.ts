@@ -32,6 +32,21 @@ describe('config warnings', () => {
     ]);
   });
 
+  it('warns when limits.maxConcurrentRequests is above maxConnections: the excess would wait in the pool', () => {
+    const config = buildConfig(
+      {
+        upstreams: [
+          { ...upstream('within', undefined), limits: { maxConcurrentRequests: 128 } },
+          { ...upstream('over', undefined), maxConnections: 8, limits: { maxConcurrentRequests: 64 } },
+        ],
+      },
+      { env: {} },
+    );
+    expect(configWarnings(config)).toEqual([
+      'upstream over: limits.maxConcurrentRequests 64 is above maxConnections 8: at most 8 are in flight, the rest wait for a connection; raise maxConnections',
+    ]);
+  });
+
   it('has nothing to say with the defaults, or without Redis', () => {
     const withRedis = buildConfig(
       {

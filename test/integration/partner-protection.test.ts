@@ -99,6 +99,7 @@ beforeAll(async () => {
         }),
         up('breaker', `http://127.0.0.1:${resetPort}`, { circuitBreaker: { consecutiveFailures: 2, openSeconds: 30 } }),
         up('paused', partner.url, { respectRetryAfter: true }),
+        up('replayed', partner.url, { circuitBreaker: { consecutiveFailures: 2, openSeconds: 30 } }),
         up('plain', partner.url, {}),
       ],
     },
@@ -107,7 +108,7 @@ beforeAll(async () => {
   port = Number(new URL(proxy.url).port);
   // Every upstream's token in hand: the requests below go straight to the gate.
   partner.script = () => ({ status: 200, body: 'warm' });
-  for (const name of ['rate', 'paused', 'plain']) expect((await get(`/${name}/warm`)).status).toBe(200);
+  for (const name of ['rate', 'paused', 'plain', 'replayed']) expect((await get(`/${name}/warm`)).status).toBe(200);
   resetNext = 0;
   for (const name of ['reset', 'breaker']) expect((await get(`/${name}/warm`)).status).toBe(200);
 }, 30_000);
@@ -333,6 +334,17 @@ describe('circuit breaker', () => {
       'circuit_closed',
     ]);
     expect(value(await scrape(), rejected('breaker', 'circuit_open'))).toBe(2);
+  });
+
+  it('judges a request replayed after a 401 once, by the answer its client got', async () => {
+    partner.script = (req) => (req.path === '/fail' ? { status: 503, body: 'down' } : undefined);
+    expect((await get('/replayed/fail')).status).toBe(503); // one failure
+    // The token is refused: 401 (swallowed), a new token, the replay answered 503. Judged per
+    // attempt, the 401 would have reset the count; judged once, it is the second failure in a row.
+    partner.revoked.add(partner.seen.at(-1)?.token as string);
+    expect((await get('/replayed/fail')).status).toBe(503);
+    expect(partner.seen.map((s) => s.status)).toEqual([503, 401, 503]);
+    expect(await state('replayed')).toBe(2);
   });
 
   it('has no circuit state series for an upstream without a breaker', async () => {
