@@ -44,6 +44,14 @@ export const upstreamLimitsSchema = z
       .optional()
       .describe('longest wait in the queue (default: the upstream timeoutSeconds); then 503 queue_timeout'),
   })
+  .superRefine((limits, ctx) => {
+    if (limits.burst !== undefined && limits.requestsPerSecond === undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['burst'],
+        message: 'burst needs requestsPerSecond (the rate it refills at)',
+      });
+  })
   .describe('protects the partner: at most maxConcurrentRequests in flight, a FIFO queue, an optional rate');
 
 export const circuitBreakerSchema = z

@@ -54,6 +54,11 @@ export class AdmissionGate {
     this.#s = settings;
   }
 
+  /** The limits it applies (read-only, for tests and the status page). */
+  get settings(): GateSettings {
+    return this.#s;
+  }
+
   /** Dispatched now. */
   get active(): number {
     return this.#active;
