@@ -110,11 +110,12 @@ export class UpstreamFactory {
       );
       tokens = { from: u.tenants.from, byTenant };
     }
+    const guard = partnerGuardFor(u, pool, this.#deps);
     return {
       name: u.name,
       origin: target.origin,
       basePath: trimSlash(target.pathname),
-      dispatcher: pool,
+      dispatcher: guard?.dispatcher ?? pool,
       tokens,
       metrics: bindRequestMetrics(metrics, u.name),
       retryBodyLimitBytes: u.retryBodyLimitBytes,
@@ -126,7 +127,7 @@ export class UpstreamFactory {
       logger,
       accessLog: accessLogFor(logger, this.#config.accessLog),
       dpop,
-      guard: partnerGuardFor(u, pool, this.#deps),
+      guard,
     };
   }
 

@@ -88,3 +88,20 @@ export class ConnectionRetry implements Dispatcher.DispatchHandler {
     this.#dispatcher.dispatch(this.#opts, this);
   }
 }
+
+/**
+ * `pool` with every dispatch going through `wrap` first (upgrades excepted: their handler is not
+ * one a retry can wrap). The same shape as undici's own `compose()`, a Proxy that replaces only
+ * `dispatch`, but handing on the caller's handler as it is rather than converted: only upstreams
+ * with retries configured go through it, the others dispatch on their pool directly.
+ */
+export function dispatchingThrough(
+  pool: Dispatcher,
+  wrap: (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler) => Dispatcher.DispatchHandler,
+): Dispatcher {
+  const dispatch = (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean =>
+    pool.dispatch(opts, opts.upgrade === undefined || opts.upgrade === null ? wrap(opts, handler) : handler);
+  return new Proxy(pool, {
+    get: (target, key) => (key === 'dispatch' ? dispatch : (Reflect.get(target, key) as unknown)),
+  });
+}

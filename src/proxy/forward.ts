@@ -281,16 +281,17 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
   #dispatchWith(headers: string[], handler: Dispatcher.DispatchHandler): void {
     const target = this.#target;
     const body = this.#body as RequestBody;
-    const opts: Dispatcher.DispatchOptions = {
-      origin: target.origin,
-      path: target.path,
-      method: this.req.method ?? 'GET',
-      headers,
-      body: body.kind === 'none' ? null : body.kind === 'buffered' ? body.data : body.stream,
-      headersTimeout: this.upstream.timeoutMs,
-    };
-    const guard = this.upstream.guard;
-    this.upstream.dispatcher.dispatch(opts, guard === undefined ? handler : guard.retrying(opts, handler));
+    this.upstream.dispatcher.dispatch(
+      {
+        origin: target.origin,
+        path: target.path,
+        method: this.req.method ?? 'GET',
+        headers,
+        body: body.kind === 'none' ? null : body.kind === 'buffered' ? body.data : body.stream,
+        headersTimeout: this.upstream.timeoutMs,
+      },
+      handler,
+    );
   }
 }
 

@@ -6,7 +6,7 @@ import { ProxyError, type ProxyErrorCode } from '../errors.js';
 import type { Clock } from '../tokens/clock.js';
 import type { AdmissionGate, GateEntrant, GateRefusal, QueuePlace } from './admission-gate.js';
 import type { CircuitBreaker } from './circuit-breaker.js';
-import { ConnectionRetry, IDEMPOTENT_METHODS } from './connection-retry.js';
+import { ConnectionRetry, IDEMPOTENT_METHODS, dispatchingThrough } from './connection-retry.js';
 import { retryAfterHeader, retryAfterMs, retryAfterSeconds } from './retry-after.js';
 
 /** Every reason of `token_proxy_upstream_rejected_total`, exported at 0 from the start. */
@@ -68,6 +68,11 @@ export class PartnerGuard {
   readonly upstream: string;
   readonly gate: AdmissionGate;
   readonly breaker: CircuitBreaker | undefined;
+  /**
+   * What the upstream dispatches on: its pool, or with retries configured the pool behind
+   * `retrying()`, so forward.ts sends as it always did.
+   */
+  readonly dispatcher: Dispatcher;
   readonly #s: GuardSettings;
   readonly #rejected: Record<RejectionReason, { inc(): void }>;
   readonly #retried: { inc(): void };
@@ -80,6 +85,10 @@ export class PartnerGuard {
     this.upstream = settings.upstream;
     this.gate = settings.gate;
     this.breaker = settings.breaker;
+    this.dispatcher =
+      settings.retries === 0
+        ? settings.dispatcher
+        : dispatchingThrough(settings.dispatcher, (opts, handler) => this.retrying(opts, handler));
     const bind = (reason: RejectionReason) => settings.rejected.labels(settings.upstream, reason);
     this.#rejected = {
       queue_full: bind('queue_full'),
