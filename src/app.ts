@@ -174,6 +174,8 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     sharedCacheUp: () => store?.up,
     configFile: options.configFile,
     reload: () => reloads.info(),
+    // Read-only: the breaker of the current configuration's upstream (issue 21 part 3).
+    breakerState: (name) => generation.upstreams.find((u) => u.name === name)?.guard?.breaker?.state,
     ...options.statusHooks,
   };
   const admin = createAdminServer(

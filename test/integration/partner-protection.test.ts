@@ -297,6 +297,12 @@ describe('circuit breaker', () => {
     // No connection was tried: no retry of one either.
     expect(value(await scrape(), 'token_proxy_upstream_retries_total{upstream="refused"}')).toBe(retriesBefore);
     expect(value(await scrape(), rejected('refused', 'circuit_open'))).toBe(1);
+    // The status page shows it (read-only), and no breaker for an upstream without one.
+    const status = (await (await fetch(`${proxy.adminUrl}/status`)).json()) as {
+      upstreams: { name: string; breaker: string }[];
+    };
+    const breakers = Object.fromEntries(status.upstreams.map((u) => [u.name, u.breaker]));
+    expect(breakers).toMatchObject({ refused: 'open', breaker: 'closed', plain: 'not_configured' });
     expect(
       proxy.logs.filter((l) => l.includes('"event":"circuit_opened"') && l.includes('"upstream":"refused"')),
     ).toHaveLength(1);
