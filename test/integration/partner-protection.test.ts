@@ -33,6 +33,8 @@ let holding: Server;
 let resetNext = 0;
 let resetRequests = 0;
 let resetConnections = 0;
+/** The client port of each request the resetting server saw: tells its connections apart. */
+const resetPorts: (number | undefined)[] = [];
 let resetting: Server;
 
 let refusedPort: number;
@@ -54,6 +56,7 @@ beforeAll(async () => {
   });
   resetting = createServer((req, res) => {
     resetRequests += 1;
+    resetPorts.push(req.socket.remotePort);
     if (resetNext > 0) {
       resetNext -= 1;
       req.socket.resetAndDestroy(); // RST before any answer byte
@@ -254,6 +257,8 @@ describe('retries of failed connections (retry.connectionFailures)', () => {
     expect(res.body).toBe('after the reset');
     expect(resetRequests - before.requests).toBe(2);
     expect(resetConnections - before.connections).toBeGreaterThanOrEqual(1);
+    const [reset, retried] = resetPorts.slice(-2);
+    expect(retried).not.toBe(reset); // the retry came on a new connection
     expect(value(await scrape(), 'token_proxy_upstream_retries_total{upstream="reset"}')).toBe(1);
     expect(
       proxy.logs.filter((l) => l.includes('"event":"upstream_retry"') && l.includes('"upstream":"reset"')),
