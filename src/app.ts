@@ -20,6 +20,7 @@ import { createProxyServer } from './proxy/server.js';
 import { readmitDetached } from './proxy/detached.js';
 import { REFUSAL_REASONS } from './proxy/respond.js';
 import { CIRCUIT_STATE_VALUE } from './proxy/circuit-breaker.js';
+import { PartnerGuards } from './partner-protection.js';
 import { SelfAddresses } from './proxy/self-addresses.js';
 import { buildGeneration, type Generation } from './generation.js';
 import type { BackoffPolicy } from './tokens/backoff.js';
@@ -126,7 +127,15 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   );
   // The listeners' bound addresses, known after listen; every generation's egress guard reads them.
   const self = new SelfAddresses();
-  const deps = { metrics, clock, logger, sharedTier: shared !== undefined, providers, self };
+  const deps = {
+    metrics,
+    clock,
+    logger,
+    sharedTier: shared !== undefined,
+    providers,
+    self,
+    guards: new PartnerGuards(),
+  };
   for (const warning of configWarnings(initial)) logger.warn({ event: 'config_warning', warning }, warning);
   let generation: Generation = buildGeneration(initial, deps);
   const sources = new Map(generation.sources);

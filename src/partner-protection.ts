@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
+import { dispatchingThrough } from './proxy/connection-retry.js';
 import type { UpstreamConfig } from './config/load.js';
 import type { Metrics } from './metrics.js';
 import { AdmissionGate } from './proxy/admission-gate.js';
@@ -16,7 +17,6 @@ import type { Clock } from './tokens/clock.js';
  */
 export function partnerGuardFor(
   u: UpstreamConfig,
-  dispatcher: Dispatcher,
   deps: { readonly metrics: Metrics; readonly clock: Clock; readonly logger: Logger },
 ): PartnerGuard | undefined {
   const { metrics, clock, logger } = deps;
@@ -54,10 +54,44 @@ export function partnerGuardFor(
     breaker,
     retries,
     respectRetryAfter: u.respectRetryAfter,
-    dispatcher,
     clock,
     logger,
     rejected: metrics.upstreamRejected,
     retried: metrics.upstreamRetries,
   });
+}
+
+/** What the upstream dispatches on: its pool, or with retries the pool behind the guard's retry handler. */
+export function guardedDispatcher(guard: PartnerGuard | undefined, pool: Dispatcher): Dispatcher {
+  if (guard === undefined || !guard.retries) return pool;
+  return dispatchingThrough(pool, (opts, handler) => guard.retrying(opts, handler, pool));
+}
+
+/**
+ * The guards of the running configuration by upstream name, kept across reloads: an upstream
+ * whose protection settings did not change keeps its guard (its breaker, queue, the partner's
+ * Retry-After, its requests in flight); one whose settings changed starts afresh.
+ */
+export class PartnerGuards {
+  readonly #byName = new Map<string, { readonly key: string; readonly guard: PartnerGuard | undefined }>();
+
+  provide(
+    u: UpstreamConfig,
+    deps: { readonly metrics: Metrics; readonly clock: Clock; readonly logger: Logger },
+  ): PartnerGuard | undefined {
+    const key = JSON.stringify([
+      u.limits,
+      u.circuitBreaker,
+      u.retry,
+      u.respectRetryAfter,
+      u.maxConnections,
+      u.maxQueuedRequests,
+      u.timeoutSeconds,
+    ]);
+    const kept = this.#byName.get(u.name);
+    if (kept?.key === key) return kept.guard;
+    const guard = partnerGuardFor(u, deps);
+    this.#byName.set(u.name, { key, guard });
+    return guard;
+  }
 }

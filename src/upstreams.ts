@@ -18,7 +18,7 @@ import { cacheKey } from './tokens/token-cache.js';
 import { DEFAULT_RENEWAL_BACKOFF } from './tokens/renewal-policy.js';
 import { tlsOptions } from './tls-options.js';
 import { UpstreamQueue } from './proxy/upstream-queue.js';
-import { partnerGuardFor } from './partner-protection.js';
+import { guardedDispatcher, partnerGuardFor, type PartnerGuards } from './partner-protection.js';
 
 export interface UpstreamDeps {
   readonly metrics: Metrics;
@@ -28,6 +28,8 @@ export interface UpstreamDeps {
   readonly sharedTier: boolean;
   /** One provider per cache key, kept across reloads. */
   readonly providers: TokenProviders;
+  /** Partner guards kept across reloads; without it each configuration builds its own. */
+  readonly guards?: PartnerGuards;
 }
 
 export interface BuiltUpstream {
@@ -110,12 +112,12 @@ export class UpstreamFactory {
       );
       tokens = { from: u.tenants.from, byTenant };
     }
-    const guard = partnerGuardFor(u, pool, this.#deps);
+    const guard = this.#deps.guards?.provide(u, this.#deps) ?? partnerGuardFor(u, this.#deps);
     return {
       name: u.name,
       origin: target.origin,
       basePath: trimSlash(target.pathname),
-      dispatcher: guard?.dispatcher ?? pool,
+      dispatcher: guardedDispatcher(guard, pool),
       tokens,
       metrics: bindRequestMetrics(metrics, u.name),
       retryBodyLimitBytes: u.retryBodyLimitBytes,

@@ -6,7 +6,7 @@ import { ProxyError, type ProxyErrorCode } from '../errors.js';
 import type { Clock } from '../tokens/clock.js';
 import type { AdmissionGate, GateEntrant, GateRefusal, QueuePlace } from './admission-gate.js';
 import type { CircuitBreaker } from './circuit-breaker.js';
-import { ConnectionRetry, IDEMPOTENT_METHODS, dispatchingThrough } from './connection-retry.js';
+import { ConnectionRetry, IDEMPOTENT_METHODS } from './connection-retry.js';
 import { retryAfterHeader, retryAfterMs, retryAfterSeconds } from './retry-after.js';
 
 /** Every reason of `token_proxy_upstream_rejected_total`, exported at 0 from the start. */
@@ -47,7 +47,6 @@ export interface GuardSettings {
   readonly breaker: CircuitBreaker | undefined;
   readonly retries: number;
   readonly respectRetryAfter: boolean;
-  readonly dispatcher: Dispatcher;
   readonly clock: Clock;
   readonly logger: Logger;
   readonly rejected: Counter<'upstream' | 'reason'>;
@@ -60,6 +59,10 @@ export interface GuardSettings {
  * an upstream that configures one of them: the others' requests check `upstream.guard` once and
  * go on as before.
  *
+ * It holds no connection of its own: a reload that leaves the upstream's protection settings as
+ * they were keeps the guard (see PartnerGuards), so the breaker stays open, the partner's
+ * Retry-After stays in force and the old configuration's requests in flight still count.
+ *
  * Order on the way in: breaker (no connection while open), the partner's Retry-After, then the
  * gate. The breaker judges the whole forwarded request once, after the 401 replay and the
  * connection retries: the answer relayed to the client, or the failure answered in its place.
@@ -68,11 +71,6 @@ export class PartnerGuard {
   readonly upstream: string;
   readonly gate: AdmissionGate;
   readonly breaker: CircuitBreaker | undefined;
-  /**
-   * What the upstream dispatches on: its pool, or with retries configured the pool behind
-   * `retrying()`, so forward.ts sends as it always did.
-   */
-  readonly dispatcher: Dispatcher;
   readonly #s: GuardSettings;
   readonly #rejected: Record<RejectionReason, { inc(): void }>;
   readonly #retried: { inc(): void };
@@ -85,10 +83,6 @@ export class PartnerGuard {
     this.upstream = settings.upstream;
     this.gate = settings.gate;
     this.breaker = settings.breaker;
-    this.dispatcher =
-      settings.retries === 0
-        ? settings.dispatcher
-        : dispatchingThrough(settings.dispatcher, (opts, handler) => this.retrying(opts, handler));
     const bind = (reason: RejectionReason) => settings.rejected.labels(settings.upstream, reason);
     this.#rejected = {
       queue_full: bind('queue_full'),
@@ -138,16 +132,25 @@ export class PartnerGuard {
     if (ticket.place !== undefined) ticket.waitForClient();
   }
 
+  /** Whether failed connections are tried again (retry.connectionFailures > 0). */
+  get retries(): boolean {
+    return this.#s.retries > 0;
+  }
+
   /**
-   * Wraps `handler` so a failed connection is tried again, when retries are configured, the
-   * method is idempotent and the body can be sent twice (RFC 9110 §9.2.2).
+   * Wraps `handler` so a failed connection is tried again on `pool`, when retries are configured,
+   * the method is idempotent and the body can be sent twice (RFC 9110 §9.2.2).
    */
-  retrying(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): Dispatcher.DispatchHandler {
+  retrying(
+    opts: Dispatcher.DispatchOptions,
+    handler: Dispatcher.DispatchHandler,
+    pool: Dispatcher,
+  ): Dispatcher.DispatchHandler {
     const retries = this.#s.retries;
     if (retries === 0 || !IDEMPOTENT_METHODS.has(opts.method)) return handler;
     const body = opts.body;
     if (body !== null && body !== undefined && !Buffer.isBuffer(body)) return handler; // streamed: once only
-    return new ConnectionRetry(opts, handler, this.#s.dispatcher, retries, this);
+    return new ConnectionRetry(opts, handler, pool, retries, this);
   }
 
   /** ConnectionRetry's hook: every extra attempt is counted and logged. */

@@ -5,7 +5,6 @@ import { ConfigError } from '../../src/errors.js';
 import { createLogger } from '../../src/logger.js';
 import { createMetrics } from '../../src/metrics.js';
 import { partnerGuardFor } from '../../src/partner-protection.js';
-import { Agent } from 'undici';
 
 const upstream = (extra: Record<string, unknown>) => ({
   name: 'p',
@@ -29,7 +28,7 @@ function guardOf(extra: Record<string, unknown>) {
     clock: { now: () => 0 },
     logger: createLogger('silent'),
   };
-  return partnerGuardFor(u, new Agent(), deps);
+  return partnerGuardFor(u, deps);
 }
 
 function problems(extra: Record<string, unknown>): string[] {

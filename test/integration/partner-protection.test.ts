@@ -358,6 +358,25 @@ describe('circuit breaker', () => {
     expect(await state('replayed')).toBe(2);
   });
 
+  it('keeps an open circuit across a reload that leaves its settings alone; new settings start closed', async () => {
+    // 'refused' opened above, and its open time has passed since: half-open, the next request probes.
+    expect(await state('refused')).toBe(1);
+    await proxy.app.reload(proxy.app.config); // the same configuration again
+    expect(await state('refused')).toBe(1);
+    expect((await get('/refused/probe')).status).toBe(502); // the probe fails: open again
+    expect(await state('refused')).toBe(2);
+    expect(JSON.parse((await get('/refused/after-reload')).body)).toMatchObject({ error: 'circuit_open' });
+    const changed = {
+      ...proxy.app.config,
+      upstreams: proxy.app.config.upstreams.map((u) =>
+        u.name === 'refused' ? { ...u, circuitBreaker: { consecutiveFailures: 3, openSeconds: 30 } } : u,
+      ),
+    };
+    await proxy.app.reload(changed);
+    expect(await state('refused')).toBe(0);
+    expect(JSON.parse((await get('/refused/new-settings')).body)).toMatchObject({ error: 'upstream_unreachable' });
+  });
+
   it('has no circuit state series for an upstream without a breaker', async () => {
     expect(await state('plain')).toBeUndefined();
     expect(await state('slow')).toBeUndefined();
