@@ -102,6 +102,13 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
       this.#answerFailure(undefined, tokenUnavailable(this.upstream, err));
       return;
     }
+    // The client left while its token came: its 'close' is past, so no relay made now would hear
+    // it and give the upstream's place back. Off the fast path (a cached token never waits here).
+    if (this.#res.closed) {
+      this.req.resume();
+      logAnswer(this, CLIENT_LEFT, token, false);
+      return;
+    }
     await this.sendWith(token);
   }
 
@@ -210,6 +217,13 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
     return {
       res: this.#res,
       proceed: (ticket) => {
+        if (this.#res.closed) {
+          // The client left before its turn (waiting for its token or body): its 'close' has come
+          // and gone, so no relay would ever hear it and give the slot back.
+          ticket.done();
+          refused(undefined);
+          return;
+        }
         this.#body = body;
         const relay = new GuardedRelay(
           this,

@@ -39,6 +39,10 @@ let resetting: Server;
 
 let refusedPort: number;
 
+/** A token endpoint that holds its answers until the test releases them. */
+const tokenAnswers: ServerResponse[] = [];
+let slowTokens: Server;
+
 async function listen(server: Server): Promise<number> {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -65,6 +69,11 @@ beforeAll(async () => {
     res.end('after the reset');
   });
   resetting.on('connection', () => (resetConnections += 1));
+  slowTokens = createServer((req, res) => {
+    req.resume();
+    tokenAnswers.push(res);
+  });
+  const slowTokenPort = await listen(slowTokens);
   const holdPort = await listen(holding);
   const resetPort = await listen(resetting);
   // A port with nothing listening: bound once for a free number, then closed.
@@ -104,6 +113,16 @@ beforeAll(async () => {
         up('paused', partner.url, { respectRetryAfter: true }),
         up('replayed', partner.url, { circuitBreaker: { consecutiveFailures: 2, openSeconds: 30 } }),
         up('plain', partner.url, {}),
+        {
+          ...up('late', `http://127.0.0.1:${resetPort}`, {
+            limits: { maxConcurrentRequests: 1, maxQueuedRequests: 0 },
+          }),
+          auth: { ...auth, tokenUrl: `http://127.0.0.1:${slowTokenPort}/token` },
+        },
+        {
+          ...up('late-plain', `http://127.0.0.1:${resetPort}`, { maxConnections: 1, maxQueuedRequests: 0 }),
+          auth: { ...auth, clientId: 'guard-plain', tokenUrl: `http://127.0.0.1:${slowTokenPort}/token` },
+        },
       ],
     },
     { clock },
@@ -123,6 +142,7 @@ afterAll(async () => {
   await tokenServer.stop();
   holding.close();
   resetting.close();
+  slowTokens.close();
 });
 
 beforeEach(() => {
@@ -224,6 +244,34 @@ describe('concurrency and queue (limits)', () => {
     const m = await scrape();
     expect(value(m, rejected('brief', 'queue_timeout'))).toBe(1);
     expect(value(m, rejected('brief', 'queue_full'))).toBe(0);
+  });
+});
+
+describe('a client that leaves before its turn', () => {
+  it.each(['late', 'late-plain'])('%s: gives its place back when it left while waiting for the token', async (name) => {
+    const leaving = connect(port, '127.0.0.1');
+    leaving.on('error', () => undefined);
+    leaving.write(`GET /${name}/first HTTP/1.1\r\nHost: p\r\n\r\n`);
+    await eventually(() => tokenAnswers.length === 1, { timeoutMs: 5_000, what: 'the token request' });
+    leaving.destroy();
+    await once(leaving, 'close');
+    const before = resetRequests;
+    resetNext = 0;
+    tokenAnswers
+      .shift()
+      ?.writeHead(200, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ access_token: 'late-token', token_type: 'Bearer', expires_in: 3600 }));
+    await eventually(
+      async () => value(await scrape(), `token_proxy_requests_total{upstream="${name}",code="499"}`) === 1,
+      {
+        timeoutMs: 5_000,
+        what: 'the 499 of the client that left',
+      },
+    );
+    expect(value(await scrape(), `token_proxy_upstream_requests_in_hand{upstream="${name}"}`)).toBe(0);
+    // One place and no queue (limits, or maxConnections without them): a leaked place would make this 503.
+    expect((await get(`/${name}/next`)).status).toBe(200);
+    expect(resetRequests - before).toBe(1);
   });
 });
 
