@@ -32,6 +32,7 @@ import { EntryCipher, cipherKey } from './tokens/entry-cipher.js';
 import { RedisTokenStore } from './tokens/redis-store.js';
 import { configWarnings } from './config/warnings.js';
 import type { SharedTokenStore } from './tokens/shared-store.js';
+import { createTracing, type TracingOptions } from './tracing/otel-tracing.js';
 
 export { EGRESS_UPSTREAM } from './generation.js';
 
@@ -47,6 +48,8 @@ export interface AppOptions {
    * load and App.reload's outcomes, without `breakerState` every breaker as not configured.
    */
   readonly statusHooks?: Pick<StatusSources, 'breakerState' | 'reload'>;
+  /** Export timing of the trace SDK (tests and the bench shorten the batch delay). */
+  readonly tracing?: TracingOptions;
 }
 
 export interface App {
@@ -107,7 +110,9 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   const logger = options.logger ?? createLogger(initial.logLevel);
   const registry = options.registry ?? new Registry();
   const tenantLabel = initial.upstreams.some((u) => u.tenants !== undefined);
-  const metrics = createMetrics(registry, { tenantLabel });
+  // Tracing (and the exemplars it gives the histograms) lives as long as the process.
+  const tracing = initial.tracing === undefined ? undefined : createTracing(initial.tracing, options.tracing);
+  const metrics = createMetrics(registry, { tenantLabel, exemplars: tracing !== undefined });
   const clock = options.clock ?? systemClock;
   const cache = new TokenCache(initial.tokenCache.maxEntries);
   const events = new EventEmitter();
@@ -135,6 +140,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     providers,
     self,
     guards: new PartnerGuards(),
+    tracing,
   };
   for (const warning of configWarnings(initial)) logger.warn({ event: 'config_warning', warning }, warning);
   let generation: Generation = buildGeneration(initial, deps);
@@ -160,9 +166,13 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     server: proxy,
     ctx,
     inFlight,
-  } = createProxyServer(generation.routing, logger, initial.limits, {
-    inc: (reason) => metrics.refusals.labels(reason).inc(),
-  });
+  } = createProxyServer(
+    generation.routing,
+    logger,
+    initial.limits,
+    { inc: (reason) => metrics.refusals.labels(reason).inc() },
+    tracing,
+  );
   let listening = false;
   let closing = false;
   const reloads = new ReloadRecord(options.configFile, clock.now());
@@ -242,6 +252,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
     if (prev.admin.listen !== next.admin.listen) notes.push('admin.listen');
     if (JSON.stringify(prev.limits) !== JSON.stringify(next.limits)) notes.push('limits');
     if (JSON.stringify(prev.tokenCache) !== JSON.stringify(next.tokenCache)) notes.push('tokenCache');
+    if (JSON.stringify(prev.tracing) !== JSON.stringify(next.tracing)) notes.push('tracing');
     if (next.upstreams.some((u) => u.tenants !== undefined) !== tenantLabel)
       notes.push('tenants (the metrics tenant label)');
     return notes.map((n) => `${n} changed: takes effect after a restart`);
@@ -336,6 +347,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       admin.closeAllConnections();
       await generation.close();
       await store?.close();
+      await tracing?.shutdown(); // exports the spans still buffered
     },
   };
 }

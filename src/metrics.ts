@@ -1,6 +1,12 @@
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
 import { collectWellNamedDefaultMetrics } from './metrics-defaults.js';
-import { counterSeries, histogramSeries, type CounterSeries } from './metric-series.js';
+import {
+  counterSeries,
+  exemplarSeries,
+  histogramSeries,
+  type CounterSeries,
+  type HistogramSeries,
+} from './metric-series.js';
 
 const REQUEST_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -9,10 +15,26 @@ const REQUEST_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
  * codes are HTTP status codes, triggers and outcomes are fixed vocabularies. No path, token
  * or client value is ever a label.
  */
-export function createMetrics(registry: Registry, options: { defaultMetrics?: boolean; tenantLabel?: boolean } = {}) {
+export function createMetrics(
+  registry: Registry,
+  options: { defaultMetrics?: boolean; tenantLabel?: boolean; exemplars?: boolean } = {},
+) {
+  // Trace ids as exemplars on the request and refresh histograms: only with tracing on.
+  const enableExemplars = options.exemplars === true;
   // Node.js process metrics, without prom-client's `_total`-suffixed gauges (see metrics-defaults.ts).
   if (options.defaultMetrics !== false) collectWellNamedDefaultMetrics(registry);
   const registers = [registry];
+  // prom-client refuses a histogram with exemplars whose registry, when the histogram is made,
+  // writes the Prometheus format; the registry can hold it all the same (the admin listener
+  // writes OpenMetrics when asked, src/admin/openmetrics.ts). Registered through this shim.
+  const histogramRegisters = enableExemplars
+    ? [
+        {
+          contentType: Registry.OPENMETRICS_CONTENT_TYPE,
+          registerMetric: (metric: Metric) => registry.registerMetric(metric),
+        } as unknown as Registry,
+      ]
+    : registers;
   const sharedCacheUp = new Gauge({
     name: 'token_proxy_shared_cache_up',
     help: '1 while the shared token cache (Redis) answers, 0 while replicas work on their own.',
@@ -49,6 +71,7 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
   const token = (options.tenantLabel === true ? ['upstream', 'tenant'] : ['upstream']) as ['upstream'];
   return {
     tenantLabel: options.tenantLabel === true,
+    exemplars: enableExemplars,
     /** Sets how the circuit state gauge is read at scrape time. */
     sampleCircuits(sample: (gauge: Gauge<'upstream'>) => void): void {
       circuits.sample = sample;
@@ -86,7 +109,8 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
       help: 'Duration of token endpoint calls.',
       labelNames: [...token, 'outcome'] as ['upstream', 'outcome'],
       buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-      registers,
+      registers: histogramRegisters,
+      enableExemplars,
     }),
     refreshes: new Counter({
       name: 'token_proxy_token_refreshes_total',
@@ -130,7 +154,8 @@ export function createMetrics(registry: Registry, options: { defaultMetrics?: bo
       help: 'Time from request received to response headers sent.',
       labelNames: ['upstream'] as const,
       buckets: REQUEST_DURATION_BUCKETS,
-      registers,
+      registers: histogramRegisters,
+      enableExemplars,
     }),
     refusals: new Counter({
       name: 'token_proxy_refusals_total',
@@ -169,7 +194,9 @@ export type Metrics = ReturnType<typeof createMetrics>;
 export function bindRequestMetrics(metrics: Metrics, upstream: string) {
   const byCode = new Map<number, CounterSeries>();
   return {
-    requestDuration: histogramSeries(metrics.requestDuration, { upstream }, REQUEST_DURATION_BUCKETS),
+    requestDuration: metrics.exemplars
+      ? exemplarSeries(metrics.requestDuration, { upstream })
+      : histogramSeries(metrics.requestDuration, { upstream }, REQUEST_DURATION_BUCKETS),
     response(code: number): void {
       let series = byCode.get(code);
       if (series === undefined) {
@@ -191,8 +218,8 @@ export function bindTokenMetrics(metrics: Metrics, upstream: string, tenant: str
     cacheHit: counterSeries(metrics.cacheHits, { ...labels, tier: 'memory' }),
     sharedCacheHit: metrics.cacheHits.labels(...base, 'redis'),
     cacheMiss: metrics.cacheMisses.labels(...base),
-    refreshOk: metrics.refreshDuration.labels(...base, 'success'),
-    refreshError: metrics.refreshDuration.labels(...base, 'error'),
+    refreshOk: refreshSeries(metrics, labels, 'success'),
+    refreshError: refreshSeries(metrics, labels, 'error'),
     refreshes: (trigger: RefreshTrigger, outcome: 'success' | 'error') =>
       metrics.refreshes.labels(...base, trigger, outcome).inc(),
     refreshFailure: (reason: string) => metrics.refreshFailures.labels(...base, reason).inc(),
@@ -200,6 +227,17 @@ export function bindTokenMetrics(metrics: Metrics, upstream: string, tenant: str
     unauthorizedRetry: (outcome: 'recovered' | 'still_unauthorized') =>
       metrics.unauthorizedRetries.labels(...base, outcome).inc(),
   };
+}
+
+/** A refresh-duration series; with exemplars on, a trace id given is kept as the bucket's exemplar. */
+function refreshSeries(
+  metrics: Metrics,
+  labels: Record<string, string>,
+  outcome: 'success' | 'error',
+): HistogramSeries {
+  const bound = metrics.refreshDuration.labels(...Object.values(labels), outcome);
+  if (!metrics.exemplars) return { observe: (value) => bound.observe(value) };
+  return exemplarSeries(metrics.refreshDuration, { ...labels, outcome });
 }
 
 export type RequestMetrics = ReturnType<typeof bindRequestMetrics>;

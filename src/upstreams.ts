@@ -19,6 +19,7 @@ import { DEFAULT_RENEWAL_BACKOFF } from './tokens/renewal-policy.js';
 import { tlsOptions } from './tls-options.js';
 import { UpstreamQueue } from './proxy/upstream-queue.js';
 import { guardedDispatcher, partnerGuardFor, type PartnerGuards } from './partner-protection.js';
+import type { Tracing } from './tracing/tracing.js';
 
 export interface UpstreamDeps {
   readonly metrics: Metrics;
@@ -30,6 +31,8 @@ export interface UpstreamDeps {
   readonly providers: TokenProviders;
   /** Partner guards kept across reloads; without it each configuration builds its own. */
   readonly guards?: PartnerGuards;
+  /** OpenTelemetry, when configured: token requests become spans. */
+  readonly tracing?: Tracing | undefined;
 }
 
 export interface BuiltUpstream {
@@ -197,8 +200,15 @@ export class UpstreamFactory {
     tokenMetrics: ProviderGrant['metrics'],
     presentedCertificate: string | undefined,
   ): ProviderGrant {
-    const { logger, sharedTier } = this.#deps;
+    const { logger, sharedTier, tracing } = this.#deps;
     return {
+      tracing:
+        tracing === undefined
+          ? undefined
+          : {
+              tracer: tracing,
+              labels: { grant: auth.type, clientAuth: 'clientAuth' in auth ? auth.clientAuth : undefined },
+            },
       upstream: u.name,
       tenant,
       grant,

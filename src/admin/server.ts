@@ -2,6 +2,7 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
 import { renderStatusPage, STATUS_PAGE_HEADERS } from './status-page.js';
 import type { StatusReport } from './status.js';
+import { OPENMETRICS_CONTENT_TYPE, openMetricsText, prefersOpenMetrics } from './openmetrics.js';
 
 export interface Readiness {
   /** True once the config is loaded, the proxy listener is up and warm-up tokens are in hand. */
@@ -21,8 +22,9 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 }
 
 /**
- * The admin listener: /metrics (Prometheus text format), /healthz (alive), /readyz (serving), and
- * with `status`: / (the status page, HTML) and /status (the same as JSON). GET and HEAD only.
+ * The admin listener: /metrics (Prometheus text format, or OpenMetrics with exemplars when the
+ * scraper's Accept prefers it), /healthz (alive), /readyz (serving), and with `status`: / (the
+ * status page, HTML) and /status (the same as JSON). GET and HEAD only.
  */
 export function createAdminServer(registry: Registry, readiness: Readiness, status?: () => StatusReport): Server {
   return createServer((req, res) => {
@@ -32,9 +34,13 @@ export function createAdminServer(registry: Registry, readiness: Readiness, stat
       return;
     }
     if (path === '/metrics') {
-      registry.metrics().then(
+      const open = prefersOpenMetrics(req.headers.accept);
+      (open ? openMetricsText(registry) : registry.metrics()).then(
         (text) => {
-          res.writeHead(200, { 'content-type': registry.contentType });
+          res.writeHead(200, {
+            'content-type': open ? OPENMETRICS_CONTENT_TYPE : registry.contentType,
+            vary: 'accept',
+          });
           res.end(text);
         },
         () => json(res, 500, { error: 'metrics_unavailable' }),

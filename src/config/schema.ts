@@ -13,6 +13,7 @@ import {
 } from './auth-schema.js';
 import { dpopSharedTierProblems } from './dpop.js';
 import { redisSchema } from './redis-schema.js';
+import { tracingSchema } from './tracing-schema.js';
 import { exposureProblem } from './exposure.js';
 import { protectionKeys } from './protection-schema.js';
 import { secureUrl } from './url.js';
@@ -361,6 +362,7 @@ export const configSchema = z.strictObject({
     .describe('TLS interception of CONNECT tunnels to upstream hosts'),
   egress: egressSchema.prefault({ default: 'deny', allow: [], connectPorts: [443] }),
   inbound: inboundSchema.prefault({ allowAnyone: false }),
+  tracing: tracingSchema.optional(),
 });
 
 /**

@@ -16,6 +16,7 @@ import type { ReplayBudget } from './replay-budget.js';
 import type { ForwardRouter } from './forward-router.js';
 import type { InboundGuard } from './inbound-guard.js';
 import type { ReverseRouter } from './router.js';
+import type { Tracing } from '../tracing/tracing.js';
 
 export interface ProxyContext {
   /** Read once per request, so a reload never mixes two configurations in one request. */
@@ -38,6 +39,8 @@ export interface ProxyContext {
   readonly authThrottle: AuthThrottle;
   /** Bytes held in replay buffers, process-wide. */
   readonly replayBudget: ReplayBudget;
+  /** OpenTelemetry spans; undefined when `tracing` is not configured (one check per request). */
+  readonly tracing: Tracing | undefined;
 }
 
 export interface ListenerLimits {

@@ -18,6 +18,9 @@ import { GuardedRelay } from './guarded-relay.js';
 import type { GuardedRequest } from './partner-guard.js';
 import { UnauthorizedReplay, type ReplaySettings } from './unauthorized-replay.js';
 import type { Target, Upstream } from './upstream.js';
+import { obtainTraced } from './token-wait.js';
+import { TracedAttempt } from '../tracing/attempt-handler.js';
+import type { Span, Tracing } from '../tracing/tracing.js';
 
 /** Seconds a client is told to wait when an upstream's queue is full (RFC 9110 §10.2.3). */
 const QUEUE_FULL_RETRY_AFTER = '1';
@@ -35,11 +38,12 @@ export function forward(
   req: IncomingMessage,
   res: ServerResponse,
   admitted: Admitted,
+  span?: Span,
 ): Promise<void> | undefined {
-  const f = new Forwarding(ctx, req, res, admitted);
+  const f = new Forwarding(ctx, req, res, admitted, span);
   const tokens = admitted.tokens;
   const token = tokens?.current();
-  if (tokens !== undefined && token === undefined) return f.onceObtained(tokens);
+  if (tokens !== undefined && token === undefined) return f.onceObtained();
   return f.sendWith(token);
 }
 
@@ -54,13 +58,17 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
   readonly tenant: string | undefined;
   readonly started: number;
   readonly requestId: string;
+  /** The request's SERVER span; undefined when tracing is off. */
+  readonly span: Span | undefined;
   readonly #ctx: ProxyContext;
   readonly #res: ServerResponse;
   readonly #target: Target;
   readonly #tokens: TokenReader | undefined;
   #body: RequestBody | undefined;
+  /** Attempts sent to the target so far (a replay is the second), for the attempt spans. */
+  #attempts = 0;
 
-  constructor(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse, admitted: Admitted) {
+  constructor(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse, admitted: Admitted, span?: Span) {
     this.req = req;
     this.upstream = admitted.upstream;
     this.tenant = admitted.tokens?.tenant;
@@ -70,6 +78,8 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
     this.#res = res;
     this.#target = admitted.target;
     this.#tokens = admitted.tokens;
+    this.span = span;
+    if (span !== undefined) span.setAttribute('token_proxy.upstream', admitted.upstream.name);
   }
 
   // ReplaySettings
@@ -93,10 +103,19 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
     return this.upstream.logger;
   }
 
-  async onceObtained(tokens: TokenReader): Promise<void> {
+  /** A token for this request, waited for in a `token wait` span when tracing is on. */
+  obtain(trigger: 'miss' | 'unauthorized'): Promise<Token> {
+    const tokens = this.tokens;
+    const span = this.span;
+    return span === undefined
+      ? tokens.obtain(trigger)
+      : obtainTraced(this.#ctx.tracing as Tracing, span, tokens, trigger);
+  }
+
+  async onceObtained(): Promise<void> {
     let token: Token;
     try {
-      token = await tokens.obtain();
+      token = await this.obtain('miss');
     } catch (err) {
       this.req.resume();
       this.#answerFailure(undefined, tokenUnavailable(this.upstream, err));
@@ -146,7 +165,7 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
       this.#dispatch(body, token);
       return undefined;
     }
-    return tokens.obtain().then(
+    return this.obtain('miss').then(
       (current) => this.#dispatch(body, current),
       (err: unknown) => {
         this.#release(body);
@@ -240,7 +259,7 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
         const tokens = this.#tokens;
         if (tokens === undefined || token === undefined || tokens.usable(token)) this.#start(relay, token);
         else
-          tokens.obtain().then(
+          this.obtain('miss').then(
             (current) => this.#start(relay, current),
             (err: unknown) => relay.tokenFailed(err),
           );
@@ -265,7 +284,11 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
 
   /** Sends the request with `token` (again, for a replay), answering to `handler`. */
   send(token: Token | undefined, handler: Dispatcher.DispatchHandler): void {
-    this.#dispatchWith(upstreamRequestHeaders(this.req.rawHeaders, this.#forwarded(), token?.header), handler);
+    const attempt = this.span === undefined ? undefined : this.#attempt();
+    this.#dispatchWith(
+      upstreamRequestHeaders(this.req.rawHeaders, this.#forwarded(attempt), token?.header),
+      attempt === undefined ? handler : new TracedAttempt(attempt, handler),
+    );
   }
 
   /**
@@ -276,12 +299,26 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
     const dpop = this.upstream.dpop as DpopSigner; // made only for DPoP upstreams (#dispatch)
     const target = this.#target;
     const bound = dpop.binding(token);
-    const headers = upstreamRequestHeaders(this.req.rawHeaders, this.#forwarded(), bound.authorization);
+    const attempt = this.span === undefined ? undefined : this.#attempt();
+    const headers = upstreamRequestHeaders(this.req.rawHeaders, this.#forwarded(attempt), bound.authorization);
     addProof(headers, dpop, this.req.method ?? 'GET', target.origin, target.path, bound.ath);
-    this.#dispatchWith(headers, handler);
+    this.#dispatchWith(headers, attempt === undefined ? handler : new TracedAttempt(attempt, handler));
   }
 
-  #forwarded(): ForwardedInfo {
+  /** The CLIENT span of the next attempt to the target (tracing on). */
+  #attempt(): Span {
+    const target = this.#target;
+    const resend = this.#attempts++;
+    return (this.#ctx.tracing as Tracing).attempt(
+      this.span as Span,
+      this.req.method ?? 'GET',
+      target.origin,
+      target.path,
+      resend,
+    );
+  }
+
+  #forwarded(attempt: Span | undefined): ForwardedInfo {
     const target = this.#target;
     return {
       clientAddress: this.req.socket.remoteAddress ?? '',
@@ -289,6 +326,7 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
       requestId: this.requestId,
       strip: target.stripHeaders,
       add: target.addHeaders,
+      trace: attempt === undefined ? undefined : (this.#ctx.tracing as Tracing).propagation(attempt),
     };
   }
 

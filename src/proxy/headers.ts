@@ -58,6 +58,12 @@ export interface ForwardedInfo {
   readonly strip?: ReadonlySet<string> | undefined;
   /** Headers to add (validated caller claims). */
   readonly add?: readonly (readonly [string, string])[] | undefined;
+  /**
+   * With tracing on, the proxy's W3C Trace Context for this attempt: sent in place of the
+   * client's `traceparent`/`tracestate` (W3C Trace Context §3: one of each, the proxy's span as
+   * the parent). Undefined (tracing off): the client's pass unchanged.
+   */
+  readonly trace?: { readonly traceparent: string; readonly tracestate: string | undefined } | undefined;
 }
 
 /**
@@ -72,6 +78,7 @@ export function upstreamRequestHeaders(
   authorization: string | undefined,
 ): string[] {
   const named = connectionTokens(raw);
+  const trace = forwarded.trace;
   const out: string[] = [];
   let host: string | undefined;
   let priorFor: string | undefined;
@@ -84,6 +91,7 @@ export function upstreamRequestHeaders(
     if (HOP_BY_HOP.has(lower) || REPLACED_ON_REQUEST.has(lower) || named?.has(lower)) continue;
     if (authorization !== undefined && lower === 'authorization') continue;
     if (forwarded.strip?.has(lower) === true) continue;
+    if (trace !== undefined && (lower === 'traceparent' || lower === 'tracestate')) continue;
     out.push(name, value);
   }
   if (forwarded.add !== undefined) for (const [name, value] of forwarded.add) out.push(name, value);
@@ -95,6 +103,10 @@ export function upstreamRequestHeaders(
   out.push('x-forwarded-proto', forwarded.proto);
   if (host !== undefined) out.push('x-forwarded-host', host);
   if (forwarded.requestId !== undefined) out.push('x-request-id', forwarded.requestId);
+  if (trace !== undefined) {
+    out.push('traceparent', trace.traceparent);
+    if (trace.tracestate !== undefined && trace.tracestate !== '') out.push('tracestate', trace.tracestate);
+  }
   if (authorization !== undefined) out.push('authorization', authorization);
   return out;
 }

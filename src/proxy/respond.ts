@@ -4,6 +4,8 @@ import type { Logger } from 'pino';
 import { ProxyError, TokenError, errorBody, errorHeaders, errorResponseBytes, statusFor } from '../errors.js';
 import type { ProxyErrorCode } from '../errors.js';
 import type { Token } from '../tokens/token.js';
+import type { Span, Tracing } from '../tracing/tracing.js';
+import { exemplarOf } from '../tracing/exemplar.js';
 import type { Upstream } from './upstream.js';
 
 /**
@@ -59,16 +61,19 @@ export interface RefusalCounter {
 export class Answers {
   readonly #logger: Logger;
   readonly #refusals: RefusalCounter;
+  readonly #tracing: Tracing | undefined;
 
-  constructor(logger: Logger, refusals: RefusalCounter) {
+  constructor(logger: Logger, refusals: RefusalCounter, tracing?: Tracing) {
     this.#logger = logger;
     this.#refusals = refusals;
+    this.#tracing = tracing;
   }
 
   /** Sends a proxy-made error; returns its status. A response already begun is cut instead. */
   error(res: ServerResponse, err: ProxyError, req?: IncomingMessage): number {
     const status = statusFor(err);
     this.#note(err, status, req?.socket.remoteAddress, req?.method);
+    this.#tracing?.failed(res, err.code);
     if (res.headersSent) {
       res.destroy(err);
       return status;
@@ -83,6 +88,7 @@ export class Answers {
   errorOnSocket(socket: Duplex & { remoteAddress?: string }, err: ProxyError, method?: string): number {
     const status = statusFor(err);
     this.#note(err, status, socket.remoteAddress, method);
+    this.#tracing?.failed(socket, err.code);
     answerAndClose(socket, errorResponseBytes(err));
     return status;
   }
@@ -122,6 +128,8 @@ export interface RequestRecord {
   readonly started: number;
   /** The client's X-Request-Id when sane, else a fresh one; forwarded upstream and logged. */
   readonly requestId: string;
+  /** Its SERVER span (tracing on): the trace id becomes the duration's exemplar. */
+  readonly span?: Span | undefined;
 }
 
 /** Counts the answer and writes the access-log line (never a header value, only a token fingerprint). */
@@ -129,7 +137,8 @@ export function logAnswer(rec: RequestRecord, status: number, token: Token | und
   const u = rec.upstream;
   const seconds = (performance.now() - rec.started) / 1000;
   u.metrics.response(status);
-  u.metrics.requestDuration.observe(seconds);
+  const span = rec.span;
+  u.metrics.requestDuration.observe(seconds, span === undefined ? undefined : exemplarOf(span));
   u.accessLog?.({
     requestId: rec.requestId,
     method: rec.req.method,

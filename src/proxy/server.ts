@@ -9,6 +9,8 @@ import type { ListenerLimits, ProxyContext, Routing } from './context.js';
 import { Drain } from './drain.js';
 import { forward } from './forward.js';
 import { ReplayBudget } from './replay-budget.js';
+import { requestSpan } from './request-span.js';
+import type { Span, Tracing } from '../tracing/tracing.js';
 import { Answers, type RefusalCounter } from './respond.js';
 import { handleUpgrade } from './upgrade.js';
 
@@ -30,6 +32,7 @@ export function createProxyServer(
   logger: Logger,
   limits: ListenerLimits,
   refusals: RefusalCounter,
+  tracing?: Tracing,
 ): { server: Server; ctx: ProxyContext; inFlight: Drain } {
   const server = createServer({
     keepAliveTimeout: 65_000,
@@ -47,9 +50,10 @@ export function createProxyServer(
     adopt: (socket) => server.emit('connection', socket),
     limits,
     detached: new Map(),
-    answers: new Answers(logger, refusals),
+    answers: new Answers(logger, refusals, tracing),
     authThrottle: new AuthThrottle(),
     replayBudget: new ReplayBudget(limits.maxReplayBufferBytes),
+    tracing,
   };
 
   // A refused client's connection is answered 403 and closed. Node's own connection listener has
@@ -70,13 +74,18 @@ export function createProxyServer(
     else res.destroy();
   };
 
-  const admitted = (req: IncomingMessage, res: ServerResponse, a: Admission): Promise<void> | undefined => {
+  const admitted = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    a: Admission,
+    span: Span | undefined,
+  ): Promise<void> | undefined => {
     if (a instanceof ProxyError) {
       req.resume();
       ctx.answers.error(res, a, req);
       return undefined;
     }
-    return forward(ctx, req, res, a);
+    return forward(ctx, req, res, a, span);
   };
 
   const inFlight = new Drain(); // every request, across reloads: what SIGTERM waits for
@@ -93,9 +102,11 @@ export function createProxyServer(
       drain.leave();
       inFlight.leave();
     });
+    // The one check a request pays for tracing when it is off.
+    const span = ctx.tracing === undefined ? undefined : requestSpan(ctx.tracing, ctx, req, res);
     try {
       const a = admit(ctx, req);
-      const sent = a instanceof Promise ? a.then((x) => admitted(req, res, x)) : admitted(req, res, a);
+      const sent = a instanceof Promise ? a.then((x) => admitted(req, res, x, span)) : admitted(req, res, a, span);
       sent?.catch(failed(res));
     } catch (err) {
       failed(res)(err);

@@ -13,6 +13,8 @@ export interface ReplaySettings {
   /** The body can be sent twice (none, or held in the replay buffer). */
   readonly replayable: boolean;
   readonly logger: Logger;
+  /** A token for the replay: `tokens.obtain`, traced as the request's token wait when tracing is on. */
+  obtain(trigger: 'unauthorized'): Promise<Token>;
   /** Sends the request with `token` (again), answering to `handler`. */
   send(token: Token, handler: Dispatcher.DispatchHandler): void;
 }
@@ -118,7 +120,7 @@ export class UnauthorizedReplay implements Dispatcher.DispatchHandler {
       { event: 'unauthorized_retry', upstream, tenant: tokens.tenant, token: this.#token.fingerprint },
       'target answered 401: renewing the token and replaying once',
     );
-    tokens.obtain('unauthorized').then(
+    this.#s.obtain('unauthorized').then(
       (fresh) => {
         if (this.relay.clientGone) {
           this.relay.clientLeft();

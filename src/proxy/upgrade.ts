@@ -10,6 +10,9 @@ import { closeWhenIdle, detach } from './detached.js';
 import { addProof } from './dpop-request.js';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.js';
 import { CLIENT_LEFT, logAnswer, tokenUnavailable, type RequestRecord } from './respond.js';
+import { obtainTraced } from './token-wait.js';
+import { TracedAttempt } from '../tracing/attempt-handler.js';
+import type { Span } from '../tracing/tracing.js';
 
 /**
  * A response head from raw headers. A 101 keeps Connection and Upgrade: they are the switch itself.
@@ -58,12 +61,20 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
   // left (it cannot speak the protocol it asked for without sending), so the socket goes now and
   // nothing is opened upstream for it. After the switch, the joined pipes carry an end across.
   socket.once('end', LEAVE);
+  // Tracing on: the handshake's SERVER span, ended with its answer (or when the socket closes first).
+  const tracing = ctx.tracing;
+  let span: Span | undefined;
+  if (tracing !== undefined) {
+    span = tracing.request(req, 'upgrade');
+    tracing.bind(socket, span);
+    socket.once('close', () => tracing.endRequest(socket, CLIENT_LEFT, 'client_left'));
+  }
   const websocket = (req.headers.upgrade ?? '').trim().toLowerCase() === 'websocket';
   if (
     !websocket &&
     (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) !== 0)
   ) {
-    ctx.answers.errorOnSocket(
+    const status = ctx.answers.errorOnSocket(
       socket,
       new ProxyError(
         'bad_request',
@@ -71,12 +82,16 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
       ),
       req.method,
     );
+    tracing?.endRequest(socket, status, undefined);
     return;
   }
   const admitted = (a: Admission): void => {
-    if (a instanceof ProxyError) ctx.answers.errorOnSocket(socket, a, req.method);
-    else new UpgradeRelay(ctx, req, socket, early, websocket, a).start();
+    if (a instanceof ProxyError) {
+      const status = ctx.answers.errorOnSocket(socket, a, req.method);
+      tracing?.endRequest(socket, status, undefined);
+    } else new UpgradeRelay(ctx, req, socket, early, websocket, a, span).start();
   };
+
   try {
     const a = admit(ctx, req);
     if (a instanceof Promise) a.then(admitted, () => socket.destroy());
@@ -104,7 +119,15 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
   #status = 0;
   #logged = false;
 
-  constructor(ctx: ProxyContext, req: IncomingMessage, socket: Duplex, early: Buffer, websocket: boolean, a: Admitted) {
+  constructor(
+    ctx: ProxyContext,
+    req: IncomingMessage,
+    socket: Duplex,
+    early: Buffer,
+    websocket: boolean,
+    a: Admitted,
+    span: Span | undefined,
+  ) {
     this.#ctx = ctx;
     this.#req = req;
     this.#socket = socket;
@@ -117,7 +140,9 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
       tenant: a.tokens?.tenant,
       started: performance.now(),
       requestId: randomUUID(),
+      span,
     };
+    span?.setAttribute('token_proxy.upstream', a.upstream.name);
   }
 
   start(): void {
@@ -127,7 +152,9 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
       this.#dispatch(current);
       return;
     }
-    tokens.obtain().then(
+    const span = this.#rec.span;
+    const tracing = this.#ctx.tracing;
+    (span === undefined || tracing === undefined ? tokens.obtain() : obtainTraced(tracing, span, tokens, 'miss')).then(
       (token) => this.#dispatch(token),
       (err: unknown) => {
         if (this.#socket.destroyed) this.#log(CLIENT_LEFT);
@@ -150,6 +177,12 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
     // RFC 9449 §7.1: a DPoP upstream's upgrade carries its proof like any request.
     const dpop = token === undefined ? undefined : upstream.dpop;
     const bound = token === undefined ? undefined : dpop?.binding(token);
+    const tracing = this.#ctx.tracing;
+    const span = this.#rec.span;
+    const attempt =
+      tracing === undefined || span === undefined
+        ? undefined
+        : tracing.attempt(span, this.#req.method ?? 'GET', target.origin, target.path, 0);
     const headers = upstreamRequestHeaders(
       this.#req.rawHeaders,
       {
@@ -158,6 +191,7 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
         requestId: this.#rec.requestId,
         strip: target.stripHeaders,
         add: target.addHeaders,
+        trace: attempt === undefined ? undefined : tracing?.propagation(attempt),
       },
       bound === undefined ? token?.header : bound.authorization,
     );
@@ -170,7 +204,8 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
       headers,
       headersTimeout: upstream.timeoutMs,
     };
-    upstream.dispatcher.dispatch(this.#websocket ? { ...request, upgrade: 'websocket' } : request, this);
+    const handler = attempt === undefined ? this : new TracedAttempt(attempt, this);
+    upstream.dispatcher.dispatch(this.#websocket ? { ...request, upgrade: 'websocket' } : request, handler);
   }
 
   onConnect(abort: (err?: Error) => void): void {
@@ -240,5 +275,6 @@ class UpgradeRelay implements Dispatcher.DispatchHandler {
     if (this.#logged) return;
     this.#logged = true;
     logAnswer(this.#rec, status, this.#token, false);
+    this.#ctx.tracing?.endRequest(this.#socket, status, status === CLIENT_LEFT ? 'client_left' : undefined);
   }
 }

@@ -3,6 +3,7 @@ import type { TokenMetrics } from '../metrics.js';
 import type { Grant } from '../oauth/grants.js';
 import type { RenewalBackoff } from './renewal-policy.js';
 import type { LifetimePolicy } from './token.js';
+import type { TokenRequestLabels, Tracing } from '../tracing/tracing.js';
 
 /** What a configuration says of a key: replaced on every reload (`setGrant`), while the provider lives on. */
 export interface ProviderGrant {
@@ -23,4 +24,6 @@ export interface ProviderGrant {
   readonly presentedCertificate?: string | undefined;
   /** RFC 8693: the caller token's expiry (epoch ms); no token of this key is used past it. */
   readonly notAfter?: number | undefined;
+  /** OpenTelemetry, when configured: each token request is a span with these labels. */
+  readonly tracing?: { readonly tracer: Tracing; readonly labels: TokenRequestLabels } | undefined;
 }

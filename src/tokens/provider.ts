@@ -14,6 +14,9 @@ import { TokenFetch } from './token-fetch.js';
 import type { Token } from './token.js';
 import { logRefreshFailed, logTokenObtained } from './token-log.js';
 import { delay, withDeadline } from './wait.js';
+import type { Span } from '../tracing/tracing.js';
+import { endTokenRequest, tokenRequestSpan } from '../tracing/token-span.js';
+import { exemplarOf } from '../tracing/exemplar.js';
 
 export type { ProviderGrant } from './provider-grant.js';
 
@@ -143,11 +146,13 @@ export class TokenProvider extends EventEmitter implements TokenReader {
     return mayInject(token, this.#clock.now(), this.#lastError !== undefined);
   }
 
-  obtain(trigger: RefreshTrigger = 'miss'): Promise<Token> {
+  obtain(trigger: RefreshTrigger = 'miss', wait?: Span): Promise<Token> {
     const cached = this.current();
     // After a 401, never the token the partner just refused (put back when its renewal failed).
-    if (cached !== undefined && !(trigger === 'unauthorized' && cached === this.#dropped))
+    if (cached !== undefined && !(trigger === 'unauthorized' && cached === this.#dropped)) {
+      wait?.setAttribute('token_proxy.token.fetch', 'cached');
       return Promise.resolve(cached);
+    }
     if (trigger === 'miss') this.#g.metrics.cacheMiss.inc();
     const now = this.#clock.now();
     const deadline = now + this.#g.waitTimeoutMs;
@@ -155,9 +160,15 @@ export class TokenProvider extends EventEmitter implements TokenReader {
     if (this.#inflight === undefined && lastError !== undefined && now < this.#nextAttemptAt) {
       // Backing off after a failure: a permanent error, or a wait longer than the request may
       // spend, answers at once instead of queueing requests or calling the endpoint again.
-      if (lastError.permanent || this.#nextAttemptAt > deadline) return Promise.reject(lastError);
+      if (lastError.permanent || this.#nextAttemptAt > deadline) {
+        wait?.setAttribute('token_proxy.token.fetch', 'backing_off');
+        return Promise.reject(lastError);
+      }
     }
-    const pending = this.#inflight ?? this.#refresh(trigger, deadline);
+    // Single flight: the request that starts the fetch parents its token request spans; the
+    // others wait on it (their wait spans say so).
+    wait?.setAttribute('token_proxy.token.fetch', this.#inflight === undefined ? 'started' : 'joined');
+    const pending = this.#inflight ?? this.#refresh(trigger, deadline, wait);
     const bounded = withDeadline(pending, this.#g.waitTimeoutMs, () => this.#lastError);
     if (trigger === 'unauthorized') return bounded;
     // Nothing better could be had in time: the cached token serves until its last usable moment.
@@ -228,20 +239,20 @@ export class TokenProvider extends EventEmitter implements TokenReader {
   }
 
   /** One fetch in flight per key; retries transient failures with backoff until `deadline`. */
-  #refresh(trigger: RefreshTrigger, deadline: number): Promise<Token> {
-    const run: Promise<Token> = this.#fetchWithRetry(trigger, deadline).finally(() => {
+  #refresh(trigger: RefreshTrigger, deadline: number, wait?: Span): Promise<Token> {
+    const run: Promise<Token> = this.#fetchWithRetry(trigger, deadline, wait).finally(() => {
       if (this.#inflight === run) this.#inflight = undefined;
     });
     this.#inflight = run;
     return run;
   }
 
-  async #fetchWithRetry(trigger: RefreshTrigger, deadline: number): Promise<Token> {
+  async #fetchWithRetry(trigger: RefreshTrigger, deadline: number, parent: Span | undefined): Promise<Token> {
     for (;;) {
       const wait = this.#nextAttemptAt - this.#clock.now();
       if (wait > 0) await delay(wait);
       try {
-        return await this.#fetchOnce(trigger);
+        return await this.#fetchOnce(trigger, parent);
       } catch (err) {
         const error =
           err instanceof TokenError
@@ -274,26 +285,37 @@ export class TokenProvider extends EventEmitter implements TokenReader {
     else this.#dropped = undefined;
   }
 
-  async #fetchOnce(trigger: RefreshTrigger): Promise<Token> {
-    const m = this.#g.metrics;
+  async #fetchOnce(trigger: RefreshTrigger, parent: Span | undefined): Promise<Token> {
+    const g = this.#g;
+    const m = g.metrics;
+    const traced = g.tracing;
+    const span =
+      traced === undefined
+        ? undefined
+        : tokenRequestSpan(traced.tracer, parent, g.upstream, g.tenant, traced.labels, trigger);
+    const exemplar = span === undefined ? undefined : exemplarOf(span);
     const started = performance.now();
     const startedAt = this.#clock.now();
     const previous = this.#cache.get(this.key);
     let outcome: Renewed;
     try {
-      outcome = await this.#fetcher.fetch(this.#g, previous ?? this.#dropped);
+      outcome = await this.#fetcher.fetch(g, previous ?? this.#dropped, span);
     } catch (err) {
-      m.refreshError.observe((performance.now() - started) / 1000);
+      const reason = err instanceof TokenError ? err.reason : 'bad_response';
+      m.refreshError.observe((performance.now() - started) / 1000, exemplar);
       m.refreshes(trigger, 'error');
-      m.refreshFailure(err instanceof TokenError ? err.reason : 'bad_response');
+      m.refreshFailure(reason);
+      if (span !== undefined) endTokenRequest(span, 'error', reason);
       throw err;
     }
     let token = outcome.token;
     if (outcome.fromShared) {
       m.sharedCacheHit.inc();
+      if (span !== undefined) endTokenRequest(span, 'shared');
       return this.#store(token, trigger, previous, 'shared', performance.now() - started, startedAt);
     }
-    m.refreshOk.observe((performance.now() - started) / 1000);
+    m.refreshOk.observe((performance.now() - started) / 1000, exemplar);
+    if (span !== undefined) endTokenRequest(span, 'success');
     m.refreshes(trigger, 'success');
     if (previous !== undefined && previous.header === token.header) {
       // Some servers hand back their own cached token until it expires. Asking again at once

@@ -1,6 +1,7 @@
 import type { JWTPayload } from 'jose';
 import type { TokenMetrics } from '../metrics.js';
 import type { Token } from './token.js';
+import type { Span } from '../tracing/tracing.js';
 
 /**
  * The request path's view of one key's tokens (an upstream, or one tenant of it). This is all
@@ -15,8 +16,9 @@ export interface TokenReader {
   /**
    * A token for a request that found none ('miss'), or for the replay after a 401 ('unauthorized':
    * never the refused token): waits at most the upstream's token wait; rejects with a TokenError.
+   * `wait`: the caller's `token wait` span (tracing on), parent of the token requests it starts.
    */
-  obtain(trigger?: 'miss' | 'unauthorized'): Promise<Token>;
+  obtain(trigger?: 'miss' | 'unauthorized', wait?: Span): Promise<Token>;
   /** Whether `token`, picked earlier (before a slow upload), may still be injected now. */
   usable(token: Token): boolean;
   /**

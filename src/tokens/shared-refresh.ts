@@ -44,6 +44,8 @@ export interface SharedRefreshParty {
   newestRefreshToken(): string | undefined;
   /** The entry could not be written (lock lost, store away). */
   writeRefused(): void;
+  /** Tracing on: a span for the time this replica holds the refresh lock, ended when it lets go. */
+  lockTaken?(): { end(): void };
 }
 
 /**
@@ -73,6 +75,7 @@ export async function renewThroughShared(
     if (theirs !== undefined) return { token: theirs, fromShared: true };
     const lock = await guarded(store.tryLock(key));
     if (lock !== undefined) {
+      const held = party.lockTaken?.();
       // A lease: renewed while this replica works, so a slow token endpoint (or the fallbacks of
       // the refresh plan) never lets a sibling take the lock and spend the same refresh token.
       const lease = setInterval(() => void store.extend(lock).catch(() => false), lockTimeoutMs / 3);
@@ -109,6 +112,7 @@ export async function renewThroughShared(
       } finally {
         clearInterval(lease);
         store.unlock(lock).catch(() => undefined);
+        held?.end();
       }
     }
     if (clock.now() > giveUpAt) {

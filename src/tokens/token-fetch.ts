@@ -13,6 +13,7 @@ import {
 import type { SharedEntry } from './shared-store.js';
 import { SharedView } from './shared-view.js';
 import { tokenFromResponse, tokenWithTimes, type Token } from './token.js';
+import type { Span } from '../tracing/tracing.js';
 
 /**
  * One token request of a key, and the refresh-token state it needs between requests: the newest
@@ -44,11 +45,11 @@ export class TokenFetch {
    * under the lock), else alone. `previous`: the token being replaced (not adopted again from the
    * shared entry; its refresh token the last one to try).
    */
-  async fetch(g: ProviderGrant, previous: Token | undefined): Promise<Renewed> {
+  async fetch(g: ProviderGrant, previous: Token | undefined, span?: Span): Promise<Renewed> {
     const shared = this.#shared;
     let outcome: Renewed | undefined;
     if (shared !== undefined && shared.store.up) {
-      outcome = await renewThroughShared(this.#sharedParty(g, previous), shared, previous?.value).catch(
+      outcome = await renewThroughShared(this.#sharedParty(g, previous, span), shared, previous?.value).catch(
         (err: unknown) => {
           if (!(err instanceof SharedUnavailable)) throw err;
           g.logger.warn(
@@ -136,8 +137,12 @@ export class TokenFetch {
     return mismatch;
   }
 
-  #sharedParty(g: ProviderGrant, previous: Token | undefined): SharedRefreshParty {
+  #sharedParty(g: ProviderGrant, previous: Token | undefined, span: Span | undefined): SharedRefreshParty {
+    const tracer = g.tracing?.tracer;
     return {
+      ...(tracer === undefined || span === undefined
+        ? {}
+        : { lockTaken: () => tracer.internal('token cache lock', span, { 'token_proxy.upstream': g.upstream }) }),
       key: this.#key,
       view: this.#view,
       clock: this.#clock,
