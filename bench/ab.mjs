@@ -1,20 +1,28 @@
-// `npm run bench:ab -- <git revision> [seconds] [rounds] [--access-log]`: this checkout's build against another
+// `npm run bench:ab -- <git revision> [seconds] [rounds] [--access-log] [--tracing <ratio>]`: this checkout's build against another
 // revision's, small GETs at 50 connections, alternating runs (default 10 rounds of 5 s), each proxy
 // pinned to the proxy core and started with the image's Node flags. Prints each build's median
 // req/s and CPU per request and their paired ratio: a check that a hot-path change is a gain,
 // finer than the ratio tables of `npm run bench -- --quick`. The other revision is built in a
 // temporary git worktree that borrows this checkout's node_modules. `--access-log`: both with the
-// access log on (one JSON line per request to /dev/null), to weigh a change to that path. Loopback only.
+// access log on (one JSON line per request to /dev/null), to weigh a change to that path.
+// `--tracing <ratio>`: this checkout only runs with OpenTelemetry tracing on at that sample ratio,
+// exporting to a sink in the bench process that answers every OTLP post 200; the other revision
+// runs as usual, so the ratio is the cost of tracing (`--tracing 1`, `--tracing 0.01`). Loopback only.
 import { existsSync, rmSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import process from 'node:process';
 import { LOAD_CORE, ROOT, median, print, say, shippedNodeFlags, stopAll, work } from './lib.mjs';
-import { cpuSecondsOf, run, startPartner, startProxy, wrk } from './rig.mjs';
+import { cpuSecondsOf, run, startOtlpSink, startPartner, startProxy, wrk } from './rig.mjs';
 
-const accessLog = process.argv.includes('--access-log');
-const [revision, seconds = '5', rounds = '10'] = process.argv.slice(2).filter((a) => a !== '--access-log');
-if (revision === undefined) {
-  say('usage: npm run bench:ab -- <git revision> [seconds per run] [rounds] [--access-log]');
+const args = process.argv.slice(2);
+const accessLog = args.includes('--access-log');
+const tracingAt = args.indexOf('--tracing');
+const sampleRatio = tracingAt === -1 ? undefined : Number(args[tracingAt + 1]);
+const [revision, seconds = '5', rounds = '10'] = args.filter(
+  (a, i) => a !== '--access-log' && (tracingAt === -1 || (i !== tracingAt && i !== tracingAt + 1)),
+);
+if (revision === undefined || (sampleRatio !== undefined && !(sampleRatio >= 0 && sampleRatio <= 1))) {
+  say('usage: npm run bench:ab -- <git revision> [seconds per run] [rounds] [--access-log] [--tracing <ratio 0..1>]');
   process.exit(2);
 }
 
@@ -37,10 +45,15 @@ async function main() {
   say(`building ${revision} in a worktree...`);
   const other = await buildRevision(revision);
   const partner = await startPartner();
+  const sink = sampleRatio === undefined ? undefined : await startOtlpSink();
 
   const builds = [
-    { name: `this checkout`, root: ROOT },
-    { name: revision, root: other },
+    {
+      name: sink === undefined ? 'this checkout' : `this checkout, tracing at ${sampleRatio}`,
+      root: ROOT,
+      tracing: sink === undefined ? undefined : { endpoint: sink.endpoint, sampleRatio },
+    },
+    { name: revision, root: other, tracing: undefined },
   ];
   for (const b of builds) {
     Object.assign(
@@ -49,6 +62,7 @@ async function main() {
         root: b.root,
         nodeFlags: shippedNodeFlags(),
         accessLog,
+        tracing: b.tracing,
       }),
     );
     b.runs = [];
@@ -74,6 +88,11 @@ async function main() {
   print(
     `\nthis checkout / ${revision}, paired medians: throughput ${paired('rps').toFixed(3)}×, CPU per request ${paired('cpuMicros').toFixed(3)}×`,
   );
+  if (sink !== undefined)
+    print(
+      `\nOTLP sink: ${sink.stats.exports} exports, ${(sink.stats.bytes / 1e6).toFixed(1)} MB from the traced build`,
+    );
+  await sink?.stop();
   await partner.stop();
 }
 

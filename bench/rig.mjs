@@ -2,6 +2,8 @@
 // upstream on the load core, token-proxy processes on the proxy core, wrk runs and the CPU time of
 // one process. run.mjs has its own, fuller set-up (comparison points, TLS, IPC statistics).
 import { execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import process from 'node:process';
@@ -29,19 +31,23 @@ export async function startPartner() {
 /**
  * A token-proxy (from `root`, this checkout by default) on the proxy core, with one reverse-mode
  * upstream; resolves once it has answered one request with 200 (its token is then cached).
- * `accessLog`: one line per request at level info, standard output to /dev/null.
+ * `accessLog`: one line per request at level info, standard output to /dev/null. `tracing`:
+ * `{ endpoint, sampleRatio }`, OpenTelemetry on, exporting there (see startOtlpSink).
  */
 export async function startProxy(
   name,
   partner,
-  { root = ROOT, nodeFlags = [], retryBodyLimitBytes = 1024 * 1024, accessLog = false } = {},
+  { root = ROOT, nodeFlags = [], retryBodyLimitBytes = 1024 * 1024, accessLog = false, tracing } = {},
 ) {
   const port = await freePort();
   const adminPort = await freePort();
   const config = join(work, `${name}.yaml`);
   writeFileSync(
     config,
-    `listen: ${HOST}:${port}\nadmin:\n  listen: ${HOST}:${adminPort}\nlogLevel: ${accessLog ? 'info' : 'warn'}\naccessLog: ${accessLog}\nupstreams:\n  - name: bench\n    target: http://${HOST}:${partner.upstreamPort}\n    pathPrefix: /bench\n    retryBodyLimitBytes: ${retryBodyLimitBytes}\n    auth: { type: client_credentials, tokenUrl: ${partner.tokenUrl}, clientId: bench, clientSecret: bench }\n`,
+    `listen: ${HOST}:${port}\nadmin:\n  listen: ${HOST}:${adminPort}\nlogLevel: ${accessLog ? 'info' : 'warn'}\naccessLog: ${accessLog}\nupstreams:\n  - name: bench\n    target: http://${HOST}:${partner.upstreamPort}\n    pathPrefix: /bench\n    retryBodyLimitBytes: ${retryBodyLimitBytes}\n    auth: { type: client_credentials, tokenUrl: ${partner.tokenUrl}, clientId: bench, clientSecret: bench }\n` +
+      (tracing === undefined
+        ? ''
+        : `tracing:\n  otlp: { endpoint: ${tracing.endpoint} }\n  sampleRatio: ${tracing.sampleRatio}\n`),
   );
   const child = start(
     name,
@@ -81,4 +87,27 @@ export function cpuSecondsOf(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime: ticks of 10 ms (CLK_TCK 100)
+}
+
+/**
+ * A stand-in OTLP/HTTP collector in the bench process (the load core): reads each export and
+ * answers 200 with an empty ExportTraceServiceResponse, as a collector does, so that a traced
+ * proxy pays the whole cost of exporting (serialising, sending) and nothing more.
+ */
+export async function startOtlpSink() {
+  const stats = { exports: 0, bytes: 0 };
+  const server = createServer((req, res) => {
+    req.on('data', (chunk) => (stats.bytes += chunk.length));
+    req.on('end', () => {
+      stats.exports += 1;
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  server.listen(0, HOST);
+  await once(server, 'listening');
+  return {
+    endpoint: `http://${HOST}:${server.address().port}/v1/traces`,
+    stats,
+    stop: () => new Promise((resolve) => server.close(resolve)),
+  };
 }
