@@ -1,10 +1,13 @@
+import { randomBytes } from 'node:crypto';
 import { Agent, ProxyAgent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { PartnerApi } from '../../src/demo/partner-api.js';
 import { testPki } from '../helpers/certs.js';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.js';
 import { startVerifyingPartner } from '../helpers/partner.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { sharedCacheState, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { startRedis } from '../helpers/redis.js';
+import { buildConfig } from '../../src/config/load.js';
 import { rawRequest } from '../helpers/raw-http.js';
 import { eventually } from '../helpers/time.js';
 import { startTokenServer, type TokenServer } from '../helpers/token-server.js';
@@ -23,28 +26,30 @@ let receiver: OtlpReceiver;
 const proxies: RunningProxy[] = [];
 const client = new Agent();
 
-async function tracedProxy(sampleRatio: number): Promise<RunningProxy> {
-  const proxy = await startProxy(
-    {
-      upstreams: [
-        {
-          name: 'partner',
-          target: partner.url,
-          pathPrefix: '/partner',
-          hosts: [PARTNER_HOST],
-          ca: pki.caFile,
-          auth: {
-            type: 'client_credentials',
-            tokenUrl: tokenServer.tokenUrl,
-            clientId: 'traced-client',
-            clientSecret: SECRET,
-          },
+function tracedDoc(sampleRatio: number, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    upstreams: [
+      {
+        name: 'partner',
+        target: partner.url,
+        pathPrefix: '/partner',
+        hosts: [PARTNER_HOST],
+        ca: pki.caFile,
+        auth: {
+          type: 'client_credentials',
+          tokenUrl: tokenServer.tokenUrl,
+          clientId: 'traced-client',
+          clientSecret: SECRET,
         },
-      ],
-      tracing: { otlp: { endpoint: receiver.endpoint }, sampleRatio, serviceName: 'proxy-under-test' },
-    },
-    { tracing: { scheduledDelayMillis: 20 } },
-  );
+      },
+    ],
+    tracing: { otlp: { endpoint: receiver.endpoint }, sampleRatio, serviceName: 'proxy-under-test' },
+    ...extra,
+  };
+}
+
+async function tracedProxy(sampleRatio: number, extra: Record<string, unknown> = {}): Promise<RunningProxy> {
+  const proxy = await startProxy(tracedDoc(sampleRatio, extra), { tracing: { scheduledDelayMillis: 20 } });
   proxies.push(proxy);
   return proxy;
 }
@@ -239,6 +244,42 @@ describe('OpenTelemetry tracing (OTLP/HTTP to a real receiver)', () => {
     expect(one(spans, 'token wait', INTERNAL).parentSpanId).toBe(server.spanId);
     const [, seenTrace, parentId] = lastTraceparent();
     expect([seenTrace, parentId]).toEqual([traceId, attempt.spanId]);
+  });
+
+  it('with a shared cache, the refresh lock held during the token request is a span under it', async () => {
+    const redis = await startRedis();
+    try {
+      const proxy = await tracedProxy(1, {
+        tokenCache: { redis: { url: redis.url, encryptionKey: randomBytes(32).toString('base64') } },
+      });
+      await sharedCacheState(proxy);
+      const traceId = 'acacacacacacacacacacacacacacacac';
+      expect(
+        (await call(proxy, '/partner/v1/locked', { traceparent: `00-${traceId}-bdbdbdbdbdbdbdbd-01` })).status,
+      ).toBe(200);
+      const spans = await trace(traceId, 5);
+      const fetch = one(spans, 'token request', INTERNAL);
+      const lock = one(spans, 'token cache lock', INTERNAL);
+      expect(lock.parentSpanId).toBe(fetch.spanId);
+      expect(fetch.attributes['token_proxy.token.outcome']).toBe('success');
+      await proxy.close();
+      proxies.length = 0;
+    } finally {
+      await redis.stop();
+    }
+  });
+
+  it('a reload that changes tracing says it takes effect after a restart, and tracing goes on as configured', async () => {
+    const proxy = await tracedProxy(1);
+    const base = { listen: '127.0.0.1:0', admin: { listen: '127.0.0.1:0' }, logLevel: 'debug' };
+    const same = await proxy.app.reload(buildConfig({ ...base, ...tracedDoc(1) }, { env: {} }));
+    expect(same.filter((w) => w.startsWith('tracing'))).toEqual([]);
+    const changed = await proxy.app.reload(buildConfig({ ...base, ...tracedDoc(0) }, { env: {} }));
+    expect(changed).toContain('tracing changed: takes effect after a restart');
+    await call(proxy, '/partner/v1/after-reload');
+    const [, traceId, , sampled] = lastTraceparent();
+    expect(sampled).toBe('1'); // still sampling at the ratio it started with
+    await trace(traceId as string, 2);
   });
 
   it('a proxy-made error ends the server span with status ERROR and its stable reason', async () => {
