@@ -111,7 +111,7 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   const registry = options.registry ?? new Registry();
   const tenantLabel = initial.upstreams.some((u) => u.tenants !== undefined);
   // Tracing (and the exemplars it gives the histograms) lives as long as the process.
-  const tracing = initial.tracing === undefined ? undefined : createTracing(initial.tracing, options.tracing);
+  const tracing = initial.tracing === undefined ? undefined : createTracing(initial.tracing, logger, options.tracing);
   const metrics = createMetrics(registry, { tenantLabel, exemplars: tracing !== undefined });
   const clock = options.clock ?? systemClock;
   const cache = new TokenCache(initial.tokenCache.maxEntries);

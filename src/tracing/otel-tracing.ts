@@ -28,6 +28,8 @@ import {
   ATTR_URL_SCHEME,
 } from '@opentelemetry/semantic-conventions';
 import type { TracingSettings } from '../config/tracing-schema.js';
+import type { Logger } from 'pino';
+import { LoggedExporter } from './logged-exporter.js';
 import { endHttpSpan } from './span-end.js';
 import type { RequestRoute, Tracing } from './tracing.js';
 
@@ -61,7 +63,7 @@ function pathOnly(target: string): string {
  * registered globally (no context manager, no async hooks), parent-based ratio sampling, a
  * BatchSpanProcessor and the OTLP/HTTP exporter (JSON), W3C Trace Context in and out.
  */
-export function createTracing(settings: TracingSettings, options: TracingOptions = {}): Tracing {
+export function createTracing(settings: TracingSettings, logger: Logger, options: TracingOptions = {}): Tracing {
   const exporter = new OTLPTraceExporter({
     ...(settings.otlp.endpoint === undefined ? {} : { url: settings.otlp.endpoint }),
     ...(settings.otlp.headers === undefined ? {} : { headers: { ...settings.otlp.headers } }),
@@ -72,7 +74,7 @@ export function createTracing(settings: TracingSettings, options: TracingOptions
     sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(settings.sampleRatio) }),
     spanProcessors: [
       new BatchSpanProcessor(
-        exporter,
+        new LoggedExporter(exporter, logger),
         options.scheduledDelayMillis === undefined ? {} : { scheduledDelayMillis: options.scheduledDelayMillis },
       ),
     ],
@@ -80,6 +82,21 @@ export function createTracing(settings: TracingSettings, options: TracingOptions
   const tracer = provider.getTracer('token-proxy');
   const propagator = new W3CTraceContextPropagator();
   const spans = new WeakMap<object, Span>();
+  // server.address, server.port and url.scheme of each target origin, parsed once.
+  const origins = new Map<string, Attributes>();
+  const originOf = (origin: string): Attributes => {
+    let parsed = origins.get(origin);
+    if (parsed === undefined) {
+      const url = new URL(origin);
+      parsed = {
+        [ATTR_SERVER_ADDRESS]: url.hostname,
+        [ATTR_SERVER_PORT]: Number(url.port) || (url.protocol === 'https:' ? 443 : 80),
+        [ATTR_URL_SCHEME]: url.protocol.slice(0, -1),
+      };
+      if (origins.size < 1_000) origins.set(origin, parsed); // egress origins are unbounded
+    }
+    return parsed;
+  };
   const reasons = new WeakMap<object, string>();
 
   return {
@@ -100,12 +117,9 @@ export function createTracing(settings: TracingSettings, options: TracingOptions
       return tracer.startSpan(name, { kind: SpanKind.INTERNAL, ...(attributes ? { attributes } : {}) }, ctx);
     },
     attempt(parent, method, origin, path, resend) {
-      const url = new URL(origin);
       const attributes: Attributes = {
+        ...originOf(origin),
         [ATTR_HTTP_REQUEST_METHOD]: method,
-        [ATTR_SERVER_ADDRESS]: url.hostname,
-        [ATTR_SERVER_PORT]: Number(url.port) || (url.protocol === 'https:' ? 443 : 80),
-        [ATTR_URL_SCHEME]: url.protocol.slice(0, -1),
         [ATTR_URL_PATH]: pathOnly(path),
       };
       if (resend > 0) attributes[ATTR_HTTP_REQUEST_RESEND_COUNT] = resend;

@@ -50,6 +50,10 @@ export interface OtlpReceiver {
   readonly bodies: Buffer[];
   /** Content types of the exports. */
   readonly contentTypes: string[];
+  /** The `x-api-key` header of each export (undefined when absent). */
+  readonly apiKeys: (string | undefined)[];
+  /** When set, exports are refused with this status (and not decoded), as a collector that rejects them. */
+  failWith: number | undefined;
   close(): Promise<void>;
 }
 
@@ -73,12 +77,18 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
   const bodies: Buffer[] = [];
   const contentTypes: string[] = [];
+  const apiKeys: (string | undefined)[] = [];
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       if (req.method !== 'POST' || req.url !== '/v1/traces') {
         res.writeHead(404).end();
+        return;
+      }
+      apiKeys.push(req.headers['x-api-key'] as string | undefined);
+      if (receiver.failWith !== undefined) {
+        res.writeHead(receiver.failWith, { 'content-type': 'application/json' }).end('{}');
         return;
       }
       const body = Buffer.concat(chunks);
@@ -106,11 +116,14 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
-  return {
+  const receiver: OtlpReceiver = {
     endpoint: `http://127.0.0.1:${port}/v1/traces`,
     spans,
     bodies,
     contentTypes,
+    apiKeys,
+    failWith: undefined,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
+  return receiver;
 }

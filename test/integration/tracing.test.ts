@@ -282,6 +282,38 @@ describe('OpenTelemetry tracing (OTLP/HTTP to a real receiver)', () => {
     await trace(traceId as string, 2);
   });
 
+  it('sends the configured OTLP headers, and logs a refused export once (never the key) and its recovery', async () => {
+    const keyed = await startProxy(
+      tracedDoc(1, {
+        tracing: { otlp: { endpoint: receiver.endpoint, headers: { 'x-api-key': 'otlp-key-Qw3!' } }, sampleRatio: 1 },
+      }),
+      { tracing: { scheduledDelayMillis: 20 } },
+    );
+    proxies.push(keyed);
+    const exportsBefore = receiver.apiKeys.length;
+    receiver.failWith = 400;
+    try {
+      await call(keyed, '/partner/v1/refused-export');
+      await call(keyed, '/partner/v1/refused-again');
+      await eventually(() => keyed.logs.some((l) => l.includes('"trace_export_failed"')), {
+        timeoutMs: 5_000,
+        what: 'trace_export_failed',
+      });
+    } finally {
+      receiver.failWith = undefined;
+    }
+    const traceId = 'fafafafafafafafafafafafafafafafa';
+    await call(keyed, '/partner/v1/accepted-export', { traceparent: `00-${traceId}-fbfbfbfbfbfbfbfb-01` });
+    await trace(traceId, 2);
+    await eventually(() => keyed.logs.some((l) => l.includes('"trace_export_recovered"')), {
+      timeoutMs: 5_000,
+      what: 'trace_export_recovered',
+    });
+    expect(keyed.logs.filter((l) => l.includes('"trace_export_failed"'))).toHaveLength(1);
+    expect(receiver.apiKeys.slice(exportsBefore).every((k) => k === 'otlp-key-Qw3!')).toBe(true);
+    expect(keyed.logs.join('\n')).not.toContain('otlp-key-Qw3!');
+  });
+
   it('a proxy-made error ends the server span with status ERROR and its stable reason', async () => {
     const proxy = await tracedProxy(1);
     const traceId = '99999999999999999999999999999999';
