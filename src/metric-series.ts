@@ -63,18 +63,23 @@ export interface HistogramSeries {
 const NO_EXEMPLAR: Record<string, string> = Object.freeze({});
 
 /**
- * A series of a histogram made with `enableExemplars` (tracing on): prom-client's own observe,
- * which also keeps the latest trace id per bucket as its OpenMetrics exemplar. Slower than the
- * bound series, and only used when tracing is configured.
+ * A series of a histogram made with `enableExemplars` (tracing on). A value with a trace id goes
+ * through prom-client's own observe, which also keeps it as the bucket's OpenMetrics exemplar
+ * (the latest per bucket); a value without one (an unsampled request) takes the bound path.
  */
-export function exemplarSeries(histogram: Histogram<string>, labels: LabelSet): HistogramSeries {
+export function exemplarSeries(
+  histogram: Histogram<string>,
+  labels: LabelSet,
+  buckets: readonly number[],
+): HistogramSeries {
+  // prom-client's observe takes one object when exemplars are on: the binding call uses that form.
+  const plain = histogramSeries(histogram, labels, buckets, (value) =>
+    histogram.observe({ labels, value, exemplarLabels: NO_EXEMPLAR }),
+  );
   return {
     observe(value: number, exemplar?: string): void {
-      histogram.observe({
-        labels,
-        value,
-        exemplarLabels: exemplar === undefined ? NO_EXEMPLAR : { trace_id: exemplar },
-      });
+      if (exemplar === undefined) plain.observe(value);
+      else histogram.observe({ labels, value, exemplarLabels: { trace_id: exemplar } });
     },
   };
 }
@@ -108,6 +113,7 @@ export function histogramSeries(
   histogram: Histogram<string>,
   labels: LabelSet,
   buckets: readonly number[],
+  first: (value: number) => void = (value) => histogram.observe(labels, value),
 ): HistogramSeries {
   let record: HistogramRecord | undefined;
   let bound = false;
@@ -116,7 +122,7 @@ export function histogramSeries(
   return {
     observe(value: number): void {
       if (record === undefined) {
-        histogram.observe(labels, value);
+        first(value);
         if (bound) return;
         bound = true;
         // prom-client stores the labels object it was given in the record it makes for them.

@@ -8,6 +8,7 @@ import {
   type HistogramSeries,
 } from './metric-series.js';
 
+const REFRESH_DURATION_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const REQUEST_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 /**
@@ -108,7 +109,7 @@ export function createMetrics(
       name: 'token_proxy_token_refresh_duration_seconds',
       help: 'Duration of token endpoint calls.',
       labelNames: [...token, 'outcome'] as ['upstream', 'outcome'],
-      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      buckets: REFRESH_DURATION_BUCKETS,
       registers: histogramRegisters,
       enableExemplars,
     }),
@@ -195,7 +196,7 @@ export function bindRequestMetrics(metrics: Metrics, upstream: string) {
   const byCode = new Map<number, CounterSeries>();
   return {
     requestDuration: metrics.exemplars
-      ? exemplarSeries(metrics.requestDuration, { upstream })
+      ? exemplarSeries(metrics.requestDuration, { upstream }, REQUEST_DURATION_BUCKETS)
       : histogramSeries(metrics.requestDuration, { upstream }, REQUEST_DURATION_BUCKETS),
     response(code: number): void {
       let series = byCode.get(code);
@@ -237,7 +238,7 @@ function refreshSeries(
 ): HistogramSeries {
   const bound = metrics.refreshDuration.labels(...Object.values(labels), outcome);
   if (!metrics.exemplars) return { observe: (value) => bound.observe(value) };
-  return exemplarSeries(metrics.refreshDuration, { ...labels, outcome });
+  return exemplarSeries(metrics.refreshDuration, { ...labels, outcome }, REFRESH_DURATION_BUCKETS);
 }
 
 export type RequestMetrics = ReturnType<typeof bindRequestMetrics>;
