@@ -32,6 +32,24 @@ export function readText(file: string, path: string, problems: string[]): string
   }
 }
 
+/**
+ * Checks that a file the proxy reads afresh at every use (an actor token the platform rotates in
+ * place) can be read now. Recorded only when it cannot: its rotation needs no reload (a reload
+ * would only replace the connection pools), but its arrival must reload a configuration that
+ * was rejected for its absence.
+ */
+export function checkReadableSecretFile(file: string, baseDir: string, path: string, problems: string[]): void {
+  const before = problems.length;
+  const outer = readLog;
+  readLog = undefined;
+  try {
+    readSecretFile(file, baseDir, path, problems);
+  } finally {
+    readLog = outer;
+  }
+  if (problems.length > before) readLog?.add(resolve(baseDir, file));
+}
+
 /** Reads a secret from a file, dropping the trailing newline mounted secrets usually have. */
 export function readSecretFile(file: string, baseDir: string, path: string, problems: string[]): string | undefined {
   const secret = readText(resolve(baseDir, file), path, problems)?.replace(/\r?\n$/, '');

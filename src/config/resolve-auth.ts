@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import type { z } from 'zod';
 import { authSchema, withTenant, type ParsedAuth, type TenantCredentials } from './auth-schema.js';
 import { resolveDpop, type DpopKey } from './dpop.js';
-import { readSecretFile, readText } from './files.js';
+import { checkReadableSecretFile, readSecretFile, readText } from './files.js';
 
 /** A client certificate, as PEM text read at load time. */
 export interface Mtls {
@@ -258,7 +258,8 @@ export function resolveAuth(
     case 'token_exchange': {
       // Read now only to fail `check` on a missing file; each exchange reads it again.
       const actorTokenFile = a.actorTokenFile === undefined ? undefined : resolve(baseDir, a.actorTokenFile);
-      if (actorTokenFile !== undefined) readSecretFile(actorTokenFile, baseDir, `${at}.actorTokenFile`, problems);
+      if (actorTokenFile !== undefined)
+        checkReadableSecretFile(actorTokenFile, baseDir, `${at}.actorTokenFile`, problems);
       return {
         ...client,
         type: a.type,

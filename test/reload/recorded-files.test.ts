@@ -95,4 +95,44 @@ describe('the files a configuration is read from', () => {
     expect(() => loadConfigFile(config)).toThrow(ConfigError);
     expect([...read]).toHaveLength(2); // the load outside recordingReads added nothing
   });
+
+  it('does not watch a file read afresh for every token request (actorTokenFile) until it is missing', () => {
+    const actor = file('actor.jwt', 'actor-token\n');
+    const exchangeConfig = (actorTokenFile: string) =>
+      file(
+        'exchange.yaml',
+        stringify({
+          upstreams: [
+            {
+              name: 'partner',
+              target: 'https://127.0.0.1:8443',
+              pathPrefix: '/partner',
+              auth: {
+                type: 'token_exchange',
+                tokenUrl: 'https://127.0.0.1:8444/token',
+                clientId: 'proxy-client',
+                clientSecret: 'inline',
+                actorTokenFile,
+              },
+            },
+          ],
+          inbound: { jwt: { jwksUrl: 'https://127.0.0.1:8445/jwks', issuer: 'https://idp/', audience: 'tp' } },
+        }),
+      );
+    // Rotated in place by the platform and read at each exchange: a reload would only drop the pools.
+    const config = exchangeConfig(actor);
+    const read = new Set<string>();
+    try {
+      recordingReads(read, () => loadConfigFile(config));
+    } catch (e) {
+      throw new Error((e as ConfigError).problems.join('; '));
+    }
+    expect([...read]).toEqual([config]);
+    // Missing, it makes the load fail: watched, so that its arrival reloads.
+    const missing = join(dir, 'actor-not-there.jwt');
+    const broken = exchangeConfig(missing);
+    const failed = new Set<string>();
+    expect(() => recordingReads(failed, () => loadConfigFile(broken))).toThrow(ConfigError);
+    expect([...failed]).toEqual([broken, missing]);
+  });
 });
