@@ -114,7 +114,7 @@ function configText(o: { secretFile: string; otherSecret?: string; pinnedCa?: st
 }
 
 /** The proxy as `serve` runs it: loaded from the file, every file read recorded and watched. */
-async function serve(file: string) {
+async function serve(file: string, debounceMs = 50) {
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, done) {
@@ -133,7 +133,7 @@ async function serve(file: string) {
   const { proxy } = await app.listen();
   const reloader = new ConfigReloader(app, files, config.watch, {
     load: () => loadConfigFile(file),
-    debounceMs: 50,
+    debounceMs,
   });
   running.push({ app, reloader });
   const get = async (path: string, body?: Readable) => {
@@ -151,9 +151,10 @@ async function serve(file: string) {
   return { app, reloader, get, reloads, events, logs, files };
 }
 
-/** The client secret each token request of `clientId` presented (client_secret_basic). */
-function secretsSeen(clientId: string): string[] {
+/** The client secret each token request of `clientId` presented (client_secret_basic), from request `from` on. */
+function secretsSeen(clientId: string, from = 0): string[] {
   return tokenServer.requests
+    .slice(from)
     .map((r) => Buffer.from((r.authorization ?? '').replace(/^Basic /, ''), 'base64').toString('utf8'))
     .filter((basic) => basic.startsWith(`${clientId}:`))
     .map((basic) => basic.slice(clientId.length + 1));
@@ -297,5 +298,62 @@ describe('rotation without a restart', () => {
     writeFileSync(secretFile, 'secret-three');
     await eventually(async () => (await p.reloads('success')) === 3, { timeoutMs: 5_000, what: 'the watched reload' });
     expect(p.events('config_reload_triggered').map((e) => e['trigger'])).toEqual(['SIGHUP', 'SIGHUP', secretFile]);
+  });
+
+  it('a burst of in-place writes to a secret file gives one reload, and the next token uses the last secret', async () => {
+    const { secrets, config } = workDir();
+    const secretFile = join(secrets, 'client-secret');
+    writeFileSync(secretFile, 'secret-one');
+    writeFileSync(config, configText({ secretFile }));
+    const from = tokenServer.requests.length; // the token server is shared by the file's tests
+    const p = await serve(config, 300);
+    expect((await p.get('/rotating/a')).status).toBe(200);
+    expect((await p.get('/steady/a')).status).toBe(200);
+
+    // Each write in its own turn of the event loop, so the watch sees an event for each one, each
+    // well within the debounce (a rotation writes several files, an editor several times).
+    for (let i = 2; i <= 6; i += 1) {
+      writeFileSync(secretFile, `secret-${i}`);
+      await new Promise((r) => setImmediate(r));
+    }
+    await eventually(async () => (await p.reloads('success')) >= 1, { timeoutMs: 5_000, what: 'the reload' });
+    // A later, separate change: by the time it is in force, the burst was counted exactly once.
+    writeFileSync(config, `${configText({ secretFile })}# edited\n`);
+    const triggers = () => p.events('config_reload_triggered').map((e) => e['trigger']);
+    await eventually(async () => triggers().includes(config) && (await p.reloads('success')) === triggers().length, {
+      timeoutMs: 5_000,
+      what: 'the reload the config edit triggered',
+    });
+    expect(await p.reloads('success')).toBe(2);
+    expect(p.events('config_reloaded')).toHaveLength(2);
+    expect(p.events('config_reload_triggered').map((e) => e['trigger'])).toEqual([secretFile, config]);
+
+    expect((await p.get('/rotating/b')).status).toBe(200);
+    expect((await p.get('/steady/b')).status).toBe(200);
+    expect(secretsSeen('rotating-client', from)).toEqual(['secret-one', 'secret-6']);
+    expect(secretsSeen('steady-client', from)).toEqual(['steady-secret']); // two reloads, one token
+  });
+
+  it('a secret file that disappears is a rejected reload, and its return reloads', async () => {
+    const { secrets, config } = workDir();
+    const secretFile = join(secrets, 'client-secret');
+    writeFileSync(secretFile, 'secret-one');
+    writeFileSync(config, configText({ secretFile }));
+    const from = tokenServer.requests.length; // the token server is shared by the file's tests
+    const p = await serve(config);
+    expect((await p.get('/rotating/a')).status).toBe(200);
+
+    rmSync(secretFile);
+    await eventually(async () => (await p.reloads('rejected')) === 1, { timeoutMs: 5_000, what: 'the rejection' });
+    expect(p.events('config_reload_rejected')[0]?.['problems']).toEqual([
+      `upstreams[0].auth.clientSecretFile: cannot read ${secretFile} (ENOENT)`,
+    ]);
+    expect((await p.get('/rotating/b')).status).toBe(200); // the token of the running configuration serves on
+
+    writeFileSync(secretFile, 'secret-two');
+    await eventually(async () => (await p.reloads('success')) === 1, { timeoutMs: 5_000, what: 'the reload' });
+    expect(p.events('config_reload_triggered').map((e) => e['trigger'])).toEqual([secretFile, secretFile]);
+    expect((await p.get('/rotating/c')).status).toBe(200);
+    expect(secretsSeen('rotating-client', from)).toEqual(['secret-one', 'secret-two']);
   });
 });
