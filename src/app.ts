@@ -5,8 +5,8 @@ import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { createAdminServer } from './admin/server.js';
 import { readinessView } from './admin/readiness-view.js';
-import { RELOAD_OUTCOMES, ReloadRecord, type ReloadOutcome } from './admin/reload-record.js';
-import { buildStatus, type StatusSources } from './admin/status.js';
+import { RELOAD_OUTCOMES, ReloadRecord, type ReloadDetail, type ReloadOutcome } from './admin/reload-record.js';
+import { buildStatus, type ReloadInfo, type StatusSources } from './admin/status.js';
 import { upstreamTokens } from './admin/upstream-tokens.js';
 import type { Config } from './config/load.js';
 import { parseListen } from './config/schema.js';
@@ -72,12 +72,14 @@ export interface App {
    * listener, as bound, reachable from other machines without a guard is rejected (ConfigError,
    * logged as config_reload_rejected) and the running one stays.
    */
-  reload(next: Config): Promise<string[]>;
+  reload(next: Config, trigger?: string): Promise<string[]>;
   /**
    * A reload that failed before reload() was reached (the new file could not be read or parsed):
    * the status page shows it as the last reload, outcome `rejected`.
    */
-  reloadRejected(): void;
+  reloadRejected(problems?: readonly string[], trigger?: string): void;
+  /** The last (re)load: when, its outcome, what triggered it and why it was rejected (for the status page). */
+  reloadInfo(): ReloadInfo;
   /** Stops accepting, lets in-flight requests finish for up to `shutdownTimeoutSeconds`, then closes. */
   close(): Promise<void>;
 }
@@ -181,11 +183,11 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
   metrics.configLastReloadSuccess.set(clock.now() / 1000);
   metrics.configLastReloadSuccessful.set(1);
   // As Prometheus and Alertmanager report their own reloads: an alert needs "the newest file is not in force".
-  const recordReload = (outcome: ReloadOutcome): void => {
+  const recordReload = (outcome: ReloadOutcome, detail?: ReloadDetail): void => {
     metrics.configReloads.labels(outcome).inc();
     metrics.configLastReloadSuccessful.set(outcome === 'success' ? 1 : 0);
     if (outcome === 'success') metrics.configLastReloadSuccess.set(clock.now() / 1000);
-    reloads.record(outcome, clock.now());
+    reloads.record(outcome, clock.now(), detail);
   };
   const statusSources: StatusSources = {
     now: () => clock.now(),
@@ -290,14 +292,14 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       );
       return { proxy: proxyAddress, admin: adminAddress };
     },
-    async reload(next) {
+    async reload(next, trigger) {
       const exposed = boundExposure(next);
       if (exposed !== undefined) {
         logger.error(
           { event: 'config_reload_rejected', problems: [exposed] },
           'new configuration rejected: the running one stays',
         );
-        recordReload('rejected');
+        recordReload('rejected', { trigger, problems: [exposed] });
         throw new ConfigError([exposed]);
       }
       const warnings = [...restartOnly(generation.config, next), ...configWarnings(next)];
@@ -305,12 +307,13 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       try {
         generation = buildGeneration(next, deps);
       } catch (err) {
-        recordReload('failed'); // the running configuration stays; the caller logs why
+        // The running configuration stays; the caller logs why.
+        recordReload('failed', { trigger, problems: [(err as Error).message] });
         throw err;
       }
       deps.providers.keepOnly(generation.keys);
       ctx.routing = generation.routing; // new requests route with the new config from here on
-      recordReload('success');
+      recordReload('success', { trigger });
       const closed = readmitDetached(ctx); // tunnels and WebSockets the new config refuses
       if (closed > 0)
         logger.info(
@@ -327,9 +330,10 @@ export function createApp(initial: Config, options: AppOptions = {}): App {
       await previous.close(previous.config.shutdownTimeoutSeconds * 1000);
       return warnings;
     },
-    reloadRejected() {
-      recordReload('rejected');
+    reloadRejected(problems, trigger) {
+      recordReload('rejected', { trigger, problems });
     },
+    reloadInfo: () => reloads.info(),
     async close() {
       closing = true;
       const closed = new Promise<void>((resolve) => proxy.close(() => resolve()));

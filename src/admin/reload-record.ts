@@ -4,6 +4,12 @@ import type { ReloadInfo } from './status.js';
 export const RELOAD_OUTCOMES = ['success', 'rejected', 'failed'] as const;
 export type ReloadOutcome = (typeof RELOAD_OUTCOMES)[number];
 
+/** What a reload was asked by and, when it did not take effect, why: paths and messages, never content. */
+export interface ReloadDetail {
+  readonly trigger?: string | undefined;
+  readonly problems?: readonly string[] | undefined;
+}
+
 /** What the status page shows of the last configuration load until a reloader reports its own. */
 export class ReloadRecord {
   #info: ReloadInfo;
@@ -18,13 +24,19 @@ export class ReloadRecord {
     };
   }
 
-  /** A reload through App.reload: `success`, or `rejected` when the running config stays. */
-  record(outcome: ReloadOutcome, at: number): void {
+  /**
+   * A reload through App.reload: `success`, or `rejected` when the running config stays. `trigger`
+   * and `problems` (of a rejection) replace the last ones; a success clears the problems.
+   */
+  record(outcome: ReloadOutcome, at: number, detail: ReloadDetail = {}): void {
+    const { lastProblems: _previous, lastTrigger: _trigger, ...rest } = this.#info;
     this.#info = {
-      ...this.#info,
+      ...rest,
       lastAttemptAt: at,
       ...(outcome === 'success' ? { lastSuccessAt: at } : {}),
       lastOutcome: outcome,
+      ...(detail.trigger === undefined ? {} : { lastTrigger: detail.trigger }),
+      ...(outcome === 'success' || detail.problems === undefined ? {} : { lastProblems: [...detail.problems] }),
     };
   }
 

@@ -10,6 +10,10 @@ export interface ReloadInfo {
   readonly lastSuccessAt?: number;
   /** A stable word (`start`, `success`, `rejected`, ...), never a message: the page shows it as is. */
   readonly lastOutcome?: string;
+  /** What asked for the last reload: `SIGHUP`, or the changed files' paths (never their content). */
+  readonly lastTrigger?: string;
+  /** Why the last reload was rejected or failed, as logged in config_reload_rejected; none after a success. */
+  readonly lastProblems?: readonly string[];
 }
 
 /** One upstream as the status page lists it. */

@@ -7,9 +7,9 @@ import { FileWatch } from './file-watch.js';
 /** What a reload acts on: the running app (src/app.ts App). */
 export interface Reloadable {
   readonly logger: Logger;
-  reload(next: Config): Promise<string[]>;
+  reload(next: Config, trigger?: string): Promise<string[]>;
   /** A new configuration that could not be loaded: counted and shown as a rejected reload. */
-  reloadRejected(): void;
+  reloadRejected(problems: readonly string[], trigger: string): void;
 }
 
 export interface ConfigReloaderOptions {
@@ -60,7 +60,7 @@ export class ConfigReloader {
       next = recordingReads(read, this.#options.load);
     } catch (err) {
       const problems = err instanceof ConfigError ? err.problems : [(err as Error).message];
-      app.reloadRejected();
+      app.reloadRejected(problems, trigger);
       app.logger.error(
         { event: 'config_reload_rejected', trigger, problems },
         'new configuration rejected: the running one stays',
@@ -73,7 +73,7 @@ export class ConfigReloader {
     // configuration's requests to drain): a change made meanwhile is a change again.
     this.#setWatching(next.watch, read);
     try {
-      await app.reload(next);
+      await app.reload(next, trigger);
       this.#files = read;
     } catch (err) {
       this.#watch?.watch(new Set([...this.#files, ...read]));

@@ -174,6 +174,21 @@ describe('ReloadRecord', () => {
       lastOutcome: 'rejected',
     });
   });
+
+  it('keeps what triggered the last reload, and the problems of a rejected one until a reload succeeds', () => {
+    const record = new ReloadRecord('/etc/tp.yaml', 1_000);
+    const problems = ['upstreams[0].auth.clientSecretFile: cannot read /s/secret (ENOENT)'];
+    record.record('rejected', 2_000, { trigger: '/s/secret', problems });
+    expect(record.info()).toMatchObject({ lastOutcome: 'rejected', lastTrigger: '/s/secret', lastProblems: problems });
+    record.record('success', 3_000, { trigger: 'SIGHUP' });
+    expect(record.info()).toEqual({
+      file: '/etc/tp.yaml',
+      lastAttemptAt: 3_000,
+      lastSuccessAt: 3_000,
+      lastOutcome: 'success',
+      lastTrigger: 'SIGHUP',
+    });
+  });
 });
 
 describe('renderStatusPage', () => {

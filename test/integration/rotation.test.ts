@@ -348,11 +348,20 @@ describe('rotation without a restart', () => {
     expect(p.events('config_reload_rejected')[0]?.['problems']).toEqual([
       `upstreams[0].auth.clientSecretFile: cannot read ${secretFile} (ENOENT)`,
     ]);
+    // What the status page is given: the trigger and the problems, as logged.
+    expect(p.app.reloadInfo()).toMatchObject({
+      lastOutcome: 'rejected',
+      lastTrigger: secretFile,
+      lastProblems: [`upstreams[0].auth.clientSecretFile: cannot read ${secretFile} (ENOENT)`],
+    });
     expect((await p.get('/rotating/b')).status).toBe(200); // the token of the running configuration serves on
 
     writeFileSync(secretFile, 'secret-two');
     await eventually(async () => (await p.reloads('success')) === 1, { timeoutMs: 5_000, what: 'the reload' });
     expect(p.events('config_reload_triggered').map((e) => e['trigger'])).toEqual([secretFile, secretFile]);
+    const info = p.app.reloadInfo();
+    expect(info).toMatchObject({ lastOutcome: 'success', lastTrigger: secretFile });
+    expect(info.lastProblems).toBeUndefined();
     expect((await p.get('/rotating/c')).status).toBe(200);
     expect(secretsSeen('rotating-client', from)).toEqual(['secret-one', 'secret-two']);
   });
