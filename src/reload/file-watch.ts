@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 
 /** What a watched file holds now: a digest of its bytes, or the reason it cannot be read. */
@@ -9,6 +9,22 @@ function fingerprint(file: string): string {
   } catch (err) {
     return `unreadable:${(err as NodeJS.ErrnoException).code ?? 'error'}`;
   }
+}
+
+/** A directory's identity: a directory replaced by a rename has the same path and a new inode. */
+function identity(dir: string): string | undefined {
+  try {
+    const { dev, ino } = statSync(dir);
+    return `${dev}:${ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A directory's watcher, and the directory (by identity) it was opened on. */
+interface DirWatch {
+  readonly watcher: FSWatcher;
+  readonly identity: string | undefined;
 }
 
 export interface FileWatchOptions {
@@ -36,7 +52,7 @@ export interface FileWatchOptions {
 export class FileWatch {
   readonly #options: FileWatchOptions;
   #seen = new Map<string, string>();
-  #watchers = new Map<string, FSWatcher>();
+  #watchers = new Map<string, DirWatch>();
   #timer: NodeJS.Timeout | undefined;
   readonly #rescan: NodeJS.Timeout;
   #closed = false;
@@ -63,7 +79,7 @@ export class FileWatch {
     for (const file of files) next.set(file, fingerprint(file));
     this.#seen = next;
     const dirs = new Set([...next.keys()].map((f) => dirname(f)));
-    for (const [dir, watcher] of this.#watchers)
+    for (const [dir, { watcher }] of this.#watchers)
       if (!dirs.has(dir)) {
         watcher.close();
         this.#watchers.delete(dir);
@@ -75,7 +91,7 @@ export class FileWatch {
     this.#closed = true;
     clearTimeout(this.#timer);
     clearInterval(this.#rescan);
-    for (const watcher of this.#watchers.values()) watcher.close();
+    for (const { watcher } of this.#watchers.values()) watcher.close();
     this.#watchers.clear();
   }
 
@@ -85,9 +101,9 @@ export class FileWatch {
       // A directory that goes away (an unmounted volume) stops its watcher; the rescan still compares.
       watcher.on('error', () => {
         watcher.close();
-        this.#watchers.delete(dir);
+        if (this.#watchers.get(dir)?.watcher === watcher) this.#watchers.delete(dir);
       });
-      this.#watchers.set(dir, watcher);
+      this.#watchers.set(dir, { watcher, identity: identity(dir) });
     } catch {
       // A directory that does not exist yet: the rescan notices its files when they appear.
     }
@@ -110,9 +126,16 @@ export class FileWatch {
         this.#seen.set(file, now);
       }
     }
-    // Directories that were missing at the last watch() may exist now.
-    for (const dir of new Set([...this.#seen.keys()].map((f) => dirname(f))))
-      if (!this.#watchers.has(dir)) this.#watchDir(dir);
+    // Directories that were missing at the last watch() may exist now, and a directory replaced
+    // by a rename (or removed and made again) is a new inode that the old watcher does not see:
+    // inotify follows the inode, so its watcher is opened again on what the path names now.
+    for (const dir of new Set([...this.#seen.keys()].map((f) => dirname(f)))) {
+      const open = this.#watchers.get(dir);
+      if (open !== undefined && open.identity !== undefined && open.identity === identity(dir)) continue;
+      open?.watcher.close();
+      this.#watchers.delete(dir);
+      this.#watchDir(dir);
+    }
     if (changed.length > 0) this.#options.onChange(changed);
   }
 }

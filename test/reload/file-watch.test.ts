@@ -125,6 +125,23 @@ describe('FileWatch', () => {
     expect(calls).toEqual([[file]]);
   });
 
+  it('keeps watching a directory that was replaced by a rename: later writes in the new one are seen', async () => {
+    const dir = tmp();
+    const certs = join(dir, 'certs');
+    mkdirSync(certs);
+    const ca = join(certs, 'ca.pem');
+    writeFileSync(ca, 'one');
+    const { calls } = watching([ca]); // no rescan within the test: events only
+    mkdirSync(join(dir, 'certs.new'));
+    writeFileSync(join(dir, 'certs.new', 'ca.pem'), 'two');
+    renameSync(certs, join(dir, 'certs.old'));
+    renameSync(join(dir, 'certs.new'), certs);
+    await callCount(calls, 1, 'the replaced directory');
+    writeFileSync(ca, 'three'); // in the new directory, which no watcher was opened on at first
+    await callCount(calls, 2, 'a write in the new directory');
+    expect(calls).toEqual([[ca], [ca]]);
+  });
+
   it('takes the content at watch() as the new baseline and drops files no longer named', async () => {
     const dir = tmp();
     const a = join(dir, 'a');
