@@ -1,5 +1,5 @@
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -8,6 +8,7 @@ import { recordingReads } from '../../src/config/files.js';
 import { loadConfigFile } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import { CERT_DIR, testPki } from '../helpers/certs.js';
+import jsonSchema from '../../config/token-proxy.schema.json' with { type: 'json' };
 
 const pki = testPki();
 const dir = mkdtempSync(join(tmpdir(), 'tp-recorded-'));
@@ -135,4 +136,155 @@ describe('the files a configuration is read from', () => {
     expect(() => recordingReads(failed, () => loadConfigFile(broken))).toThrow(ConfigError);
     expect([...failed]).toEqual([broken, missing]);
   });
+
+  it('records a file for every file setting of the schema: a new one cannot be left unwatched', () => {
+    // Read afresh at every token request, so never reloaded for (see the actorTokenFile test).
+    const readAtEachUse = [
+      'upstreams[].auth.clientAssertionFile',
+      'upstreams[].auth.assertionFile',
+      'upstreams[].auth.actorTokenFile',
+    ];
+    const fromSchema = fileSettings(jsonSchema).filter((s) => !readAtEachUse.includes(s));
+    // One file per setting, named for it, so that what was recorded tells which settings were read.
+    const named = (setting: string, content: string | Buffer) =>
+      file(`setting-${setting.replace(/\[\]/g, '').replace(/\*/g, 'tenant')}`, content);
+    const byFile = new Map<string, string>();
+    const f = (setting: string, content: string | Buffer) => {
+      const path = named(setting, content);
+      byFile.set(path, setting);
+      return path;
+    };
+    const signingKey = () =>
+      generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' });
+    const base = (name: string) => ({
+      name,
+      target: 'https://127.0.0.1:8443',
+      pathPrefix: `/${name}`,
+    });
+    const tokenUrl = 'https://127.0.0.1:8444/token';
+    const config = file(
+      'every-file-setting.yaml',
+      stringify({
+        upstreams: [
+          {
+            ...base('secret'),
+            ca: f('upstreams[].ca', pki.ca),
+            mtls: { cert: f('upstreams[].mtls.cert', pki.cert), key: f('upstreams[].mtls.key', pki.key) },
+            auth: {
+              type: 'client_credentials',
+              tokenUrl,
+              clientId: 'c',
+              clientSecretFile: f('upstreams[].auth.clientSecretFile', 's'),
+              mtls: { cert: f('upstreams[].auth.mtls.cert', pki.cert), key: f('upstreams[].auth.mtls.key', pki.key) },
+            },
+          },
+          {
+            ...base('signed'),
+            auth: {
+              type: 'client_credentials',
+              tokenUrl,
+              clientId: 'c',
+              clientAuth: 'private_key_jwt',
+              privateKey: { file: f('upstreams[].auth.privateKey.file', signingKey()), alg: 'ES256' },
+              dpop: { key: f('upstreams[].auth.dpop.key', signingKey()) },
+            },
+          },
+          {
+            ...base('password'),
+            auth: {
+              type: 'password',
+              tokenUrl,
+              clientId: 'c',
+              clientSecret: 'inline',
+              username: 'u',
+              passwordFile: f('upstreams[].auth.passwordFile', 'p'),
+            },
+            tenants: {
+              from: 'jwtClaim:client_id',
+              credentials: {
+                acme: {
+                  clientSecretFile: f('upstreams[].tenants.credentials.*.clientSecretFile', 's'),
+                  passwordFile: f('upstreams[].tenants.credentials.*.passwordFile', 'p'),
+                },
+                beta: { scope: 'b' }, // uses auth's passwordFile (a file replaced by every tenant is not read)
+              },
+            },
+          },
+          {
+            ...base('refresh'),
+            auth: {
+              type: 'refresh_token',
+              tokenUrl,
+              clientId: 'c',
+              clientAuth: 'private_key_jwt',
+              privateKey: { file: named('auth-key-of-refresh', signingKey()), alg: 'ES256' },
+              refreshTokenFile: f('upstreams[].auth.refreshTokenFile', 'r'),
+            },
+            tenants: {
+              from: 'jwtClaim:client_id',
+              credentials: {
+                acme: {
+                  privateKey: { file: f('upstreams[].tenants.credentials.*.privateKey.file', signingKey()) },
+                  refreshTokenFile: f('upstreams[].tenants.credentials.*.refreshTokenFile', 'r'),
+                },
+                beta: { scope: 'b' },
+              },
+            },
+          },
+        ],
+        mitm: { caCert: f('mitm.caCert', pki.ca), caKey: f('mitm.caKey', readFileSync(join(CERT_DIR, 'ca-key.pem'))) },
+        tokenCache: {
+          redis: {
+            url: 'rediss://127.0.0.1:6379',
+            ca: f('tokenCache.redis.ca', pki.ca),
+            encryptionKeyFile: f('tokenCache.redis.encryptionKeyFile', randomBytes(32).toString('base64')),
+          },
+        },
+        inbound: {
+          jwt: {
+            jwksUrl: 'https://127.0.0.1:8445/jwks',
+            issuer: 'https://idp/',
+            audience: 'tp',
+            ca: f('inbound.jwt.ca', pki.ca),
+          },
+          proxyAuth: { users: [{ name: 'app', passwordFile: f('inbound.proxyAuth.users[].passwordFile', 'pw') }] },
+        },
+      }),
+    );
+    const read = new Set<string>();
+    try {
+      recordingReads(read, () => loadConfigFile(config));
+    } catch (e) {
+      throw new Error((e as ConfigError).problems.join('; '));
+    }
+    const settingsRead = [...read].flatMap((path) => byFile.get(path) ?? []);
+    // A setting added to the schema and not to this config fails here: add it above.
+    expect([...byFile.values()].sort()).toEqual(fromSchema.sort());
+    expect(settingsRead.sort()).toEqual(fromSchema.sort());
+  });
 });
+
+/**
+ * Every setting of the configuration's JSON Schema that names a file the proxy reads: `…File`,
+ * `privateKey.file`, and the PEM settings (`ca`, `cert`, `key`, `caCert`, `caKey`), as paths like
+ * `upstreams[].auth.clientSecretFile` (`[]` an array item, `*` a map entry such as a tenant).
+ */
+function fileSettings(schema: unknown): string[] {
+  const found = new Set<string>();
+  const walk = (node: unknown, path: string): void => {
+    if (node === null || typeof node !== 'object') return;
+    const n = node as Record<string, unknown>;
+    for (const [key, value] of Object.entries((n['properties'] ?? {}) as Record<string, unknown>)) {
+      const at = path === '' ? key : `${path}.${key}`;
+      const { description } = value as { description?: unknown };
+      const pem = typeof description === 'string' && description.startsWith('PEM');
+      if (key.endsWith('File') || key === 'file' || pem) found.add(at);
+      walk(value, at);
+    }
+    if (n['items'] !== undefined) walk(n['items'], `${path}[]`);
+    if (typeof n['additionalProperties'] === 'object') walk(n['additionalProperties'], `${path}.*`);
+    for (const k of ['anyOf', 'oneOf', 'allOf']) for (const branch of (n[k] ?? []) as unknown[]) walk(branch, path);
+  };
+  walk(schema, '');
+  return [...found];
+}
