@@ -87,6 +87,44 @@ function strangerCa(dir: string): string {
   return file;
 }
 
+/** A new CA (`name`), and a client certificate it issued for the proxy: what a cert-manager renewal by another issuer gives. */
+function issuedByNewCa(dir: string, name: string): { ca: string; cert: string; key: string } {
+  const at = (f: string) => join(dir, `${name}-${f}`);
+  const openssl = (args: string[]) => execFileSync('openssl', args, { stdio: 'pipe' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  openssl([
+    'req',
+    '-x509',
+    ...ec,
+    '-days',
+    '1',
+    '-subj',
+    `/CN=${name}`,
+    '-keyout',
+    at('ca-key.pem'),
+    '-out',
+    at('ca.pem'),
+  ]);
+  openssl(['req', ...ec, '-subj', '/CN=token-proxy', '-keyout', at('key.pem'), '-out', at('csr.pem')]);
+  openssl([
+    'x509',
+    '-req',
+    '-in',
+    at('csr.pem'),
+    '-CA',
+    at('ca.pem'),
+    '-CAkey',
+    at('ca-key.pem'),
+    '-CAcreateserial',
+    '-days',
+    '1',
+    '-out',
+    at('cert.pem'),
+  ]);
+  const read = (f: string) => execFileSync('cat', [at(f)]).toString('utf8');
+  return { ca: read('ca.pem'), cert: read('cert.pem'), key: read('key.pem') };
+}
+
 function configText(o: { secretFile: string; otherSecret?: string; pinnedCa?: string; watch?: boolean }): string {
   const upstream = (name: string, auth: string[], ca = pki.caFile) => [
     `  - name: ${name}`,
@@ -364,5 +402,56 @@ describe('rotation without a restart', () => {
     expect(info.lastProblems).toBeUndefined();
     expect((await p.get('/rotating/c')).status).toBe(200);
     expect(secretsSeen('rotating-client', from)).toEqual(['secret-one', 'secret-two']);
+  });
+
+  it('presents a client certificate renewed in its Secret volume on new connections to an mTLS partner', async () => {
+    const { dir, secrets, config } = workDir();
+    const partnerCa = issuedByNewCa(dir, 'partner-client-ca'); // the only CA the partner accepts clients of
+    const mtlsPartner = await startVerifyingPartner(tokenServer, {
+      tls: { key: pki.key, cert: pki.cert, clientCa: partnerCa.ca },
+    });
+    try {
+      // The certificate the proxy starts with was issued by the test CA, which the partner does not trust.
+      writeSecretVolume(secrets, { 'tls.crt': pki.cert, 'tls.key': pki.key, 'client-secret': 'secret-one' });
+      writeFileSync(
+        config,
+        [
+          'listen: 127.0.0.1:0',
+          'admin: { listen: 127.0.0.1:0 }',
+          'upstreams:',
+          '  - name: mtls',
+          `    target: ${mtlsPartner.url}`,
+          '    pathPrefix: /mtls',
+          `    ca: ${pki.caFile}`,
+          `    mtls: { cert: ${join(secrets, 'tls.crt')}, key: ${join(secrets, 'tls.key')} }`,
+          '    auth:',
+          '      type: client_credentials',
+          `      tokenUrl: ${tokenServer.tokenUrl}`,
+          '      clientId: mtls-client',
+          `      clientSecretFile: ${join(secrets, 'client-secret')}`,
+          '',
+        ].join('\n'),
+      );
+      const p = await serve(config);
+      const refused = await p.get('/mtls/a');
+      expect(refused.status).toBe(502); // the partner refuses the handshake
+      expect(JSON.parse(refused.text)).toMatchObject({ error: 'upstream_unreachable', upstream: 'mtls' });
+      expect(mtlsPartner.seen).toHaveLength(0);
+
+      // cert-manager renews it from the partner's CA: the kubelet swaps the volume.
+      writeSecretVolume(secrets, {
+        'tls.crt': partnerCa.cert,
+        'tls.key': partnerCa.key,
+        'client-secret': 'secret-one',
+      });
+      await eventually(async () => (await p.reloads('success')) === 1, { timeoutMs: 5_000, what: 'the reload' });
+      expect(p.events('config_reload_triggered').map((e) => e['trigger'])).toEqual([
+        `${join(secrets, 'tls.crt')}, ${join(secrets, 'tls.key')}`,
+      ]);
+      expect((await p.get('/mtls/b')).status).toBe(200);
+      expect(mtlsPartner.seen.map((r) => [r.path, r.status])).toEqual([['/b', 200]]);
+    } finally {
+      await mtlsPartner.close();
+    }
   });
 });
