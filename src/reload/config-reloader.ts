@@ -72,10 +72,15 @@ export class ConfigReloader {
     // The new content is the baseline from now on, before the swap (which waits for the old
     // configuration's requests to drain): a change made meanwhile is a change again.
     this.#setWatching(next.watch, read);
+    // App.reload swaps synchronously and then waits for the old configuration to drain, so a
+    // later reload can be swapped in and finish first: the files in force are the ones of the last
+    // reload called, not of the last one to settle. Its checks throw before the swap.
+    const running = this.#files;
+    this.#files = read;
     try {
       await app.reload(next, trigger);
-      this.#files = read;
     } catch (err) {
+      if (this.#files === read) this.#files = running;
       this.#watch?.watch(new Set([...this.#files, ...read]));
       // A configuration the running listeners rule out was logged as rejected by the app.
       if (!(err instanceof ConfigError))
