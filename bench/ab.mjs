@@ -1,4 +1,4 @@
-// `npm run bench:ab -- <git revision> [seconds] [rounds] [--access-log] [--tracing <ratio>]`: this checkout's build against another
+// `npm run bench:ab -- <git revision> [seconds] [rounds] [--access-log] [--tracing <ratio>] [--protection]`: this checkout's build against another
 // revision's, small GETs at 50 connections, alternating runs (default 10 rounds of 5 s), each proxy
 // pinned to the proxy core and started with the image's Node flags. Prints each build's median
 // req/s and CPU per request and their paired ratio: a check that a hot-path change is a gain,
@@ -16,13 +16,18 @@ import { cpuSecondsOf, run, startOtlpSink, startPartner, startProxy, wrk } from 
 
 const args = process.argv.slice(2);
 const accessLog = args.includes('--access-log');
+// `--protection`: this checkout only with partner protection on (limits, breaker, retries), to weigh it.
+const protection = args.includes('--protection');
 const tracingAt = args.indexOf('--tracing');
 const sampleRatio = tracingAt === -1 ? undefined : Number(args[tracingAt + 1]);
 const [revision, seconds = '5', rounds = '10'] = args.filter(
-  (a, i) => a !== '--access-log' && (tracingAt === -1 || (i !== tracingAt && i !== tracingAt + 1)),
+  (a, i) =>
+    a !== '--access-log' && a !== '--protection' && (tracingAt === -1 || (i !== tracingAt && i !== tracingAt + 1)),
 );
 if (revision === undefined || (sampleRatio !== undefined && !(sampleRatio >= 0 && sampleRatio <= 1))) {
-  say('usage: npm run bench:ab -- <git revision> [seconds per run] [rounds] [--access-log] [--tracing <ratio 0..1>]');
+  say(
+    'usage: npm run bench:ab -- <git revision> [seconds per run] [rounds] [--access-log] [--tracing <ratio 0..1>] [--protection]',
+  );
   process.exit(2);
 }
 
@@ -49,11 +54,12 @@ async function main() {
 
   const builds = [
     {
-      name: sink === undefined ? 'this checkout' : `this checkout, tracing at ${sampleRatio}`,
+      name: `this checkout${sink === undefined ? '' : `, tracing at ${sampleRatio}`}${protection ? ', protection on' : ''}`,
       root: ROOT,
+      protection,
       tracing: sink === undefined ? undefined : { endpoint: sink.endpoint, sampleRatio },
     },
-    { name: revision, root: other, tracing: undefined },
+    { name: revision, root: other, tracing: undefined, protection: false },
   ];
   for (const b of builds) {
     Object.assign(
@@ -63,6 +69,7 @@ async function main() {
         nodeFlags: shippedNodeFlags(),
         accessLog,
         tracing: b.tracing,
+        protection: b.protection,
       }),
     );
     b.runs = [];

@@ -32,12 +32,30 @@ export async function startPartner() {
  * A token-proxy (from `root`, this checkout by default) on the proxy core, with one reverse-mode
  * upstream; resolves once it has answered one request with 200 (its token is then cached).
  * `accessLog`: one line per request at level info, standard output to /dev/null. `tracing`:
- * `{ endpoint, sampleRatio }`, OpenTelemetry on, exporting there (see startOtlpSink).
+ * `{ endpoint, sampleRatio }`, OpenTelemetry on, exporting there (see startOtlpSink). `protection`:
+ * the upstream has every partner protection on (limits, a breaker, retries, respectRetryAfter),
+ * with limits far above the load, so what is measured is their cost, not their effect.
  */
+/** Partner protection settings of the bench upstream (`protection`): all on, none ever reached. */
+const PROTECTION = [
+  '    limits: { maxConcurrentRequests: 256, maxQueuedRequests: 1024, requestsPerSecond: 1000000, burst: 1000000 }',
+  '    circuitBreaker: { consecutiveFailures: 5, openSeconds: 30 }',
+  '    retry: { connectionFailures: 1 }',
+  '    respectRetryAfter: true',
+  '',
+].join('\n');
+
 export async function startProxy(
   name,
   partner,
-  { root = ROOT, nodeFlags = [], retryBodyLimitBytes = 1024 * 1024, accessLog = false, tracing } = {},
+  {
+    root = ROOT,
+    nodeFlags = [],
+    retryBodyLimitBytes = 1024 * 1024,
+    accessLog = false,
+    tracing,
+    protection = false,
+  } = {},
 ) {
   const port = await freePort();
   const adminPort = await freePort();
@@ -45,6 +63,7 @@ export async function startProxy(
   writeFileSync(
     config,
     `listen: ${HOST}:${port}\nadmin:\n  listen: ${HOST}:${adminPort}\nlogLevel: ${accessLog ? 'info' : 'warn'}\naccessLog: ${accessLog}\nupstreams:\n  - name: bench\n    target: http://${HOST}:${partner.upstreamPort}\n    pathPrefix: /bench\n    retryBodyLimitBytes: ${retryBodyLimitBytes}\n    auth: { type: client_credentials, tokenUrl: ${partner.tokenUrl}, clientId: bench, clientSecret: bench }\n` +
+      (protection ? PROTECTION : '') +
       (tracing === undefined
         ? ''
         : `tracing:\n  otlp: { endpoint: ${tracing.endpoint} }\n  sampleRatio: ${tracing.sampleRatio}\n`),
