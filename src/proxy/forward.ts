@@ -287,7 +287,7 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
     const attempt = this.span === undefined ? undefined : this.#attempt();
     this.#dispatchWith(
       upstreamRequestHeaders(this.req.rawHeaders, this.#forwarded(attempt), token?.header),
-      attempt === undefined ? handler : new TracedAttempt(attempt, handler),
+      this.#traced(attempt, handler),
     );
   }
 
@@ -302,20 +302,26 @@ class Forwarding implements RequestRecord, ReplaySettings, DpopReplaySettings {
     const attempt = this.span === undefined ? undefined : this.#attempt();
     const headers = upstreamRequestHeaders(this.req.rawHeaders, this.#forwarded(attempt), bound.authorization);
     addProof(headers, dpop, this.req.method ?? 'GET', target.origin, target.path, bound.ath);
-    this.#dispatchWith(headers, attempt === undefined ? handler : new TracedAttempt(attempt, handler));
+    this.#dispatchWith(headers, this.#traced(attempt, handler));
   }
 
-  /** The CLIENT span of the next attempt to the target (tracing on). */
+  /** The handler that ends an attempt span with its answer, when the attempt has its own span. */
+  #traced(attempt: Span | undefined, handler: Dispatcher.DispatchHandler): Dispatcher.DispatchHandler {
+    return attempt === undefined || attempt === this.span ? handler : new TracedAttempt(attempt, handler);
+  }
+
+  /**
+   * The CLIENT span of the next attempt to the target (tracing on). An unsampled request (most of
+   * them at a low sampleRatio) records nothing: its attempts get no span of their own, and the
+   * partner is sent the request's own (unsampled) trace context, which costs no span, no
+   * attributes and no wrapped handler.
+   */
   #attempt(): Span {
+    const span = this.span as Span;
+    if (!span.isRecording()) return span;
     const target = this.#target;
     const resend = this.#attempts++;
-    return (this.#ctx.tracing as Tracing).attempt(
-      this.span as Span,
-      this.req.method ?? 'GET',
-      target.origin,
-      target.path,
-      resend,
-    );
+    return (this.#ctx.tracing as Tracing).attempt(span, this.req.method ?? 'GET', target.origin, target.path, resend);
   }
 
   #forwarded(attempt: Span | undefined): ForwardedInfo {

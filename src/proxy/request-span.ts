@@ -11,6 +11,8 @@ import { CLIENT_LEFT } from './respond.js';
 export function requestSpan(tracing: Tracing, ctx: ProxyContext, req: IncomingMessage, res: ServerResponse): Span {
   const route = ctx.tunnels.has(req.socket) ? 'tunnel' : req.url?.charCodeAt(0) === 47 ? 'reverse' : 'forward';
   const span = tracing.request(req, route);
+  // An unsampled request's span records nothing: ending it would do nothing either.
+  if (!span.isRecording()) return span;
   tracing.bind(res, span);
   res.on('close', () => {
     const finished = res.writableFinished;

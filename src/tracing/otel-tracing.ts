@@ -103,6 +103,10 @@ export function createTracing(settings: TracingSettings, logger: Logger, options
     request(req: IncomingMessage, route: RequestRoute): Span {
       const parent = propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter);
       const method = req.method ?? 'GET';
+      // Sampled by trace id and parent only (neither sampler reads attributes): an unsampled
+      // request builds none.
+      const span = tracer.startSpan(method, { kind: SpanKind.SERVER }, parent);
+      if (!span.isRecording()) return span;
       const attributes: Attributes = {
         [ATTR_HTTP_REQUEST_METHOD]: method,
         [ATTR_URL_PATH]: pathOnly(route === 'forward' ? absolutePath(req.url ?? '') : (req.url ?? '/')),
@@ -110,7 +114,8 @@ export function createTracing(settings: TracingSettings, logger: Logger, options
       };
       const client = req.socket.remoteAddress;
       if (client !== undefined) attributes[ATTR_CLIENT_ADDRESS] = client;
-      return tracer.startSpan(method, { kind: SpanKind.SERVER, attributes }, parent);
+      span.setAttributes(attributes);
+      return span;
     },
     internal(name, parent, attributes) {
       const ctx = parent === undefined ? ROOT_CONTEXT : trace.setSpan(ROOT_CONTEXT, parent);
