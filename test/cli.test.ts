@@ -232,6 +232,7 @@ describe('token-proxy command line', () => {
     expect((await curl([`http://127.0.0.1:${proxyPort}/renamed/hello`])).stdout).toContain('cli-client');
     const status = JSON.parse((await curl([`http://127.0.0.1:${adminPort}/status`])).stdout) as StatusReport;
     expect(status.config.lastReloadOutcome).toBe('success');
+    expect(status.config.lastReloadTrigger).toBe(file); // the status page names what set it off
     const metrics = (await curl([`http://127.0.0.1:${adminPort}/metrics`])).stdout;
     expect(metrics).toContain('token_proxy_config_reloads_total{outcome="success"} 1');
     expect(metrics).toContain('token_proxy_config_reloads_total{outcome="rejected"} 0');

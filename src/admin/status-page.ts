@@ -94,6 +94,7 @@ export function renderStatusPage(report: StatusReport): string {
 <dt>Config file</dt><dd data-field="configFile">${c.file === null ? NONE : escapeHtml(c.file)}</dd>
 <dt>Last reload</dt><dd data-field="lastReloadAt">${time(c.lastReloadAt, now)}</dd>
 <dt>Outcome</dt><dd data-field="lastReloadOutcome">${c.lastReloadOutcome === null ? NONE : escapeHtml(c.lastReloadOutcome)}</dd>
+<dt>Triggered by</dt><dd data-field="lastReloadTrigger">${c.lastReloadTrigger === null ? NONE : escapeHtml(c.lastReloadTrigger)}</dd>
 <dt>Last success</dt><dd data-field="lastSuccessfulReloadAt">${time(c.lastSuccessfulReloadAt, now)}</dd>
 </dl>
 <table>

@@ -72,6 +72,8 @@ export interface StatusReport {
     readonly file: string | null;
     readonly lastReloadAt: string | null;
     readonly lastReloadOutcome: string | null;
+    /** What asked for the last reload: `SIGHUP`, or the changed files' paths (never their content). */
+    readonly lastReloadTrigger: string | null;
     readonly lastSuccessfulReloadAt: string | null;
   };
   readonly upstreams: readonly UpstreamReport[];
@@ -108,6 +110,7 @@ export function buildStatus(sources: StatusSources): StatusReport {
       file: reload?.file ?? sources.configFile ?? null,
       lastReloadAt: iso(reload?.lastAttemptAt),
       lastReloadOutcome: reload?.lastOutcome ?? null,
+      lastReloadTrigger: reload?.lastTrigger ?? null,
       lastSuccessfulReloadAt: iso(reload?.lastSuccessAt),
     },
     upstreams: sources.upstreams().map((u) => ({

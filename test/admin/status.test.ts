@@ -54,6 +54,7 @@ describe('buildStatus', () => {
         file: '/etc/token-proxy.yaml',
         lastReloadAt: null,
         lastReloadOutcome: null,
+        lastReloadTrigger: null,
         lastSuccessfulReloadAt: null,
       },
       upstreams: [
@@ -105,6 +106,7 @@ describe('buildStatus', () => {
           lastAttemptAt: NOW - 5_000,
           lastSuccessAt: NOW - 60_000,
           lastOutcome: 'rejected',
+          lastTrigger: '/run/secrets/partner/client-secret',
         }),
       }),
     );
@@ -114,6 +116,7 @@ describe('buildStatus', () => {
       file: '/run/config/token-proxy.yaml',
       lastReloadAt: '2026-12-08T01:59:55.000Z',
       lastReloadOutcome: 'rejected',
+      lastReloadTrigger: '/run/secrets/partner/client-secret',
       lastSuccessfulReloadAt: '2026-12-08T01:59:00.000Z',
     });
     expect(buildStatus(sources({ sharedCacheUp: () => true })).sharedCache).toBe('up');
@@ -216,7 +219,7 @@ describe('renderStatusPage', () => {
         now: () => NOW,
         sharedCacheUp: () => true,
         configFile: evil,
-        reload: () => ({ lastOutcome: evil }),
+        reload: () => ({ lastOutcome: evil, lastTrigger: evil }),
         breakerState: () => evil as 'open',
         upstreams: () => [
           {
@@ -229,8 +232,8 @@ describe('renderStatusPage', () => {
     );
     expect(html).not.toContain('<script');
     expect(html).not.toContain('"x"');
-    // upstream (attribute and cell), tenant (attribute and cell), reason, breaker (class and cell), file, outcome
-    expect(html.split(escaped).length - 1).toBe(9);
+    // upstream (attribute and cell), tenant (attribute and cell), reason, breaker (class and cell), file, outcome, trigger
+    expect(html.split(escaped).length - 1).toBe(10);
   });
 
   it('escapes the five characters HTML gives meaning, and nothing else', () => {

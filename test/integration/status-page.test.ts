@@ -273,6 +273,7 @@ describe('the status page in a real browser', () => {
       configFile: report.config.file,
       lastReloadAt: report.config.lastReloadAt,
       lastReloadOutcome: report.config.lastReloadOutcome,
+      lastReloadTrigger: report.config.lastReloadTrigger ?? '—', // null is shown as a dash
       lastSuccessfulReloadAt: report.config.lastSuccessfulReloadAt,
     });
 
@@ -306,6 +307,7 @@ describe('after a reload', () => {
       file: CONFIG_FILE,
       lastReloadAt: at,
       lastReloadOutcome: 'success',
+      lastReloadTrigger: null, // App.reload called directly: no reloader named a trigger
       lastSuccessfulReloadAt: at,
     });
     expect(after.upstreams.flatMap((u) => u.tokens.map((t) => [t.state, t.lastRefreshAt]))).toEqual(
